@@ -1,0 +1,158 @@
+//! The admin listener (default `127.0.0.1:9901`): liveness, readiness,
+//! metrics, the effective config, reload, and route explanations.
+//!
+//! | endpoint | answer |
+//! |---|---|
+//! | `GET /healthz` | 200 while the process runs |
+//! | `GET /readyz` | 200 serving, 503 while draining |
+//! | `GET /metrics` | Prometheus text |
+//! | `GET /config` | effective config as JSON with its version |
+//! | `POST /reload` | 200 `{version}` or 422 `{errors}` |
+//! | `GET /routes/explain?method=&host=&path=` | which route and why |
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::reload::{Outcome, Reloader};
+use crate::observability::metrics::metrics;
+use crate::routing::matchers::decode;
+use crate::snapshot::SharedSnapshot;
+
+/// What the admin endpoints read and drive.
+pub struct AdminState {
+    /// The live snapshot.
+    pub live: SharedSnapshot,
+    /// The config reloader.
+    pub reloader: Arc<Reloader>,
+    /// Set when shutdown began.
+    pub draining: Arc<AtomicBool>,
+}
+
+/// Serves the admin API until `shutdown` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r { Ok(x) => x, Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue } },
+            _ = shutdown.changed() => return,
+        };
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let state = Arc::clone(&state);
+                async move { Ok::<_, Infallible>(handle(req, &state).await) }
+            });
+            let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn reply(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+fn json_reply(status: StatusCode, v: &serde_json::Value) -> Response<Full<Bytes>> {
+    reply(
+        status,
+        "application/json",
+        serde_json::to_vec_pretty(v).unwrap_or_default(),
+    )
+}
+
+async fn handle(req: Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    match (req.method(), path) {
+        (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n"),
+        (&Method::GET, "/readyz") => {
+            if state.draining.load(Ordering::Relaxed) {
+                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
+            } else {
+                reply(StatusCode::OK, "text/plain", "ready\n")
+            }
+        }
+        (&Method::GET, "/metrics") => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            metrics().render(),
+        ),
+        (&Method::GET, "/config") => {
+            let snap = state.live.load_full();
+            json_reply(
+                StatusCode::OK,
+                &json!({ "version": snap.version, "config": snap.spec }),
+            )
+        }
+        (&Method::POST, "/reload") => match state.reloader.reload_async("admin").await {
+            Ok(Outcome::Applied { version }) => json_reply(
+                StatusCode::OK,
+                &json!({ "version": version, "changed": true }),
+            ),
+            Ok(Outcome::Unchanged { version }) => json_reply(
+                StatusCode::OK,
+                &json!({ "version": version, "changed": false }),
+            ),
+            Err(e) => json_reply(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &json!({ "errors": e.lines() }),
+            ),
+        },
+        (&Method::GET, "/routes/explain") => {
+            let q = req.uri().query().unwrap_or("");
+            let get = |name: &str| {
+                q.split('&')
+                    .filter_map(|kv| kv.split_once('='))
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| decode(v).into_owned())
+            };
+            let (Some(path), method, host) = (
+                get("path"),
+                get("method").unwrap_or_else(|| "GET".into()),
+                get("host").unwrap_or_default(),
+            ) else {
+                return json_reply(
+                    StatusCode::BAD_REQUEST,
+                    &json!({ "error": "give path= (and optionally method=, host=)" }),
+                );
+            };
+            let snap = state.live.load_full();
+            json_reply(StatusCode::OK, &snap.explain(&method, &host, &path))
+        }
+        (_, "/healthz" | "/readyz" | "/metrics" | "/config" | "/reload" | "/routes/explain") => {
+            json_reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &json!({ "error": "method not allowed" }),
+            )
+        }
+        _ => json_reply(StatusCode::NOT_FOUND, &json!({ "error": "not found" })),
+    }
+}

@@ -1,0 +1,210 @@
+//! Wiring: listeners, the admin server, reload triggers, the pool sweeper
+//! and graceful drain. `Gateway::start` is what `tollgate run` and the
+//! integration tests both use.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+use crate::admin::{self, AdminState};
+use crate::config::reload::Reloader;
+use crate::config::{self, LoadError};
+use crate::proxy::server;
+use crate::snapshot::SharedSnapshot;
+
+/// How often idle upstream connections past their timeout are closed.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The config is invalid or unreadable.
+    #[error("{0}")]
+    Config(#[from] LoadError),
+    /// A listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file watcher could not start.
+    #[error("cannot watch the config file: {0}")]
+    Watch(#[from] notify::Error),
+}
+
+/// Start-up switches.
+#[derive(Debug, Clone, Copy)]
+pub struct StartOptions {
+    /// Reload when the config file changes.
+    pub watch_file: bool,
+    /// Reload on SIGHUP.
+    pub sighup: bool,
+}
+
+/// A running gateway.
+pub struct Gateway {
+    /// Bound proxy addresses, in config order.
+    pub listen: Vec<SocketAddr>,
+    /// Bound admin address.
+    pub admin: SocketAddr,
+    /// The live snapshot.
+    pub live: SharedSnapshot,
+    /// The reloader (the one writer of `live`).
+    pub reloader: Arc<Reloader>,
+    draining: Arc<AtomicBool>,
+    shutdown: watch::Sender<bool>,
+    admin_stop: watch::Sender<bool>,
+    limit: Arc<Semaphore>,
+    max_connections: u32,
+    grace: Duration,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+async fn bind(addr: &str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: addr.to_owned(),
+            source,
+        })
+}
+
+impl Gateway {
+    /// Loads `config`, binds every listener and starts serving.
+    pub async fn start(config_path: PathBuf, opts: StartOptions) -> Result<Self, StartError> {
+        let snapshot = config::load(&config_path, None)?;
+        Reloader::record_initial(&snapshot);
+        let spec = snapshot.spec.server.clone();
+        let grace = spec.shutdown_grace.0;
+        let max_connections = spec.limits.max_connections.min(Semaphore::MAX_PERMITS) as u32;
+        let live: SharedSnapshot = Arc::new(ArcSwap::from_pointee(snapshot));
+        let reloader = Arc::new(Reloader::new(config_path, Arc::clone(&live)));
+        let (shutdown, rx) = watch::channel(false);
+        let limit = Arc::new(Semaphore::new(max_connections as usize));
+        let draining = Arc::new(AtomicBool::new(false));
+
+        let mut listen = Vec::new();
+        let mut listeners = Vec::new();
+        for addr in &spec.listen {
+            let l = bind(addr.as_str()).await?;
+            listen.push(l.local_addr().map_err(|source| StartError::Bind {
+                addr: addr.to_string(),
+                source,
+            })?);
+            listeners.push(l);
+        }
+        let admin_listener = bind(spec.admin_listen.as_str()).await?;
+        let admin = admin_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: spec.admin_listen.to_string(),
+                source,
+            })?;
+
+        for l in listeners {
+            tokio::spawn(server::serve(
+                l,
+                Arc::clone(&live),
+                Arc::clone(&limit),
+                rx.clone(),
+            ));
+        }
+        let admin_state = Arc::new(AdminState {
+            live: Arc::clone(&live),
+            reloader: Arc::clone(&reloader),
+            draining: Arc::clone(&draining),
+        });
+        // The admin listener outlives the drain (so /readyz can answer 503).
+        let (admin_stop, admin_rx) = watch::channel(false);
+        tokio::spawn(admin::serve(admin_listener, admin_state, admin_rx));
+        tokio::spawn(sweep(Arc::clone(&live), rx));
+        let watcher = if opts.watch_file {
+            Some(reloader.watch()?)
+        } else {
+            None
+        };
+        #[cfg(unix)]
+        if opts.sighup
+            && let Err(e) = reloader.on_sighup()
+        {
+            tracing::warn!(error = %e, "cannot install the SIGHUP handler");
+        }
+        tracing::info!(listen = ?listen, admin = %admin, version = %live.load().version, "tollgate started");
+        Ok(Gateway {
+            listen,
+            admin,
+            live,
+            reloader,
+            draining,
+            shutdown,
+            admin_stop,
+            limit,
+            max_connections,
+            grace,
+            _watcher: watcher,
+        })
+    }
+
+    /// Drains: `/readyz` turns 503, listeners stop accepting, keep-alive
+    /// connections close after their current response, and in-flight
+    /// requests get up to `shutdown_grace` to finish. Returns true when all
+    /// connections closed in time.
+    pub async fn shutdown(self) -> bool {
+        self.draining.store(true, Ordering::Relaxed);
+        let _ = self.shutdown.send(true);
+        let all = Arc::clone(&self.limit).acquire_many_owned(self.max_connections);
+        let done = tokio::time::timeout(self.grace, all).await.is_ok();
+        if done {
+            tracing::info!("drained; all connections closed");
+        } else {
+            tracing::warn!(grace = ?self.grace, "shutdown grace passed with connections still open");
+        }
+        let _ = self.admin_stop.send(true);
+        done
+    }
+}
+
+/// Closes expired idle upstream connections on every upstream, every second.
+async fn sweep(live: SharedSnapshot, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(SWEEP_INTERVAL) => {
+                for u in live.load().upstreams.values() {
+                    u.evict_expired();
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Waits for SIGTERM or SIGINT.
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

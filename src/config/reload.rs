@@ -1,0 +1,201 @@
+//! Hot reload: the one writer of the live snapshot.
+//!
+//! Triggers: a change in the config file's directory (notify; the directory
+//! so that atomic renames and Kubernetes ConfigMap symlink swaps are seen),
+//! SIGHUP, and `POST /reload` on the admin listener. Each runs the same
+//! `Reloader::reload`: read → parse → compile against the live snapshot →
+//! store. A failure changes nothing: the old snapshot keeps serving, the
+//! error is logged with its location and counted.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use notify::{EventKind, RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+use super::{LoadError, load};
+use crate::observability::metrics::metrics;
+use crate::snapshot::{SharedSnapshot, Snapshot};
+
+/// Quiet time after a file event before reloading (editors and ConfigMap
+/// updates write in several steps).
+const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// Result of a reload.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A new snapshot is live.
+    Applied {
+        /// Its version.
+        version: String,
+    },
+    /// The file is byte-identical to the live config; nothing to do.
+    Unchanged {
+        /// The live version.
+        version: String,
+    },
+}
+
+/// Reloads the config file into the live snapshot.
+pub struct Reloader {
+    path: PathBuf,
+    live: SharedSnapshot,
+    // Serializes reloads so that "compile against the live snapshot, then
+    // store" is never interleaved with another reload.
+    lock: Mutex<()>,
+}
+
+impl Reloader {
+    /// A reloader for `path` writing to `live`.
+    pub fn new(path: PathBuf, live: SharedSnapshot) -> Self {
+        Self {
+            path,
+            live,
+            lock: Mutex::new(()),
+        }
+    }
+
+    /// Records the initial snapshot in the metrics.
+    pub fn record_initial(snapshot: &Snapshot) {
+        let m = metrics();
+        m.config_info.with_label_values(&[&snapshot.version]).set(1);
+        m.config_last_success.set(unix_now());
+    }
+
+    /// Reads, compiles and swaps in the config file. Blocking (file I/O):
+    /// call from a blocking thread.
+    pub fn reload(&self, trigger: &str) -> Result<Outcome, LoadError> {
+        let _serial = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.live.load_full();
+        let m = metrics();
+        match load(&self.path, Some(&old)) {
+            Ok(new) if new.version == old.version => Ok(Outcome::Unchanged {
+                version: new.version,
+            }),
+            Ok(new) => {
+                log_diff(&old, &new, trigger);
+                let version = new.version.clone();
+                m.config_info.with_label_values(&[&version]).set(1);
+                let _ = m.config_info.remove_label_values(&[&old.version]);
+                self.live.store(Arc::new(new));
+                m.config_reloads.with_label_values(&["success"]).inc();
+                m.config_last_success.set(unix_now());
+                Ok(Outcome::Applied { version })
+            }
+            Err(e) => {
+                m.config_reloads.with_label_values(&["failure"]).inc();
+                for line in e.lines() {
+                    tracing::error!(trigger, error = %line, "config reload refused; the running config keeps serving");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs `reload` on a blocking thread.
+    pub async fn reload_async(
+        self: &Arc<Self>,
+        trigger: &'static str,
+    ) -> Result<Outcome, LoadError> {
+        let me = Arc::clone(self);
+        tokio::task::spawn_blocking(move || me.reload(trigger))
+            .await
+            .unwrap_or_else(|e| {
+                Err(LoadError::Read {
+                    file: String::new(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            })
+    }
+
+    /// Watches the file's directory and reloads after changes. The returned
+    /// watcher must be kept alive.
+    pub fn watch(self: &Arc<Self>) -> notify::Result<notify::RecommendedWatcher> {
+        let (tx, mut rx) = mpsc::channel::<()>(1);
+        let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+            if let Ok(ev) = ev
+                && !matches!(ev.kind, EventKind::Access(_))
+            {
+                let _ = tx.try_send(());
+            }
+        })?;
+        let dir = self
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        watcher.watch(dir, RecursiveMode::NonRecursive)?;
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            while rx.recv().await.is_some() {
+                tokio::time::sleep(DEBOUNCE).await;
+                while rx.try_recv().is_ok() {}
+                let _ = me.reload_async("file").await;
+            }
+        });
+        Ok(watcher)
+    }
+
+    /// Reloads on every SIGHUP.
+    #[cfg(unix)]
+    pub fn on_sighup(self: &Arc<Self>) -> std::io::Result<()> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = signal(SignalKind::hangup())?;
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                let _ = me.reload_async("sighup").await;
+            }
+        });
+        Ok(())
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Logs routes added, removed and changed.
+fn log_diff(old: &Snapshot, new: &Snapshot, trigger: &str) {
+    let render = |s: &Snapshot| -> Vec<(String, String)> {
+        s.spec
+            .routes
+            .iter()
+            .map(|r| (r.name.clone(), serde_json::to_string(r).unwrap_or_default()))
+            .collect()
+    };
+    let (a, b) = (render(old), render(new));
+    let added: Vec<&str> = b
+        .iter()
+        .filter(|(n, _)| !a.iter().any(|(m, _)| m == n))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    let removed: Vec<&str> = a
+        .iter()
+        .filter(|(n, _)| !b.iter().any(|(m, _)| m == n))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    let changed: Vec<&str> = b
+        .iter()
+        .filter(|(n, body)| a.iter().any(|(m, old)| m == n && old != body))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    let reused = new
+        .upstreams
+        .iter()
+        .filter(|(k, u)| old.upstreams.get(*k).is_some_and(|o| Arc::ptr_eq(o, u)))
+        .count();
+    tracing::info!(
+        trigger,
+        from = %old.version,
+        to = %new.version,
+        routes_added = ?added,
+        routes_removed = ?removed,
+        routes_changed = ?changed,
+        upstreams_kept_warm = reused,
+        "config reloaded"
+    );
+}

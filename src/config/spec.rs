@@ -1,0 +1,525 @@
+//! The config file, exactly as written: serde input types only.
+//!
+//! Every struct denies unknown keys. Nothing here is used on the request
+//! path; `compile` turns a validated `Spec` into runtime types. The doc
+//! comment on each field is the config reference (README "Configuration").
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor, value::MapAccessDeserializer};
+use serde::{Deserialize, Serialize};
+
+use super::units::{ByteSize, DurationSpec, Str};
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// Listeners, limits and process settings.
+    #[serde(default)]
+    pub server: ServerSpec,
+    /// Named groups of backend endpoints.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamSpec>,
+    /// Routes, in declared order (order breaks ties, see README "Routing").
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
+}
+
+/// `server:`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSpec {
+    /// Addresses the proxy listens on (HTTP/1.1 and h2c on each). Default `["0.0.0.0:8080"]`.
+    #[serde(default = "default_listen")]
+    pub listen: Vec<Str>,
+    /// Address of the admin listener. Default `127.0.0.1:9901`.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: Str,
+    /// Worker threads: `auto` (one per core) or a number.
+    #[serde(default)]
+    pub workers: WorkersSpec,
+    /// How long in-flight requests may take to finish after SIGTERM. Default `30s`.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: DurationSpec,
+    /// CIDRs (or single addresses) whose X-Forwarded-* / Forwarded headers are trusted.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Str>,
+    /// Limits on downstream requests and connections.
+    #[serde(default)]
+    pub limits: LimitsSpec,
+    /// Access log settings.
+    #[serde(default)]
+    pub access_log: AccessLogSpec,
+}
+
+impl Default for ServerSpec {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            admin_listen: default_admin_listen(),
+            workers: WorkersSpec::Auto,
+            shutdown_grace: default_shutdown_grace(),
+            trusted_proxies: Vec::new(),
+            limits: LimitsSpec::default(),
+            access_log: AccessLogSpec::default(),
+        }
+    }
+}
+
+fn default_listen() -> Vec<Str> {
+    vec![Str("0.0.0.0:8080".into())]
+}
+fn default_admin_listen() -> Str {
+    Str("127.0.0.1:9901".into())
+}
+fn default_shutdown_grace() -> DurationSpec {
+    DurationSpec(std::time::Duration::from_secs(30))
+}
+
+/// `server.workers`: `auto` or a thread count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WorkersSpec {
+    /// One worker thread per core.
+    #[default]
+    Auto,
+    /// Exactly this many worker threads.
+    Count(usize),
+}
+
+impl<'de> Deserialize<'de> for WorkersSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = WorkersSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("`auto` or a number of threads from 1 to 1024")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<WorkersSpec, E> {
+                match usize::try_from(v) {
+                    Ok(n @ 1..=1024) => Ok(WorkersSpec::Count(n)),
+                    _ => Err(E::custom("workers must be from 1 to 1024")),
+                }
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<WorkersSpec, E> {
+                self.visit_u64(u64::try_from(v).unwrap_or(0))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<WorkersSpec, E> {
+                match v {
+                    "auto" => Ok(WorkersSpec::Auto),
+                    other => other
+                        .parse::<u64>()
+                        .map_err(|_| E::custom("expected `auto` or a number"))
+                        .and_then(|n| self.visit_u64(n)),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for WorkersSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            WorkersSpec::Auto => s.serialize_str("auto"),
+            WorkersSpec::Count(n) => s.serialize_u64(*n as u64),
+        }
+    }
+}
+
+/// `server.limits`: every protection an edge proxy needs, set explicitly.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSpec {
+    /// Largest request head (request line + headers). Larger: 431. Default `64KiB`.
+    pub max_request_header_bytes: ByteSize,
+    /// Largest request body, by Content-Length up front or counted while streaming. Larger: 413. Default `10MiB`.
+    pub max_request_body_bytes: ByteSize,
+    /// Most header fields in one request. More: 431. Default `100`.
+    pub max_request_headers: usize,
+    /// Time from connection start (or the end of the previous response) to the end of the request head. Default `10s`.
+    pub header_read_timeout: DurationSpec,
+    /// Longest wait for the next piece of a request body: 408 and the connection is closed. Default `30s`.
+    pub body_read_timeout: DurationSpec,
+    /// Header names with `_`: `drop` (default), `reject` (400) or `allow`.
+    pub headers_with_underscores: UnderscorePolicy,
+    /// `//a///b` is matched and forwarded as `/a/b`. Default `true`.
+    pub merge_slashes: bool,
+    /// `%2F` / `%5C` in paths: `keep` (stay encoded, never split segments) or `reject` (400).
+    pub escaped_slashes: EscapedSlashPolicy,
+    /// A keep-alive connection with no request in flight is closed after this. Default `60s`.
+    pub idle_timeout: DurationSpec,
+    /// Most concurrent downstream connections; further ones wait in the accept queue. Default `50000`.
+    pub max_connections: usize,
+    /// Most concurrent streams on one HTTP/2 connection. Default `100`.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for LimitsSpec {
+    fn default() -> Self {
+        use std::time::Duration;
+        Self {
+            max_request_header_bytes: ByteSize(64 << 10),
+            max_request_body_bytes: ByteSize(10 << 20),
+            max_request_headers: 100,
+            header_read_timeout: DurationSpec(Duration::from_secs(10)),
+            body_read_timeout: DurationSpec(Duration::from_secs(30)),
+            headers_with_underscores: UnderscorePolicy::Drop,
+            merge_slashes: true,
+            escaped_slashes: EscapedSlashPolicy::Keep,
+            idle_timeout: DurationSpec(Duration::from_secs(60)),
+            max_connections: 50_000,
+            max_concurrent_streams: 100,
+        }
+    }
+}
+
+/// What to do with request header names that contain `_`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnderscorePolicy {
+    /// Remove such headers before routing and forwarding.
+    Drop,
+    /// Answer 400.
+    Reject,
+    /// Keep them.
+    Allow,
+}
+
+/// What to do with `%2F` and `%5C` in request paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EscapedSlashPolicy {
+    /// Keep them encoded; they never split path segments.
+    Keep,
+    /// Answer 400.
+    Reject,
+}
+
+/// `server.access_log`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessLogSpec {
+    /// One JSON line per request on stdout. Default `true`.
+    pub enabled: bool,
+}
+
+impl Default for AccessLogSpec {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+/// `upstreams.NAME`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSpec {
+    /// `http://host:port` URLs, or `{ url, weight }`.
+    pub endpoints: Vec<EndpointSpec>,
+    /// `round_robin` (smooth weighted, default), `least_request` (power of two choices), `random`, `consistent_hash`.
+    #[serde(default)]
+    pub balancer: BalancerSpec,
+    /// For `consistent_hash`: `header:NAME`, `cookie:NAME`, `client_ip` or `path`.
+    #[serde(default)]
+    pub hash_on: Option<Str>,
+    /// `http1` (default) or `h2c` (HTTP/2 over cleartext, prior knowledge).
+    #[serde(default)]
+    pub protocol: ProtocolSpec,
+    /// Longest time to establish a TCP connection. Default `1s`.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: DurationSpec,
+    /// Keep-alive pool settings.
+    #[serde(default)]
+    pub pool: PoolSpec,
+}
+
+fn default_connect_timeout() -> DurationSpec {
+    DurationSpec(std::time::Duration::from_secs(1))
+}
+
+/// One endpoint: a URL string or `{ url, weight }`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EndpointSpec {
+    /// `http://host:port`.
+    pub url: Str,
+    /// Relative share of traffic, 1 to 1000. Default 1.
+    pub weight: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointMap {
+    url: Str,
+    #[serde(default = "one")]
+    weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl<'de> Deserialize<'de> for EndpointSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = EndpointSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a URL string or { url, weight }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<EndpointSpec, E> {
+                let url = Str::deserialize(de::value::StrDeserializer::<E>::new(v))?;
+                Ok(EndpointSpec { url, weight: 1 })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<EndpointSpec, A::Error> {
+                let m = EndpointMap::deserialize(MapAccessDeserializer::new(map))?;
+                Ok(EndpointSpec {
+                    url: m.url,
+                    weight: m.weight,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Load-balancing algorithm.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BalancerSpec {
+    /// Smooth weighted round robin (as NGINX).
+    #[default]
+    RoundRobin,
+    /// Power of two random choices, fewer in-flight requests per weight wins.
+    LeastRequest,
+    /// Weighted random.
+    Random,
+    /// Ring hash over `hash_on`.
+    ConsistentHash,
+}
+
+/// Upstream wire protocol.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProtocolSpec {
+    /// HTTP/1.1 with a keep-alive pool.
+    #[default]
+    Http1,
+    /// HTTP/2 cleartext with prior knowledge; one multiplexed connection per endpoint.
+    H2c,
+}
+
+/// `upstreams.NAME.pool`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolSpec {
+    /// Most idle keep-alive connections kept per endpoint. Default `256`.
+    pub max_idle_per_endpoint: usize,
+    /// An idle connection is closed after this. Default `90s`.
+    pub idle_timeout: DurationSpec,
+}
+
+impl Default for PoolSpec {
+    fn default() -> Self {
+        Self {
+            max_idle_per_endpoint: 256,
+            idle_timeout: DurationSpec(std::time::Duration::from_secs(90)),
+        }
+    }
+}
+
+/// `routes[i]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    /// Unique name; used in metrics labels and logs.
+    pub name: String,
+    /// What requests this route takes.
+    #[serde(rename = "match")]
+    pub matcher: MatchSpec,
+    /// Upstream that serves the route (one of `upstream`, `split`, `respond`, `redirect`).
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// Weighted choice of upstreams per request (canary, blue-green).
+    #[serde(default)]
+    pub split: Option<Vec<SplitSpec>>,
+    /// Answer directly with a fixed response.
+    #[serde(default)]
+    pub respond: Option<RespondSpec>,
+    /// Answer with a redirect.
+    #[serde(default)]
+    pub redirect: Option<RedirectSpec>,
+    /// Remove this prefix from the path before forwarding.
+    #[serde(default)]
+    pub strip_prefix: Option<Str>,
+    /// Replace the path prefix `from` with `to` before forwarding.
+    #[serde(default)]
+    pub rewrite_prefix: Option<RewritePrefixSpec>,
+    /// Host header sent upstream; default keeps the client's.
+    #[serde(default)]
+    pub host_rewrite: Option<Str>,
+    /// Longest wait for the upstream's response head; 504 when passed. Default `15s`.
+    #[serde(default)]
+    pub timeout: Option<DurationSpec>,
+    /// Header changes on the way upstream.
+    #[serde(default)]
+    pub request_headers: HeaderRulesSpec,
+    /// Header changes on the way back.
+    #[serde(default)]
+    pub response_headers: HeaderRulesSpec,
+}
+
+/// `routes[i].match`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchSpec {
+    /// Host names: exact (`api.example.com`) or wildcard (`*.example.com`). Empty: any host.
+    #[serde(default)]
+    pub hosts: Vec<Str>,
+    /// Exact path, or a template with `{name}` segments.
+    #[serde(default)]
+    pub path: Option<Str>,
+    /// Path prefix, matched on segment boundaries.
+    #[serde(default)]
+    pub path_prefix: Option<Str>,
+    /// Regular expression over the whole normalized path (anchored).
+    #[serde(default)]
+    pub path_regex: Option<Str>,
+    /// Allowed methods. Empty: any.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Header constraints: exact value, `{ regex }` or `{ present }`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, ValueMatchSpec>,
+    /// Query parameter constraints, same forms as headers.
+    #[serde(default)]
+    pub query: BTreeMap<String, ValueMatchSpec>,
+}
+
+/// A header or query constraint.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueMatchSpec {
+    /// Equal to this value.
+    Exact(Str),
+    /// Matches this (anchored) regular expression.
+    Regex(Str),
+    /// Present (`true`) or absent (`false`).
+    Present(bool),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ValueMatchMap {
+    #[serde(default)]
+    regex: Option<Str>,
+    #[serde(default)]
+    present: Option<bool>,
+    #[serde(default)]
+    exact: Option<Str>,
+}
+
+impl<'de> Deserialize<'de> for ValueMatchSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ValueMatchSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a value, { regex: ... }, { exact: ... } or { present: true|false }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ValueMatchSpec, E> {
+                Str::deserialize(de::value::StrDeserializer::<E>::new(v)).map(ValueMatchSpec::Exact)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ValueMatchSpec, E> {
+                Ok(ValueMatchSpec::Exact(Str(v.to_string())))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ValueMatchSpec, E> {
+                Ok(ValueMatchSpec::Exact(Str(v.to_string())))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<ValueMatchSpec, E> {
+                Ok(ValueMatchSpec::Exact(Str(v.to_string())))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ValueMatchSpec, A::Error> {
+                let m = ValueMatchMap::deserialize(MapAccessDeserializer::new(map))?;
+                match (m.regex, m.present, m.exact) {
+                    (Some(r), None, None) => Ok(ValueMatchSpec::Regex(r)),
+                    (None, Some(p), None) => Ok(ValueMatchSpec::Present(p)),
+                    (None, None, Some(e)) => Ok(ValueMatchSpec::Exact(e)),
+                    _ => Err(de::Error::custom(
+                        "give exactly one of `regex`, `exact` or `present`",
+                    )),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `routes[i].split[j]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitSpec {
+    /// Upstream name.
+    pub upstream: String,
+    /// Relative share, 0 to 10000.
+    pub weight: u32,
+}
+
+/// `routes[i].respond`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RespondSpec {
+    /// Status code. Default 200.
+    #[serde(default = "default_status")]
+    pub status: u16,
+    /// Body. Default empty.
+    #[serde(default)]
+    pub body: Str,
+    /// Response headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Str>,
+}
+
+fn default_status() -> u16 {
+    200
+}
+
+/// `routes[i].redirect`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectSpec {
+    /// Location to send the client to.
+    pub to: Str,
+    /// 301, 302, 303, 307 or 308. Default 302.
+    #[serde(default = "default_redirect")]
+    pub status: u16,
+}
+
+fn default_redirect() -> u16 {
+    302
+}
+
+/// `routes[i].rewrite_prefix`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewritePrefixSpec {
+    /// Prefix to replace (segment boundary).
+    pub from: Str,
+    /// Replacement.
+    pub to: Str,
+}
+
+/// `request_headers` / `response_headers`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRulesSpec {
+    /// Replace (or add) these headers.
+    #[serde(default)]
+    pub set: BTreeMap<String, Str>,
+    /// Add these headers, keeping existing values.
+    #[serde(default)]
+    pub add: BTreeMap<String, Str>,
+    /// Remove these headers.
+    #[serde(default)]
+    pub remove: Vec<String>,
+}

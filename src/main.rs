@@ -1,0 +1,181 @@
+//! The `tollgate` command line: run, validate, explain.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tollgate::app::{Gateway, StartOptions, wait_for_signal};
+use tollgate::config::{self, spec::WorkersSpec};
+
+#[derive(Parser)]
+#[command(name = "tollgate", version, about = "An API gateway and reverse proxy")]
+struct Cli {
+    /// Config file (YAML).
+    #[arg(
+        short,
+        long,
+        global = true,
+        default_value = "/etc/tollgate/tollgate.yaml"
+    )]
+    config: PathBuf,
+    /// Log format; json when stderr is not a terminal.
+    #[arg(long, global = true)]
+    log_format: Option<LogFormat>,
+    /// Log level or filter (overrides RUST_LOG), e.g. `info` or `tollgate=debug`.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Run,
+    /// Check a config file: prints OK and a summary, or every error.
+    Validate,
+    /// Show which route a request would take and why.
+    Explain {
+        /// Method, e.g. GET.
+        method: String,
+        /// URL, e.g. http://api.example.com/users/7.
+        url: String,
+    },
+}
+
+fn init_logs(cli: &Cli) {
+    let filter = cli
+        .log_level
+        .clone()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = match cli.log_format {
+        Some(LogFormat::Json) => true,
+        Some(LogFormat::Pretty) => false,
+        None => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().with_current_span(false).init();
+    } else {
+        builder.init();
+    }
+}
+
+#[expect(clippy::print_stdout, reason = "the CLI's answer goes to stdout")]
+fn validate(cli: &Cli) -> ExitCode {
+    match config::load(&cli.config, None) {
+        Ok(s) => {
+            let routes = s.routes.len();
+            let upstreams = s.upstreams.len();
+            let endpoints: usize = s.upstreams.values().map(|u| u.endpoints.len()).sum();
+            println!(
+                "OK {}: {routes} routes, {upstreams} upstreams, {endpoints} endpoints (version {})",
+                cli.config.display(),
+                s.version
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            for line in e.lines() {
+                eprintln!("{line}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[expect(clippy::print_stdout, reason = "the CLI's answer goes to stdout")]
+fn explain(cli: &Cli, method: &str, url: &str) -> ExitCode {
+    let snap = match config::load(&cli.config, None) {
+        Ok(s) => s,
+        Err(e) => {
+            for line in e.lines() {
+                eprintln!("{line}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        eprintln!("`{url}` is not a URL");
+        return ExitCode::FAILURE;
+    };
+    let host = uri.authority().map(|a| a.as_str()).unwrap_or("");
+    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+    let out = snap.explain(method, host, pq);
+    println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    ExitCode::SUCCESS
+}
+
+fn run(cli: &Cli) -> ExitCode {
+    let workers = match config::load(&cli.config, None) {
+        Ok(s) => s.spec.server.workers,
+        Err(e) => {
+            for line in e.lines() {
+                eprintln!("{line}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let WorkersSpec::Count(n) = workers {
+        rt.worker_threads(n);
+    }
+    let rt = match rt.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async {
+        let gw = match Gateway::start(
+            cli.config.clone(),
+            StartOptions {
+                watch_file: true,
+                sighup: true,
+            },
+        )
+        .await
+        {
+            Ok(gw) => gw,
+            Err(e) => {
+                if let tollgate::app::StartError::Config(le) = &e {
+                    for line in le.lines() {
+                        tracing::error!(error = %line, "invalid config");
+                    }
+                } else {
+                    tracing::error!(error = %e, "cannot start");
+                }
+                return ExitCode::FAILURE;
+            }
+        };
+        wait_for_signal().await;
+        tracing::info!("shutdown signal received; draining");
+        gw.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match &cli.command {
+        Some(Command::Validate) => validate(&cli),
+        Some(Command::Explain { method, url }) => explain(&cli, method, url),
+        Some(Command::Run) | None => {
+            init_logs(&cli);
+            run(&cli)
+        }
+    }
+}

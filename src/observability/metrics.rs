@@ -1,0 +1,284 @@
+//! Every Prometheus metric Tollgate exports, by name, in one place.
+//!
+//! Label values come from config ids (route, upstream, endpoint) or closed
+//! sets (method, status code, result), never from raw request data. Handles
+//! are resolved when a snapshot is compiled; per-status counters are created
+//! on first use and then read through a small map without touching the
+//! registry.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
+
+use http::Method;
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+/// Process-wide metric families.
+pub struct Metrics {
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    /// `tollgate_requests_total{route,method,status}`.
+    pub requests: IntCounterVec,
+    /// `tollgate_request_duration_seconds{route}`.
+    pub request_duration: HistogramVec,
+    /// `tollgate_upstream_requests_total{upstream,endpoint,status}`.
+    pub upstream_requests: IntCounterVec,
+    /// `tollgate_upstream_duration_seconds{upstream}`.
+    pub upstream_duration: HistogramVec,
+    /// `tollgate_upstream_connect_errors_total{upstream,endpoint}`.
+    pub upstream_connect_errors: IntCounterVec,
+    /// `tollgate_connections_active`.
+    pub connections_active: IntGauge,
+    /// `tollgate_requests_inflight`.
+    pub requests_inflight: IntGauge,
+    /// `tollgate_config_reloads_total{result}`.
+    pub config_reloads: IntCounterVec,
+    /// `tollgate_config_last_reload_success_timestamp_seconds`.
+    pub config_last_success: IntGauge,
+    /// `tollgate_config_info{version}` (1 for the live version).
+    pub config_info: IntGaugeVec,
+    /// `tollgate_access_log_dropped_total`.
+    pub access_log_dropped: IntCounter,
+}
+
+/// Latency buckets in seconds, 0.5 ms to 30 s.
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(Metrics::new)
+}
+
+impl Metrics {
+    #[expect(
+        clippy::expect_used,
+        reason = "metric definitions are static and valid; a failure is a programming error caught by every test"
+    )]
+    fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique counter");
+            c
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()),
+                labels,
+            )
+            .expect("valid histogram");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique histogram");
+            h
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid gauge");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique gauge");
+            g
+        };
+        let m = Metrics {
+            requests: counter(
+                "tollgate_requests_total",
+                "Downstream requests by route, method and status.",
+                &["route", "method", "status"],
+            ),
+            request_duration: histogram(
+                "tollgate_request_duration_seconds",
+                "Time from request head to response end, by route.",
+                &["route"],
+            ),
+            upstream_requests: counter(
+                "tollgate_upstream_requests_total",
+                "Requests sent upstream, by upstream, endpoint and status.",
+                &["upstream", "endpoint", "status"],
+            ),
+            upstream_duration: histogram(
+                "tollgate_upstream_duration_seconds",
+                "Time from sending upstream to the response head, by upstream.",
+                &["upstream"],
+            ),
+            upstream_connect_errors: counter(
+                "tollgate_upstream_connect_errors_total",
+                "Failed upstream connection attempts.",
+                &["upstream", "endpoint"],
+            ),
+            connections_active: gauge(
+                "tollgate_connections_active",
+                "Open downstream connections.",
+            ),
+            requests_inflight: gauge(
+                "tollgate_requests_inflight",
+                "Downstream requests in progress.",
+            ),
+            config_reloads: counter(
+                "tollgate_config_reloads_total",
+                "Config reload attempts by result (success, failure).",
+                &["result"],
+            ),
+            config_last_success: gauge(
+                "tollgate_config_last_reload_success_timestamp_seconds",
+                "Unix time of the last successful config load.",
+            ),
+            config_info: {
+                let g = IntGaugeVec::new(
+                    Opts::new("tollgate_config_info", "The live config version (value 1)."),
+                    &["version"],
+                )
+                .expect("valid gauge");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique gauge");
+                g
+            },
+            access_log_dropped: {
+                let c = IntCounter::new(
+                    "tollgate_access_log_dropped_total",
+                    "Access log lines dropped because the writer fell behind.",
+                )
+                .expect("valid counter");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("unique counter");
+                c
+            },
+            registry,
+        };
+        #[cfg(target_os = "linux")]
+        {
+            let pc = prometheus::process_collector::ProcessCollector::for_self();
+            let _ = m.registry.register(Box::new(pc));
+        }
+        m
+    }
+
+    /// Renders the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let encoder = prometheus::TextEncoder::new();
+        if encoder
+            .encode_utf8(&self.registry.gather(), &mut out)
+            .is_err()
+        {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Small stable index for a method label; everything non-standard is `OTHER`.
+pub fn method_label(m: &Method) -> (u8, &'static str) {
+    match *m {
+        Method::GET => (0, "GET"),
+        Method::HEAD => (1, "HEAD"),
+        Method::POST => (2, "POST"),
+        Method::PUT => (3, "PUT"),
+        Method::DELETE => (4, "DELETE"),
+        Method::PATCH => (5, "PATCH"),
+        Method::OPTIONS => (6, "OPTIONS"),
+        Method::TRACE => (7, "TRACE"),
+        Method::CONNECT => (8, "CONNECT"),
+        _ => (9, "OTHER"),
+    }
+}
+
+/// Counters of one family with fixed leading labels, keyed by
+/// (method index, status); created on first use.
+#[derive(Clone)]
+pub struct StatusCounters {
+    family: IntCounterVec,
+    fixed: Arc<[String]>,
+    with_method: bool,
+    cache: Arc<RwLock<HashMap<(u8, u16), IntCounter>>>,
+}
+
+impl StatusCounters {
+    /// Counters of `family` whose first labels are `fixed`; the remaining
+    /// labels are (method, status) or just (status).
+    pub fn new(family: &IntCounterVec, fixed: &[&str], with_method: bool) -> Self {
+        Self {
+            family: family.clone(),
+            fixed: fixed.iter().map(|s| (*s).to_owned()).collect(),
+            with_method,
+            cache: Arc::default(),
+        }
+    }
+
+    /// Adds one for (method, status).
+    pub fn inc(&self, method: &Method, status: u16) {
+        let (mi, mname) = if self.with_method {
+            method_label(method)
+        } else {
+            (0, "")
+        };
+        if let Ok(map) = self.cache.read()
+            && let Some(c) = map.get(&(mi, status))
+        {
+            c.inc();
+            return;
+        }
+        let status_text = status.to_string();
+        let mut labels: Vec<&str> = self.fixed.iter().map(String::as_str).collect();
+        if self.with_method {
+            labels.push(mname);
+        }
+        labels.push(&status_text);
+        if let Ok(c) = self.family.get_metric_with_label_values(&labels) {
+            c.inc();
+            if let Ok(mut map) = self.cache.write() {
+                map.insert((mi, status), c);
+            }
+        }
+    }
+}
+
+/// Per-route handles.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    /// requests by method and status.
+    pub requests: StatusCounters,
+    /// duration histogram.
+    pub duration: Histogram,
+}
+
+impl RouteMetrics {
+    /// Handles for route `name` (the empty name is used for requests that matched no route).
+    pub fn new(name: &str) -> Self {
+        let m = metrics();
+        Self {
+            requests: StatusCounters::new(&m.requests, &[name], true),
+            duration: m.request_duration.with_label_values(&[name]),
+        }
+    }
+}
+
+/// Per-endpoint handles.
+#[derive(Clone)]
+pub struct EndpointMetrics {
+    /// upstream requests by status.
+    pub requests: StatusCounters,
+    /// failed connects.
+    pub connect_errors: IntCounter,
+}
+
+impl EndpointMetrics {
+    /// Handles for `endpoint` of `upstream`.
+    pub fn new(upstream: &str, endpoint: &str) -> Self {
+        let m = metrics();
+        Self {
+            requests: StatusCounters::new(&m.upstream_requests, &[upstream, endpoint], false),
+            connect_errors: m
+                .upstream_connect_errors
+                .with_label_values(&[upstream, endpoint]),
+        }
+    }
+}

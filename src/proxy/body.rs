@@ -1,0 +1,114 @@
+//! The response body sent downstream, carrying the request's finish stage.
+//!
+//! `finish` (access log line, metrics, in-flight gauge) runs exactly once:
+//! when the body ends or, if the client goes away first, when hyper drops
+//! the body.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use super::ctx::Finish;
+use crate::upstream::InflightGuard;
+
+enum Kind {
+    Full(Option<Bytes>),
+    Upstream(Incoming),
+}
+
+/// A gateway-made or upstream-streamed response body.
+pub struct ResponseBody {
+    kind: Kind,
+    bytes: u64,
+    finish: Option<Box<Finish>>,
+    _inflight: Option<InflightGuard>,
+}
+
+impl ResponseBody {
+    /// A body held in memory.
+    pub fn full(b: Bytes) -> Self {
+        Self {
+            kind: Kind::Full(Some(b).filter(|b| !b.is_empty())),
+            bytes: 0,
+            finish: None,
+            _inflight: None,
+        }
+    }
+
+    /// An upstream body, streamed; `inflight` is released when it ends.
+    pub fn upstream(b: Incoming, inflight: Option<InflightGuard>) -> Self {
+        Self {
+            kind: Kind::Upstream(b),
+            bytes: 0,
+            finish: None,
+            _inflight: inflight,
+        }
+    }
+
+    /// Attaches the finish stage.
+    pub fn with_finish(mut self, f: Box<Finish>) -> Self {
+        self.finish = Some(f);
+        self
+    }
+
+    fn done(&mut self, complete: bool) {
+        if let Some(f) = self.finish.take() {
+            f.run(self.bytes, complete);
+        }
+        self._inflight = None;
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        let complete = match &self.kind {
+            Kind::Full(rest) => rest.is_none(),
+            Kind::Upstream(b) => b.is_end_stream(),
+        };
+        self.done(complete);
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = match &mut this.kind {
+            Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Upstream(b) => Pin::new(b).poll_frame(cx),
+        };
+        match &polled {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    this.bytes += d.len() as u64;
+                }
+            }
+            Poll::Ready(None) => this.done(true),
+            Poll::Ready(Some(Err(_))) => this.done(false),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(b) => b.is_none(),
+            Kind::Upstream(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Upstream(b) => b.size_hint(),
+        }
+    }
+}

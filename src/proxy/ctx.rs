@@ -1,0 +1,108 @@
+//! The per-request context every stage reads and writes, and the finish
+//! stage that consumes it.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use http::Method;
+
+use super::headers::TraceContext;
+use super::server::ActivityGuard;
+use crate::observability::access_log::{self, Entry};
+use crate::observability::metrics::metrics;
+use crate::snapshot::Snapshot;
+
+/// What the pipeline knows about one request.
+pub struct RequestCtx {
+    /// The snapshot this request runs on, start to finish.
+    pub snapshot: Arc<Snapshot>,
+    /// The request id (client's or generated).
+    pub request_id: String,
+    /// Trace context (continued or new).
+    pub trace: TraceContext,
+    /// Client address after trusted-proxy resolution.
+    pub client: IpAddr,
+    /// The TCP peer (the hop that forwarding headers name).
+    pub peer: IpAddr,
+    /// When the request head was received.
+    pub start: Instant,
+    /// Wall-clock arrival time.
+    pub arrived: SystemTime,
+    /// Method.
+    pub method: Method,
+    /// Route taken (index into `snapshot.routes`).
+    pub route: Option<usize>,
+    /// Upstream and endpoint chosen.
+    pub upstream: Option<(String, String)>,
+    /// Time to the upstream response head.
+    pub upstream_duration: Option<Duration>,
+    /// Why the gateway answered itself.
+    pub reason: &'static str,
+    /// Request body bytes declared by Content-Length.
+    pub bytes_in: u64,
+    /// Host and path for the log (only kept when logging is on).
+    pub log_target: Option<(String, String)>,
+    /// Keeps the connection from idling out until the request finishes.
+    pub activity: Option<ActivityGuard>,
+}
+
+/// The finish stage of one request: runs once, when the response body ends
+/// or is dropped.
+pub struct Finish {
+    ctx: RequestCtx,
+    status: u16,
+}
+
+impl Finish {
+    /// Prepares the finish stage for a response with `status`.
+    pub fn new(ctx: RequestCtx, status: u16) -> Box<Self> {
+        Box::new(Self { ctx, status })
+    }
+
+    /// Records metrics and writes the access log line.
+    pub fn run(self: Box<Self>, bytes_out: u64, complete: bool) {
+        let c = &self.ctx;
+        let elapsed = c.start.elapsed();
+        let m = match c.route.and_then(|i| c.snapshot.routes.get(i)) {
+            Some(r) => &r.metrics,
+            None => &c.snapshot.unrouted_metrics,
+        };
+        m.requests.inc(&c.method, self.status);
+        m.duration.observe(elapsed.as_secs_f64());
+        metrics().requests_inflight.dec();
+        if let Some((host, path)) = &c.log_target {
+            let route = c
+                .route
+                .and_then(|i| c.snapshot.routes.get(i))
+                .map_or("", |r| r.name.as_str());
+            let (up, ep) = c
+                .upstream
+                .as_ref()
+                .map_or(("", ""), |(u, e)| (u.as_str(), e.as_str()));
+            let reason = if complete || !c.reason.is_empty() {
+                c.reason
+            } else {
+                "downstream_disconnect"
+            };
+            access_log::log(&Entry {
+                time: access_log::rfc3339(c.arrived),
+                request_id: &c.request_id,
+                trace_id: &c.trace.trace_id,
+                client: c.client.to_string(),
+                method: c.method.as_str(),
+                host,
+                path,
+                status: self.status,
+                bytes_in: c.bytes_in,
+                bytes_out,
+                duration: elapsed.as_secs_f64(),
+                upstream_duration: c.upstream_duration.map(|d| d.as_secs_f64()),
+                route,
+                upstream: up,
+                endpoint: ep,
+                reason,
+            });
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! The one place a failure becomes a response: status, stable error code
+//! (also the access log's reason and a metric label), who failed, and
+//! whether the connection must close. No `_ =>` arm: a new variant does not
+//! compile until it is mapped here.
+
+use bytes::Bytes;
+use http::header::{CONNECTION, CONTENT_TYPE, HeaderValue};
+use http::{Method, Response, StatusCode};
+use serde::Serialize;
+
+use crate::routing::normalize::PathError;
+
+/// Who caused a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Party {
+    /// The client sent something wrong.
+    Downstream,
+    /// The backend failed.
+    Upstream,
+    /// Configuration or routing.
+    Gateway,
+}
+
+/// Every way the gateway answers a request itself with an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyError {
+    /// A malformed or forbidden request (RFC 9110 / 9112 violation).
+    BadRequest(&'static str),
+    /// The path could not be normalized.
+    BadPath(PathError),
+    /// No route matched.
+    NoRoute,
+    /// A route matched host and path, but not the method.
+    MethodNotAllowed(Vec<Method>),
+    /// The request body stalled.
+    BodyTimeout,
+    /// The request body is larger than allowed.
+    PayloadTooLarge(u64),
+    /// The request head is larger than allowed.
+    HeadersTooLarge,
+    /// No connection could be made to any endpoint.
+    UpstreamRefused,
+    /// The connection to the endpoint failed mid-request, or it sent an
+    /// invalid response.
+    UpstreamReset,
+    /// No endpoint can take the request.
+    NoEndpoint,
+    /// The upstream did not answer within the route timeout.
+    UpstreamTimeout,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    message: &'a str,
+    request_id: &'a str,
+}
+
+impl ProxyError {
+    /// (status, code, who failed, close the connection).
+    pub fn describe(&self) -> (StatusCode, &'static str, Party, bool) {
+        use ProxyError as E;
+        use StatusCode as S;
+        match self {
+            E::BadRequest(_) => (S::BAD_REQUEST, "bad_request", Party::Downstream, true),
+            E::BadPath(_) => (S::BAD_REQUEST, "invalid_path", Party::Downstream, false),
+            E::NoRoute => (S::NOT_FOUND, "no_route", Party::Gateway, false),
+            E::MethodNotAllowed(_) => (
+                S::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                Party::Downstream,
+                false,
+            ),
+            E::BodyTimeout => (
+                S::REQUEST_TIMEOUT,
+                "request_body_timeout",
+                Party::Downstream,
+                true,
+            ),
+            E::PayloadTooLarge(_) => (
+                S::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                Party::Downstream,
+                true,
+            ),
+            E::HeadersTooLarge => (
+                S::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                Party::Downstream,
+                true,
+            ),
+            E::UpstreamRefused => (S::BAD_GATEWAY, "upstream_refused", Party::Upstream, false),
+            E::UpstreamReset => (S::BAD_GATEWAY, "upstream_reset", Party::Upstream, false),
+            E::NoEndpoint => (
+                S::SERVICE_UNAVAILABLE,
+                "no_endpoint",
+                Party::Upstream,
+                false,
+            ),
+            E::UpstreamTimeout => (
+                S::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                Party::Upstream,
+                false,
+            ),
+        }
+    }
+
+    /// The human message.
+    pub fn message(&self) -> String {
+        match self {
+            ProxyError::BadRequest(why) => (*why).to_owned(),
+            ProxyError::BadPath(e) => e.to_string(),
+            ProxyError::NoRoute => "no route matches this request".to_owned(),
+            ProxyError::MethodNotAllowed(_) => "the route does not allow this method".to_owned(),
+            ProxyError::BodyTimeout => "the request body was not received in time".to_owned(),
+            ProxyError::PayloadTooLarge(limit) => format!("the request body exceeds {limit} bytes"),
+            ProxyError::HeadersTooLarge => "the request headers are too large".to_owned(),
+            ProxyError::UpstreamRefused => "the upstream could not be reached".to_owned(),
+            ProxyError::UpstreamReset => {
+                "the upstream connection failed or sent an invalid response".to_owned()
+            }
+            ProxyError::NoEndpoint => "no upstream endpoint is available".to_owned(),
+            ProxyError::UpstreamTimeout => "the upstream did not respond in time".to_owned(),
+        }
+    }
+
+    /// The JSON error response (`request_id` is added by the caller's header step too).
+    pub fn to_response(&self, request_id: &str) -> Response<Bytes> {
+        let (status, code, _, close) = self.describe();
+        let message = self.message();
+        let body = serde_json::to_vec(&ErrorBody {
+            error: code,
+            message: &message,
+            request_id,
+        })
+        .unwrap_or_default();
+        let mut resp = Response::new(Bytes::from(body));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if close {
+            h.insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let ProxyError::MethodNotAllowed(methods) = self {
+            let allow = methods
+                .iter()
+                .map(Method::as_str)
+                .collect::<Vec<_>>()
+                .join(", ");
+            if let Ok(v) = HeaderValue::try_from(allow) {
+                h.insert(http::header::ALLOW, v);
+            }
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_maps_to_one_status_and_code() {
+        let table = [
+            (ProxyError::BadRequest("x"), 400, "bad_request"),
+            (
+                ProxyError::BadPath(PathError::ClimbsAboveRoot),
+                400,
+                "invalid_path",
+            ),
+            (ProxyError::NoRoute, 404, "no_route"),
+            (
+                ProxyError::MethodNotAllowed(vec![Method::GET]),
+                405,
+                "method_not_allowed",
+            ),
+            (ProxyError::BodyTimeout, 408, "request_body_timeout"),
+            (ProxyError::PayloadTooLarge(1), 413, "payload_too_large"),
+            (ProxyError::HeadersTooLarge, 431, "headers_too_large"),
+            (ProxyError::UpstreamRefused, 502, "upstream_refused"),
+            (ProxyError::UpstreamReset, 502, "upstream_reset"),
+            (ProxyError::NoEndpoint, 503, "no_endpoint"),
+            (ProxyError::UpstreamTimeout, 504, "upstream_timeout"),
+        ];
+        for (err, status, code) in table {
+            let (s, c, _, _) = err.describe();
+            assert_eq!((s.as_u16(), c), (status, code), "{err:?}");
+        }
+    }
+
+    #[test]
+    fn error_body_is_json_with_request_id() {
+        let r = ProxyError::MethodNotAllowed(vec![Method::GET, Method::POST]).to_response("abc");
+        assert_eq!(r.headers()["allow"], "GET, POST");
+        assert_eq!(
+            r.body().as_ref(),
+            br#"{"error":"method_not_allowed","message":"the route does not allow this method","request_id":"abc"}"#
+        );
+    }
+}

@@ -1,0 +1,11 @@
+//! The request path: accept (server), the pipeline stages (pipeline), the
+//! per-request context (ctx), forwarding header rules (headers), the
+//! response body with its finish stage (body), and the error → response map
+//! (error).
+
+pub mod body;
+pub mod ctx;
+pub mod error;
+pub mod headers;
+pub mod pipeline;
+pub mod server;

@@ -1,0 +1,381 @@
+//! Stage 0, `accept`: downstream connections.
+//!
+//! Each connection: a permit from the connection limit; the HTTP/2 preface
+//! is sniffed under `header_read_timeout` (hyper-util's auto detection
+//! would wait forever for the first bytes); then hyper serves HTTP/1.1 (with
+//! upgrades) or h2c with every limit set explicitly from the snapshot. An
+//! idle watchdog closes keep-alive connections with no request in flight,
+//! and a shutdown signal drains them gracefully.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::time::Instant;
+
+use super::pipeline::{self, ConnInfo};
+use crate::observability::metrics::metrics;
+use crate::snapshot::{Settings, SharedSnapshot};
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// h2: most streams reset by the client before we answered, per connection
+/// (the "rapid reset" guard, CVE-2023-44487).
+const H2_MAX_PENDING_RESETS: usize = 20;
+/// h2: most streams we reset for errors before the connection is closed.
+const H2_MAX_LOCAL_RESETS: usize = 256;
+/// h2: keep-alive pings for connections that went quiet.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// h2: per-stream and per-connection receive windows.
+const H2_STREAM_WINDOW: u32 = 256 << 10;
+const H2_CONN_WINDOW: u32 = 1 << 20;
+/// h2: largest frame we accept.
+const H2_MAX_FRAME: u32 = 16 << 10;
+
+/// No head in progress.
+const NONE: u64 = u64::MAX;
+
+/// Activity of one connection, for its watchdog.
+///
+/// NGINX semantics, which hyper alone does not give (its header timer also
+/// runs while a keep-alive connection waits for the next request): a
+/// connection with no request in flight may idle for `idle_timeout`; once
+/// the first byte of a request head arrives, the head must be complete
+/// within `header_read_timeout`.
+pub struct ConnState {
+    inflight: AtomicUsize,
+    /// When the last request finished (ms since `born`).
+    last_ms: AtomicU64,
+    /// When the current HTTP/1 head began arriving, or `NONE`.
+    head_ms: AtomicU64,
+    born: Instant,
+    h1: bool,
+    wake: Notify,
+}
+
+impl ConnState {
+    fn new(h1: bool) -> Arc<Self> {
+        Arc::new(Self {
+            inflight: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+            // The first head is timed from the connection's start.
+            head_ms: AtomicU64::new(if h1 { 0 } else { NONE }),
+            born: Instant::now(),
+            h1,
+            wake: Notify::new(),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.born.elapsed().as_millis() as u64
+    }
+
+    /// Bytes arrived: on an idle HTTP/1 connection they start a head.
+    fn on_read(&self) {
+        if self.h1
+            && self.inflight.load(Ordering::Relaxed) == 0
+            && self
+                .head_ms
+                .compare_exchange(NONE, self.now_ms(), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.wake.notify_one();
+        }
+    }
+
+    /// What the watchdog should do now: `Ok(())` to close, or `Err(deadline)`.
+    fn check(&self, idle: Duration, header: Duration) -> Result<(), Instant> {
+        let now = self.now_ms();
+        if self.inflight.load(Ordering::Relaxed) > 0 {
+            return Err(Instant::now() + idle);
+        }
+        let (since, limit) = match self.head_ms.load(Ordering::Relaxed) {
+            NONE => (self.last_ms.load(Ordering::Relaxed), idle),
+            head => (head, header),
+        };
+        let due = since + limit.as_millis() as u64;
+        if now >= due {
+            Ok(())
+        } else {
+            Err(self.born + Duration::from_millis(due))
+        }
+    }
+}
+
+/// Marks a request in flight on its connection until dropped (it lives in
+/// the finish stage, so a streaming response counts until it ends).
+pub struct ActivityGuard(Arc<ConnState>);
+
+impl ActivityGuard {
+    /// Counts one request in flight; its head is complete.
+    pub fn new(state: &Arc<ConnState>) -> Self {
+        state.inflight.fetch_add(1, Ordering::Relaxed);
+        state.head_ms.store(NONE, Ordering::Relaxed);
+        ActivityGuard(Arc::clone(state))
+    }
+}
+
+impl Drop for ActivityGuard {
+    fn drop(&mut self) {
+        self.0.last_ms.store(self.0.now_ms(), Ordering::Relaxed);
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.0.wake.notify_one();
+    }
+}
+
+/// Accepts connections on `listener` until `shutdown` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    live: SharedSnapshot,
+    limit: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&limit).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = shutdown.changed() => return,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        tokio::spawn(connection(
+            stream,
+            peer,
+            Arc::clone(&live),
+            permit,
+            shutdown.clone(),
+        ));
+    }
+}
+
+async fn connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    live: SharedSnapshot,
+    _permit: OwnedSemaphorePermit,
+    shutdown: watch::Receiver<bool>,
+) {
+    let gauge = &metrics().connections_active;
+    gauge.inc();
+    let settings = live.load().settings.clone();
+    let _ = stream.set_nodelay(true);
+    if let Ok(Ok((h2, prefix))) =
+        tokio::time::timeout(settings.header_read_timeout, sniff(&mut stream)).await
+    {
+        let state = ConnState::new(!h2);
+        let io = TokioIo::new(ConnIo {
+            prefix,
+            inner: stream,
+            state: Arc::clone(&state),
+        });
+        let svc_state = Arc::clone(&state);
+        let svc = service_fn(move |req| {
+            let live = Arc::clone(&live);
+            let info = ConnInfo {
+                peer,
+                activity: Some(ActivityGuard::new(&svc_state)),
+            };
+            async move { Ok::<_, Infallible>(pipeline::handle(req, info, &live).await) }
+        });
+        if h2 {
+            let conn = h2_builder(&settings).serve_connection(io, svc);
+            drive(conn, state, &settings, shutdown).await;
+        } else {
+            let conn = h1_builder(&settings)
+                .serve_connection(io, svc)
+                .with_upgrades();
+            drive(conn, state, &settings, shutdown).await;
+        }
+    }
+    gauge.dec();
+}
+
+/// Reads until the bytes seen either diverge from the h2 preface (HTTP/1)
+/// or complete it (h2). Returns the bytes read, to be replayed.
+async fn sniff(stream: &mut TcpStream) -> io::Result<(bool, Bytes)> {
+    let mut buf = BytesMut::with_capacity(64);
+    loop {
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let n = buf.len().min(H2_PREFACE.len());
+        if buf[..n] != H2_PREFACE[..n] {
+            return Ok((false, buf.freeze()));
+        }
+        if n == H2_PREFACE.len() {
+            return Ok((true, buf.freeze()));
+        }
+    }
+}
+
+fn h1_builder(s: &Settings) -> http1::Builder {
+    let mut b = http1::Builder::new();
+    b.timer(TokioTimer::new())
+        // Head and idle timing is the connection watchdog's (see ConnState).
+        .header_read_timeout(None)
+        .max_headers(s.max_request_headers)
+        // hyper's floor for its read buffer is 8 KiB; the head limit itself
+        // is enforced by max_header_size.
+        .max_buf_size(s.max_request_header_bytes.max(8192))
+        .max_header_size(s.max_request_header_bytes)
+        .keep_alive(true)
+        .half_close(false)
+        .ignore_invalid_headers(false)
+        .allow_multiple_spaces_in_request_line_delimiters(false);
+    b
+}
+
+fn h2_builder(s: &Settings) -> http2::Builder<TokioExecutor> {
+    let mut b = http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .max_concurrent_streams(s.max_concurrent_streams)
+        .max_header_list_size(s.max_request_header_bytes as u32)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
+        .keep_alive_interval(H2_PING_INTERVAL)
+        .keep_alive_timeout(H2_PING_TIMEOUT)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONN_WINDOW)
+        .max_frame_size(H2_MAX_FRAME)
+        .max_send_buf_size(H2_STREAM_WINDOW as usize);
+    b
+}
+
+/// A hyper connection that can stop taking new requests.
+trait Graceful: Future<Output = Result<(), hyper::Error>> {
+    fn begin_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S, B> Graceful for http1::UpgradeableConnection<I, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn begin_shutdown(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, B> Graceful for http2::Connection<I, S, TokioExecutor>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn begin_shutdown(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Runs a connection to its end, closing it when idle or when a request
+/// head is too slow, and draining it when shutdown is signalled.
+async fn drive<C: Graceful>(
+    conn: C,
+    state: Arc<ConnState>,
+    s: &Settings,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut conn = std::pin::pin!(conn);
+    let mut draining = *shutdown.borrow();
+    if draining {
+        conn.as_mut().begin_shutdown();
+    }
+    loop {
+        let deadline = match state.check(s.idle_timeout, s.header_read_timeout) {
+            Ok(()) => return,
+            Err(d) => d,
+        };
+        tokio::select! {
+            _ = &mut conn => return,
+            _ = shutdown.changed(), if !draining => {
+                draining = true;
+                conn.as_mut().begin_shutdown();
+            }
+            _ = state.wake.notified() => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+/// The connection's socket: replays the sniffed bytes first and reports
+/// reads to the watchdog.
+struct ConnIo {
+    prefix: Bytes,
+    inner: TcpStream,
+    state: Arc<ConnState>,
+}
+
+impl AsyncRead for ConnIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.state.on_read();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for ConnIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

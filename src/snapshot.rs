@@ -1,0 +1,284 @@
+//! The immutable compiled config and its live handle.
+//!
+//! A request `load_full()`s the snapshot once and keeps that `Arc` to the
+//! end, so a reload never changes the rules under a request in flight. Only
+//! the reload task stores a new one.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use ipnet::IpNet;
+
+use crate::config::spec::{Spec, UnderscorePolicy};
+use crate::observability::metrics::RouteMetrics;
+use crate::routing::Router;
+use crate::routing::normalize::NormalizeOptions;
+use crate::upstream::Upstream;
+
+/// The live snapshot, swapped atomically on reload.
+pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
+
+/// Everything compiled from one config file.
+pub struct Snapshot {
+    /// Hash of the file's bytes (16 hex digits).
+    pub version: String,
+    /// The parsed file, for `GET /config`.
+    pub spec: Spec,
+    /// Route table; route ids index `routes`.
+    pub router: Router,
+    /// What each route does.
+    pub routes: Vec<Route>,
+    /// Upstreams by name.
+    pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    /// Request-path settings from `server`.
+    pub settings: Settings,
+    /// Metric handles for requests that matched no route (route label "").
+    pub unrouted_metrics: RouteMetrics,
+}
+
+impl Snapshot {
+    /// Which route `method host path` would take and why, as JSON (the
+    /// admin `/routes/explain` and `tollgate explain` answer).
+    pub fn explain(&self, method: &str, host: &str, path_and_query: &str) -> serde_json::Value {
+        use serde_json::json;
+        let Ok(method) = http::Method::from_bytes(method.as_bytes()) else {
+            return json!({ "error": format!("`{method}` is not a method") });
+        };
+        let (path, query) = path_and_query
+            .split_once('?')
+            .map_or((path_and_query, None), |(p, q)| (p, Some(q)));
+        let normalized =
+            match crate::routing::normalize::normalize_path(path, self.settings.normalize) {
+                Ok(p) => p.into_owned(),
+                Err(e) => return json!({ "status": 400, "error": e.to_string() }),
+            };
+        let host = host
+            .rsplit_once(':')
+            .map_or(host, |(h, _)| h)
+            .to_ascii_lowercase();
+        let headers = HeaderMap::new();
+        let view = crate::routing::RequestView {
+            method: &method,
+            host: &host,
+            path: &normalized,
+            query,
+            headers: &headers,
+        };
+        let e = crate::routing::explain::explain(&self.router, &view);
+        let name = |id: usize| self.routes.get(id).map_or("", |r| r.name.as_str());
+        let describe = |id: usize| {
+            let m = self.router.matcher(id);
+            json!({
+                "route": name(id),
+                "index": id,
+                "hosts": m.map(|m| m.hosts.clone()),
+                "path_kind": m.map(|m| m.path.kind()),
+                "pattern": m.map(|m| m.path.pattern().to_owned()),
+            })
+        };
+        json!({
+            "request": { "method": method.as_str(), "host": host, "path": normalized },
+            "status": e.status,
+            "matched": e.matched.map(name),
+            "rule": "exact host > wildcard host (longest suffix) > any host; then exact path > template > longest prefix > regex; then declared order",
+            "candidates": e.candidates.iter().map(|c| {
+                let mut d = describe(c.id);
+                d["group"] = json!(c.group);
+                d["outcome"] = json!(c.outcome);
+                d
+            }).collect::<Vec<_>>(),
+            "nearest": e.nearest.iter().map(|id| describe(*id)).collect::<Vec<_>>(),
+            "note": "header and query constraints are checked against an empty request here",
+        })
+    }
+}
+
+/// Downstream limits and policies, read per connection or per request.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Networks whose forwarding headers are trusted.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Largest request head in bytes.
+    pub max_request_header_bytes: usize,
+    /// Largest request body in bytes.
+    pub max_request_body_bytes: u64,
+    /// Most header fields.
+    pub max_request_headers: usize,
+    /// Request head deadline.
+    pub header_read_timeout: Duration,
+    /// Gap allowed between body pieces.
+    pub body_read_timeout: Duration,
+    /// `_` in header names.
+    pub headers_with_underscores: UnderscorePolicy,
+    /// Path normalization.
+    pub normalize: NormalizeOptions,
+    /// Keep-alive idle timeout.
+    pub idle_timeout: Duration,
+    /// h2 streams per connection.
+    pub max_concurrent_streams: u32,
+    /// Write access log lines.
+    pub access_log: bool,
+}
+
+impl Settings {
+    /// True when `ip` is a trusted proxy.
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        self.trusted_proxies.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// One compiled route.
+pub struct Route {
+    /// Config name (metric label).
+    pub name: String,
+    /// What it does.
+    pub action: Action,
+    /// Path rewrite before forwarding.
+    pub rewrite: Rewrite,
+    /// Host header sent upstream instead of the client's.
+    pub host_rewrite: Option<HeaderValue>,
+    /// Deadline for the upstream response head.
+    pub timeout: Duration,
+    /// Header rules on the way upstream.
+    pub request_headers: HeaderRules,
+    /// Header rules on the way back.
+    pub response_headers: HeaderRules,
+    /// Metric handles.
+    pub metrics: RouteMetrics,
+}
+
+/// What a route does with a request.
+pub enum Action {
+    /// Proxy to one upstream.
+    Forward(Arc<Upstream>),
+    /// Proxy to one of several upstreams, by weight.
+    Split(Split),
+    /// Answer with a fixed response.
+    Respond {
+        /// Status.
+        status: StatusCode,
+        /// Body.
+        body: Bytes,
+        /// Headers.
+        headers: HeaderMap,
+    },
+    /// Answer with a redirect.
+    Redirect {
+        /// 301, 302, 303, 307 or 308.
+        status: StatusCode,
+        /// Location header value.
+        location: HeaderValue,
+    },
+}
+
+/// Weighted upstream choice.
+pub struct Split {
+    /// (running sum of weights, upstream).
+    pub choices: Vec<(u64, Arc<Upstream>)>,
+}
+
+impl Split {
+    /// Picks an upstream by weight.
+    pub fn pick(&self) -> Option<&Arc<Upstream>> {
+        let total = self.choices.last()?.0;
+        let r = fastrand::u64(0..total.max(1));
+        self.choices.iter().find(|(c, _)| r < *c).map(|(_, u)| u)
+    }
+}
+
+/// Path rewrite applied to the normalized path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rewrite {
+    /// Forward the path as is.
+    None,
+    /// Replace the leading `from` (segment boundary) with `to`.
+    Prefix {
+        /// Prefix removed.
+        from: String,
+        /// Prefix put in its place.
+        to: String,
+    },
+}
+
+impl Rewrite {
+    /// Applies the rewrite; `None` when nothing changes.
+    pub fn apply(&self, path: &str) -> Option<String> {
+        let Rewrite::Prefix { from, to } = self else {
+            return None;
+        };
+        let from = from.trim_end_matches('/');
+        let rest = path.strip_prefix(from)?;
+        if !(rest.is_empty() || rest.starts_with('/')) {
+            return None;
+        }
+        let to = to.trim_end_matches('/');
+        let mut out = String::with_capacity(to.len() + rest.len() + 1);
+        out.push_str(to);
+        out.push_str(rest);
+        if !out.starts_with('/') {
+            out.insert(0, '/');
+        }
+        Some(out)
+    }
+}
+
+/// set / add / remove header rules.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderRules {
+    /// Replace.
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    /// Append.
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    /// Remove.
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderRules {
+    /// Applies remove, then set, then add.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (n, v) in &self.set {
+            headers.insert(n.clone(), v.clone());
+        }
+        for (n, v) in &self.add {
+            headers.append(n.clone(), v.clone());
+        }
+    }
+
+    /// True when there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_rewrite_respects_segments() {
+        let strip = Rewrite::Prefix {
+            from: "/api".into(),
+            to: "/".into(),
+        };
+        assert_eq!(strip.apply("/api/users"), Some("/users".into()));
+        assert_eq!(strip.apply("/api"), Some("/".into()));
+        assert_eq!(strip.apply("/apix"), None);
+        let re = Rewrite::Prefix {
+            from: "/api/v1".into(),
+            to: "/v1".into(),
+        };
+        assert_eq!(re.apply("/api/v1/x?"), Some("/v1/x?".into()));
+    }
+}

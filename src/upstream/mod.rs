@@ -1,0 +1,284 @@
+//! Upstreams: named groups of endpoints with a balancer and per-endpoint
+//! connection pools (stages 6 `select` and 7 `forward`).
+//!
+//! An `Upstream` is built by `config::compile` and shared by `Arc`; a reload
+//! that leaves an upstream's definition unchanged reuses the same `Arc`, so
+//! its pools stay warm.
+
+pub mod balance;
+pub mod pool;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use http::header::HOST;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderName, Request, Response, Uri};
+use hyper::body::Incoming;
+use prometheus::Histogram;
+
+use crate::body::RequestBody;
+use crate::config::spec::UpstreamSpec;
+use crate::observability::metrics::{EndpointMetrics, metrics};
+pub use balance::Balancer;
+pub use pool::{ConnectError, Pool, Target};
+
+/// What a `consistent_hash` balancer hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    /// A request header's value.
+    Header(HeaderName),
+    /// A cookie's value.
+    Cookie(String),
+    /// The client address (after trusted-proxy resolution).
+    ClientIp,
+    /// The normalized path.
+    Path,
+}
+
+/// One backend address.
+pub struct Endpoint {
+    /// `host:port`, the endpoint's label in metrics and logs.
+    pub id: String,
+    /// Relative share of traffic.
+    pub weight: u32,
+    /// Requests in flight (for `least_request`).
+    pub inflight: AtomicUsize,
+    /// Its connections.
+    pub pool: Arc<Pool>,
+    /// Its metric handles.
+    pub metrics: EndpointMetrics,
+    authority: Authority,
+}
+
+/// A named group of endpoints.
+pub struct Upstream {
+    /// Config name.
+    pub name: String,
+    /// The definition it was built from (compared on reload).
+    pub spec: UpstreamSpec,
+    /// Endpoints, in config order.
+    pub endpoints: Vec<Arc<Endpoint>>,
+    /// What `consistent_hash` hashes.
+    pub hash_on: Option<HashOn>,
+    balancer: Balancer,
+    h2: bool,
+    duration: Histogram,
+}
+
+/// Why forwarding failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection could be made (after one retry on another endpoint).
+    #[error("connect to {endpoint} failed: {source}")]
+    Connect {
+        /// Endpoint id.
+        endpoint: String,
+        /// Cause.
+        source: ConnectError,
+    },
+    /// The connection failed while sending or receiving: reset, closed, or
+    /// an invalid response.
+    #[error("request to {endpoint} failed: {source}")]
+    Send {
+        /// Endpoint id.
+        endpoint: String,
+        /// Cause.
+        source: hyper::Error,
+    },
+}
+
+/// A response head from an endpoint.
+pub struct Sent {
+    /// The response (body still streaming).
+    pub response: Response<Incoming>,
+    /// The endpoint that answered.
+    pub endpoint: Arc<Endpoint>,
+}
+
+/// Decrements an endpoint's in-flight count when dropped.
+pub struct InflightGuard(Arc<Endpoint>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Sent {
+    /// Counts the request as in flight on its endpoint until the guard drops.
+    pub fn track(&self) -> InflightGuard {
+        self.endpoint.inflight.fetch_add(1, Ordering::Relaxed);
+        InflightGuard(Arc::clone(&self.endpoint))
+    }
+}
+
+/// Settings an endpoint is built with, besides its address.
+pub struct EndpointParams<'a> {
+    /// Upstream name (metric label).
+    pub upstream: &'a str,
+    /// Pool settings.
+    pub target: Target,
+    /// Endpoint weight.
+    pub weight: u32,
+    /// HTTP/2 cleartext.
+    pub h2: bool,
+}
+
+impl Endpoint {
+    /// An endpoint with an empty pool.
+    pub fn new(p: EndpointParams<'_>) -> Result<Self, String> {
+        let id = if p.target.host.contains(':') {
+            format!("[{}]:{}", p.target.host, p.target.port)
+        } else {
+            format!("{}:{}", p.target.host, p.target.port)
+        };
+        let authority: Authority = id
+            .parse()
+            .map_err(|e| format!("invalid endpoint address `{id}`: {e}"))?;
+        Ok(Self {
+            metrics: EndpointMetrics::new(p.upstream, &id),
+            pool: Arc::new(Pool::new(p.target, p.h2)),
+            inflight: AtomicUsize::new(0),
+            weight: p.weight,
+            authority,
+            id,
+        })
+    }
+}
+
+impl Upstream {
+    /// Assembles an upstream from built endpoints.
+    pub fn new(
+        name: &str,
+        spec: UpstreamSpec,
+        endpoints: Vec<Arc<Endpoint>>,
+        hash_on: Option<HashOn>,
+    ) -> Self {
+        let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
+        let ids: Vec<&str> = endpoints.iter().map(|e| e.id.as_str()).collect();
+        let balancer = Balancer::new(spec.balancer, &weights, &ids);
+        let h2 = spec.protocol == crate::config::spec::ProtocolSpec::H2c;
+        Self {
+            name: name.to_owned(),
+            duration: metrics().upstream_duration.with_label_values(&[name]),
+            spec,
+            endpoints,
+            hash_on,
+            balancer,
+            h2,
+        }
+    }
+
+    /// Picks an endpoint index, avoiding `exclude` when there is another.
+    pub fn pick(&self, key: Option<u64>, exclude: Option<usize>) -> usize {
+        let n = self.endpoints.len();
+        let i = self.balancer.pick(n, key, |i| {
+            self.endpoints[i].inflight.load(Ordering::Relaxed)
+        });
+        match exclude {
+            Some(x) if x == i && n > 1 => (i + 1) % n,
+            _ => i,
+        }
+    }
+
+    /// Sends `req` (origin-form URI, `Host` set) to an endpoint picked by
+    /// the balancer. A connect failure is retried once on another endpoint;
+    /// a dead pooled connection is replaced transparently.
+    pub async fn send(
+        &self,
+        mut req: Request<RequestBody>,
+        key: Option<u64>,
+    ) -> Result<Sent, UpstreamError> {
+        let start = Instant::now();
+        let mut idx = self.pick(key, None);
+        let mut retried = false;
+        if self.h2 {
+            to_absolute_form(&mut req, &self.endpoints[idx].authority);
+        }
+        loop {
+            let ep = &self.endpoints[idx];
+            let (conn, pooled) = match ep.pool.checkout() {
+                Some(c) => (c, true),
+                None => match ep.pool.connect().await {
+                    Ok(c) => (c, false),
+                    Err(source) => {
+                        ep.metrics.connect_errors.inc();
+                        if !retried && self.endpoints.len() > 1 {
+                            retried = true;
+                            idx = self.pick(key, Some(idx));
+                            continue;
+                        }
+                        return Err(UpstreamError::Connect {
+                            endpoint: ep.id.clone(),
+                            source,
+                        });
+                    }
+                },
+            };
+            let result = match conn {
+                pool::Conn::Http1(mut tx) => {
+                    let r = tx.try_send_request(req).await;
+                    if r.is_ok() {
+                        ep.pool.release(tx);
+                    }
+                    r
+                }
+                pool::Conn::H2(mut tx) => tx.try_send_request(req).await,
+            };
+            match result {
+                Ok(response) => {
+                    self.duration.observe(start.elapsed().as_secs_f64());
+                    ep.metrics
+                        .requests
+                        .inc(&http::Method::GET, response.status().as_u16());
+                    return Ok(Sent {
+                        response,
+                        endpoint: Arc::clone(ep),
+                    });
+                }
+                Err(mut e) => match e.take_message() {
+                    // Not sent: the pooled connection was dead. Try again
+                    // (the next pooled one, or a fresh connection).
+                    Some(back) if pooled => req = back,
+                    _ => {
+                        return Err(UpstreamError::Send {
+                            endpoint: ep.id.clone(),
+                            source: e.into_error(),
+                        });
+                    }
+                },
+            }
+        }
+    }
+
+    /// Closes idle connections past their timeout on every endpoint.
+    pub fn evict_expired(&self) {
+        for ep in &self.endpoints {
+            ep.pool.evict_expired();
+        }
+    }
+}
+
+/// h2 carries the authority in `:authority`, from the URI; `Host` must not
+/// be sent alongside it (RFC 9113 §8.3.1).
+fn to_absolute_form(req: &mut Request<RequestBody>, fallback: &Authority) {
+    let authority = req
+        .headers_mut()
+        .remove(HOST)
+        .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+        .unwrap_or_else(|| fallback.clone());
+    let pq = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(pq);
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
+}

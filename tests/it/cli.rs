@@ -1,0 +1,82 @@
+//! The `tollgate` binary: validate and explain.
+
+use std::process::Command;
+
+use crate::support::config_path;
+
+fn tollgate(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn validate_lists_every_error_with_location_and_path() {
+    let path = config_path();
+    std::fs::write(
+        &path,
+        "upstreams:\n  users:\n    endpoints: [\"http://127.0.0.1:9001\"]\nroutes:\n  - name: a\n    match: { path_prefix: /a }\n    upstream: userz\n  - name: b\n    match: { path: /b, methods: [get] }\n    upstream: users\n    timeout: 0s\n",
+    )
+    .unwrap();
+    let file = path.display().to_string();
+    let (code, stdout, stderr) = tollgate(&["validate", "-c", &file]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(
+        lines.contains(
+            &format!("{file}:7:5: routes[0].upstream: unknown upstream \"userz\" (defined: users)")
+                .as_str()
+        ),
+        "{stderr}"
+    );
+    assert!(
+        lines.contains(
+            &format!(
+                "{file}:9:34: routes[1].match.methods[0]: `get` is not an upper-case method name"
+            )
+            .as_str()
+        ),
+        "{stderr}"
+    );
+    assert!(
+        lines.contains(&format!("{file}:11:5: routes[1].timeout: must be more than zero").as_str()),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn validate_reports_parse_errors_with_location_and_path() {
+    let path = config_path();
+    std::fs::write(&path, "routes:\n  - name: a\n    match: { path: /a }\n    respond: { body: x }\n    colour: blue\n").unwrap();
+    let file = path.display().to_string();
+    let (code, _, stderr) = tollgate(&["validate", "-c", &file]);
+    assert_eq!(code, 1);
+    assert!(stderr.starts_with(&format!("{file}:5:")), "{stderr}");
+    assert!(stderr.contains("routes[0].colour"), "{stderr}");
+    assert!(stderr.contains("unknown field"), "{stderr}");
+}
+
+#[test]
+fn validate_accepts_the_shipped_configs_and_explain_answers() {
+    for file in ["config/tollgate.yaml", "config/demo.yaml"] {
+        let (code, stdout, stderr) = tollgate(&["validate", "-c", file]);
+        assert_eq!(code, 0, "{file}: {stderr}");
+        assert!(stdout.starts_with("OK "), "{stdout}");
+    }
+    let (code, stdout, _) = tollgate(&[
+        "explain",
+        "-c",
+        "config/demo.yaml",
+        "GET",
+        "http://localhost/ping",
+    ]);
+    assert_eq!(code, 0);
+    let j: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(j["matched"], "ping");
+}

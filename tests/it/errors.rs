@@ -1,0 +1,142 @@
+//! Upstream faults and body limits become the right status with a JSON body.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::*;
+
+#[tokio::test]
+async fn refused_upstream_is_502_and_timeout_is_504() {
+    // A port that was just free: nothing listens there.
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let slow = Upstream::start("slow").await;
+    let gw = TestGateway::start(&format!(
+        r#"
+upstreams:
+  dead: {{ endpoints: ["http://{dead}"] }}
+  slow: {{ endpoints: ["{}"] }}
+routes:
+  - {{ name: dead, match: {{ path_prefix: /dead }}, upstream: dead }}
+  - {{ name: slow, match: {{ path_prefix: /slow }}, upstream: slow, timeout: 200ms }}
+"#,
+        slow.url()
+    ))
+    .await;
+    let c = client();
+    let r = get(&c, &gw.url("/dead")).await;
+    assert_eq!(r.status, 502);
+    let j = r.json();
+    assert_eq!(j["error"], "upstream_refused");
+    assert_eq!(j["request_id"], r.headers["x-request-id"].to_str().unwrap());
+    let started = std::time::Instant::now();
+    let r = get(&c, &gw.url("/slow/3000")).await;
+    assert_eq!(r.status, 504);
+    assert_eq!(r.json()["error"], "upstream_timeout");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn connect_failure_is_retried_once_on_another_endpoint() {
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let live = Upstream::start("live").await;
+    let gw = TestGateway::start(&format!(
+        r#"
+upstreams:
+  mixed: {{ endpoints: ["http://{dead}", "{}"] }}
+routes:
+  - {{ name: mixed, match: {{ path_prefix: / }}, upstream: mixed }}
+"#,
+        live.url()
+    ))
+    .await;
+    let c = client();
+    for _ in 0..10 {
+        let r = get(&c, &gw.url("/")).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "live");
+    }
+    let metrics = get(&c, &gw.admin_url("/metrics")).await.text();
+    assert!(
+        metrics.contains(&format!(
+            "tollgate_upstream_connect_errors_total{{endpoint=\"{dead}\",upstream=\"mixed\"}}"
+        )),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn upstream_reset_is_502() {
+    // An upstream that accepts and closes at once.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(b"garbage\r\n\r\n").await;
+        }
+    });
+    let gw = TestGateway::start(&format!(
+        "upstreams:\n  bad: {{ endpoints: [\"http://{addr}\"] }}\nroutes:\n  - {{ name: bad, match: {{ path_prefix: / }}, upstream: bad }}\n"
+    ))
+    .await;
+    let r = get(&client(), &gw.url("/")).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.json()["error"], "upstream_reset");
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413_by_length_and_while_streaming() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&format!(
+        "server:\n  listen: [\"127.0.0.1:0\"]\n  admin_listen: \"127.0.0.1:0\"\n  limits: {{ max_request_body_bytes: 1KiB }}\n  access_log: {{ enabled: false }}\nupstreams:\n  app: {{ endpoints: [\"{}\"] }}\nroutes:\n  - {{ name: app, match: {{ path_prefix: / }}, upstream: app }}\n",
+        up.url()
+    ))
+    .await;
+    let resp = raw(
+        gw.addr,
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&resp), 413, "{resp}");
+    assert!(resp.contains("\"payload_too_large\""));
+    assert_eq!(up.count(), 0, "refused before anything went upstream");
+    let chunk = format!("{:x}\r\n{}\r\n", 800, "a".repeat(800));
+    let req = format!(
+        "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{chunk}{chunk}0\r\n\r\n"
+    );
+    let resp = raw(gw.addr, req.as_bytes()).await;
+    assert_eq!(raw_status(&resp), 413, "{resp}");
+}
+
+#[tokio::test]
+async fn stalled_request_body_gets_408_and_close() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&format!(
+        "server:\n  listen: [\"127.0.0.1:0\"]\n  admin_listen: \"127.0.0.1:0\"\n  limits: {{ body_read_timeout: 300ms }}\n  access_log: {{ enabled: false }}\nupstreams:\n  app: {{ endpoints: [\"{}\"] }}\nroutes:\n  - {{ name: app, match: {{ path_prefix: / }}, upstream: app }}\n",
+        up.url()
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly-a-few")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(IO_WAIT, s.read_to_end(&mut out))
+        .await
+        .expect("closed in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(raw_status(&text), 408, "{text}");
+    let _ = Bytes::new();
+}

@@ -1,0 +1,191 @@
+//! Hostile and malformed requests over raw sockets: each gets a 4xx (and a
+//! closed connection where framing is in doubt), never a hang.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::*;
+
+async fn gateway() -> (TestGateway, Upstream) {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&format!(
+        "server:\n  listen: [\"127.0.0.1:0\"]\n  admin_listen: \"127.0.0.1:0\"\n  limits: {{ header_read_timeout: 500ms, max_request_header_bytes: 8KiB, max_request_headers: 20, idle_timeout: 1s }}\n  access_log: {{ enabled: false }}\nupstreams:\n  app: {{ endpoints: [\"{}\"] }}\nroutes:\n  - {{ name: app, match: {{ path_prefix: / }}, upstream: app }}\n",
+        up.url()
+    ))
+    .await;
+    (gw, up)
+}
+
+#[tokio::test]
+async fn framing_attacks_are_refused_and_never_forwarded() {
+    let (gw, up) = gateway().await;
+    let cases: &[(&str, &[u8])] = &[
+        ("missing host", b"GET / HTTP/1.1\r\n\r\n"),
+        ("repeated host", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+        ("host with userinfo", b"GET / HTTP/1.1\r\nHost: user@a\r\n\r\n"),
+        ("absolute-form authority differs from host", b"GET http://a/ HTTP/1.1\r\nHost: b\r\n\r\n"),
+        ("conflicting content-length", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"),
+        ("non-final chunked", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n"),
+        ("bad chunk size", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"),
+        ("obs-fold", b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n"),
+        ("control character in field", b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\x01c\r\n\r\n"),
+        ("HTTP/1.2", b"GET / HTTP/1.2\r\nHost: a\r\n\r\n"),
+        ("CONNECT", b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n"),
+        ("asterisk-form with GET", b"GET * HTTP/1.1\r\nHost: a\r\n\r\n"),
+        ("path above root", b"GET /../etc/passwd HTTP/1.1\r\nHost: a\r\n\r\n"),
+        ("bare CR in field", b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\rc\r\n\r\n"),
+        ("space before colon", b"GET / HTTP/1.1\r\nHost: a\r\nX-A : b\r\n\r\n"),
+        ("HTTP/1.0 with transfer-encoding", b"POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        ("encoded NUL climbing", b"GET /a/%2e%2e/%2e%2e/b HTTP/1.1\r\nHost: a\r\n\r\n"),
+        ("bad percent-encoding", b"GET /a%zz HTTP/1.1\r\nHost: a\r\n\r\n"),
+    ];
+    for (name, bytes) in cases {
+        let resp = raw(gw.addr, bytes).await;
+        let status = raw_status(&resp);
+        assert!(
+            (400..500).contains(&status),
+            "{name}: got {status}: {resp:?}"
+        );
+    }
+    assert_eq!(up.count(), 0, "nothing malformed reached the upstream");
+}
+
+/// hyper resolves Content-Length + Transfer-Encoding as RFC 9112 §6.3
+/// allows: Transfer-Encoding wins, Content-Length is removed before anyone
+/// sees the request, and the connection is closed after the response. The
+/// upstream therefore never sees both (no smuggling), in either order.
+#[tokio::test]
+async fn content_length_with_transfer_encoding_is_never_forwarded_ambiguously() {
+    let (gw, up) = gateway().await;
+    for req in [
+        &b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"[..],
+        &b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n5\r\nhello\r\n0\r\n\r\n"[..],
+    ] {
+        let resp = raw(gw.addr, req).await;
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        assert!(resp.to_lowercase().contains("connection: close"), "connection closed after: {resp}");
+        assert!(resp.ends_with("hello"), "{resp}");
+        let seen = up.last();
+        assert!(seen.headers.get("content-length").is_none());
+        assert_eq!(&seen.body[..], b"hello");
+    }
+}
+
+/// The `http` crate's URI parser discards a fragment while hyper reads the
+/// request line, so the gateway never sees it; what goes upstream is the
+/// path without it.
+#[tokio::test]
+async fn fragments_are_never_forwarded() {
+    let (gw, up) = gateway().await;
+    let resp = raw(
+        gw.addr,
+        b"GET /a#frag HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert_eq!(up.last().uri, "/a");
+}
+
+/// httparse accepts bare LF as a line end (RFC 9112 §2.2 allows it); the
+/// request is parsed once and re-serialized with CRLF, so no hop after the
+/// gateway can read it differently.
+#[tokio::test]
+async fn bare_lf_heads_are_reserialized_with_crlf() {
+    let (gw, up) = gateway().await;
+    let resp = raw(
+        gw.addr,
+        b"GET /lf HTTP/1.1\nHost: a\nX-A: b\nConnection: close\n\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert_eq!(up.last().headers["x-a"], "b");
+}
+
+#[tokio::test]
+async fn oversized_heads_get_431() {
+    let (gw, up) = gateway().await;
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(10_000)
+    );
+    assert_eq!(raw_status(&raw(gw.addr, big.as_bytes()).await), 431);
+    let mut many = String::from("GET / HTTP/1.1\r\nHost: a\r\n");
+    for i in 0..30 {
+        many.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    assert_eq!(raw_status(&raw(gw.addr, many.as_bytes()).await), 431);
+    assert_eq!(up.count(), 0);
+}
+
+#[tokio::test]
+async fn slowloris_heads_are_cut_at_the_header_read_timeout() {
+    let (gw, _up) = gateway().await;
+    // Nothing at all: the first-bytes deadline.
+    let started = Instant::now();
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(IO_WAIT, s.read_to_end(&mut buf))
+        .await
+        .expect("closed")
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "silent connection closed after ~500ms"
+    );
+    // A head that trickles in.
+    let started = Instant::now();
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    let closed = tokio::time::timeout(IO_WAIT, async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if s.write_all(b"X-A: b\r\n").await.is_err() {
+                return;
+            }
+            let mut b = [0u8; 512];
+            match tokio::time::timeout(Duration::from_millis(1), s.read(&mut b)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                Ok(Ok(_)) => return,
+                Err(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "trickling head was cut");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn idle_keepalive_connections_are_closed() {
+    let (gw, _up) = gateway().await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let started = Instant::now();
+    let rest = tokio::time::timeout(IO_WAIT, s.read(&mut buf))
+        .await
+        .expect("closed when idle")
+        .unwrap();
+    assert_eq!(rest, 0);
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "not before idle_timeout"
+    );
+}
+
+#[tokio::test]
+async fn header_names_with_underscores_are_dropped_and_h2c_upgrade_never_passes() {
+    let (gw, up) = gateway().await;
+    let resp = raw(gw.addr, b"GET / HTTP/1.1\r\nHost: a\r\nX_Forwarded_For: 1.1.1.1\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nConnection: Upgrade, HTTP2-Settings, close\r\n\r\n").await;
+    assert_eq!(raw_status(&resp), 200, "{resp}");
+    let seen = up.last();
+    assert!(seen.headers.keys().all(|k| !k.as_str().contains('_')));
+    assert!(seen.headers.get("upgrade").is_none());
+    assert!(seen.headers.get("http2-settings").is_none());
+}

@@ -1,0 +1,17 @@
+//! Integration tests: the real gateway, in-process, over real sockets on
+//! 127.0.0.1, against real HTTP upstreams.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a failed step is a failed test"
+)]
+
+mod cli;
+mod errors;
+mod hostile;
+mod proxying;
+mod reload;
+mod routing;
+mod support;

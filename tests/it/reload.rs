@@ -1,0 +1,141 @@
+//! Hot reload: admin, file watch, refusal of bad configs, in-flight
+//! requests, drain.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+fn config(up: &Upstream, extra_route: bool) -> String {
+    let mut s = format!(
+        "upstreams:\n  app: {{ endpoints: [\"{}\"] }}\nroutes:\n  - {{ name: app, match: {{ path_prefix: /app }}, upstream: app }}\n",
+        up.url()
+    );
+    if extra_route {
+        s.push_str("  - { name: extra, match: { path: /extra }, respond: { body: extra } }\n");
+    }
+    s
+}
+
+#[tokio::test]
+async fn admin_reload_applies_good_configs_and_refuses_bad_ones() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&config(&up, false)).await;
+    let c = client();
+    assert_eq!(get(&c, &gw.url("/extra")).await.status, 404);
+    gw.write_config(&config(&up, true));
+    let r = post(&c, &gw.admin_url("/reload"), "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["changed"], true);
+    let version = r.json()["version"].as_str().unwrap().to_owned();
+    assert_eq!(get(&c, &gw.url("/extra")).await.text(), "extra");
+    // Broken: unknown upstream. Refused with location; old config serves.
+    gw.write_config("routes:\n  - { name: x, match: { path: /x }, upstream: nope }\n");
+    let r = post(&c, &gw.admin_url("/reload"), "").await;
+    assert_eq!(r.status, 422);
+    let errors = r.json()["errors"].to_string();
+    assert!(
+        errors.contains("routes[0].upstream: unknown upstream \\\"nope\\\""),
+        "{errors}"
+    );
+    assert!(errors.contains(":6:"), "line of the error: {errors}");
+    assert_eq!(get(&c, &gw.url("/extra")).await.text(), "extra");
+    assert_eq!(get(&c, &gw.url("/app")).await.text(), "app");
+    let cfg = get(&c, &gw.admin_url("/config")).await.json();
+    assert_eq!(cfg["version"], version.as_str());
+    let m = get(&c, &gw.admin_url("/metrics")).await.text();
+    assert!(
+        m.contains("tollgate_config_reloads_total{result=\"failure\"} 1"),
+        "{m}"
+    );
+    assert!(m.contains(&format!("tollgate_config_info{{version=\"{version}\"}} 1")));
+}
+
+#[tokio::test]
+async fn file_changes_are_picked_up_by_the_watcher() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start_with(&config(&up, false), true).await;
+    let c = client();
+    gw.write_config(&config(&up, true));
+    // Wait for the debounced reload: poll, bounded.
+    let mut ok = false;
+    for _ in 0..50 {
+        if get(&c, &gw.url("/extra")).await.status == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "watcher applied the new config");
+}
+
+#[tokio::test]
+async fn in_flight_requests_finish_on_their_snapshot_and_pools_stay_warm() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&config(&up, false)).await;
+    let c = client();
+    let slow = {
+        let c = c.clone();
+        let url = gw.url("/app/../slow/500");
+        tokio::spawn(async move { get(&c, &url).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Remove the route the slow request is using.
+    gw.write_config(&format!("upstreams:\n  app: {{ endpoints: [\"{}\"] }}\nroutes:\n  - {{ name: other, match: {{ path: /other }}, upstream: app }}\n", up.url()));
+    let before = gw.gw.as_ref().unwrap().live.load().upstreams["app"].clone();
+    assert_eq!(post(&c, &gw.admin_url("/reload"), "").await.status, 200);
+    let after = gw.gw.as_ref().unwrap().live.load().upstreams["app"].clone();
+    assert!(
+        std::sync::Arc::ptr_eq(&before, &after),
+        "unchanged upstream kept (with its pool)"
+    );
+    let r = slow.await.unwrap();
+    assert_eq!(
+        r.status, 404,
+        "/app/../slow normalizes to /slow, which no route takes"
+    );
+    let slow2 = {
+        let c = c.clone();
+        let url = gw.url("/other");
+        tokio::spawn(async move { get(&c, &url).await })
+    };
+    assert_eq!(slow2.await.unwrap().status, 200);
+}
+
+#[tokio::test]
+async fn drain_lets_twenty_slow_requests_finish() {
+    let up = Upstream::start("app").await;
+    let mut gw = TestGateway::start(&format!(
+        "upstreams:\n  app: {{ endpoints: [\"{}\"] }}\nroutes:\n  - {{ name: app, match: {{ path_prefix: / }}, upstream: app }}\n",
+        up.url()
+    ))
+    .await;
+    let c = client();
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let c = c.clone();
+        let url = gw.url("/slow/700");
+        tasks.push(tokio::spawn(async move { get(&c, &url).await.status }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let admin = gw.admin;
+    let g = gw.gw.take().unwrap();
+    let drain = tokio::spawn(g.shutdown());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let ready = raw(
+        admin,
+        b"GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&ready), 503, "{ready}");
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert!(drain.await.unwrap(), "drained within the grace period");
+    assert!(
+        tokio::net::TcpStream::connect(gw.addr).await.is_err()
+            || raw(gw.addr, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+                .await
+                .is_empty(),
+        "no longer accepting"
+    );
+}

@@ -1,0 +1,371 @@
+//! Test support: a recording upstream, the gateway launched in-process from
+//! a YAML string, and clients (hyper and raw sockets).
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tollgate::app::{Gateway, StartOptions};
+
+/// Longest any single test step may wait for a socket before failing
+/// (generous: debug builds on 2 shared cores).
+pub const IO_WAIT: Duration = Duration::from_secs(10);
+
+/// What the upstream received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A test upstream on 127.0.0.1:0 that records requests. Paths:
+/// `/slow/MS` sleeps, `/status/N` answers N, `/bytes/N` streams N bytes,
+/// `/echo` returns the body, `/ws` answers 101 and echoes raw bytes;
+/// anything else answers 200 with the upstream's name.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    pub hits: Arc<AtomicU64>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Upstream {
+    pub async fn start(name: &str) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let hits = Arc::new(AtomicU64::new(0));
+        let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
+        let (s, h, n) = (seen.clone(), hits.clone(), name.to_owned());
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+                    _ = stop_rx.changed() => return,
+                };
+                let (s, h, n) = (s.clone(), h.clone(), n.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        upstream_handle(req, s.clone(), h.clone(), n.clone())
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream {
+            addr,
+            name: name.to_owned(),
+            seen,
+            hits,
+            stop,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("upstream saw a request")
+    }
+
+    pub fn count(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+type UpBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+async fn upstream_handle(
+    req: Request<Incoming>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    hits: Arc<AtomicU64>,
+    name: String,
+) -> Result<Response<UpBody>, Infallible> {
+    hits.fetch_add(1, Ordering::Relaxed);
+    let path = req.uri().path().to_owned();
+    if path == "/ws" {
+        let (parts, _) = req.into_parts();
+        let mut req = Request::from_parts(parts.clone(), ());
+        let on = hyper::upgrade::on(&mut req);
+        seen.lock().unwrap().push(Seen {
+            method: parts.method.to_string(),
+            uri: parts.uri.to_string(),
+            headers: parts.headers,
+            body: Bytes::new(),
+        });
+        tokio::spawn(async move {
+            if let Ok(up) = on.await {
+                let mut io = TokioIo::new(up);
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let mut r = Response::new(Full::new(Bytes::new()).boxed());
+        *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        r.headers_mut()
+            .insert("upgrade", "websocket".parse().unwrap());
+        r.headers_mut()
+            .insert("connection", "upgrade".parse().unwrap());
+        return Ok(r);
+    }
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    seen.lock().unwrap().push(Seen {
+        method: parts.method.to_string(),
+        uri: parts.uri.to_string(),
+        headers: parts.headers.clone(),
+        body: body.clone(),
+    });
+    let mut segs = path.trim_start_matches('/').splitn(2, '/');
+    let resp = match (segs.next(), segs.next()) {
+        (Some("slow"), Some(ms)) => {
+            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+            Response::new(Full::new(Bytes::from(name)).boxed())
+        }
+        (Some("status"), Some(code)) => {
+            let mut r = Response::new(Full::new(Bytes::from(format!("status {code}"))).boxed());
+            *r.status_mut() = StatusCode::from_u16(code.parse().unwrap_or(500)).unwrap();
+            r
+        }
+        (Some("bytes"), Some(n)) => {
+            let total: usize = n.parse().unwrap_or(0);
+            let chunk = Bytes::from(vec![b'x'; 64 << 10]);
+            Response::new(Bytestream { left: total, chunk }.boxed())
+        }
+        (Some("echo"), _) => Response::new(Full::new(body).boxed()),
+        _ => {
+            let mut r = Response::new(Full::new(Bytes::from(name)).boxed());
+            r.headers_mut()
+                .insert("x-upstream-header", "yes".parse().unwrap());
+            r.headers_mut()
+                .insert("connection", "x-hop".parse().unwrap());
+            r.headers_mut().insert("x-hop", "secret".parse().unwrap());
+            r
+        }
+    };
+    Ok(resp)
+}
+
+/// Streams `left` bytes in 64 KiB chunks.
+struct Bytestream {
+    left: usize,
+    chunk: Bytes,
+}
+
+impl http_body::Body for Bytestream {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let n = self.left.min(self.chunk.len());
+        self.left -= n;
+        std::task::Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..n)))))
+    }
+}
+
+/// A gateway started in-process from YAML text.
+pub struct TestGateway {
+    pub gw: Option<Gateway>,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub config: PathBuf,
+}
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh config file path in a fresh directory.
+pub fn config_path() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "tollgate-it-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("tollgate.yaml")
+}
+
+/// Adds listeners on ephemeral ports and quiet access logs unless the YAML
+/// has a `server:` block of its own.
+pub fn with_server(yaml: &str) -> String {
+    if yaml.contains("server:") {
+        yaml.to_owned()
+    } else {
+        format!(
+            "server:\n  listen: [\"127.0.0.1:0\"]\n  admin_listen: \"127.0.0.1:0\"\n  access_log: {{ enabled: false }}\n{yaml}"
+        )
+    }
+}
+
+impl TestGateway {
+    pub async fn start(yaml: &str) -> TestGateway {
+        Self::start_with(yaml, false).await
+    }
+
+    pub async fn start_with(yaml: &str, watch_file: bool) -> TestGateway {
+        let config = config_path();
+        std::fs::write(&config, with_server(yaml)).unwrap();
+        let gw = Gateway::start(
+            config.clone(),
+            StartOptions {
+                watch_file,
+                sighup: false,
+            },
+        )
+        .await
+        .unwrap();
+        TestGateway {
+            addr: gw.listen[0],
+            admin: gw.admin,
+            gw: Some(gw),
+            config,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    pub fn write_config(&self, yaml: &str) {
+        let tmp = self.config.with_extension("tmp");
+        std::fs::write(&tmp, with_server(yaml)).unwrap();
+        std::fs::rename(&tmp, &self.config).unwrap();
+    }
+}
+
+pub type TestClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn client() -> TestClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A response with its body collected.
+pub struct Got {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Got {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+}
+
+pub async fn send(c: &TestClient, req: Request<Full<Bytes>>) -> Got {
+    let resp = tokio::time::timeout(IO_WAIT, c.request(req))
+        .await
+        .expect("response in time")
+        .expect("response");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = tokio::time::timeout(IO_WAIT, resp.into_body().collect())
+        .await
+        .expect("body in time")
+        .expect("body")
+        .to_bytes();
+    Got {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub async fn get(c: &TestClient, url: &str) -> Got {
+    send(c, Request::get(url).body(Full::new(Bytes::new())).unwrap()).await
+}
+
+pub async fn get_with(c: &TestClient, url: &str, headers: &[(&str, &str)]) -> Got {
+    let mut b = Request::get(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    send(c, b.body(Full::new(Bytes::new())).unwrap()).await
+}
+
+pub async fn post(c: &TestClient, url: &str, body: &str) -> Got {
+    send(
+        c,
+        Request::post(url)
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .unwrap(),
+    )
+    .await
+}
+
+/// Sends raw bytes and reads until the server closes or `IO_WAIT` passes.
+pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(IO_WAIT, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Status code of the first response in raw text.
+pub fn raw_status(resp: &str) -> u16 {
+    resp.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Counts by key.
+pub fn tally<T: std::hash::Hash + Eq>(items: impl IntoIterator<Item = T>) -> HashMap<T, usize> {
+    let mut m = HashMap::new();
+    for i in items {
+        *m.entry(i).or_insert(0) += 1;
+    }
+    m
+}
