@@ -128,10 +128,16 @@ fn run(cli: &Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let WorkersSpec::Count(n) = workers {
-        rt.worker_threads(n);
-    }
+    // One worker: a current-thread runtime has no work-stealing overhead.
+    let mut rt = match workers {
+        WorkersSpec::Count(1) => tokio::runtime::Builder::new_current_thread(),
+        WorkersSpec::Count(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        WorkersSpec::Auto => tokio::runtime::Builder::new_multi_thread(),
+    };
     let rt = match rt.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

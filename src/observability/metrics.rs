@@ -213,6 +213,11 @@ impl StatusCounters {
         }
     }
 
+    /// Adds one for `status` (families without a method label).
+    pub fn inc_status(&self, status: u16) {
+        self.inc(&Method::GET, status);
+    }
+
     /// Adds one for (method, status).
     pub fn inc(&self, method: &Method, status: u16) {
         let (mi, mname) = if self.with_method {

@@ -5,36 +5,37 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use http::Method;
+use http::{HeaderValue, Method};
 
 use super::headers::TraceContext;
 use super::server::ActivityGuard;
 use crate::observability::access_log::{self, Entry};
 use crate::observability::metrics::metrics;
 use crate::snapshot::Snapshot;
+use crate::upstream::{Endpoint, Upstream};
 
 /// What the pipeline knows about one request.
 pub struct RequestCtx {
     /// The snapshot this request runs on, start to finish.
     pub snapshot: Arc<Snapshot>,
     /// The request id (client's or generated).
-    pub request_id: String,
+    pub request_id: HeaderValue,
     /// Trace context (continued or new).
     pub trace: TraceContext,
     /// Client address after trusted-proxy resolution.
     pub client: IpAddr,
     /// The TCP peer (the hop that forwarding headers name).
     pub peer: IpAddr,
+    /// The peer as a header value (shared, formatted once per connection).
+    pub peer_value: HeaderValue,
     /// When the request head was received.
     pub start: Instant,
-    /// Wall-clock arrival time.
-    pub arrived: SystemTime,
     /// Method.
     pub method: Method,
     /// Route taken (index into `snapshot.routes`).
     pub route: Option<usize>,
     /// Upstream and endpoint chosen.
-    pub upstream: Option<(String, String)>,
+    pub upstream: Option<(Arc<Upstream>, Arc<Endpoint>)>,
     /// Time to the upstream response head.
     pub upstream_duration: Option<Duration>,
     /// Why the gateway answered itself.
@@ -79,16 +80,16 @@ impl Finish {
             let (up, ep) = c
                 .upstream
                 .as_ref()
-                .map_or(("", ""), |(u, e)| (u.as_str(), e.as_str()));
+                .map_or(("", ""), |(u, e)| (u.name.as_str(), e.id.as_str()));
             let reason = if complete || !c.reason.is_empty() {
                 c.reason
             } else {
                 "downstream_disconnect"
             };
             access_log::log(&Entry {
-                time: access_log::rfc3339(c.arrived),
-                request_id: &c.request_id,
-                trace_id: &c.trace.trace_id,
+                time: access_log::rfc3339(SystemTime::now() - elapsed),
+                request_id: c.request_id.to_str().unwrap_or(""),
+                trace_id: c.trace.trace_id(),
                 client: c.client.to_string(),
                 method: c.method.as_str(),
                 host,

@@ -2,7 +2,6 @@
 //! X-Forwarded-* and Forwarded (RFC 7239) by trust, the client address,
 //! request ids and W3C trace context.
 
-use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use http::HeaderMap;
@@ -39,10 +38,21 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     UPGRADE,
 ];
 
+/// True for a field that is hop-by-hop by definition.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name == CONNECTION || name == TE
+}
+
 /// Removes hop-by-hop headers: every field named in `Connection`, then
 /// `Connection` itself and the fixed list. `TE: trailers` is kept (gRPC
 /// needs it and it is meaningful end to end); other `TE` values go.
+///
+/// One pass over the names first: most messages carry none of these, and
+/// then nothing is hashed or removed.
 pub fn remove_hop_by_hop(h: &mut HeaderMap) {
+    if !h.keys().any(is_hop_by_hop) {
+        return;
+    }
     if h.contains_key(CONNECTION) {
         let named: Vec<HeaderName> = h
             .get_all(CONNECTION)
@@ -104,37 +114,42 @@ fn parse_xff_item(item: &str) -> Option<IpAddr> {
     })
 }
 
-/// Rewrites the forwarding headers for a request from `peer` for `host`.
-pub fn set_forwarding(h: &mut HeaderMap, peer: IpAddr, host: &str, settings: &Settings) {
-    let trusted = settings.is_trusted(peer);
-    let mut peer_text = String::with_capacity(40);
-    let _ = write!(peer_text, "{peer}");
-    // X-Forwarded-For
-    let xff = if trusted {
+/// Rewrites the forwarding headers for a request from `peer` (`peer_value`
+/// is its text, formatted once per connection) for `host`.
+pub fn set_forwarding(
+    h: &mut HeaderMap,
+    peer: IpAddr,
+    peer_value: &HeaderValue,
+    host: Option<&HeaderValue>,
+    settings: &Settings,
+) {
+    let trusted = !settings.trusted_proxies.is_empty() && settings.is_trusted(peer);
+    let xff = if trusted && h.contains_key(&X_FORWARDED_FOR) {
         let prior: Vec<&str> = h
             .get_all(&X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();
-        if prior.is_empty() {
-            peer_text.clone()
-        } else {
-            format!("{}, {peer_text}", prior.join(", "))
-        }
+        HeaderValue::try_from(format!(
+            "{}, {}",
+            prior.join(", "),
+            String::from_utf8_lossy(peer_value.as_bytes())
+        ))
+        .ok()
     } else {
-        peer_text.clone()
+        Some(peer_value.clone())
     };
-    if let Ok(v) = HeaderValue::try_from(xff) {
+    if let Some(v) = xff {
         h.insert(&X_FORWARDED_FOR, v);
     }
     // X-Forwarded-Proto / -Host: kept from trusted peers, set otherwise.
     if !trusted || !h.contains_key(&X_FORWARDED_PROTO) {
         h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
-    if (!trusted || !h.contains_key(&X_FORWARDED_HOST))
-        && let Ok(v) = HeaderValue::try_from(host)
+    if let Some(host) = host
+        && (!trusted || !h.contains_key(&X_FORWARDED_HOST))
     {
-        h.insert(&X_FORWARDED_HOST, v);
+        h.insert(&X_FORWARDED_HOST, host.clone());
     }
     if trusted {
         // Forwarded: appended to, never started.
@@ -142,17 +157,29 @@ pub fn set_forwarding(h: &mut HeaderMap, peer: IpAddr, host: &str, settings: &Se
             let node = if peer.is_ipv6() {
                 format!("\"[{peer}]\"")
             } else {
-                peer_text
+                peer.to_string()
             };
             if let Ok(v) = HeaderValue::try_from(format!("{prior}, for={node}")) {
                 h.insert(&FORWARDED, v);
             }
         }
-    } else {
+    } else if h
+        .keys()
+        .any(|k| k == FORWARDED || X_FORWARDED_OTHER.contains(k))
+    {
         h.remove(&FORWARDED);
         for n in &X_FORWARDED_OTHER {
             h.remove(n);
         }
+    }
+}
+
+/// Writes `v` as lower-case hex into `out` (most significant first).
+fn hex(mut v: u128, out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in out.iter_mut().rev() {
+        *b = DIGITS[(v & 0xf) as usize];
+        v >>= 4;
     }
 }
 
@@ -163,83 +190,107 @@ pub fn valid_request_id(v: &HeaderValue) -> bool {
 }
 
 /// A new random request id: 32 lower-case hex digits.
-pub fn new_request_id() -> String {
-    let mut s = String::with_capacity(32);
-    let _ = write!(s, "{:032x}", fastrand::u128(..));
-    s
+pub fn new_request_id() -> HeaderValue {
+    let mut buf = [0u8; 32];
+    hex(fastrand::u128(..), &mut buf);
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 /// A W3C trace context, continued or started here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceContext {
-    /// 32 hex digits.
-    pub trace_id: String,
+    /// 32 lower-case hex digits.
+    trace_id: [u8; 32],
     /// Our span id (16 hex digits), sent upstream as the parent id.
-    pub span_id: String,
+    span_id: [u8; 16],
     /// Trace flags, 2 hex digits.
-    pub flags: String,
+    flags: [u8; 2],
     /// Whether the incoming traceparent was valid (tracestate is kept then).
     pub continued: bool,
 }
 
-fn is_lower_hex(s: &str) -> bool {
-    s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+fn is_lower_hex(s: &[u8]) -> bool {
+    s.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 impl TraceContext {
     /// Continues a valid `traceparent` or starts a new trace.
     pub fn from_headers(h: &HeaderMap) -> Self {
-        let span_id = format!("{:016x}", fastrand::u64(1..));
-        let parsed = h
-            .get(&TRACEPARENT)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|tp| {
-                let parts: Vec<&str> = tp.split('-').collect();
-                let [version, trace, parent, flags, rest @ ..] = parts.as_slice() else {
-                    return None;
-                };
-                let ok = version.len() == 2
-                    && is_lower_hex(version)
-                    && *version != "ff"
-                    && (*version != "00" || rest.is_empty())
-                    && trace.len() == 32
-                    && is_lower_hex(trace)
-                    && trace.bytes().any(|b| b != b'0')
-                    && parent.len() == 16
-                    && is_lower_hex(parent)
-                    && parent.bytes().any(|b| b != b'0')
-                    && flags.len() == 2
-                    && is_lower_hex(flags);
-                ok.then(|| ((*trace).to_owned(), (*flags).to_owned()))
-            });
-        match parsed {
-            Some((trace_id, flags)) => TraceContext {
-                trace_id,
+        let mut span_id = [0u8; 16];
+        hex(u128::from(fastrand::u64(1..)), &mut span_id);
+        if let Some(tp) = h.get(&TRACEPARENT).map(HeaderValue::as_bytes)
+            && let Some((trace, flags)) = parse_traceparent(tp)
+        {
+            let mut t = TraceContext {
+                trace_id: [0; 32],
                 span_id,
-                flags,
+                flags: [0; 2],
                 continued: true,
-            },
-            None => TraceContext {
-                trace_id: format!("{:032x}", fastrand::u128(1..)),
-                span_id,
-                flags: "01".into(),
-                continued: false,
-            },
+            };
+            t.trace_id.copy_from_slice(trace);
+            t.flags.copy_from_slice(flags);
+            return t;
         }
+        let mut trace_id = [0u8; 32];
+        hex(fastrand::u128(1..), &mut trace_id);
+        TraceContext {
+            trace_id,
+            span_id,
+            flags: *b"01",
+            continued: false,
+        }
+    }
+
+    /// The trace id as text.
+    pub fn trace_id(&self) -> &str {
+        std::str::from_utf8(&self.trace_id).unwrap_or("")
+    }
+
+    /// Our span id as text.
+    pub fn span_id(&self) -> &str {
+        std::str::from_utf8(&self.span_id).unwrap_or("")
     }
 
     /// Writes `traceparent` (and drops `tracestate` for a new trace).
     pub fn apply(&self, h: &mut HeaderMap) {
-        if let Ok(v) = HeaderValue::try_from(format!(
-            "00-{}-{}-{}",
-            self.trace_id, self.span_id, self.flags
-        )) {
+        let mut buf = [0u8; 55];
+        buf[..3].copy_from_slice(b"00-");
+        buf[3..35].copy_from_slice(&self.trace_id);
+        buf[35] = b'-';
+        buf[36..52].copy_from_slice(&self.span_id);
+        buf[52] = b'-';
+        buf[53..].copy_from_slice(&self.flags);
+        if let Ok(v) = HeaderValue::from_bytes(&buf) {
             h.insert(&TRACEPARENT, v);
         }
-        if !self.continued {
+        if !self.continued && h.contains_key(&TRACESTATE) {
             h.remove(&TRACESTATE);
         }
     }
+}
+
+/// `version-traceid-parentid-flags` (W3C Trace Context §3.2): returns the
+/// trace id and flags of a valid header.
+fn parse_traceparent(tp: &[u8]) -> Option<(&[u8], &[u8])> {
+    if tp.len() < 55 || tp[2] != b'-' || tp[35] != b'-' || tp[52] != b'-' {
+        return None;
+    }
+    let (version, trace, parent, flags) = (&tp[..2], &tp[3..35], &tp[36..52], &tp[53..55]);
+    // Version 00 has exactly these fields; later versions may append more.
+    let rest_ok = if version == b"00" {
+        tp.len() == 55
+    } else {
+        tp.len() == 55 || tp[55] == b'-'
+    };
+    let ok = is_lower_hex(version)
+        && version != b"ff"
+        && rest_ok
+        && is_lower_hex(trace)
+        && trace.iter().any(|b| *b != b'0')
+        && is_lower_hex(parent)
+        && parent.iter().any(|b| *b != b'0')
+        && is_lower_hex(flags);
+    ok.then_some((trace, flags))
 }
 
 #[cfg(test)]
@@ -303,7 +354,14 @@ mod tests {
         h.insert("x-forwarded-for", "1.1.1.1".parse().unwrap());
         h.insert("forwarded", "for=1.1.1.1".parse().unwrap());
         h.insert("x-forwarded-port", "1".parse().unwrap());
-        set_forwarding(&mut h, "8.8.8.8".parse().unwrap(), "example.com", &s);
+        let host = HeaderValue::from_static("example.com");
+        set_forwarding(
+            &mut h,
+            "8.8.8.8".parse().unwrap(),
+            &HeaderValue::from_static("8.8.8.8"),
+            Some(&host),
+            &s,
+        );
         assert_eq!(h["x-forwarded-for"], "8.8.8.8");
         assert_eq!(h["x-forwarded-host"], "example.com");
         assert!(!h.contains_key("forwarded"));
@@ -311,7 +369,13 @@ mod tests {
         let mut h2 = HeaderMap::new();
         h2.insert("x-forwarded-for", "1.1.1.1".parse().unwrap());
         h2.insert("forwarded", "for=1.1.1.1".parse().unwrap());
-        set_forwarding(&mut h2, "10.1.1.1".parse().unwrap(), "example.com", &s);
+        set_forwarding(
+            &mut h2,
+            "10.1.1.1".parse().unwrap(),
+            &HeaderValue::from_static("10.1.1.1"),
+            Some(&host),
+            &s,
+        );
         assert_eq!(h2["x-forwarded-for"], "1.1.1.1, 10.1.1.1");
         assert_eq!(h2["forwarded"], "for=1.1.1.1, for=10.1.1.1");
     }
@@ -327,8 +391,16 @@ mod tests {
         );
         let t = TraceContext::from_headers(&h);
         assert!(t.continued);
-        assert_eq!(t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_ne!(t.span_id, "00f067aa0ba902b7");
+        assert_eq!(t.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(t.span_id(), "00f067aa0ba902b7");
+        assert_eq!(t.span_id().len(), 16);
+        let mut out = HeaderMap::new();
+        t.apply(&mut out);
+        let tp = out["traceparent"].to_str().unwrap();
+        assert!(
+            tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && tp.ends_with("-01"),
+            "{tp}"
+        );
         h.insert(
             "traceparent",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01"
@@ -353,6 +425,8 @@ mod tests {
         assert!(!valid_request_id(
             &HeaderValue::try_from("x".repeat(129)).unwrap()
         ));
-        assert_eq!(new_request_id().len(), 32);
+        let id = new_request_id();
+        assert_eq!(id.len(), 32);
+        assert!(valid_request_id(&id));
     }
 }

@@ -3,6 +3,7 @@
 //! response body with its finish stage (body), and the error → response map
 //! (error).
 
+pub mod admit;
 pub mod body;
 pub mod ctx;
 pub mod error;

@@ -1,39 +1,41 @@
 //! The request pipeline, in stage order (see ARCHITECTURE.md):
 //!
-//! 1. `admit`: take the snapshot once, request id, trace context, client
-//!    address; refuse what RFC 9110/9112 say a proxy must not forward.
+//! 1. `admit` (admit.rs): take the snapshot once, request id, trace
+//!    context, client address; refuse what a proxy must not forward.
 //! 2. `route`: normalize the path, look up the route (404 / 405); `respond`
 //!    and `redirect` routes answer here.
-//! 6. `select` / 7. `forward`: pick the upstream (split), build the upstream request
-//!    (hop-by-hop removal, forwarding headers, rewrites), send it with the
-//!    route timeout, stream the response back.
+//! 3. – 5. `authenticate`, `rate_limit`, `cache_lookup`: later issues.
+//! 6. `select` / 7. `forward`: pick the upstream (split), build the
+//!    upstream request (hop-by-hop removal, forwarding headers, rewrites),
+//!    send it under the route timeout, stream the response back.
 //! 9. `respond`: response header rules, request id on every response.
 //! 10. `finish`: attached to the response body, runs exactly once.
 //!
-//! Later stages (authenticate, rate_limit, cache) slot in between route and
-//! forward.
+//! The hot path avoids work it can skip: the URI is reused when the path
+//! needs no change, header values are shared rather than copied, and the
+//! hop-by-hop scan touches nothing when there is nothing to remove.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{
-    CONNECTION, CONTENT_LENGTH, EXPECT, HOST, HeaderValue, LOCATION, TRANSFER_ENCODING, UPGRADE,
+    ALLOW, CONNECTION, CONTENT_LENGTH, EXPECT, HOST, HeaderValue, LOCATION, UPGRADE,
 };
-use http::uri::{Authority, PathAndQuery};
+use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
+use super::admit::{admit, host_for_routing};
 use super::body::ResponseBody;
 use super::ctx::{Finish, RequestCtx};
 use super::error::ProxyError;
 use super::headers::{self, TraceContext, X_REQUEST_ID};
 use super::server::ActivityGuard;
 use crate::body::{BodyError, RequestBody, find_body_error};
-use crate::config::spec::UnderscorePolicy;
 use crate::observability::metrics::metrics;
 use crate::routing::normalize::normalize_path;
 use crate::routing::{Lookup, RequestView};
@@ -44,6 +46,8 @@ use crate::upstream::{HashOn, Upstream, UpstreamError, balance::hash64};
 pub struct ConnInfo {
     /// The TCP peer.
     pub peer: SocketAddr,
+    /// The peer address as a header value, formatted once per connection.
+    pub peer_value: HeaderValue,
     /// Marks the request in flight on its connection until it finishes.
     pub activity: Option<ActivityGuard>,
 }
@@ -57,47 +61,49 @@ pub async fn handle(
 ) -> Response<ResponseBody> {
     let snapshot = live.load_full();
     metrics().requests_inflight.inc();
-    let mut ctx = admit_ctx(&req, conn, snapshot);
+    let mut ctx = context(&req, conn, snapshot);
     let mut resp = match run(req, &mut ctx).await {
         Ok(r) => r,
         Err(e) => {
             ctx.reason = e.describe().1;
-            e.to_response(&ctx.request_id).map(ResponseBody::full)
+            let id = ctx.request_id.to_str().unwrap_or("");
+            e.to_response(id).map(ResponseBody::full)
         }
     };
-    if let Some(route) = ctx.route.and_then(|i| ctx.snapshot.routes.get(i)) {
+    if let Some(route) = ctx.route.and_then(|i| ctx.snapshot.routes.get(i))
+        && !route.response_headers.is_empty()
+    {
         route.response_headers.apply(resp.headers_mut());
     }
-    if let Ok(v) = HeaderValue::try_from(ctx.request_id.as_str()) {
-        resp.headers_mut().insert(&X_REQUEST_ID, v);
-    }
+    resp.headers_mut()
+        .insert(&X_REQUEST_ID, ctx.request_id.clone());
     let status = resp.status().as_u16();
     resp.map(|b| b.with_finish(Finish::new(ctx, status)))
 }
 
-fn admit_ctx(req: &Request<Incoming>, conn: ConnInfo, snapshot: Arc<Snapshot>) -> RequestCtx {
+fn context(req: &Request<Incoming>, conn: ConnInfo, snapshot: Arc<Snapshot>) -> RequestCtx {
     let h = req.headers();
     let request_id = match h.get(&X_REQUEST_ID) {
-        Some(v) if headers::valid_request_id(v) => {
-            String::from_utf8_lossy(v.as_bytes()).into_owned()
-        }
+        Some(v) if headers::valid_request_id(v) => v.clone(),
         _ => headers::new_request_id(),
     };
     let log_target = snapshot.settings.access_log.then(|| {
         let host = req
             .uri()
             .host()
-            .map(str::to_owned)
-            .or_else(|| h.get(HOST).and_then(|v| v.to_str().ok()).map(str::to_owned));
-        (host.unwrap_or_default(), req.uri().path().to_owned())
+            .or_else(|| h.get(HOST).and_then(|v| v.to_str().ok()));
+        (
+            host.unwrap_or_default().to_owned(),
+            req.uri().path().to_owned(),
+        )
     });
     RequestCtx {
         client: headers::client_ip(conn.peer.ip(), h, &snapshot.settings),
         peer: conn.peer.ip(),
+        peer_value: conn.peer_value,
         activity: conn.activity,
         trace: TraceContext::from_headers(h),
         start: Instant::now(),
-        arrived: SystemTime::now(),
         method: req.method().clone(),
         route: None,
         upstream: None,
@@ -114,9 +120,10 @@ fn admit_ctx(req: &Request<Incoming>, conn: ConnInfo, snapshot: Arc<Snapshot>) -
     }
 }
 
-type Answer = Response<ResponseBody>;
-
-async fn run(mut req: Request<Incoming>, ctx: &mut RequestCtx) -> Result<Answer, ProxyError> {
+async fn run(
+    mut req: Request<Incoming>,
+    ctx: &mut RequestCtx,
+) -> Result<Response<ResponseBody>, ProxyError> {
     let snapshot = Arc::clone(&ctx.snapshot);
     let settings = &snapshot.settings;
 
@@ -129,19 +136,24 @@ async fn run(mut req: Request<Incoming>, ctx: &mut RequestCtx) -> Result<Answer,
     if req.uri() == "*" {
         let mut r = Response::new(ResponseBody::full(Bytes::new()));
         r.headers_mut().insert(
-            http::header::ALLOW,
+            ALLOW,
             HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"),
         );
         return Ok(r);
     }
 
     // 2. route
-    let path = normalize_path(req.uri().path(), settings.normalize).map_err(ProxyError::BadPath)?;
-    let route_host = host_for_routing(&host);
+    let normalized =
+        match normalize_path(req.uri().path(), settings.normalize).map_err(ProxyError::BadPath)? {
+            std::borrow::Cow::Borrowed(_) => None,
+            std::borrow::Cow::Owned(p) => Some(p),
+        };
+    let host_text = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
+    let route_host = host_for_routing(host_text);
     let view = RequestView {
         method: req.method(),
         host: &route_host,
-        path: &path,
+        path: normalized.as_deref().unwrap_or(req.uri().path()),
         query: req.uri().query(),
         headers: req.headers(),
     };
@@ -158,11 +170,12 @@ async fn run(mut req: Request<Incoming>, ctx: &mut RequestCtx) -> Result<Answer,
             body,
             headers,
         } => {
-            let mut r = Response::new(ResponseBody::full(if req.method() == Method::HEAD {
+            let body = if req.method() == Method::HEAD {
                 Bytes::new()
             } else {
                 body.clone()
-            }));
+            };
+            let mut r = Response::new(ResponseBody::full(body));
             *r.status_mut() = *status;
             *r.headers_mut() = headers.clone();
             return Ok(r);
@@ -173,126 +186,12 @@ async fn run(mut req: Request<Incoming>, ctx: &mut RequestCtx) -> Result<Answer,
             r.headers_mut().insert(LOCATION, location.clone());
             return Ok(r);
         }
-        Action::Forward(u) => Arc::clone(u),
-        Action::Split(s) => Arc::clone(s.pick().ok_or(ProxyError::NoEndpoint)?),
+        Action::Forward(u) => u,
+        Action::Split(s) => s.pick().ok_or(ProxyError::NoEndpoint)?,
     };
-    let path = path.into_owned();
 
-    // 6–7. forward
-    forward(req, ctx, route, &upstream, &host, &path).await
-}
-
-/// Refuses requests a proxy must not forward; returns the request's host
-/// (with port, as sent).
-fn admit(
-    req: &mut Request<Incoming>,
-    underscores: UnderscorePolicy,
-    max_body: u64,
-) -> Result<String, ProxyError> {
-    if req.method() == Method::CONNECT {
-        return Err(ProxyError::BadRequest("CONNECT is not supported"));
-    }
-    if req.uri() == "*" && req.method() != Method::OPTIONS {
-        return Err(ProxyError::BadRequest(
-            "asterisk-form is only allowed with OPTIONS",
-        ));
-    }
-    if req.version() <= Version::HTTP_11 {
-        framing(req.headers())?;
-    }
-    let mut hosts = req.headers().get_all(HOST).iter();
-    let host_header = hosts.next();
-    if hosts.next().is_some() {
-        return Err(ProxyError::BadRequest("repeated Host header"));
-    }
-    let host_header = match host_header {
-        Some(v) => Some(parse_host(v.as_bytes())?),
-        None => None,
-    };
-    let host = match (req.uri().authority(), host_header) {
-        (Some(a), Some(h)) if !a.as_str().eq_ignore_ascii_case(h.as_str()) => {
-            return Err(ProxyError::BadRequest(
-                "request target authority differs from Host",
-            ));
-        }
-        (Some(a), _) => {
-            if a.as_str().contains('@') {
-                return Err(ProxyError::BadRequest("user info in request target"));
-            }
-            a.as_str().to_owned()
-        }
-        (None, Some(h)) => h.as_str().to_owned(),
-        (None, None) if req.version() == Version::HTTP_10 => String::new(),
-        (None, None) => return Err(ProxyError::BadRequest("missing Host header")),
-    };
-    if underscores != UnderscorePolicy::Allow {
-        let names: Vec<_> = req
-            .headers()
-            .keys()
-            .filter(|k| k.as_str().contains('_'))
-            .cloned()
-            .collect();
-        if !names.is_empty() && underscores == UnderscorePolicy::Reject {
-            return Err(ProxyError::BadRequest(
-                "header names with underscores are not allowed",
-            ));
-        }
-        for n in names {
-            req.headers_mut().remove(n);
-        }
-    }
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max_body) {
-        return Err(ProxyError::PayloadTooLarge(max_body));
-    }
-    Ok(host)
-}
-
-/// RFC 9112 §6.3: a request with both Transfer-Encoding and Content-Length,
-/// or with a transfer coding other than a single final `chunked`, has
-/// ambiguous framing; it is refused (and the connection closed) rather than
-/// forwarded, since another hop might read it differently.
-fn framing(h: &HeaderMap) -> Result<(), ProxyError> {
-    let mut te = h.get_all(TRANSFER_ENCODING).iter();
-    let Some(first) = te.next() else {
-        return Ok(());
-    };
-    if h.contains_key(CONTENT_LENGTH) {
-        return Err(ProxyError::BadRequest(
-            "both Transfer-Encoding and Content-Length",
-        ));
-    }
-    if te.next().is_some() || !first.as_bytes().eq_ignore_ascii_case(b"chunked") {
-        return Err(ProxyError::BadRequest(
-            "unsupported Transfer-Encoding (only a single chunked)",
-        ));
-    }
-    Ok(())
-}
-
-fn parse_host(v: &[u8]) -> Result<Authority, ProxyError> {
-    if v.is_empty() || v.contains(&b'@') {
-        return Err(ProxyError::BadRequest("invalid Host header"));
-    }
-    Authority::try_from(v).map_err(|_| ProxyError::BadRequest("invalid Host header"))
-}
-
-/// Lower-case host without port (borrowed when already so).
-fn host_for_routing(host: &str) -> std::borrow::Cow<'_, str> {
-    let bare = if host.starts_with('[') {
-        host.split_inclusive(']').next().unwrap_or(host)
-    } else {
-        host.rsplit_once(':').map_or(host, |(h, _)| h)
-    };
-    if bare.bytes().any(|b| b.is_ascii_uppercase()) {
-        std::borrow::Cow::Owned(bare.to_ascii_lowercase())
-    } else {
-        std::borrow::Cow::Borrowed(bare)
-    }
+    // 6–7. select and forward
+    forward(req, ctx, route, upstream, host, normalized).await
 }
 
 fn wants_upgrade(req: &Request<Incoming>) -> bool {
@@ -309,49 +208,78 @@ fn wants_upgrade(req: &Request<Incoming>) -> bool {
         })
 }
 
+/// The URI sent upstream: origin-form, the normalized and rewritten path,
+/// the query byte for byte. The client's URI is reused when unchanged.
+fn upstream_uri(uri: &Uri, normalized: Option<&str>, route: &Route) -> Result<Uri, ProxyError> {
+    let path = normalized.unwrap_or(uri.path());
+    let rewritten = route.rewrite.apply(path);
+    if rewritten.is_none() && normalized.is_none() {
+        if uri.scheme().is_none() {
+            return Ok(uri.clone());
+        }
+        let pq = uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        return Ok(Uri::from(pq));
+    }
+    let path = rewritten.as_deref().unwrap_or(path);
+    let pq = match uri.query() {
+        Some(q) => PathAndQuery::try_from(format!("{path}?{q}")),
+        None => PathAndQuery::try_from(path),
+    }
+    .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+    Ok(Uri::from(pq))
+}
+
 async fn forward(
     mut req: Request<Incoming>,
     ctx: &mut RequestCtx,
     route: &Route,
     upstream: &Arc<Upstream>,
-    host: &str,
-    path: &str,
-) -> Result<Answer, ProxyError> {
+    host: Option<HeaderValue>,
+    normalized: Option<String>,
+) -> Result<Response<ResponseBody>, ProxyError> {
     let settings = &ctx.snapshot.settings;
     let upgrade = wants_upgrade(&req).then(|| {
         let proto = req.headers().get(UPGRADE).cloned();
         (hyper::upgrade::on(&mut req), proto)
     });
-    let key = hash_key(upstream, &req, ctx, path);
+    let key = hash_key(upstream, &req, ctx, normalized.as_deref());
+    let uri = upstream_uri(req.uri(), normalized.as_deref(), route)?;
     let (parts, incoming) = req.into_parts();
     let mut headers = parts.headers;
     headers::remove_hop_by_hop(&mut headers);
-    headers.remove(EXPECT);
-    headers::set_forwarding(&mut headers, ctx.peer, host, settings);
-    if let Ok(v) = HeaderValue::try_from(ctx.request_id.as_str()) {
-        headers.insert(&X_REQUEST_ID, v);
+    if headers.contains_key(EXPECT) {
+        // hyper answers 100-continue itself when the body is first read.
+        headers.remove(EXPECT);
     }
+    headers::set_forwarding(
+        &mut headers,
+        ctx.peer,
+        &ctx.peer_value,
+        host.as_ref(),
+        settings,
+    );
+    headers.insert(&X_REQUEST_ID, ctx.request_id.clone());
     ctx.trace.apply(&mut headers);
-    match &route.host_rewrite {
-        Some(h) => {
+    match (&route.host_rewrite, host) {
+        (Some(h), _) => {
             headers.insert(HOST, h.clone());
         }
-        None if !host.is_empty() => {
-            if let Ok(v) = HeaderValue::try_from(host) {
-                headers.insert(HOST, v);
-            }
+        // An absolute-form request may carry no Host header: send its authority.
+        (None, Some(h)) if parts.uri.authority().is_some() => {
+            headers.insert(HOST, h);
         }
-        None => {}
+        _ => {}
     }
     if let Some((_, Some(proto))) = &upgrade {
         headers.insert(UPGRADE, proto.clone());
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    route.request_headers.apply(&mut headers);
-
-    let rewritten = route.rewrite.apply(path);
-    let target_path = rewritten.as_deref().unwrap_or(path);
-    let uri = build_uri(target_path, parts.uri.query())?;
+    if !route.request_headers.is_empty() {
+        route.request_headers.apply(&mut headers);
+    }
     let body = if http_body::Body::is_end_stream(&incoming) {
         RequestBody::empty()
     } else {
@@ -367,7 +295,6 @@ async fn forward(
     *out.headers_mut() = headers;
     *out.version_mut() = Version::HTTP_11;
 
-    let started = Instant::now();
     let sent = match tokio::time::timeout(route.timeout, upstream.send(out, key)).await {
         Err(_) => return Err(ProxyError::UpstreamTimeout),
         Ok(Err(UpstreamError::Connect { .. })) => return Err(ProxyError::UpstreamRefused),
@@ -381,22 +308,20 @@ async fn forward(
         }
         Ok(Ok(sent)) => sent,
     };
-    ctx.upstream_duration = Some(started.elapsed());
-    ctx.upstream = Some((upstream.name.clone(), sent.endpoint.id.clone()));
+    ctx.upstream_duration = Some(sent.took);
+    ctx.upstream = Some((Arc::clone(upstream), Arc::clone(&sent.endpoint)));
     let guard = sent.track();
     let mut resp = sent.response;
-    let status = resp.status();
-    if status == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some((client_upgrade, _)) = upgrade {
-            let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            tokio::spawn(bridge(client_upgrade, upstream_upgrade));
-            let (parts, _) = resp.into_parts();
-            let mut r = Response::from_parts(parts, ResponseBody::full(Bytes::new()));
-            keep_only_upgrade_hop_headers(r.headers_mut());
-            drop(guard);
-            return Ok(r);
-        }
-        return Err(ProxyError::UpstreamReset);
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some((client_upgrade, _)) = upgrade else {
+            return Err(ProxyError::UpstreamReset);
+        };
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        tokio::spawn(bridge(client_upgrade, upstream_upgrade));
+        let (parts, _) = resp.into_parts();
+        let mut r = Response::from_parts(parts, ResponseBody::full(Bytes::new()));
+        keep_only_upgrade_hop_headers(r.headers_mut());
+        return Ok(r);
     }
     headers::remove_hop_by_hop(resp.headers_mut());
     let (parts, body) = resp.into_parts();
@@ -426,21 +351,12 @@ async fn bridge(client: OnUpgrade, upstream: OnUpgrade) {
     let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
 }
 
-fn build_uri(path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
-    let pq = match query {
-        Some(q) => PathAndQuery::try_from(format!("{path}?{q}")),
-        None => PathAndQuery::try_from(path),
-    }
-    .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
-    Ok(Uri::from(pq))
-}
-
 /// The consistent-hash key for this request, if the upstream hashes.
 fn hash_key(
     upstream: &Upstream,
     req: &Request<Incoming>,
     ctx: &RequestCtx,
-    path: &str,
+    normalized: Option<&str>,
 ) -> Option<u64> {
     match upstream.hash_on.as_ref()? {
         HashOn::Header(name) => req.headers().get(name).map(|v| hash64(v.as_bytes())),
@@ -460,6 +376,6 @@ fn hash_key(
             std::net::IpAddr::V4(a) => hash64(&a.octets()),
             std::net::IpAddr::V6(a) => hash64(&a.octets()),
         }),
-        HashOn::Path => Some(hash64(path.as_bytes())),
+        HashOn::Path => Some(hash64(normalized.unwrap_or(req.uri().path()).as_bytes())),
     }
 }

@@ -22,8 +22,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
-use tokio::time::Instant;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use super::pipeline::{self, ConnInfo};
 use crate::observability::metrics::metrics;
@@ -55,62 +54,78 @@ const NONE: u64 = u64::MAX;
 /// connection with no request in flight may idle for `idle_timeout`; once
 /// the first byte of a request head arrives, the head must be complete
 /// within `header_read_timeout`.
+///
+/// Time is kept in watchdog ticks (half the shorter timeout), not clock
+/// reads: requests only store the current tick, and the one timer per
+/// connection is never reset on the request path. A timeout therefore
+/// fires up to one tick late, never early.
 pub struct ConnState {
     inflight: AtomicUsize,
-    /// When the last request finished (ms since `born`).
-    last_ms: AtomicU64,
-    /// When the current HTTP/1 head began arriving, or `NONE`.
-    head_ms: AtomicU64,
-    born: Instant,
+    /// Ticks elapsed since the connection started.
+    tick: AtomicU64,
+    /// Tick at which the last request finished.
+    last: AtomicU64,
+    /// Tick at which the current HTTP/1 head began arriving, or `NONE`.
+    head: AtomicU64,
     h1: bool,
-    wake: Notify,
 }
 
 impl ConnState {
     fn new(h1: bool) -> Arc<Self> {
         Arc::new(Self {
             inflight: AtomicUsize::new(0),
-            last_ms: AtomicU64::new(0),
+            tick: AtomicU64::new(0),
+            last: AtomicU64::new(0),
             // The first head is timed from the connection's start.
-            head_ms: AtomicU64::new(if h1 { 0 } else { NONE }),
-            born: Instant::now(),
+            head: AtomicU64::new(if h1 { 0 } else { NONE }),
             h1,
-            wake: Notify::new(),
         })
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.born.elapsed().as_millis() as u64
     }
 
     /// Bytes arrived: on an idle HTTP/1 connection they start a head.
     fn on_read(&self) {
         if self.h1
             && self.inflight.load(Ordering::Relaxed) == 0
-            && self
-                .head_ms
-                .compare_exchange(NONE, self.now_ms(), Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
+            && self.head.load(Ordering::Relaxed) == NONE
         {
-            self.wake.notify_one();
+            self.head
+                .store(self.tick.load(Ordering::Relaxed), Ordering::Relaxed);
         }
     }
 
-    /// What the watchdog should do now: `Ok(())` to close, or `Err(deadline)`.
-    fn check(&self, idle: Duration, header: Duration) -> Result<(), Instant> {
-        let now = self.now_ms();
+    /// Advances one tick; true when the connection has been idle, or
+    /// reading a head, for longer than allowed.
+    fn tick_expired(&self, idle_ticks: u64, head_ticks: u64) -> bool {
+        let now = self.tick.fetch_add(1, Ordering::Relaxed) + 1;
         if self.inflight.load(Ordering::Relaxed) > 0 {
-            return Err(Instant::now() + idle);
+            return false;
         }
-        let (since, limit) = match self.head_ms.load(Ordering::Relaxed) {
-            NONE => (self.last_ms.load(Ordering::Relaxed), idle),
-            head => (head, header),
-        };
-        let due = since + limit.as_millis() as u64;
-        if now >= due {
-            Ok(())
-        } else {
-            Err(self.born + Duration::from_millis(due))
+        // Whole ticks surely elapsed since `since` (the tick it was stored
+        // in was partly over already).
+        let elapsed = |since: u64| now.saturating_sub(since).saturating_sub(1);
+        match self.head.load(Ordering::Relaxed) {
+            NONE => elapsed(self.last.load(Ordering::Relaxed)) >= idle_ticks,
+            head => elapsed(head) >= head_ticks,
+        }
+    }
+}
+
+/// Watchdog timing for one connection, in ticks.
+#[derive(Clone, Copy)]
+struct Watch {
+    period: Duration,
+    idle_ticks: u64,
+    head_ticks: u64,
+}
+
+impl Watch {
+    fn new(s: &Settings) -> Self {
+        let period = (s.idle_timeout.min(s.header_read_timeout) / 2).max(Duration::from_millis(10));
+        let ticks = |d: Duration| d.as_nanos().div_ceil(period.as_nanos()) as u64;
+        Watch {
+            period,
+            idle_ticks: ticks(s.idle_timeout),
+            head_ticks: ticks(s.header_read_timeout),
         }
     }
 }
@@ -123,16 +138,17 @@ impl ActivityGuard {
     /// Counts one request in flight; its head is complete.
     pub fn new(state: &Arc<ConnState>) -> Self {
         state.inflight.fetch_add(1, Ordering::Relaxed);
-        state.head_ms.store(NONE, Ordering::Relaxed);
+        state.head.store(NONE, Ordering::Relaxed);
         ActivityGuard(Arc::clone(state))
     }
 }
 
 impl Drop for ActivityGuard {
     fn drop(&mut self) {
-        self.0.last_ms.store(self.0.now_ms(), Ordering::Relaxed);
-        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
-        self.0.wake.notify_one();
+        let s = &self.0;
+        s.last
+            .store(s.tick.load(Ordering::Relaxed), Ordering::Relaxed);
+        s.inflight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -185,28 +201,34 @@ async fn connection(
         tokio::time::timeout(settings.header_read_timeout, sniff(&mut stream)).await
     {
         let state = ConnState::new(!h2);
+        let watch = Watch::new(&settings);
         let io = TokioIo::new(ConnIo {
             prefix,
             inner: stream,
             state: Arc::clone(&state),
+            tick: Box::pin(tokio::time::sleep(watch.period)),
+            watch,
         });
         let svc_state = Arc::clone(&state);
+        let peer_value = http::HeaderValue::try_from(peer.ip().to_string())
+            .unwrap_or(http::HeaderValue::from_static("unknown"));
         let svc = service_fn(move |req| {
             let live = Arc::clone(&live);
             let info = ConnInfo {
                 peer,
+                peer_value: peer_value.clone(),
                 activity: Some(ActivityGuard::new(&svc_state)),
             };
             async move { Ok::<_, Infallible>(pipeline::handle(req, info, &live).await) }
         });
         if h2 {
             let conn = h2_builder(&settings).serve_connection(io, svc);
-            drive(conn, state, &settings, shutdown).await;
+            drive(conn, shutdown).await;
         } else {
             let conn = h1_builder(&settings)
                 .serve_connection(io, svc)
                 .with_upgrades();
-            drive(conn, state, &settings, shutdown).await;
+            drive(conn, shutdown).await;
         }
     }
     gauge.dec();
@@ -295,42 +317,38 @@ where
     }
 }
 
-/// Runs a connection to its end, closing it when idle or when a request
-/// head is too slow, and draining it when shutdown is signalled.
-async fn drive<C: Graceful>(
-    conn: C,
-    state: Arc<ConnState>,
-    s: &Settings,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// Runs a connection to its end, draining it when shutdown is signalled.
+/// (Idle and head timeouts are enforced by its socket, `ConnIo`.)
+async fn drive<C: Graceful>(conn: C, mut shutdown: watch::Receiver<bool>) {
     let mut conn = std::pin::pin!(conn);
-    let mut draining = *shutdown.borrow();
-    if draining {
+    if *shutdown.borrow() {
         conn.as_mut().begin_shutdown();
+        let _ = conn.await;
+        return;
     }
-    loop {
-        let deadline = match state.check(s.idle_timeout, s.header_read_timeout) {
-            Ok(()) => return,
-            Err(d) => d,
-        };
-        tokio::select! {
-            _ = &mut conn => return,
-            _ = shutdown.changed(), if !draining => {
-                draining = true;
-                conn.as_mut().begin_shutdown();
-            }
-            _ = state.wake.notified() => {}
-            _ = tokio::time::sleep_until(deadline) => {}
+    tokio::select! {
+        _ = &mut conn => {}
+        _ = shutdown.changed() => {
+            conn.as_mut().begin_shutdown();
+            let _ = conn.await;
         }
     }
 }
 
 /// The connection's socket: replays the sniffed bytes first and reports
 /// reads to the watchdog.
+///
+/// It also runs the connection's watchdog: a read that would wait polls
+/// the tick timer, and an expired connection's read fails with `TimedOut`,
+/// which makes hyper close it. Hyper always has a read pending on an idle
+/// or head-reading connection, so the timer is always polled when it
+/// matters.
 struct ConnIo {
     prefix: Bytes,
     inner: TcpStream,
     state: Arc<ConnState>,
+    tick: Pin<Box<tokio::time::Sleep>>,
+    watch: Watch,
 }
 
 impl AsyncRead for ConnIo {
@@ -349,6 +367,16 @@ impl AsyncRead for ConnIo {
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
             self.state.on_read();
+        }
+        if r.is_pending() {
+            let w = self.watch;
+            while self.tick.as_mut().poll(cx).is_ready() {
+                if self.state.tick_expired(w.idle_ticks, w.head_ticks) {
+                    return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+                }
+                let next = self.tick.deadline() + w.period;
+                self.tick.as_mut().reset(next);
+            }
         }
         r
     }

@@ -95,6 +95,8 @@ pub struct Sent {
     pub response: Response<Incoming>,
     /// The endpoint that answered.
     pub endpoint: Arc<Endpoint>,
+    /// Time from the first attempt to the response head.
+    pub took: std::time::Duration,
 }
 
 /// Decrements an endpoint's in-flight count when dropped.
@@ -229,13 +231,13 @@ impl Upstream {
             };
             match result {
                 Ok(response) => {
-                    self.duration.observe(start.elapsed().as_secs_f64());
-                    ep.metrics
-                        .requests
-                        .inc(&http::Method::GET, response.status().as_u16());
+                    let took = start.elapsed();
+                    self.duration.observe(took.as_secs_f64());
+                    ep.metrics.requests.inc_status(response.status().as_u16());
                     return Ok(Sent {
                         response,
                         endpoint: Arc::clone(ep),
+                        took,
                     });
                 }
                 Err(mut e) => match e.take_message() {

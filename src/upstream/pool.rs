@@ -8,7 +8,7 @@
 //! the request being lost.
 
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use hyper::client::conn::{http1, http2};
@@ -57,8 +57,13 @@ pub enum Conn {
     H2(http2::SendRequest<RequestBody>),
 }
 
-struct Idle {
+/// A pooled HTTP/1.1 connection. It is returned to the pool as soon as its
+/// response head arrives and becomes usable again (`is_ready`) once hyper
+/// has read that response to the end, so no task per request is needed to
+/// hand it back.
+struct Pooled {
     tx: http1::SendRequest<RequestBody>,
+    /// When it was last handed out or returned.
     since: Instant,
 }
 
@@ -66,7 +71,8 @@ struct Idle {
 pub struct Pool {
     target: Target,
     h2: bool,
-    idle: Mutex<Vec<Idle>>,
+    /// Connections, busy or idle; at most `max_idle` are kept.
+    idle: Mutex<Vec<Pooled>>,
     shared: Mutex<Option<http2::SendRequest<RequestBody>>>,
 }
 
@@ -91,10 +97,19 @@ impl Pool {
                 .filter(|tx| !tx.is_closed())
                 .map(|tx| Conn::H2(tx.clone()));
         }
-        let mut idle = self.idle.lock().ok()?;
-        while let Some(c) = idle.pop() {
-            if c.tx.is_ready() && c.since.elapsed() < self.target.idle_timeout {
-                return Some(Conn::Http1(c.tx));
+        let mut conns = self.idle.lock().ok()?;
+        let timeout = self.target.idle_timeout;
+        let mut i = conns.len();
+        while i > 0 {
+            i -= 1;
+            let c = &conns[i];
+            if c.tx.is_closed() {
+                conns.swap_remove(i);
+            } else if c.tx.is_ready() {
+                let c = conns.swap_remove(i);
+                if c.since.elapsed() < timeout {
+                    return Some(Conn::Http1(c.tx));
+                }
             }
         }
         None
@@ -138,33 +153,37 @@ impl Pool {
         }
     }
 
-    /// Returns a HTTP/1.1 connection once its response has been read to
-    /// the end; a connection that closes instead is dropped.
-    pub fn release(self: &Arc<Self>, mut tx: http1::SendRequest<RequestBody>) {
-        let pool = Arc::clone(self);
-        tokio::spawn(async move {
-            if tx.ready().await.is_ok()
-                && let Ok(mut idle) = pool.idle.lock()
-                && idle.len() < pool.target.max_idle
-            {
-                idle.push(Idle {
-                    tx,
-                    since: Instant::now(),
-                });
-            }
-        });
-    }
-
-    /// Closes idle connections past the idle timeout.
-    pub fn evict_expired(&self) {
-        if let Ok(mut idle) = self.idle.lock() {
-            let timeout = self.target.idle_timeout;
-            idle.retain(|c| c.since.elapsed() < timeout && !c.tx.is_closed());
+    /// Returns a HTTP/1.1 connection whose response head has arrived. It
+    /// is taken again only once `is_ready` (its response was read to the
+    /// end); one that closes instead is dropped by the next checkout or
+    /// sweep. When the pool is full the connection is dropped, and hyper
+    /// closes it after the current response.
+    pub fn release(&self, tx: http1::SendRequest<RequestBody>) {
+        if let Ok(mut conns) = self.idle.lock()
+            && conns.len() < self.target.max_idle
+        {
+            conns.push(Pooled {
+                tx,
+                since: Instant::now(),
+            });
         }
     }
 
-    /// Number of idle HTTP/1.1 connections.
+    /// Closes idle connections past the idle timeout, and forgets closed ones.
+    pub fn evict_expired(&self) {
+        if let Ok(mut conns) = self.idle.lock() {
+            let timeout = self.target.idle_timeout;
+            conns.retain(|c| {
+                let expired = c.tx.is_ready() && c.since.elapsed() >= timeout;
+                !(c.tx.is_closed() || expired)
+            });
+        }
+    }
+
+    /// Number of idle (ready) HTTP/1.1 connections.
     pub fn idle_count(&self) -> usize {
-        self.idle.lock().map_or(0, |i| i.len())
+        self.idle
+            .lock()
+            .map_or(0, |c| c.iter().filter(|c| c.tx.is_ready()).count())
     }
 }

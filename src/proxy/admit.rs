@@ -1,0 +1,162 @@
+//! Stage 1, `admit`: what a request must satisfy before it is routed.
+//!
+//! hyper has already refused what its parser refuses (bad chunk sizes,
+//! obs-fold, control characters, versions other than 1.0/1.1, conflicting
+//! Content-Length, oversized heads). This stage refuses the rest of what
+//! RFC 9110 and RFC 9112 say a proxy must not forward.
+
+use http::header::{CONTENT_LENGTH, HOST, HeaderValue, TRANSFER_ENCODING};
+use http::uri::Authority;
+use http::{HeaderMap, Method, Request, Version};
+use hyper::body::Incoming;
+
+use super::error::ProxyError;
+use crate::config::spec::UnderscorePolicy;
+
+/// Checks `req` and returns the host it is for: its Host header, or the
+/// authority of an absolute-form target (`None` only for HTTP/1.0 without
+/// either).
+pub fn admit(
+    req: &mut Request<Incoming>,
+    underscores: UnderscorePolicy,
+    max_body: u64,
+) -> Result<Option<HeaderValue>, ProxyError> {
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::BadRequest("CONNECT is not supported"));
+    }
+    if req.uri() == "*" && req.method() != Method::OPTIONS {
+        return Err(ProxyError::BadRequest(
+            "asterisk-form is only allowed with OPTIONS",
+        ));
+    }
+    if req.version() <= Version::HTTP_11 {
+        framing(req.headers())?;
+    }
+    let host = host(req)?;
+    if underscores != UnderscorePolicy::Allow
+        && req.headers().keys().any(|k| k.as_str().contains('_'))
+    {
+        if underscores == UnderscorePolicy::Reject {
+            return Err(ProxyError::BadRequest(
+                "header names with underscores are not allowed",
+            ));
+        }
+        let names: Vec<_> = req
+            .headers()
+            .keys()
+            .filter(|k| k.as_str().contains('_'))
+            .cloned()
+            .collect();
+        for n in names {
+            req.headers_mut().remove(n);
+        }
+    }
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_body) {
+        return Err(ProxyError::PayloadTooLarge(max_body));
+    }
+    Ok(host)
+}
+
+/// One valid Host, agreeing with an absolute-form target's authority.
+fn host(req: &Request<Incoming>) -> Result<Option<HeaderValue>, ProxyError> {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest("repeated Host header"));
+    }
+    if let Some(h) = header {
+        valid_authority(h.as_bytes())?;
+    }
+    match (req.uri().authority(), header) {
+        (Some(a), Some(h)) if !a.as_str().as_bytes().eq_ignore_ascii_case(h.as_bytes()) => Err(
+            ProxyError::BadRequest("request target authority differs from Host"),
+        ),
+        (Some(a), None) => {
+            valid_authority(a.as_str().as_bytes())?;
+            HeaderValue::from_str(a.as_str())
+                .map(Some)
+                .map_err(|_| ProxyError::BadRequest("invalid request target authority"))
+        }
+        (_, Some(h)) => Ok(Some(h.clone())),
+        (None, None) if req.version() == Version::HTTP_10 => Ok(None),
+        (None, None) => Err(ProxyError::BadRequest("missing Host header")),
+    }
+}
+
+/// RFC 9112 §6.3: a request with both Transfer-Encoding and Content-Length,
+/// or with a transfer coding other than a single final `chunked`, has
+/// ambiguous framing; it is refused (and the connection closed) rather than
+/// forwarded, since another hop might read it differently. (hyper already
+/// removes Content-Length when both arrive; this is the second line.)
+fn framing(h: &HeaderMap) -> Result<(), ProxyError> {
+    let mut te = h.get_all(TRANSFER_ENCODING).iter();
+    let Some(first) = te.next() else {
+        return Ok(());
+    };
+    if h.contains_key(CONTENT_LENGTH) {
+        return Err(ProxyError::BadRequest(
+            "both Transfer-Encoding and Content-Length",
+        ));
+    }
+    if te.next().is_some() || !first.as_bytes().eq_ignore_ascii_case(b"chunked") {
+        return Err(ProxyError::BadRequest(
+            "unsupported Transfer-Encoding (only a single chunked)",
+        ));
+    }
+    Ok(())
+}
+
+/// host[:port] with no user info (RFC 9110 §7.2, §4.2.4).
+fn valid_authority(v: &[u8]) -> Result<(), ProxyError> {
+    if v.is_empty() || v.contains(&b'@') || Authority::try_from(v).is_err() {
+        return Err(ProxyError::BadRequest("invalid Host header"));
+    }
+    Ok(())
+}
+
+/// Lower-case host without port, for routing (borrowed when already so).
+pub fn host_for_routing(host: &str) -> std::borrow::Cow<'_, str> {
+    let bare = if host.starts_with('[') {
+        host.split_inclusive(']').next().unwrap_or(host)
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    if bare.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(bare.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(bare)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_host_drops_port_and_case() {
+        assert_eq!(host_for_routing("API.example.com:8080"), "api.example.com");
+        assert_eq!(host_for_routing("[::1]:8080"), "[::1]");
+        assert!(matches!(
+            host_for_routing("a.b"),
+            std::borrow::Cow::Borrowed("a.b")
+        ));
+    }
+
+    #[test]
+    fn framing_allows_only_a_single_chunked() {
+        let mut h = HeaderMap::new();
+        assert!(framing(&h).is_ok());
+        h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        assert!(framing(&h).is_ok());
+        h.insert(TRANSFER_ENCODING, HeaderValue::from_static("gzip, chunked"));
+        assert!(framing(&h).is_err());
+        h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(CONTENT_LENGTH, HeaderValue::from_static("3"));
+        assert!(framing(&h).is_err());
+    }
+}
