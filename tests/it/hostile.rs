@@ -189,3 +189,93 @@ async fn header_names_with_underscores_are_dropped_and_h2c_upgrade_never_passes(
     assert!(seen.headers.get("upgrade").is_none());
     assert!(seen.headers.get("http2-settings").is_none());
 }
+
+/// An h2 HEADERS frame (END_STREAM | END_HEADERS) on stream 1 carrying a
+/// GET for `/` with `authority` and extra literal headers (HPACK literals
+/// without indexing, no Huffman coding).
+fn h2_request(authority: &str, extra: &[(&str, &str)]) -> Vec<u8> {
+    fn lit(out: &mut Vec<u8>, s: &str) {
+        out.push(s.len() as u8);
+        out.extend_from_slice(s.as_bytes());
+    }
+    // :method GET, :scheme http, :path / (static table 2, 6, 4)
+    let mut block = vec![0x82, 0x86, 0x84];
+    // :authority (static index 1), literal value
+    block.push(0x01);
+    lit(&mut block, authority);
+    for (name, value) in extra {
+        block.push(0x00);
+        lit(&mut block, name);
+        lit(&mut block, value);
+    }
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]); // empty SETTINGS
+    let len = block.len();
+    out.extend_from_slice(&[
+        (len >> 16) as u8,
+        (len >> 8) as u8,
+        len as u8,
+        0x1,
+        0x5,
+        0,
+        0,
+        0,
+        1,
+    ]);
+    out.extend_from_slice(&block);
+    out
+}
+
+/// Reads h2 frames for stream 1 until a response HEADERS or RST_STREAM;
+/// returns the frame type (0x1 HEADERS, 0x3 RST_STREAM, 0x7 GOAWAY) and payload.
+async fn h2_answer(addr: std::net::SocketAddr, request: &[u8]) -> (u8, Vec<u8>) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    tokio::time::timeout(IO_WAIT, async {
+        loop {
+            let mut head = [0u8; 9];
+            s.read_exact(&mut head).await.unwrap();
+            let len =
+                (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+            let mut payload = vec![0u8; len];
+            s.read_exact(&mut payload).await.unwrap();
+            let stream = u32::from_be_bytes([head[5] & 0x7f, head[6], head[7], head[8]]);
+            if head[3] == 0x7 || (stream == 1 && (head[3] == 0x1 || head[3] == 0x3)) {
+                return (head[3], payload);
+            }
+        }
+    })
+    .await
+    .expect("an answer on stream 1")
+}
+
+#[tokio::test]
+async fn h2_connection_specific_headers_are_refused() {
+    let (gw, up) = gateway().await;
+    for (name, value) in [
+        ("connection", "keep-alive"),
+        ("transfer-encoding", "chunked"),
+        ("upgrade", "websocket"),
+        ("te", "gzip"),
+    ] {
+        let (kind, _) = h2_answer(gw.addr, &h2_request("a", &[(name, value)])).await;
+        assert_ne!(kind, 0x1, "{name} must not get a response");
+    }
+    // The same request without them is served: the frames above were right.
+    let (kind, payload) = h2_answer(gw.addr, &h2_request("a", &[])).await;
+    assert_eq!(kind, 0x1);
+    assert_eq!(payload.first(), Some(&0x88), ":status 200 (static index 8)");
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn h2_authority_with_user_info_is_400() {
+    let (gw, up) = gateway().await;
+    let (kind, payload) = h2_answer(gw.addr, &h2_request("user@a", &[])).await;
+    assert!(kind != 0x1 || payload.first() != Some(&0x88), "not a 200");
+    if kind == 0x1 {
+        // :status 400 is static index 12 (0x8c).
+        assert_eq!(payload.first(), Some(&0x8c));
+    }
+    assert_eq!(up.count(), 0);
+}

@@ -8,6 +8,7 @@
     reason = "test code: a failed step is a failed test"
 )]
 
+mod binary;
 mod cli;
 mod errors;
 mod hostile;

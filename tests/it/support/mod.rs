@@ -172,6 +172,14 @@ async fn upstream_handle(
             Response::new(Bytestream { left: total, chunk }.boxed())
         }
         (Some("echo"), _) => Response::new(Full::new(body).boxed()),
+        (Some("sum"), _) => Response::new(
+            Full::new(Bytes::from(format!(
+                "{}:{:016x}",
+                body.len(),
+                checksum(&body)
+            )))
+            .boxed(),
+        ),
         _ => {
             let mut r = Response::new(Full::new(Bytes::from(name)).boxed());
             r.headers_mut()
@@ -185,10 +193,17 @@ async fn upstream_handle(
     Ok(resp)
 }
 
+/// FNV-1a over the bytes: what `/sum` answers with the length.
+pub fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 /// Streams `left` bytes in 64 KiB chunks.
-struct Bytestream {
-    left: usize,
-    chunk: Bytes,
+pub struct Bytestream {
+    pub left: usize,
+    pub chunk: Bytes,
 }
 
 impl http_body::Body for Bytestream {
@@ -368,4 +383,110 @@ pub fn tally<T: std::hash::Hash + Eq>(items: impl IntoIterator<Item = T>) -> Has
         *m.entry(i).or_insert(0) += 1;
     }
     m
+}
+
+/// The `tollgate` binary running on a config, with its output collected.
+pub struct Binary {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub stdout: Arc<Mutex<Vec<String>>>,
+}
+
+/// Longest wait for the binary to start listening.
+const BINARY_START: Duration = Duration::from_secs(20);
+
+impl Binary {
+    /// Starts `tollgate run` on `yaml` (listeners on ephemeral ports unless
+    /// the YAML has its own `server:`); reads the bound addresses from the
+    /// JSON start-up log line.
+    pub fn start(yaml: &str) -> Binary {
+        use std::io::BufRead;
+        let config = config_path();
+        std::fs::write(&config, with_server(yaml)).unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args([
+                "run",
+                "-c",
+                config.to_str().unwrap(),
+                "--log-format",
+                "json",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        // Owned by the guard from here on, so a failed start still kills it.
+        let unbound: SocketAddr = "0.0.0.0:0".parse().unwrap();
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let mut bin = Binary {
+            child,
+            addr: unbound,
+            admin: unbound,
+            stdout: stdout.clone(),
+        };
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                stdout.lock().unwrap().push(line);
+            }
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = std::time::Instant::now() + BINARY_START;
+        loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+                .expect("tollgate started");
+            let Ok(j) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if j["fields"]["message"] == "tollgate started" {
+                let listen = j["fields"]["listen"]
+                    .as_str()
+                    .unwrap()
+                    .trim_matches(['[', ']']);
+                bin.addr = listen.split(',').next().unwrap().trim().parse().unwrap();
+                bin.admin = j["fields"]["admin"].as_str().unwrap().parse().unwrap();
+                return bin;
+            }
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Peak resident memory (VmHWM) in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            * 1024
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.id().to_string();
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &pid])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

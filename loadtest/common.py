@@ -1,0 +1,178 @@
+"""Shared pieces of the load scripts: tool install, process control (own
+process groups, stopped by PID), readiness checks and /proc accounting.
+Standard library only."""
+
+import http.client
+import re
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+BODY = (b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ" * 17)[:1024]
+UP_PORT = 18380
+
+UPSTREAM_CONF = """
+worker_processes 1;
+daemon off;
+pid {work}/upstream.pid;
+error_log {work}/upstream.err warn;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 120s;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{ default_type text/plain; return 200 "{body}"; }}
+    }}
+}}
+"""
+
+
+
+TOLLGATE_CONF = """
+server:
+  listen: ["127.0.0.1:{port}"]
+  admin_listen: "127.0.0.1:{admin}"
+  workers: 1
+  access_log: {{ enabled: false }}
+upstreams:
+  origin:
+    endpoints: ["http://127.0.0.1:{up}"]
+    pool: {{ max_idle_per_endpoint: 512 }}
+routes:
+  - name: all
+    match: {{ path_prefix: / }}
+    upstream: origin
+"""
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+class Procs:
+    """Processes started here, each in its own group, stopped by PID."""
+
+    def __init__(self):
+        self.procs = {}
+
+    def start(self, name, argv, cpu, logpath):
+        out = open(logpath, "ab")
+        p = subprocess.Popen(["taskset", "-c", str(cpu)] + argv, stdout=out, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, start_new_session=True)
+        self.procs[name] = p
+        return p
+
+    def stop(self, name):
+        p = self.procs.pop(name, None)
+        if p is None or p.poll() is not None:
+            return
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+            p.wait(timeout=10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+
+    def stop_all(self):
+        for name in list(self.procs):
+            self.stop(name)
+
+
+def tree(root):
+    parent = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                parent[int(d)] = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(c for c, pp in parent.items() if pp == pid)
+    return out
+
+
+def cpu_seconds(root):
+    total = 0
+    for pid in tree(root):
+        try:
+            f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            total += int(f[11]) + int(f[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / CLK_TCK
+
+
+def peak_rss_mib(root):
+    kb = 0
+    for pid in tree(root):
+        try:
+            for line in open(f"/proc/{pid}/status"):
+                if line.startswith("VmHWM:"):
+                    kb += int(line.split()[1])
+        except OSError:
+            pass
+    return kb / 1024
+
+
+def wait_ready(port, timeout=15):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            c.request("GET", "/")
+            r = c.getresponse()
+            body = r.read()
+            c.close()
+            if r.status == 200 and body == BODY:
+                return
+            raise SystemExit(f"port {port}: got {r.status} with a {len(body)}-byte body, not the expected 1 KiB")
+        except (ConnectionError, OSError):
+            time.sleep(0.1)
+    raise SystemExit(f"port {port} did not answer within {timeout}s")
+
+
+def parse_wrk(text):
+    def us(v):
+        m = re.match(r"([\d.]+)(us|ms|s)", v)
+        if not m:
+            return float("nan")
+        return float(m.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6}[m.group(2)]
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", text, re.M))
+    errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", text))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    return rps, us(lat.get("50", "nan")), us(lat.get("99", "nan")), errors + (int(non2xx.group(1)) if non2xx else 0)
+
+
+def wrk(port, conns, duration, cpu):
+    out = subprocess.run(["taskset", "-c", str(cpu), "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency",
+                          f"http://127.0.0.1:{port}/"], capture_output=True, text=True, timeout=duration + 30)
+    return out.stdout
+
+
+def ensure_tools(build):
+    missing = [t for t in ("nginx", "wrk", "taskset") if not shutil.which(t) and not os.path.exists(f"/usr/sbin/{t}")]
+    if missing:
+        if os.geteuid() != 0:
+            raise SystemExit(f"missing {missing}: apt-get install -y nginx-light wrk")
+        log(f"installing {missing} with apt-get")
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "nginx-light", "wrk", "util-linux"], check=True)
+    if build:
+        log("building the release binary")
+        subprocess.run(["cargo", "build", "--release", "--bin", "tollgate"], cwd=ROOT, check=True)
+
+

@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""Tollgate vs NGINX, side by side in one run.
+
+    python3 loadtest/compare.py [--rounds 5] [--duration 10] [--conns 64]
+
+CPU layout on a 2-core machine (like ../shared/bench):
+
+    CPU 0: the proxy under test (Tollgate with `workers: 1`, NGINX with one worker)
+    CPU 1: the upstream (an NGINX answering 1 KiB from memory) + wrk (1 thread)
+
+Both proxies forward to the same upstream over keep-alive pools. Rounds are
+interleaved with the order rotated each round; every proxy starts fresh per
+round, is checked to return the exact body, warmed up, then measured.
+Reported per target: req/s, p50 and p99 latency (wrk), proxy CPU time per
+request (utime+stime of the proxy's process tree from /proc, all threads),
+and peak RSS; ratios are paired per round against NGINX, median over rounds.
+
+With both cores busy, wrk and the upstream share CPU 1 and cap req/s; CPU
+per request is then the figure that shows a proxy's efficiency.
+
+Standard library only. Installs nginx-light and wrk with apt-get when
+missing (as root), and builds the release binary with cargo. Every process
+binds 127.0.0.1, is started by this script in its own process group and
+stopped by PID, also on errors and Ctrl-C.
+"""
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import tempfile
+
+from common import (BODY, ROOT, TOLLGATE_CONF, UP_PORT, UPSTREAM_CONF, Procs, cpu_seconds, ensure_tools, log,
+                    parse_wrk, peak_rss_mib, wait_ready, wrk)
+
+NGINX_PORT, TOLLGATE_PORT = 18390, 18400
+
+NGINX_PROXY_CONF = """
+worker_processes 1;
+daemon off;
+pid {work}/nginx.pid;
+error_log {work}/nginx.err warn;
+worker_rlimit_nofile 16384;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    server_tokens off;
+    client_body_temp_path {work}/tmp_body;
+    proxy_temp_path {work}/tmp_proxy;
+    fastcgi_temp_path {work}/tmp_fcgi;
+    uwsgi_temp_path {work}/tmp_uwsgi;
+    scgi_temp_path {work}/tmp_scgi;
+    tcp_nodelay on;
+    keepalive_requests 100000000;
+    keepalive_timeout 120s;
+    upstream backend {{
+        server 127.0.0.1:{up};
+        keepalive 256;
+        keepalive_requests 100000000;
+        keepalive_timeout 120s;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffers 16 16k;
+        }}
+    }}
+}}
+"""
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--conns", type=int, default=64)
+    ap.add_argument("--no-build", action="store_true", help="use the existing target/release/tollgate")
+    args = ap.parse_args()
+    ensure_tools(not args.no_build)
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    tollgate = os.path.join(ROOT, "target/release/tollgate")
+    work = tempfile.mkdtemp(prefix="tollgate-loadtest.")
+    os.chmod(work, 0o755)
+    procs = Procs()
+
+    def on_signal(*_):
+        procs.stop_all()
+        raise SystemExit(130)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    with open(f"{work}/upstream.conf", "w") as f:
+        f.write(UPSTREAM_CONF.format(work=work, port=UP_PORT, body=BODY.decode()))
+    with open(f"{work}/nginx.conf", "w") as f:
+        f.write(NGINX_PROXY_CONF.format(work=work, port=NGINX_PORT, up=UP_PORT))
+    with open(f"{work}/tollgate.yaml", "w") as f:
+        f.write(TOLLGATE_CONF.format(port=TOLLGATE_PORT, admin=TOLLGATE_PORT + 1, up=UP_PORT))
+    targets = {
+        "nginx": (NGINX_PORT, [nginx, "-c", f"{work}/nginx.conf"]),
+        "tollgate": (TOLLGATE_PORT, [tollgate, "run", "-c", f"{work}/tollgate.yaml", "--log-level", "warn"]),
+    }
+    results = {t: [] for t in targets}
+    try:
+        procs.start("upstream", [nginx, "-c", f"{work}/upstream.conf"], 1, f"{work}/upstream.log")
+        wait_ready(UP_PORT)
+        order = list(targets)
+        for rnd in range(args.rounds):
+            for name in order[rnd % len(order):] + order[:rnd % len(order)]:
+                port, argv = targets[name]
+                p = procs.start(name, argv, 0, f"{work}/{name}.log")
+                wait_ready(port)
+                wrk(port, args.conns, args.warmup, 1)
+                c0 = cpu_seconds(p.pid)
+                text = wrk(port, args.conns, args.duration, 1)
+                c1 = cpu_seconds(p.pid)
+                rps, p50, p99, errors = parse_wrk(text)
+                reqs = rps * args.duration
+                cpu_us = (c1 - c0) / reqs * 1e6 if reqs else float("nan")
+                rss = peak_rss_mib(p.pid)
+                procs.stop(name)
+                results[name].append({"rps": rps, "p50": p50, "p99": p99, "cpu_us": cpu_us, "rss": rss, "errors": errors})
+                log(f"round {rnd + 1}/{args.rounds} {name:9} req/s={rps:9.0f} p50={p50:7.0f}us p99={p99:7.0f}us "
+                    f"cpu/req={cpu_us:5.2f}us rss={rss:5.1f}MiB errors={errors}")
+    finally:
+        procs.stop_all()
+        shutil.rmtree(work, ignore_errors=True)
+
+    med = lambda xs: statistics.median(xs)
+    print(f"\nTollgate vs NGINX: 1 KiB responses, {args.conns} connections, {args.rounds} rounds x {args.duration}s "
+          f"(wrk, 1 thread), medians over rounds; ratios paired per round\n")
+    print("| target | req/s | p50 µs | p99 µs | CPU µs/req | peak RSS MiB | errors | req/s × | p99 × | CPU/req × |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, rows in results.items():
+        base = results["nginx"]
+        ratio = lambda k: med([r[k] / b[k] for r, b in zip(rows, base)])
+        print(f"| {name} | {med([r['rps'] for r in rows]):,.0f} | {med([r['p50'] for r in rows]):,.0f} | "
+              f"{med([r['p99'] for r in rows]):,.0f} | {med([r['cpu_us'] for r in rows]):.2f} | "
+              f"{med([r['rss'] for r in rows]):.1f} | {sum(r['errors'] for r in rows)} | "
+              f"{ratio('rps'):.2f} | {ratio('p99'):.2f} | {ratio('cpu_us'):.2f} |")
+
+
+if __name__ == "__main__":
+    main()
