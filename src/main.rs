@@ -19,7 +19,7 @@ struct Cli {
         default_value = "/etc/tollgate/tollgate.yaml"
     )]
     config: PathBuf,
-    /// Log format; json when stderr is not a terminal.
+    /// Log format; json when stdout is not a terminal.
     #[arg(long, global = true)]
     log_format: Option<LogFormat>,
     /// Log level or filter (overrides RUST_LOG), e.g. `info` or `tollgate=debug`.
@@ -61,7 +61,7 @@ fn init_logs(cli: &Cli) {
     let json = match cli.log_format {
         Some(LogFormat::Json) => true,
         Some(LogFormat::Pretty) => false,
-        None => !std::io::stderr().is_terminal(),
+        None => !std::io::stdout().is_terminal(),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

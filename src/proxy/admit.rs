@@ -12,15 +12,20 @@ use hyper::body::Incoming;
 
 use super::error::ProxyError;
 use crate::config::spec::UnderscorePolicy;
+use crate::snapshot::Settings;
 
 /// Checks `req` and returns the host it is for: its Host header, or the
 /// authority of an absolute-form target (`None` only for HTTP/1.0 without
 /// either).
 pub fn admit(
     req: &mut Request<Incoming>,
-    underscores: UnderscorePolicy,
-    max_body: u64,
+    settings: &Settings,
 ) -> Result<Option<HeaderValue>, ProxyError> {
+    head_size(req, settings)?;
+    let (underscores, max_body) = (
+        settings.headers_with_underscores,
+        settings.max_request_body_bytes,
+    );
     if req.method() == Method::CONNECT {
         return Err(ProxyError::BadRequest("CONNECT is not supported"));
     }
@@ -60,6 +65,26 @@ pub fn admit(
         return Err(ProxyError::PayloadTooLarge(max_body));
     }
     Ok(host)
+}
+
+/// The configured head limits, answered with a JSON 431. hyper's parser is
+/// given twice these limits as a hard ceiling (it answers a bare 431 past
+/// them), so an ordinary oversized head gets the gateway's error body.
+fn head_size(req: &Request<Incoming>, s: &Settings) -> Result<(), ProxyError> {
+    let h = req.headers();
+    if h.len() > s.max_request_headers {
+        return Err(ProxyError::HeadersTooLarge);
+    }
+    // Request line + `name: value\r\n` per field, as sent on HTTP/1.1.
+    let uri = req.uri();
+    let target = uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len() + 8);
+    let line = req.method().as_str().len() + target + 12;
+    let fields: usize = h.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    if line + fields > s.max_request_header_bytes {
+        return Err(ProxyError::HeadersTooLarge);
+    }
+    Ok(())
 }
 
 /// One valid Host, agreeing with an absolute-form target's authority.

@@ -128,11 +128,7 @@ async fn run(
     let settings = &snapshot.settings;
 
     // 1. admit
-    let host = admit(
-        &mut req,
-        settings.headers_with_underscores,
-        settings.max_request_body_bytes,
-    )?;
+    let host = admit(&mut req, settings)?;
     if req.uri() == "*" {
         let mut r = Response::new(ResponseBody::full(Bytes::new()));
         r.headers_mut().insert(

@@ -257,11 +257,12 @@ fn h1_builder(s: &Settings) -> http1::Builder {
     b.timer(TokioTimer::new())
         // Head and idle timing is the connection watchdog's (see ConnState).
         .header_read_timeout(None)
-        .max_headers(s.max_request_headers)
-        // hyper's floor for its read buffer is 8 KiB; the head limit itself
-        // is enforced by max_header_size.
-        .max_buf_size(s.max_request_header_bytes.max(8192))
-        .max_header_size(s.max_request_header_bytes)
+        // Twice the configured limits: the configured ones are enforced in
+        // `admit` with a JSON 431; these are the parser's hard ceiling.
+        // (hyper's floor for its read buffer is 8 KiB.)
+        .max_headers(s.max_request_headers * 2)
+        .max_buf_size((s.max_request_header_bytes * 2).max(8192))
+        .max_header_size(s.max_request_header_bytes * 2)
         .keep_alive(true)
         .half_close(false)
         .ignore_invalid_headers(false)
@@ -273,7 +274,7 @@ fn h2_builder(s: &Settings) -> http2::Builder<TokioExecutor> {
     let mut b = http2::Builder::new(TokioExecutor::new());
     b.timer(TokioTimer::new())
         .max_concurrent_streams(s.max_concurrent_streams)
-        .max_header_list_size(s.max_request_header_bytes as u32)
+        .max_header_list_size((s.max_request_header_bytes * 2) as u32)
         .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
         .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
         .keep_alive_interval(H2_PING_INTERVAL)

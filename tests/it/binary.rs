@@ -153,3 +153,49 @@ async fn access_log_writes_one_json_line_per_request() {
     assert_eq!(b["status"], 400);
     assert_eq!(b["reason"], "invalid_path");
 }
+
+/// SIGHUP reloads the file; a broken file is refused and the old config serves.
+#[tokio::test]
+async fn sighup_reloads_and_refuses_broken_files() {
+    let up = Upstream::start("app").await;
+    let gw = Binary::start(&proxy_to(&up, ""));
+    let c = client();
+    assert_eq!(get(&c, &gw.url("/x")).await.status, 200);
+    let config = gw_config(&gw);
+    std::fs::write(
+        &config,
+        with_server(
+            "routes:\n  - { name: hup, match: { path: /hup }, respond: { body: reloaded } }\n",
+        ),
+    )
+    .unwrap();
+    gw.signal("HUP");
+    let mut body = String::new();
+    for _ in 0..50 {
+        body = get(&c, &gw.url("/hup")).await.text();
+        if body == "reloaded" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(body, "reloaded");
+    std::fs::write(&config, "routes: [ {").unwrap();
+    gw.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        get(&c, &gw.url("/hup")).await.text(),
+        "reloaded",
+        "the running config keeps serving"
+    );
+}
+
+/// The config file a binary was started with (the `-c` argument).
+fn gw_config(gw: &Binary) -> std::path::PathBuf {
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", gw.child.id())).unwrap();
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let i = args.iter().position(|a| a == "-c").unwrap();
+    args[i + 1].clone().into()
+}

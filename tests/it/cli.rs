@@ -80,3 +80,42 @@ fn validate_accepts_the_shipped_configs_and_explain_answers() {
     let j: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(j["matched"], "ping");
 }
+
+#[test]
+fn environment_variables_expand_in_string_values() {
+    let path = config_path();
+    std::fs::write(&path, "upstreams:\n  u: { endpoints: [\"http://${TOLLGATE_TEST_HOST}:9001\"] }\nroutes:\n  - { name: r, match: { path: /r }, upstream: u }\n").unwrap();
+    let file = path.display().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["validate", "-c", &file])
+        .env("TOLLGATE_TEST_HOST", "127.0.0.1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["validate", "-c", &file])
+        .env_remove("TOLLGATE_TEST_HOST")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains(&format!("{file}:2:"))
+            && stderr.contains("environment variable `TOLLGATE_TEST_HOST` is not set"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn version_is_printed() {
+    let (code, stdout, _) = tollgate(&["--version"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        stdout.trim(),
+        format!("tollgate {}", env!("CARGO_PKG_VERSION"))
+    );
+}

@@ -140,3 +140,73 @@ async fn stalled_request_body_gets_408_and_close() {
     assert_eq!(raw_status(&text), 408, "{text}");
     let _ = Bytes::new();
 }
+
+/// An endpoint whose accept queue is full drops SYNs: the connect times
+/// out after `connect_timeout` and the answer is 502, quickly.
+#[tokio::test]
+async fn connect_timeout_is_enforced() {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Fill the accept queue (never accepted), so further SYNs are dropped.
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            fillers.push(s);
+        }
+    }
+    let gw = TestGateway::start(&format!(
+        "upstreams:\n  stuck: {{ endpoints: [\"http://{addr}\"], connect_timeout: 300ms }}\nroutes:\n  - {{ name: stuck, match: {{ path_prefix: / }}, upstream: stuck }}\n"
+    ))
+    .await;
+    let started = std::time::Instant::now();
+    let r = get(&client(), &gw.url("/")).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.json()["error"], "upstream_refused");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "took {took:?}"
+    );
+    drop(listener);
+}
+
+/// The pool never keeps more idle connections than configured, and closes
+/// idle ones after `pool.idle_timeout`.
+#[tokio::test]
+async fn pool_caps_idle_connections_and_evicts_them_on_a_timer() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&format!(
+        "upstreams:\n  app: {{ endpoints: [\"{}\"], pool: {{ max_idle_per_endpoint: 2, idle_timeout: 300ms }} }}\nroutes:\n  - {{ name: app, match: {{ path_prefix: / }}, upstream: app }}\n",
+        up.url()
+    ))
+    .await;
+    let c = client();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let c = c.clone();
+        let url = gw.url("/slow/200");
+        tasks.push(tokio::spawn(async move { get(&c, &url).await.status }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    let pool = || {
+        gw.gw.as_ref().unwrap().live.load().upstreams["app"].endpoints[0]
+            .pool
+            .clone()
+    };
+    // Connections become idle once their responses were read to the end.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let idle = pool().idle_count();
+    assert!((1..=2).contains(&idle), "idle connections kept: {idle}");
+    // The sweeper runs every second; the idle timeout is 300ms.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(pool().idle_count(), 0);
+}

@@ -105,17 +105,28 @@ async fn bare_lf_heads_are_reserialized_with_crlf() {
 #[tokio::test]
 async fn oversized_heads_get_431() {
     let (gw, up) = gateway().await;
+    // Over the configured 8 KiB / 20 fields: the gateway's JSON 431.
     let big = format!(
         "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
         "a".repeat(10_000)
     );
-    assert_eq!(raw_status(&raw(gw.addr, big.as_bytes()).await), 431);
+    let resp = raw(gw.addr, big.as_bytes()).await;
+    assert_eq!(raw_status(&resp), 431, "{resp}");
+    assert!(resp.contains("\"error\":\"headers_too_large\""), "{resp}");
     let mut many = String::from("GET / HTTP/1.1\r\nHost: a\r\n");
     for i in 0..30 {
         many.push_str(&format!("X-H{i}: v\r\n"));
     }
     many.push_str("\r\n");
-    assert_eq!(raw_status(&raw(gw.addr, many.as_bytes()).await), 431);
+    let resp = raw(gw.addr, many.as_bytes()).await;
+    assert_eq!(raw_status(&resp), 431, "{resp}");
+    assert!(resp.contains("\"error\":\"headers_too_large\""), "{resp}");
+    // Past twice the limit, hyper's parser stops reading: a bare 431.
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(40_000)
+    );
+    assert_eq!(raw_status(&raw(gw.addr, huge.as_bytes()).await), 431);
     assert_eq!(up.count(), 0);
 }
 
@@ -278,4 +289,19 @@ async fn h2_authority_with_user_info_is_400() {
         assert_eq!(payload.first(), Some(&0x8c));
     }
     assert_eq!(up.count(), 0);
+}
+
+#[tokio::test]
+async fn upgrade_is_ignored_on_http10() {
+    let (gw, up) = gateway().await;
+    let resp = raw(
+        gw.addr,
+        b"GET /ws HTTP/1.0\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await;
+    assert!(
+        !resp.starts_with("HTTP/1.1 101") && !resp.starts_with("HTTP/1.0 101"),
+        "{resp}"
+    );
+    assert!(up.last().headers.get("upgrade").is_none());
 }

@@ -139,3 +139,30 @@ async fn drain_lets_twenty_slow_requests_finish() {
         "no longer accepting"
     );
 }
+
+#[tokio::test]
+async fn metrics_expose_every_core_family() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&config(&up, false)).await;
+    let c = client();
+    assert_eq!(get(&c, &gw.url("/app/x")).await.status, 200);
+    assert_eq!(get(&c, &gw.url("/nope")).await.status, 404);
+    let m = get(&c, &gw.admin_url("/metrics")).await.text();
+    for family in [
+        "tollgate_requests_total{method=\"GET\",route=\"app\",status=\"200\"}",
+        "tollgate_requests_total{method=\"GET\",route=\"\",status=\"404\"}",
+        "tollgate_request_duration_seconds_bucket{route=\"app\"",
+        &format!(
+            "tollgate_upstream_requests_total{{endpoint=\"{}\",status=\"200\",upstream=\"app\"}}",
+            up.addr
+        ),
+        "tollgate_upstream_duration_seconds_bucket{upstream=\"app\"",
+        "tollgate_connections_active",
+        "tollgate_requests_inflight",
+        "tollgate_config_last_reload_success_timestamp_seconds",
+        "tollgate_config_info{version=",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(m.contains(family), "missing {family}");
+    }
+}

@@ -1,0 +1,31 @@
+# Tollgate: multi-stage build. The runtime image holds the binary, CA roots
+# and nothing else; it runs as an unprivileged user.
+#
+#   docker build -t tollgate .
+#   docker run -p 8080:8080 -p 9901:9901 -v $PWD/my.yaml:/etc/tollgate/tollgate.yaml tollgate
+#
+# The mounted config must listen on 0.0.0.0 and put the admin API on
+# 0.0.0.0:9901 for the health check and metrics to be reachable.
+
+FROM rust:1-slim-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY benches ./benches
+COPY examples ./examples
+RUN cargo build --release --locked --bin tollgate
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates curl \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin tollgate \
+ && mkdir -p /etc/tollgate
+COPY --from=build /src/target/release/tollgate /usr/local/bin/tollgate
+COPY config/tollgate.yaml /etc/tollgate/tollgate.yaml
+USER tollgate
+EXPOSE 8080 9901
+HEALTHCHECK --interval=10s --timeout=2s --start-period=5s --retries=3 \
+  CMD curl -fsS http://127.0.0.1:9901/healthz || exit 1
+ENTRYPOINT ["/usr/local/bin/tollgate"]
+CMD ["run", "-c", "/etc/tollgate/tollgate.yaml", "--log-format", "json"]
