@@ -9,14 +9,13 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
 use super::ctx::Finish;
-use crate::upstream::InflightGuard;
+use crate::upstream::{InflightGuard, UpstreamBody};
 
 enum Kind {
     Full(Option<Bytes>),
-    Upstream(Incoming),
+    Upstream(UpstreamBody),
 }
 
 /// A gateway-made or upstream-streamed response body.
@@ -39,7 +38,7 @@ impl ResponseBody {
     }
 
     /// An upstream body, streamed; `inflight` is released when it ends.
-    pub fn upstream(b: Incoming, inflight: Option<InflightGuard>) -> Self {
+    pub fn upstream(b: UpstreamBody, inflight: Option<InflightGuard>) -> Self {
         Self {
             kind: Kind::Upstream(b),
             bytes: 0,
@@ -74,12 +73,12 @@ impl Drop for ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         let polled = match &mut this.kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),

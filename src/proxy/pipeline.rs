@@ -35,12 +35,12 @@ use super::ctx::{Finish, RequestCtx};
 use super::error::ProxyError;
 use super::headers::{self, TraceContext, X_REQUEST_ID};
 use super::server::ActivityGuard;
-use crate::body::{BodyError, RequestBody, find_body_error};
+use crate::body::{BodyError, RequestBody};
 use crate::observability::metrics::metrics;
 use crate::routing::normalize::normalize_path;
 use crate::routing::{Lookup, RequestView};
 use crate::snapshot::{Action, Route, SharedSnapshot, Snapshot};
-use crate::upstream::{HashOn, Upstream, UpstreamError, balance::hash64};
+use crate::upstream::{HashOn, Upstream, UpstreamBody, UpstreamError, balance::hash64};
 
 /// What the connection knows about its requests.
 pub struct ConnInfo {
@@ -295,7 +295,7 @@ async fn forward(
         Err(_) => return Err(ProxyError::UpstreamTimeout),
         Ok(Err(UpstreamError::Connect { .. })) => return Err(ProxyError::UpstreamRefused),
         Ok(Err(UpstreamError::Send { source, .. })) => {
-            return Err(match find_body_error(&source) {
+            return Err(match source.body_error() {
                 Some(BodyError::TooLarge { limit }) => ProxyError::PayloadTooLarge(*limit),
                 Some(BodyError::Timeout) => ProxyError::BodyTimeout,
                 Some(BodyError::Read(_)) => ProxyError::BadRequest("request body read failed"),
@@ -309,11 +309,13 @@ async fn forward(
     let guard = sent.track();
     let mut resp = sent.response;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let Some((client_upgrade, _)) = upgrade else {
+        let (Some((client_upgrade, _)), UpstreamBody::H1(body)) = (upgrade, resp.body_mut()) else {
             return Err(ProxyError::UpstreamReset);
         };
-        let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        tokio::spawn(bridge(client_upgrade, upstream_upgrade));
+        let Some(tunnel) = body.take_upgraded() else {
+            return Err(ProxyError::UpstreamReset);
+        };
+        tokio::spawn(bridge(client_upgrade, tunnel));
         let (parts, _) = resp.into_parts();
         let mut r = Response::from_parts(parts, ResponseBody::full(Bytes::new()));
         keep_only_upgrade_hop_headers(r.headers_mut());
@@ -336,15 +338,22 @@ fn keep_only_upgrade_hop_headers(h: &mut HeaderMap) {
     }
 }
 
-/// Copies bytes both ways between the upgraded client and upstream
-/// connections until either side closes.
-async fn bridge(client: OnUpgrade, upstream: OnUpgrade) {
-    let (Ok(c), Ok(u)) = tokio::join!(client, upstream) else {
+/// Copies bytes both ways between the upgraded client connection and the
+/// upstream socket until either side closes. Bytes the upstream sent right
+/// after its 101 head (already read) go to the client first.
+async fn bridge(client: OnUpgrade, (mut upstream, early): (tokio::net::TcpStream, Bytes)) {
+    let Ok(c) = client.await else {
         return;
     };
     let mut c = TokioIo::new(c);
-    let mut u = TokioIo::new(u);
-    let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+    if !early.is_empty()
+        && tokio::io::AsyncWriteExt::write_all(&mut c, &early)
+            .await
+            .is_err()
+    {
+        return;
+    }
+    let _ = tokio::io::copy_bidirectional(&mut c, &mut upstream).await;
 }
 
 /// The consistent-hash key for this request, if the upstream hashes.

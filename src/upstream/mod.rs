@@ -6,6 +6,7 @@
 //! its pools stay warm.
 
 pub mod balance;
+pub mod h1;
 pub mod pool;
 
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use http::{HeaderName, Request, Response, Uri};
 use hyper::body::Incoming;
 use prometheus::Histogram;
 
-use crate::body::RequestBody;
+use crate::body::{BodyError, RequestBody};
 use crate::config::spec::UpstreamSpec;
 use crate::observability::metrics::{EndpointMetrics, metrics};
 pub use balance::Balancer;
@@ -78,21 +79,80 @@ pub enum UpstreamError {
         /// Cause.
         source: ConnectError,
     },
-    /// The connection failed while sending or receiving: reset, closed, or
-    /// an invalid response.
+    /// The exchange failed after connecting: reset, closed, an invalid
+    /// response, or the downstream body failed while being sent.
     #[error("request to {endpoint} failed: {source}")]
     Send {
         /// Endpoint id.
         endpoint: String,
         /// Cause.
-        source: hyper::Error,
+        source: SendFailure,
     },
+}
+
+/// What went wrong in an exchange, by protocol.
+#[derive(Debug, thiserror::Error)]
+pub enum SendFailure {
+    /// HTTP/1.1 (our codec).
+    #[error("{0}")]
+    H1(#[from] h1::H1Error),
+    /// h2c (hyper).
+    #[error("{0}")]
+    H2(#[from] hyper::Error),
+}
+
+impl SendFailure {
+    /// The downstream body's error, when that is what failed.
+    pub fn body_error(&self) -> Option<&BodyError> {
+        match self {
+            SendFailure::H1(h1::H1Error::Body(b)) => Some(b),
+            SendFailure::H1(_) => None,
+            SendFailure::H2(e) => crate::body::find_body_error(e),
+        }
+    }
+}
+
+/// A streamed upstream response body.
+pub enum UpstreamBody {
+    /// Read by our HTTP/1.1 codec.
+    H1(h1::Body1),
+    /// Read by hyper's h2 client.
+    H2(Incoming),
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = bytes::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            UpstreamBody::H1(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::H2(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::H1(b) => b.is_end_stream(),
+            UpstreamBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            UpstreamBody::H1(b) => b.size_hint(),
+            UpstreamBody::H2(b) => b.size_hint(),
+        }
+    }
 }
 
 /// A response head from an endpoint.
 pub struct Sent {
     /// The response (body still streaming).
-    pub response: Response<Incoming>,
+    pub response: Response<UpstreamBody>,
     /// The endpoint that answered.
     pub endpoint: Arc<Endpoint>,
     /// Time from the first attempt to the response head.
@@ -219,39 +279,56 @@ impl Upstream {
                     }
                 },
             };
-            let result = match conn {
-                pool::Conn::Http1(mut tx) => {
-                    let r = tx.try_send_request(req).await;
-                    if r.is_ok() {
-                        ep.pool.release(tx);
+            let response = match conn {
+                pool::Conn::Http1(conn) => {
+                    match h1::send(conn, req, &ep.id, pooled, ep.pool.max_head()).await {
+                        Ok((resp, conn)) => {
+                            let (parts, mut body) = resp.into_parts();
+                            if parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
+                                body.hold(conn);
+                            } else {
+                                body.attach(conn, Arc::clone(&ep.pool));
+                            }
+                            Response::from_parts(parts, UpstreamBody::H1(body))
+                        }
+                        // Not sent: the pooled connection was dead. Try again
+                        // (the next pooled one, or a fresh connection).
+                        Err(Err(h1::NotSent(back))) => {
+                            req = *back;
+                            continue;
+                        }
+                        Err(Ok(e)) => {
+                            return Err(UpstreamError::Send {
+                                endpoint: ep.id.clone(),
+                                source: e.into(),
+                            });
+                        }
                     }
-                    r
                 }
-                pool::Conn::H2(mut tx) => tx.try_send_request(req).await,
-            };
-            match result {
-                Ok(response) => {
-                    let took = start.elapsed();
-                    self.duration.observe(took.as_secs_f64());
-                    ep.metrics.requests.inc_status(response.status().as_u16());
-                    return Ok(Sent {
-                        response,
-                        endpoint: Arc::clone(ep),
-                        took,
-                    });
-                }
-                Err(mut e) => match e.take_message() {
-                    // Not sent: the pooled connection was dead. Try again
-                    // (the next pooled one, or a fresh connection).
-                    Some(back) if pooled => req = back,
-                    _ => {
-                        return Err(UpstreamError::Send {
-                            endpoint: ep.id.clone(),
-                            source: e.into_error(),
-                        });
-                    }
+                pool::Conn::H2(mut tx) => match tx.try_send_request(req).await {
+                    Ok(resp) => resp.map(UpstreamBody::H2),
+                    Err(mut e) => match e.take_message() {
+                        Some(back) if pooled => {
+                            req = back;
+                            continue;
+                        }
+                        _ => {
+                            return Err(UpstreamError::Send {
+                                endpoint: ep.id.clone(),
+                                source: e.into_error().into(),
+                            });
+                        }
+                    },
                 },
-            }
+            };
+            let took = start.elapsed();
+            self.duration.observe(took.as_secs_f64());
+            ep.metrics.requests.inc_status(response.status().as_u16());
+            return Ok(Sent {
+                response,
+                endpoint: Arc::clone(ep),
+                took,
+            });
         }
     }
 

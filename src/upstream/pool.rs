@@ -1,21 +1,23 @@
 //! Connections to one endpoint: a LIFO keep-alive pool for HTTP/1.1, one
 //! shared multiplexed connection for h2c.
 //!
-//! Written over `hyper::client::conn` rather than hyper-util's client so
-//! that (a) a connect failure hands the request back untouched, to be tried
-//! on another endpoint, (b) the idle cap and idle timeout are exact, and
-//! (c) a pooled connection that turns out to be dead is replaced without
-//! the request being lost.
+//! Our own pool rather than hyper-util's client, so that (a) a connect
+//! failure hands the request back untouched, to be tried on another
+//! endpoint, (b) the idle cap and idle timeout are exact, (c) a pooled
+//! connection that turns out to be dead is replaced without the request
+//! being lost, and (d) HTTP/1.1 connections need no task of their own
+//! (see `h1`).
 
 use std::io;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::h1;
 use crate::body::RequestBody;
 
 /// Why a connection could not be made.
@@ -51,19 +53,15 @@ pub struct Target {
 
 /// A connection ready for one request.
 pub enum Conn {
-    /// A HTTP/1.1 connection, owned until the response ends.
-    Http1(http1::SendRequest<RequestBody>),
+    /// A HTTP/1.1 connection, owned by the request until its response ends.
+    Http1(h1::Conn),
     /// A handle to the shared h2 connection.
     H2(http2::SendRequest<RequestBody>),
 }
 
-/// A pooled HTTP/1.1 connection. It is returned to the pool as soon as its
-/// response head arrives and becomes usable again (`is_ready`) once hyper
-/// has read that response to the end, so no task per request is needed to
-/// hand it back.
-struct Pooled {
-    tx: http1::SendRequest<RequestBody>,
-    /// When it was last handed out or returned.
+/// An idle HTTP/1.1 connection and when it was returned.
+struct Idle {
+    conn: h1::Conn,
     since: Instant,
 }
 
@@ -71,8 +69,8 @@ struct Pooled {
 pub struct Pool {
     target: Target,
     h2: bool,
-    /// Connections, busy or idle; at most `max_idle` are kept.
-    idle: Mutex<Vec<Pooled>>,
+    /// Idle HTTP/1.1 connections, most recently returned last.
+    idle: Mutex<Vec<Idle>>,
     shared: Mutex<Option<http2::SendRequest<RequestBody>>>,
 }
 
@@ -88,7 +86,8 @@ impl Pool {
     }
 
     /// A live idle connection, if one is pooled. The most recently used is
-    /// taken first (its server side is the least likely to have timed out).
+    /// taken first (its server side is the least likely to have timed out);
+    /// connections the peer closed while idle are dropped on the way.
     pub fn checkout(&self) -> Option<Conn> {
         if self.h2 {
             let guard = self.shared.lock().ok()?;
@@ -97,19 +96,10 @@ impl Pool {
                 .filter(|tx| !tx.is_closed())
                 .map(|tx| Conn::H2(tx.clone()));
         }
-        let mut conns = self.idle.lock().ok()?;
-        let timeout = self.target.idle_timeout;
-        let mut i = conns.len();
-        while i > 0 {
-            i -= 1;
-            let c = &conns[i];
-            if c.tx.is_closed() {
-                conns.swap_remove(i);
-            } else if c.tx.is_ready() {
-                let c = conns.swap_remove(i);
-                if c.since.elapsed() < timeout {
-                    return Some(Conn::Http1(c.tx));
-                }
+        let mut idle = self.idle.lock().ok()?;
+        while let Some(c) = idle.pop() {
+            if c.conn.is_reusable() && c.since.elapsed() < self.target.idle_timeout {
+                return Some(Conn::Http1(c.conn));
             }
         }
         None
@@ -125,65 +115,53 @@ impl Pool {
         .await
         .map_err(|_| ConnectError::Timeout)??;
         stream.set_nodelay(true)?;
-        let io = TokioIo::new(stream);
-        if self.h2 {
-            let (tx, conn) = http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .keep_alive_interval(Duration::from_secs(30))
-                .keep_alive_timeout(Duration::from_secs(10))
-                .max_header_list_size(t.max_response_header_bytes as u32)
-                .handshake(io)
-                .await?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            if let Ok(mut shared) = self.shared.lock() {
-                *shared = Some(tx.clone());
-            }
-            Ok(Conn::H2(tx))
-        } else {
-            let (tx, conn) = http1::Builder::new()
-                .max_buf_size(t.max_response_header_bytes.max(8192))
-                .handshake(io)
-                .await?;
-            tokio::spawn(async move {
-                let _ = conn.with_upgrades().await;
-            });
-            Ok(Conn::Http1(tx))
+        if !self.h2 {
+            return Ok(Conn::Http1(h1::Conn::new(stream)));
         }
+        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .max_header_list_size(t.max_response_header_bytes as u32)
+            .handshake(TokioIo::new(stream))
+            .await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        if let Ok(mut shared) = self.shared.lock() {
+            *shared = Some(tx.clone());
+        }
+        Ok(Conn::H2(tx))
     }
 
-    /// Returns a HTTP/1.1 connection whose response head has arrived. It
-    /// is taken again only once `is_ready` (its response was read to the
-    /// end); one that closes instead is dropped by the next checkout or
-    /// sweep. When the pool is full the connection is dropped, and hyper
-    /// closes it after the current response.
-    pub fn release(&self, tx: http1::SendRequest<RequestBody>) {
-        if let Ok(mut conns) = self.idle.lock()
-            && conns.len() < self.target.max_idle
+    /// Takes back a HTTP/1.1 connection whose response was read to the end.
+    /// When `max_idle` are already idle it is closed instead.
+    pub fn release_h1(&self, conn: h1::Conn) {
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < self.target.max_idle
         {
-            conns.push(Pooled {
-                tx,
+            idle.push(Idle {
+                conn,
                 since: Instant::now(),
             });
         }
     }
 
-    /// Closes idle connections past the idle timeout, and forgets closed ones.
+    /// Largest upstream response head accepted.
+    pub fn max_head(&self) -> usize {
+        self.target.max_response_header_bytes
+    }
+
+    /// Closes idle connections past the idle timeout, and closed ones.
     pub fn evict_expired(&self) {
-        if let Ok(mut conns) = self.idle.lock() {
+        if let Ok(mut idle) = self.idle.lock() {
             let timeout = self.target.idle_timeout;
-            conns.retain(|c| {
-                let expired = c.tx.is_ready() && c.since.elapsed() >= timeout;
-                !(c.tx.is_closed() || expired)
-            });
+            idle.retain(|c| c.since.elapsed() < timeout && c.conn.is_reusable());
         }
     }
 
-    /// Number of idle (ready) HTTP/1.1 connections.
+    /// Number of idle HTTP/1.1 connections.
     pub fn idle_count(&self) -> usize {
-        self.idle
-            .lock()
-            .map_or(0, |c| c.iter().filter(|c| c.tx.is_ready()).count())
+        self.idle.lock().map_or(0, |c| c.len())
     }
 }

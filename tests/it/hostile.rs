@@ -48,7 +48,12 @@ async fn framing_attacks_are_refused_and_never_forwarded() {
             "{name}: got {status}: {resp:?}"
         );
     }
-    assert_eq!(up.count(), 0, "nothing malformed reached the upstream");
+    assert_eq!(
+        up.count(),
+        0,
+        "nothing malformed reached the upstream: {:?}",
+        up.seen.lock().unwrap()
+    );
 }
 
 /// hyper resolves Content-Length + Transfer-Encoding as RFC 9112 §6.3

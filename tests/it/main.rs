@@ -16,3 +16,4 @@ mod proxying;
 mod reload;
 mod routing;
 mod support;
+mod upstream_h1;

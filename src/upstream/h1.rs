@@ -1,0 +1,808 @@
+//! HTTP/1.1 to upstreams, run inside the request's own task.
+//!
+//! hyper's client gives every connection a task of its own and hands each
+//! request and response across channels, so a proxied request costs several
+//! cross-task wake-ups. Like NGINX and Pingora, Tollgate instead drives the
+//! upstream socket from the request's task: write the head, stream the
+//! body, parse the response head (httparse, header values shared with the
+//! read buffer, not copied), then decode the body framing as the downstream
+//! side reads it. When the body ends cleanly the connection goes straight
+//! back to the pool, with no task involved.
+//!
+//! Message framing follows RFC 9112 §6: a response to HEAD and every 1xx,
+//! 204 and 304 has no body; otherwise `Transfer-Encoding` ending in
+//! `chunked` wins over `Content-Length` (and then the connection is not
+//! reused); a valid `Content-Length` counts the body; anything else runs to
+//! the connection's close. Conflicting lengths, bad chunk sizes, oversized
+//! heads and obs-fold are invalid responses (502).
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::pool::Pool;
+use crate::body::{BodyError, RequestBody};
+
+/// Most header fields in an upstream response head.
+const MAX_RESPONSE_HEADERS: usize = 128;
+/// Longest chunk-size line (with extensions) accepted.
+const MAX_CHUNK_LINE: usize = 4096;
+/// Read size while streaming a response body.
+const READ_CHUNK: usize = 16 << 10;
+
+/// An idle or busy HTTP/1.1 connection to one endpoint.
+pub struct Conn {
+    stream: TcpStream,
+    /// Bytes read but not yet consumed.
+    buf: BytesMut,
+}
+
+/// Why an exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum H1Error {
+    /// Reading the downstream request body failed (413, 408, 400).
+    #[error("{0}")]
+    Body(#[from] BodyError),
+    /// The upstream sent something that is not a valid HTTP/1.x response.
+    #[error("invalid response: {0}")]
+    Invalid(&'static str),
+    /// The connection failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// The request could not even be written on a reused connection: it is
+/// handed back, untouched, to be sent on a fresh one.
+pub struct NotSent(pub Box<Request<RequestBody>>);
+
+/// How the response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked(Chunk),
+    UntilClose,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk, this many bytes left.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// Inside the trailer section.
+    Trailers,
+}
+
+impl Conn {
+    /// Wraps a connected stream.
+    pub fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            buf: BytesMut::with_capacity(8 << 10),
+        }
+    }
+
+    /// False when the peer closed (or sent unexpected bytes on) the idle
+    /// connection. Uses the readiness already recorded by the I/O driver,
+    /// so a quiet connection costs no system call.
+    pub fn is_reusable(&self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+}
+
+/// Encodes the request head: origin-form target, the headers as given, and
+/// the framing of the body as streamed.
+fn encode_head(req: &Request<RequestBody>, authority: &str, chunked: bool) -> Vec<u8> {
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let mut out = Vec::with_capacity(256 + req.headers().len() * 48);
+    out.extend_from_slice(req.method().as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(pq.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if !req.headers().contains_key(HOST) {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(authority.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in req.headers() {
+        // Framing is ours to state (hop-by-hop fields were removed already).
+        if chunked && name == CONTENT_LENGTH {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+async fn write_all_vectored(
+    stream: &mut TcpStream,
+    mut bufs: &mut [IoSlice<'_>],
+) -> io::Result<()> {
+    while !bufs.is_empty() {
+        let n = stream.write_vectored(bufs).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut bufs, n);
+    }
+    Ok(())
+}
+
+/// Sends `req` on `conn` and reads the response head. `reused` marks a
+/// pooled connection: if even the head cannot be written on it, the request
+/// comes back as [`NotSent`] for a retry on a fresh connection.
+pub async fn send(
+    mut conn: Conn,
+    mut req: Request<RequestBody>,
+    authority: &str,
+    reused: bool,
+    max_head: usize,
+) -> Result<(Response<Body1>, Conn), Result<H1Error, NotSent>> {
+    let has_body = !req.body().is_end_stream();
+    let chunked = has_body && !req.headers().contains_key(CONTENT_LENGTH);
+    let head = encode_head(&req, authority, chunked);
+    // Wait for the first piece of the body before writing anything: a body
+    // that is bad from the start (malformed chunks, too large) then never
+    // reaches the upstream, and a small body goes out with the head.
+    let first = if has_body {
+        next_data(req.body_mut()).await.map_err(Ok)?
+    } else {
+        None
+    };
+    let written = match &first {
+        Some(data) if chunked => {
+            let size = format!("{:x}\r\n", data.len());
+            let mut parts = [
+                IoSlice::new(&head),
+                IoSlice::new(size.as_bytes()),
+                IoSlice::new(data),
+                IoSlice::new(b"\r\n"),
+            ];
+            write_all_vectored(&mut conn.stream, &mut parts).await
+        }
+        Some(data) => {
+            write_all_vectored(
+                &mut conn.stream,
+                &mut [IoSlice::new(&head), IoSlice::new(data)],
+            )
+            .await
+        }
+        None => conn.stream.write_all(&head).await,
+    };
+    if let Err(e) = written {
+        // Only a request without a body is still intact here (a first
+        // body piece may have been read), so only it can be handed back.
+        return Err(if reused && !has_body {
+            Err(NotSent(Box::new(req)))
+        } else {
+            Ok(e.into())
+        });
+    }
+    if has_body {
+        if first.is_some() {
+            stream_body(&mut conn.stream, req.body_mut(), chunked)
+                .await
+                .map_err(Ok)?;
+        } else if chunked {
+            conn.stream
+                .write_all(b"0\r\n\r\n")
+                .await
+                .map_err(|e| Ok(e.into()))?;
+        }
+    }
+    let is_head = req.method() == Method::HEAD;
+    match read_response(conn, is_head, max_head).await {
+        Ok(r) => Ok(r),
+        // The keep-alive race: the upstream closed the pooled connection as
+        // the request went out, and answered nothing. A request without a
+        // body whose method is idempotent (RFC 9110 §9.2.2) is safe to send
+        // again on a fresh connection.
+        Err(H1Error::Io(e))
+            if reused
+                && !has_body
+                && req.method().is_idempotent()
+                && matches!(
+                    e.kind(),
+                    io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
+                ) =>
+        {
+            Err(Err(NotSent(Box::new(req))))
+        }
+        Err(e) => Err(Ok(e)),
+    }
+}
+
+/// The next non-empty data frame of the body, or `None` at its end.
+async fn next_data(body: &mut RequestBody) -> Result<Option<Bytes>, H1Error> {
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
+        if let Ok(data) = frame?.into_data()
+            && !data.is_empty()
+        {
+            return Ok(Some(data));
+        }
+    }
+    Ok(None)
+}
+
+async fn stream_body(
+    stream: &mut TcpStream,
+    body: &mut RequestBody,
+    chunked: bool,
+) -> Result<(), H1Error> {
+    while let Some(data) = next_data(body).await? {
+        if chunked {
+            let size = format!("{:x}\r\n", data.len());
+            write_all_vectored(
+                stream,
+                &mut [
+                    IoSlice::new(size.as_bytes()),
+                    IoSlice::new(&data),
+                    IoSlice::new(b"\r\n"),
+                ],
+            )
+            .await?;
+        } else {
+            stream.write_all(&data).await?;
+        }
+    }
+    if chunked {
+        stream.write_all(b"0\r\n\r\n").await?;
+    }
+    Ok(())
+}
+
+/// The parsed head: status, version, headers, and where the head ends.
+struct Head {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+}
+
+/// Parses a complete response head at the front of `buf`, or `None` when
+/// more bytes are needed.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, H1Error> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut resp = httparse::Response::new(&mut slots);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(H1Error::Invalid("too many header fields"));
+        }
+        Err(_) => return Err(H1Error::Invalid("malformed response head")),
+    };
+    let status = resp
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or(H1Error::Invalid("bad status code"))?;
+    let version = if resp.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    // Offsets into the buffer, so the values can share the frozen head.
+    let base = buf.as_ptr() as usize;
+    let fields: Vec<(
+        Result<HeaderName, http::header::InvalidHeaderName>,
+        usize,
+        usize,
+    )> = resp
+        .headers
+        .iter()
+        .map(|h| {
+            (
+                HeaderName::from_bytes(h.name.as_bytes()),
+                h.value.as_ptr() as usize - base,
+                h.value.len(),
+            )
+        })
+        .collect();
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    let head = buf.split_to(len).freeze();
+    for (name, at, n) in fields {
+        let name = name.map_err(|_| H1Error::Invalid("bad header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(at..at + n))
+            .map_err(|_| H1Error::Invalid("bad header value"))?;
+        headers.append(name, value);
+    }
+    Ok(Some(Head {
+        status,
+        version,
+        headers,
+    }))
+}
+
+/// RFC 9112 §6.3 for a response.
+fn framing(head: &Head, is_head_request: bool) -> Result<(Framing, bool), H1Error> {
+    let s = head.status.as_u16();
+    let mut keep_alive = head.version == Version::HTTP_11
+        && !head.headers.get_all(CONNECTION).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|t| t.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
+        });
+    if is_head_request || (100..200).contains(&s) || s == 204 || s == 304 {
+        return Ok((Framing::Empty, keep_alive));
+    }
+    let te: Vec<&HeaderValue> = head.headers.get_all(TRANSFER_ENCODING).iter().collect();
+    if !te.is_empty() {
+        let last = te
+            .last()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .map(str::trim);
+        if head.headers.contains_key(CONTENT_LENGTH) {
+            keep_alive = false;
+        }
+        return Ok(match last {
+            Some(c) if c.eq_ignore_ascii_case("chunked") => {
+                (Framing::Chunked(Chunk::Size), keep_alive)
+            }
+            _ => (Framing::UntilClose, false),
+        });
+    }
+    let mut length: Option<u64> = None;
+    for v in head.headers.get_all(CONTENT_LENGTH) {
+        for part in v
+            .to_str()
+            .map_err(|_| H1Error::Invalid("bad content-length"))?
+            .split(',')
+        {
+            let n: u64 = part
+                .trim()
+                .parse()
+                .map_err(|_| H1Error::Invalid("bad content-length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(H1Error::Invalid("conflicting content-length"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(0) => (Framing::Empty, keep_alive),
+        Some(n) => (Framing::Length(n), keep_alive),
+        None => (Framing::UntilClose, false),
+    })
+}
+
+async fn read_response(
+    mut conn: Conn,
+    is_head_request: bool,
+    max_head: usize,
+) -> Result<(Response<Body1>, Conn), H1Error> {
+    loop {
+        if let Some(head) = parse_head(&mut conn.buf)? {
+            // Interim responses (100 Continue, 103 Early Hints) are dropped;
+            // 101 ends HTTP on this connection and is returned as is.
+            if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS {
+                continue;
+            }
+            let (framing, keep_alive) = framing(&head, is_head_request)?;
+            let mut resp = Response::new(Body1::pending(framing, keep_alive));
+            *resp.status_mut() = head.status;
+            *resp.version_mut() = Version::HTTP_11;
+            *resp.headers_mut() = head.headers;
+            return Ok((resp, conn));
+        }
+        if conn.buf.len() > max_head {
+            return Err(H1Error::Invalid("response head too large"));
+        }
+        conn.buf.reserve(4096);
+        let n = tokio::io::AsyncReadExt::read_buf(&mut conn.stream, &mut conn.buf).await?;
+        if n == 0 {
+            return Err(if conn.buf.is_empty() {
+                H1Error::Io(io::ErrorKind::UnexpectedEof.into())
+            } else {
+                H1Error::Invalid("connection closed inside the response head")
+            });
+        }
+    }
+}
+
+/// A response body read from an upstream connection as the downstream side
+/// polls it. On a clean end the connection returns to its pool.
+pub struct Body1 {
+    conn: Option<Conn>,
+    pool: Option<Arc<Pool>>,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+impl Body1 {
+    fn pending(framing: Framing, keep_alive: bool) -> Self {
+        Self {
+            conn: None,
+            pool: None,
+            framing,
+            keep_alive,
+        }
+    }
+
+    /// Gives the body its connection and the pool to return it to.
+    pub fn attach(&mut self, conn: Conn, pool: Arc<Pool>) {
+        self.conn = Some(conn);
+        self.pool = Some(pool);
+        if self.framing == Framing::Empty {
+            self.finish();
+        }
+    }
+
+    /// Keeps the connection of a 101 response for the tunnel; it never
+    /// returns to the pool.
+    pub fn hold(&mut self, conn: Conn) {
+        self.conn = Some(conn);
+        self.keep_alive = false;
+    }
+
+    /// Takes the connection out (for a 101 upgrade): the stream and any
+    /// bytes already read past the head.
+    pub fn take_upgraded(&mut self) -> Option<(TcpStream, Bytes)> {
+        self.conn.take().map(|c| (c.stream, c.buf.freeze()))
+    }
+
+    fn finish(&mut self) {
+        self.framing = Framing::Empty;
+        if let (Some(conn), Some(pool)) = (self.conn.take(), self.pool.take())
+            && self.keep_alive
+            && conn.buf.is_empty()
+        {
+            pool.release_h1(conn);
+        }
+    }
+
+    /// Reads more bytes into the buffer; `Ok(false)` at end of stream.
+    fn poll_fill(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        loop {
+            ready!(conn.stream.poll_read_ready(cx))?;
+            conn.buf.reserve(READ_CHUNK);
+            match conn.stream.try_read_buf(&mut conn.buf) {
+                Ok(n) => return Poll::Ready(Ok(n > 0)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl Body for Body1 {
+    type Data = Bytes;
+    type Error = H1Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
+        let this = &mut *self;
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match this.framing {
+                Framing::Empty => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Framing::Length(left) => {
+                    if !conn.buf.is_empty() {
+                        let n = conn
+                            .buf
+                            .len()
+                            .min(usize::try_from(left).unwrap_or(usize::MAX));
+                        let data = conn.buf.split_to(n).freeze();
+                        let left = left - n as u64;
+                        this.framing = Framing::Length(left);
+                        if left == 0 {
+                            this.finish();
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    if !ready!(Self::poll_fill(conn, cx))? {
+                        this.conn = None;
+                        return Poll::Ready(Some(Err(H1Error::Invalid(
+                            "connection closed before the end of the body",
+                        ))));
+                    }
+                }
+                Framing::UntilClose => {
+                    if !conn.buf.is_empty() {
+                        let data = conn.buf.split().freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    if !ready!(Self::poll_fill(conn, cx))? {
+                        this.conn = None;
+                        this.framing = Framing::Empty;
+                        return Poll::Ready(None);
+                    }
+                }
+                Framing::Chunked(state) => match step_chunked(&mut conn.buf, state)? {
+                    Step::Data(data, next) => {
+                        this.framing = Framing::Chunked(next);
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    Step::Next(next) => this.framing = Framing::Chunked(next),
+                    Step::Done => {
+                        this.finish();
+                        return Poll::Ready(None);
+                    }
+                    Step::NeedMore => {
+                        if !ready!(Self::poll_fill(conn, cx))? {
+                            this.conn = None;
+                            return Poll::Ready(Some(Err(H1Error::Invalid(
+                                "connection closed inside a chunked body",
+                            ))));
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.framing == Framing::Empty
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Empty => SizeHint::with_exact(0),
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+enum Step {
+    Data(Bytes, Chunk),
+    Next(Chunk),
+    Done,
+    NeedMore,
+}
+
+/// One step of the chunked decoder over the buffered bytes.
+fn step_chunked(buf: &mut BytesMut, state: Chunk) -> Result<Step, H1Error> {
+    match state {
+        Chunk::Size => match httparse::parse_chunk_size(buf) {
+            Ok(httparse::Status::Complete((used, size))) => {
+                buf.advance(used);
+                Ok(Step::Next(if size == 0 {
+                    Chunk::Trailers
+                } else {
+                    Chunk::Data(size)
+                }))
+            }
+            Ok(httparse::Status::Partial) if buf.len() <= MAX_CHUNK_LINE => Ok(Step::NeedMore),
+            _ => Err(H1Error::Invalid("bad chunk size")),
+        },
+        Chunk::Data(left) => {
+            if buf.is_empty() {
+                return Ok(Step::NeedMore);
+            }
+            let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let data = buf.split_to(n).freeze();
+            let left = left - n as u64;
+            Ok(Step::Data(
+                data,
+                if left == 0 {
+                    Chunk::DataEnd
+                } else {
+                    Chunk::Data(left)
+                },
+            ))
+        }
+        Chunk::DataEnd => {
+            if buf.len() < 2 {
+                return Ok(Step::NeedMore);
+            }
+            if &buf[..2] != b"\r\n" {
+                return Err(H1Error::Invalid("missing CRLF after chunk data"));
+            }
+            buf.advance(2);
+            Ok(Step::Next(Chunk::Size))
+        }
+        // Trailer fields are dropped (they are hop-by-hop to us unless the
+        // response declared them; forwarding trailers is not supported yet).
+        Chunk::Trailers => match buf.windows(2).position(|w| w == b"\r\n") {
+            Some(0) => {
+                buf.advance(2);
+                Ok(Step::Done)
+            }
+            Some(i) => {
+                buf.advance(i + 2);
+                Ok(Step::Next(Chunk::Trailers))
+            }
+            None if buf.len() <= MAX_CHUNK_LINE => Ok(Step::NeedMore),
+            None => Err(H1Error::Invalid("trailer field too long")),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str) -> Head {
+        let mut b = BytesMut::from(text);
+        parse_head(&mut b).unwrap().unwrap()
+    }
+
+    fn decode(wire: &[u8], feed: usize) -> Result<Vec<u8>, H1Error> {
+        let mut buf = BytesMut::new();
+        let mut state = Chunk::Size;
+        let mut out = Vec::new();
+        let mut rest = wire;
+        loop {
+            match step_chunked(&mut buf, state)? {
+                Step::Data(d, next) => {
+                    out.extend_from_slice(&d);
+                    state = next;
+                }
+                Step::Next(next) => state = next,
+                Step::Done => return Ok(out),
+                Step::NeedMore => {
+                    if rest.is_empty() {
+                        return Err(H1Error::Invalid("eof"));
+                    }
+                    let n = feed.min(rest.len());
+                    buf.extend_from_slice(&rest[..n]);
+                    rest = &rest[n..];
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_in_any_split() {
+        let wire = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-trailer: 1\r\n\r\n";
+        for feed in [1, 2, 3, 7, 100] {
+            assert_eq!(decode(wire, feed).unwrap(), b"hello world", "feed {feed}");
+        }
+    }
+
+    #[test]
+    fn bad_chunks_are_invalid() {
+        assert!(decode(b"zz\r\nhello\r\n0\r\n\r\n", 100).is_err());
+        assert!(decode(b"5\r\nhelloXX0\r\n\r\n", 100).is_err());
+        assert!(decode(b"ffffffffffffffffff\r\n", 100).is_err());
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let f = |t: &str, head_req: bool| framing(&head(t), head_req).unwrap();
+        assert_eq!(
+            f("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", false),
+            (Framing::Length(5), true)
+        );
+        assert_eq!(
+            f("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", true),
+            (Framing::Empty, true)
+        );
+        assert_eq!(
+            f(
+                "HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n",
+                false
+            ),
+            (Framing::Empty, true)
+        );
+        assert_eq!(
+            f("HTTP/1.1 304 Not Modified\r\n\r\n", false),
+            (Framing::Empty, true)
+        );
+        assert_eq!(
+            f(
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+                false
+            ),
+            (Framing::Chunked(Chunk::Size), true)
+        );
+        assert_eq!(
+            f(
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n",
+                false
+            ),
+            (Framing::Chunked(Chunk::Size), false),
+            "both: chunked wins, the connection is not reused"
+        );
+        assert_eq!(
+            f("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n", false),
+            (Framing::UntilClose, false)
+        );
+        assert_eq!(
+            f("HTTP/1.1 200 OK\r\n\r\n", false),
+            (Framing::UntilClose, false)
+        );
+        assert_eq!(
+            f(
+                "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\n",
+                false
+            ),
+            (Framing::Length(1), false)
+        );
+        assert_eq!(
+            f("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n", false),
+            (Framing::Length(1), false)
+        );
+        assert_eq!(
+            f("HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\n\r\n", false),
+            (Framing::Length(3), true)
+        );
+        assert!(
+            framing(
+                &head("HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n"),
+                false
+            )
+            .is_err()
+        );
+        assert!(
+            framing(
+                &head("HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n"),
+                false
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn heads_parse_once_complete_and_refuse_garbage() {
+        let mut b = BytesMut::from("HTTP/1.1 200 OK\r\nx-a: 1\r\n");
+        assert!(parse_head(&mut b).unwrap().is_none());
+        b.extend_from_slice(b"\r\nbody");
+        let h = parse_head(&mut b).unwrap().unwrap();
+        assert_eq!(h.headers["x-a"], "1");
+        assert_eq!(&b[..], b"body");
+        assert!(parse_head(&mut BytesMut::from("garbage\r\n\r\n")).is_err());
+        assert!(
+            parse_head(&mut BytesMut::from(
+                "HTTP/1.1 200 OK\r\nx-a: b\r\n c\r\n\r\n"
+            ))
+            .is_err(),
+            "obs-fold"
+        );
+    }
+
+    #[test]
+    fn request_heads_state_their_framing() {
+        let mut r = Request::new(RequestBody::empty());
+        *r.uri_mut() = "/a?b=1".parse().unwrap();
+        r.headers_mut().insert("x-a", HeaderValue::from_static("1"));
+        assert_eq!(
+            encode_head(&r, "up:80", false),
+            b"GET /a?b=1 HTTP/1.1\r\nhost: up:80\r\nx-a: 1\r\n\r\n"
+        );
+        r.headers_mut().insert(HOST, HeaderValue::from_static("h"));
+        r.headers_mut()
+            .insert(CONTENT_LENGTH, HeaderValue::from_static("9"));
+        let chunked = String::from_utf8(encode_head(&r, "up:80", true)).unwrap();
+        assert!(
+            !chunked.contains("content-length")
+                && chunked.ends_with("transfer-encoding: chunked\r\n\r\n"),
+            "{chunked}"
+        );
+    }
+}

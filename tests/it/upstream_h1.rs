@@ -1,0 +1,177 @@
+//! The HTTP/1.1 upstream codec against hand-written upstreams: framing
+//! edge cases, interim responses, dead pooled connections, the keep-alive
+//! race.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::*;
+
+/// Reads one request head (and a Content-Length body) from `s`.
+async fn read_request(s: &mut TcpStream) -> Option<String> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte).await.ok()? == 0 {
+            return None;
+        }
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let len = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await.ok()?;
+    Some(head)
+}
+
+/// An upstream whose n-th connection runs `script(n, stream)`.
+async fn scripted<F, Fut>(script: F) -> std::net::SocketAddr
+where
+    F: Fn(usize, TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let n = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(script(n.fetch_add(1, Ordering::SeqCst), s));
+        }
+    });
+    addr
+}
+
+async fn gateway_to(addr: std::net::SocketAddr) -> TestGateway {
+    TestGateway::start(&format!(
+        "upstreams:\n  up: {{ endpoints: [\"http://{addr}\"] }}\nroutes:\n  - {{ name: up, match: {{ path_prefix: / }}, upstream: up }}\n"
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn read_until_close_bodies_and_interim_responses() {
+    let addr = scripted(|_, mut s| async move {
+        if let Some(head) = read_request(&mut s).await {
+            let resp: &[u8] = if head.starts_with("GET /close") {
+                b"HTTP/1.1 200 OK\r\nx-a: 1\r\n\r\nuntil-close"
+            } else {
+                b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+            };
+            let _ = s.write_all(resp).await;
+        }
+    })
+    .await;
+    let gw = gateway_to(addr).await;
+    let c = client();
+    let r = get(&c, &gw.url("/close")).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "until-close"));
+    let r = get(&c, &gw.url("/hints")).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    assert!(
+        r.headers.get("link").is_none(),
+        "the 103's fields are not merged into the final response"
+    );
+}
+
+#[tokio::test]
+async fn invalid_upstream_framing_is_502() {
+    let addr = scripted(|_, mut s| async move {
+        if let Some(head) = read_request(&mut s).await {
+            let resp: &[u8] = if head.starts_with("GET /cl") {
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nabc"
+            } else {
+                b"HTTP/1.1 200 OK\r\nx-a: b\r\n folded\r\ncontent-length: 0\r\n\r\n"
+            };
+            let _ = s.write_all(resp).await;
+        }
+    })
+    .await;
+    let gw = gateway_to(addr).await;
+    let c = client();
+    for path in ["/cl", "/fold"] {
+        let r = get(&c, &gw.url(path)).await;
+        assert_eq!(r.status, 502, "{path}");
+        assert_eq!(r.json()["error"], "upstream_reset");
+    }
+}
+
+#[tokio::test]
+async fn connections_closed_while_idle_are_not_reused() {
+    // Each connection answers one request (keep-alive) and closes 50ms later.
+    let addr = scripted(|_, mut s| async move {
+        if read_request(&mut s).await.is_some() {
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let gw = gateway_to(addr).await;
+    let c = client();
+    for _ in 0..3 {
+        assert_eq!(get(&c, &gw.url("/")).await.status, 200);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
+#[tokio::test]
+async fn keepalive_race_retries_idempotent_requests_only() {
+    // Connection 0 answers its first request, then reads the next one and
+    // closes without a word (the upstream's idle timeout firing just as the
+    // request went out). Later connections answer normally.
+    let addr = scripted(|n, mut s| async move {
+        let first = read_request(&mut s).await;
+        if first.is_some() {
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+        }
+        if n == 0 {
+            let _ = read_request(&mut s).await;
+            return;
+        }
+        while read_request(&mut s).await.is_some() {
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+        }
+    })
+    .await;
+    let gw = gateway_to(addr).await;
+    let c = client();
+    assert_eq!(get(&c, &gw.url("/one")).await.status, 200);
+    let r = get(&c, &gw.url("/two")).await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "ok"),
+        "GET resent on a fresh connection"
+    );
+
+    let addr = scripted(|n, mut s| async move {
+        if read_request(&mut s).await.is_some() {
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+        }
+        if n == 0 {
+            let _ = read_request(&mut s).await;
+        }
+    })
+    .await;
+    let gw = gateway_to(addr).await;
+    assert_eq!(get(&c, &gw.url("/one")).await.status, 200);
+    let r = post(&c, &gw.url("/two"), "payload").await;
+    assert_eq!(r.status, 502, "a POST is never sent twice");
+}
