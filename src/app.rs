@@ -178,7 +178,7 @@ async fn sweep(live: SharedSnapshot, mut shutdown: watch::Receiver<bool>) {
         tokio::select! {
             _ = tokio::time::sleep(SWEEP_INTERVAL) => {
                 for u in live.load().upstreams.values() {
-                    u.evict_expired();
+                    u.evict_expired(SWEEP_INTERVAL);
                 }
             }
             _ = shutdown.changed() => return,

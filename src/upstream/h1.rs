@@ -43,6 +43,8 @@ pub struct Conn {
     stream: TcpStream,
     /// Bytes read but not yet consumed.
     buf: BytesMut,
+    /// The request head being written (kept to reuse its allocation).
+    head: Vec<u8>,
 }
 
 /// Why an exchange failed.
@@ -90,6 +92,7 @@ impl Conn {
         Self {
             stream,
             buf: BytesMut::with_capacity(8 << 10),
+            head: Vec::with_capacity(512),
         }
     }
 
@@ -114,9 +117,9 @@ impl Conn {
 
 /// Encodes the request head: origin-form target, the headers as given, and
 /// the framing of the body as streamed.
-fn encode_head(req: &Request<RequestBody>, authority: &str, chunked: bool) -> Vec<u8> {
+fn encode_head(req: &Request<RequestBody>, authority: &str, chunked: bool, out: &mut Vec<u8>) {
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let mut out = Vec::with_capacity(256 + req.headers().len() * 48);
+    out.clear();
     out.extend_from_slice(req.method().as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(pq.as_bytes());
@@ -140,7 +143,6 @@ fn encode_head(req: &Request<RequestBody>, authority: &str, chunked: bool) -> Ve
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    out
 }
 
 async fn write_all_vectored(
@@ -169,7 +171,8 @@ pub async fn send(
 ) -> Result<(Response<Body1>, Conn), Result<H1Error, NotSent>> {
     let has_body = !req.body().is_end_stream();
     let chunked = has_body && !req.headers().contains_key(CONTENT_LENGTH);
-    let head = encode_head(&req, authority, chunked);
+    let mut head = std::mem::take(&mut conn.head);
+    encode_head(&req, authority, chunked, &mut head);
     // Wait for the first piece of the body before writing anything: a body
     // that is bad from the start (malformed chunks, too large) then never
     // reaches the upstream, and a small body goes out with the head.
@@ -207,6 +210,7 @@ pub async fn send(
             Ok(e.into())
         });
     }
+    conn.head = head;
     if has_body {
         if first.is_some() {
             stream_body(&mut conn.stream, req.body_mut(), chunked)
@@ -792,13 +796,19 @@ mod tests {
         *r.uri_mut() = "/a?b=1".parse().unwrap();
         r.headers_mut().insert("x-a", HeaderValue::from_static("1"));
         assert_eq!(
-            encode_head(&r, "up:80", false),
+            {
+                let mut out = Vec::new();
+                encode_head(&r, "up:80", false, &mut out);
+                out
+            },
             b"GET /a?b=1 HTTP/1.1\r\nhost: up:80\r\nx-a: 1\r\n\r\n"
         );
         r.headers_mut().insert(HOST, HeaderValue::from_static("h"));
         r.headers_mut()
             .insert(CONTENT_LENGTH, HeaderValue::from_static("9"));
-        let chunked = String::from_utf8(encode_head(&r, "up:80", true)).unwrap();
+        let mut out = Vec::new();
+        encode_head(&r, "up:80", true, &mut out);
+        let chunked = String::from_utf8(out).unwrap();
         assert!(
             !chunked.contains("content-length")
                 && chunked.ends_with("transfer-encoding: chunked\r\n\r\n"),

@@ -332,10 +332,10 @@ impl Upstream {
         }
     }
 
-    /// Closes idle connections past their timeout on every endpoint.
-    pub fn evict_expired(&self) {
+    /// One pool sweep on every endpoint (see `Pool::evict_expired`).
+    pub fn evict_expired(&self, interval: std::time::Duration) {
         for ep in &self.endpoints {
-            ep.pool.evict_expired();
+            ep.pool.evict_expired(interval);
         }
     }
 }

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 
 use super::h1;
 use crate::body::RequestBody;
@@ -59,10 +59,10 @@ pub enum Conn {
     H2(http2::SendRequest<RequestBody>),
 }
 
-/// An idle HTTP/1.1 connection and when it was returned.
+/// An idle HTTP/1.1 connection and the sweep it was returned in.
 struct Idle {
     conn: h1::Conn,
-    since: Instant,
+    since: u64,
 }
 
 /// The pool of one endpoint.
@@ -71,6 +71,9 @@ pub struct Pool {
     h2: bool,
     /// Idle HTTP/1.1 connections, most recently returned last.
     idle: Mutex<Vec<Idle>>,
+    /// Sweeps so far: idle age is counted in sweeps (one a second), so
+    /// the request path reads no clock to pool a connection.
+    sweeps: AtomicU64,
     shared: Mutex<Option<http2::SendRequest<RequestBody>>>,
 }
 
@@ -81,6 +84,7 @@ impl Pool {
             target,
             h2,
             idle: Mutex::new(Vec::new()),
+            sweeps: AtomicU64::new(0),
             shared: Mutex::new(None),
         }
     }
@@ -98,7 +102,7 @@ impl Pool {
         }
         let mut idle = self.idle.lock().ok()?;
         while let Some(c) = idle.pop() {
-            if c.conn.is_reusable() && c.since.elapsed() < self.target.idle_timeout {
+            if c.conn.is_reusable() {
                 return Some(Conn::Http1(c.conn));
             }
         }
@@ -142,7 +146,7 @@ impl Pool {
         {
             idle.push(Idle {
                 conn,
-                since: Instant::now(),
+                since: self.sweeps.load(Ordering::Relaxed),
             });
         }
     }
@@ -152,11 +156,21 @@ impl Pool {
         self.target.max_response_header_bytes
     }
 
-    /// Closes idle connections past the idle timeout, and closed ones.
-    pub fn evict_expired(&self) {
+    /// One sweep (called every `interval`): closes connections idle for
+    /// longer than the idle timeout (so at most one interval late) and ones
+    /// the peer closed.
+    pub fn evict_expired(&self, interval: Duration) {
+        let now = self.sweeps.fetch_add(1, Ordering::Relaxed) + 1;
+        let limit = self
+            .target
+            .idle_timeout
+            .as_nanos()
+            .div_ceil(interval.as_nanos().max(1)) as u64;
         if let Ok(mut idle) = self.idle.lock() {
-            let timeout = self.target.idle_timeout;
-            idle.retain(|c| c.since.elapsed() < timeout && c.conn.is_reusable());
+            // Whole sweeps surely passed since `since` (it was partly over).
+            idle.retain(|c| {
+                now.saturating_sub(c.since).saturating_sub(1) < limit && c.conn.is_reusable()
+            });
         }
     }
 
