@@ -213,9 +213,23 @@ pub async fn send(
     conn.head = head;
     if has_body {
         if first.is_some() {
-            stream_body(&mut conn.stream, req.body_mut(), chunked)
-                .await
-                .map_err(Ok)?;
+            match stream_body(&mut conn.stream, req.body_mut(), chunked).await {
+                Ok(()) => {}
+                // The upstream may have answered early (a 413, say) and
+                // stopped reading: its response, if one arrived, is the
+                // answer. The connection is not reused either way.
+                Err(H1Error::Io(write_err)) => {
+                    let is_head = req.method() == Method::HEAD;
+                    return match read_response(conn, is_head, max_head).await {
+                        Ok((mut resp, conn)) => {
+                            resp.body_mut().keep_alive = false;
+                            Ok((resp, conn))
+                        }
+                        Err(_) => Err(Ok(H1Error::Io(write_err))),
+                    };
+                }
+                Err(e) => return Err(Ok(e)),
+            }
         } else if chunked {
             conn.stream
                 .write_all(b"0\r\n\r\n")

@@ -175,3 +175,31 @@ async fn keepalive_race_retries_idempotent_requests_only() {
     let r = post(&c, &gw.url("/two"), "payload").await;
     assert_eq!(r.status, 502, "a POST is never sent twice");
 }
+
+/// An upstream that refuses a large upload early and stops reading: the
+/// client gets the upstream's answer, not a 502.
+#[tokio::test]
+async fn early_upstream_responses_reach_the_client() {
+    let addr = scripted(|_, mut s| async move {
+        let mut buf = vec![0u8; 4096];
+        let mut head = Vec::new();
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = s.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 7\r\nconnection: close\r\n\r\ntoo big").await;
+        // Keep the socket open without reading, so the gateway's writes stall
+        // and then fail once this side closes.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    })
+    .await;
+    let gw = TestGateway::start(&format!(
+        "server:\n  listen: [\"127.0.0.1:0\"]\n  admin_listen: \"127.0.0.1:0\"\n  limits: {{ max_request_body_bytes: 64MiB }}\n  access_log: {{ enabled: false }}\nupstreams:\n  up: {{ endpoints: [\"http://{addr}\"] }}\nroutes:\n  - {{ name: up, match: {{ path_prefix: / }}, upstream: up }}\n"
+    ))
+    .await;
+    let big = "x".repeat(16 << 20);
+    let r = post(&client(), &gw.url("/upload"), &big).await;
+    assert_eq!((r.status, r.text().as_str()), (413, "too big"));
+}
