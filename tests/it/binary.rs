@@ -53,19 +53,10 @@ async fn hundred_mib_each_way_streams_in_bounded_memory() {
     );
     drop(expected);
     // Download: counted and checked as it streams.
-    let resp = c
-        .get(gw.url(&format!("/bytes/{SIZE}")).parse().unwrap())
-        .await
-        .unwrap();
-    let mut body = resp.into_body();
-    let mut total = 0usize;
-    while let Some(f) = body.frame().await {
-        if let Some(d) = f.unwrap().data_ref() {
-            assert!(d.iter().all(|b| *b == b'x'));
-            total += d.len();
-        }
-    }
-    assert_eq!(total, SIZE);
+    assert_eq!(
+        download_x(&c, &gw.url(&format!("/bytes/{SIZE}"))).await,
+        SIZE
+    );
     let rss = gw.peak_rss();
     eprintln!(
         "gateway peak RSS after 100 MiB each way: {:.1} MiB",
@@ -80,12 +71,7 @@ async fn sigterm_drains_twenty_slow_requests_then_exits_zero() {
     let up = Upstream::start("app").await;
     let mut gw = Binary::start(&proxy_to(&up, ""));
     let c = client();
-    let mut tasks = Vec::new();
-    for _ in 0..20 {
-        let c = c.clone();
-        let url = gw.url("/slow/1000");
-        tasks.push(tokio::spawn(async move { get(&c, &url).await.status }));
-    }
+    let tasks = spawn_gets(&c, &gw.url("/slow/1000"), 20);
     // Let all 20 reach the upstream before the signal.
     for _ in 0..100 {
         if up.count() >= 20 {

@@ -188,12 +188,7 @@ async fn pool_caps_idle_connections_and_evicts_them_on_a_timer() {
     ))
     .await;
     let c = client();
-    let mut tasks = Vec::new();
-    for _ in 0..8 {
-        let c = c.clone();
-        let url = gw.url("/slow/200");
-        tasks.push(tokio::spawn(async move { get(&c, &url).await.status }));
-    }
+    let tasks = spawn_gets(&c, &gw.url("/slow/200"), 8);
     for t in tasks {
         assert_eq!(t.await.unwrap(), 200);
     }

@@ -110,12 +110,7 @@ async fn drain_lets_twenty_slow_requests_finish() {
     ))
     .await;
     let c = client();
-    let mut tasks = Vec::new();
-    for _ in 0..20 {
-        let c = c.clone();
-        let url = gw.url("/slow/700");
-        tasks.push(tokio::spawn(async move { get(&c, &url).await.status }));
-    }
+    let tasks = spawn_gets(&c, &gw.url("/slow/700"), 20);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let admin = gw.admin;
     let g = gw.gw.take().unwrap();

@@ -490,3 +490,29 @@ impl Drop for Binary {
         let _ = self.child.wait();
     }
 }
+
+/// Downloads `url`, checking as it streams that every byte is `x` (what
+/// the test upstream's `/bytes/N` sends); returns the byte count.
+pub async fn download_x(c: &TestClient, url: &str) -> usize {
+    use http_body_util::BodyExt;
+    let resp = c.get(url.parse().unwrap()).await.unwrap();
+    let mut body = resp.into_body();
+    let mut total = 0usize;
+    while let Some(f) = body.frame().await {
+        if let Some(d) = f.unwrap().data_ref() {
+            assert!(d.iter().all(|b| *b == b'x'));
+            total += d.len();
+        }
+    }
+    total
+}
+
+/// Starts `n` concurrent GETs of `url`; each task yields the status.
+pub fn spawn_gets(c: &TestClient, url: &str, n: usize) -> Vec<tokio::task::JoinHandle<u16>> {
+    (0..n)
+        .map(|_| {
+            let (c, url) = (c.clone(), url.to_owned());
+            tokio::spawn(async move { get(&c, &url).await.status })
+        })
+        .collect()
+}
