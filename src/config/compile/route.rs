@@ -1,361 +1,23 @@
-//! `Spec` + previous `Snapshot` → new `Snapshot`.
-//!
-//! Validation and compilation are one pass: each field is turned into its
-//! runtime type (a parsed address, a compiled regex, a `HeaderName`), and
-//! every failure is collected with its field path instead of stopping at the
-//! first. Only a spec with no errors yields a snapshot.
-//!
-//! Stateful parts whose definition did not change are carried over from the
-//! previous snapshot by `Arc` (today: upstreams with their pools).
+//! Routes: match definitions (hosts, path, constraints) and actions
+//! (upstream, split, respond, redirect, rewrites, header rules).
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, SocketAddr};
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
-use ipnet::IpNet;
 use regex::Regex;
 
-use super::spec::{
-    BalancerSpec, EscapedSlashPolicy, HeaderRulesSpec, MatchSpec, RouteSpec, Spec, UpstreamSpec,
-    ValueMatchSpec,
-};
+use super::{DEFAULT_ROUTE_TIMEOUT, Errors};
+use crate::config::spec::{HeaderRulesSpec, MatchSpec, RouteSpec, ValueMatchSpec};
 use crate::observability::metrics::RouteMetrics;
 use crate::routing::normalize::{NormalizeOptions, normalize_path};
 use crate::routing::tree::{MAX_SEGMENTS, is_param, segments};
-use crate::routing::{Constraints, PathMatch, RouteMatcher, Router, ValueMatcher};
-use crate::snapshot::{Action, HeaderRules, Rewrite, Route, Settings, Snapshot, Split};
-use crate::upstream::{Endpoint, EndpointParams, HashOn, Target, Upstream};
+use crate::routing::{Constraints, PathMatch, RouteMatcher, ValueMatcher};
+use crate::snapshot::{Action, HeaderRules, Rewrite, Route, Split};
+use crate::upstream::Upstream;
 
-/// Route timeout when none is configured.
-pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
-/// Largest upstream response head accepted.
-pub const MAX_UPSTREAM_RESPONSE_HEADER_BYTES: usize = 64 << 10;
-
-/// Errors as (field path, message), before locations are attached.
-#[derive(Debug, Default)]
-pub struct Errors(pub Vec<(String, String)>);
-
-impl Errors {
-    fn push(&mut self, path: impl Into<String>, msg: impl Into<String>) {
-        self.0.push((path.into(), msg.into()));
-    }
-}
-
-/// Compiles `spec`, reusing unchanged state from `previous`.
-pub fn compile(
-    spec: Spec,
-    version: String,
-    previous: Option<&Snapshot>,
-) -> Result<Snapshot, Errors> {
-    let mut errs = Errors::default();
-    let settings = settings(&spec, &mut errs);
-    let upstreams = upstreams(&spec, previous, &mut errs);
-    let mut names: HashMap<&str, usize> = HashMap::new();
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    let mut matchers = Vec::new();
-    let mut routes = Vec::new();
-    for (i, r) in spec.routes.iter().enumerate() {
-        let p = format!("routes[{i}]");
-        if r.name.is_empty()
-            || !r
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        {
-            errs.push(
-                format!("{p}.name"),
-                "route names use letters, digits, `-`, `_` and `.`",
-            );
-        }
-        if let Some(first) = names.insert(&r.name, i) {
-            errs.push(
-                format!("{p}.name"),
-                format!("duplicate route name `{}` (also routes[{first}])", r.name),
-            );
-        }
-        let m = matcher(
-            &r.matcher,
-            &format!("{p}.match"),
-            settings.normalize,
-            &mut errs,
-        );
-        if let Some(m) = m {
-            let key = match_key(&r.matcher);
-            if let Some(first) = seen.insert(key, i) {
-                errs.push(
-                    format!("{p}.match"),
-                    format!(
-                        "same match definition as routes[{first}] (`{}`), which would always win",
-                        spec.routes[first].name
-                    ),
-                );
-            }
-            matchers.push(m);
-        }
-        if let Some(route) = route(r, &p, &upstreams, &mut errs) {
-            routes.push(route);
-        }
-    }
-    if !errs.0.is_empty() {
-        return Err(errs);
-    }
-    Ok(Snapshot {
-        version,
-        router: Router::new(matchers),
-        routes,
-        upstreams,
-        settings,
-        unrouted_metrics: RouteMetrics::new(""),
-        spec,
-    })
-}
-
-fn settings(spec: &Spec, errs: &mut Errors) -> Settings {
-    let s = &spec.server;
-    if s.listen.is_empty() {
-        errs.push("server.listen", "give at least one address");
-    }
-    for (i, a) in s.listen.iter().enumerate() {
-        if a.as_str().parse::<SocketAddr>().is_err() {
-            errs.push(
-                format!("server.listen[{i}]"),
-                format!("`{a}` is not an address such as 0.0.0.0:8080"),
-            );
-        }
-    }
-    if s.admin_listen.as_str().parse::<SocketAddr>().is_err() {
-        errs.push(
-            "server.admin_listen",
-            format!(
-                "`{}` is not an address such as 127.0.0.1:9901",
-                s.admin_listen
-            ),
-        );
-    }
-    let mut trusted = Vec::new();
-    for (i, t) in s.trusted_proxies.iter().enumerate() {
-        match t
-            .as_str()
-            .parse::<IpNet>()
-            .or_else(|_| t.as_str().parse::<IpAddr>().map(IpNet::from))
-        {
-            Ok(n) => trusted.push(n),
-            Err(_) => errs.push(
-                format!("server.trusted_proxies[{i}]"),
-                format!("`{t}` is not a CIDR or address"),
-            ),
-        }
-    }
-    let l = &s.limits;
-    let p = "server.limits";
-    let range = |errs: &mut Errors, field: &str, v: u64, lo: u64, hi: u64| {
-        if !(lo..=hi).contains(&v) {
-            errs.push(
-                format!("{p}.{field}"),
-                format!("must be from {lo} to {hi}, got {v}"),
-            );
-        }
-    };
-    range(
-        errs,
-        "max_request_header_bytes",
-        l.max_request_header_bytes.0,
-        1024,
-        1 << 20,
-    );
-    range(
-        errs,
-        "max_request_headers",
-        l.max_request_headers as u64,
-        1,
-        1000,
-    );
-    range(
-        errs,
-        "max_concurrent_streams",
-        u64::from(l.max_concurrent_streams),
-        1,
-        10_000,
-    );
-    range(
-        errs,
-        "max_connections",
-        l.max_connections as u64,
-        1,
-        10_000_000,
-    );
-    for (field, d) in [
-        ("header_read_timeout", l.header_read_timeout.0),
-        ("body_read_timeout", l.body_read_timeout.0),
-        ("idle_timeout", l.idle_timeout.0),
-    ] {
-        if d.is_zero() {
-            errs.push(format!("{p}.{field}"), "must be more than zero");
-        }
-    }
-    Settings {
-        trusted_proxies: trusted,
-        max_request_header_bytes: l.max_request_header_bytes.0 as usize,
-        max_request_body_bytes: l.max_request_body_bytes.0,
-        max_request_headers: l.max_request_headers,
-        header_read_timeout: l.header_read_timeout.0,
-        body_read_timeout: l.body_read_timeout.0,
-        headers_with_underscores: l.headers_with_underscores,
-        normalize: NormalizeOptions {
-            merge_slashes: l.merge_slashes,
-            reject_escaped_slashes: l.escaped_slashes == EscapedSlashPolicy::Reject,
-        },
-        idle_timeout: l.idle_timeout.0,
-        max_concurrent_streams: l.max_concurrent_streams,
-        access_log: s.access_log.enabled,
-    }
-}
-
-fn upstreams(
-    spec: &Spec,
-    previous: Option<&Snapshot>,
-    errs: &mut Errors,
-) -> BTreeMap<String, Arc<Upstream>> {
-    let mut out = BTreeMap::new();
-    for (name, u) in &spec.upstreams {
-        let p = format!("upstreams.{name}");
-        if let Some(prev) = previous.and_then(|s| s.upstreams.get(name))
-            && prev.spec == *u
-        {
-            out.insert(name.clone(), Arc::clone(prev));
-            continue;
-        }
-        if let Some(up) = upstream(name, u, &p, errs) {
-            out.insert(name.clone(), Arc::new(up));
-        }
-    }
-    out
-}
-
-fn upstream(name: &str, u: &UpstreamSpec, p: &str, errs: &mut Errors) -> Option<Upstream> {
-    let before = errs.0.len();
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    {
-        errs.push(p, "upstream names use letters, digits, `-`, `_` and `.`");
-    }
-    if u.endpoints.is_empty() {
-        errs.push(format!("{p}.endpoints"), "give at least one endpoint");
-    }
-    let mut endpoints = Vec::new();
-    for (i, e) in u.endpoints.iter().enumerate() {
-        let ep = format!("{p}.endpoints[{i}]");
-        if !(1..=1000).contains(&e.weight) {
-            errs.push(
-                format!("{ep}.weight"),
-                format!("must be from 1 to 1000, got {}", e.weight),
-            );
-        }
-        match parse_endpoint_url(e.url.as_str()) {
-            Ok((host, port)) => {
-                let target = Target {
-                    host,
-                    port,
-                    connect_timeout: u.connect_timeout.0,
-                    max_idle: u.pool.max_idle_per_endpoint,
-                    idle_timeout: u.pool.idle_timeout.0,
-                    max_response_header_bytes: MAX_UPSTREAM_RESPONSE_HEADER_BYTES,
-                };
-                let params = EndpointParams {
-                    upstream: name,
-                    target,
-                    weight: e.weight.max(1),
-                    h2: u.protocol == super::spec::ProtocolSpec::H2c,
-                };
-                match Endpoint::new(params) {
-                    Ok(e) => endpoints.push(Arc::new(e)),
-                    Err(m) => errs.push(&ep, m),
-                }
-            }
-            Err(m) => errs.push(&ep, m),
-        }
-    }
-    if u.connect_timeout.0.is_zero() {
-        errs.push(format!("{p}.connect_timeout"), "must be more than zero");
-    }
-    if u.pool.idle_timeout.0.is_zero() {
-        errs.push(format!("{p}.pool.idle_timeout"), "must be more than zero");
-    }
-    let hash_on = match (&u.hash_on, u.balancer) {
-        (Some(h), BalancerSpec::ConsistentHash) => match parse_hash_on(h.as_str()) {
-            Ok(h) => Some(h),
-            Err(m) => {
-                errs.push(format!("{p}.hash_on"), m);
-                None
-            }
-        },
-        (None, BalancerSpec::ConsistentHash) => {
-            errs.push(
-                format!("{p}.hash_on"),
-                "consistent_hash needs hash_on (header:NAME, cookie:NAME, client_ip or path)",
-            );
-            None
-        }
-        (Some(_), _) => {
-            errs.push(
-                format!("{p}.hash_on"),
-                "hash_on only applies to balancer: consistent_hash",
-            );
-            None
-        }
-        (None, _) => None,
-    };
-    (errs.0.len() == before).then(|| Upstream::new(name, u.clone(), endpoints, hash_on))
-}
-
-/// `http://host[:port][/]` → (host, port).
-pub fn parse_endpoint_url(url: &str) -> Result<(String, u16), String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        if url.starts_with("https://") {
-            format!("`{url}`: https upstreams are not supported yet; use http://")
-        } else {
-            format!("`{url}` must start with http://")
-        }
-    })?;
-    let authority = rest.strip_suffix('/').unwrap_or(rest);
-    if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
-        return Err(format!(
-            "`{url}` must be http://host:port with no path, query or user info"
-        ));
-    }
-    let uri: http::uri::Authority = authority
-        .parse()
-        .map_err(|_| format!("`{url}` has an invalid host or port"))?;
-    let host = uri
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-    Ok((host, uri.port_u16().unwrap_or(80)))
-}
-
-fn parse_hash_on(text: &str) -> Result<HashOn, String> {
-    match text.split_once(':') {
-        Some(("header", name)) => HeaderName::try_from(name.trim())
-            .map(HashOn::Header)
-            .map_err(|_| format!("`{name}` is not a valid header name")),
-        Some(("cookie", name)) if !name.trim().is_empty() => {
-            Ok(HashOn::Cookie(name.trim().to_owned()))
-        }
-        None if text == "client_ip" => Ok(HashOn::ClientIp),
-        None if text == "path" => Ok(HashOn::Path),
-        _ => Err(format!(
-            "`{text}`: use header:NAME, cookie:NAME, client_ip or path"
-        )),
-    }
-}
-
-fn matcher(
+pub(super) fn matcher(
     m: &MatchSpec,
     p: &str,
     norm: NormalizeOptions,
@@ -490,7 +152,7 @@ fn value_matcher(v: &ValueMatchSpec, p: &str, errs: &mut Errors) -> Option<Value
 }
 
 /// A canonical text for a match definition, to find duplicates.
-fn match_key(m: &MatchSpec) -> String {
+pub(super) fn match_key(m: &MatchSpec) -> String {
     let mut hosts: Vec<String> = m
         .hosts
         .iter()
@@ -505,7 +167,7 @@ fn match_key(m: &MatchSpec) -> String {
     )
 }
 
-fn route(
+pub(super) fn route(
     r: &RouteSpec,
     p: &str,
     upstreams: &BTreeMap<String, Arc<Upstream>>,

@@ -1,35 +1,19 @@
-//! HTTP/1.1 to upstreams, run inside the request's own task.
-//!
-//! hyper's client gives every connection a task of its own and hands each
-//! request and response across channels, so a proxied request costs several
-//! cross-task wake-ups. Like NGINX and Pingora, Tollgate instead drives the
-//! upstream socket from the request's task: write the head, stream the
-//! body, parse the response head (httparse, header values shared with the
-//! read buffer, not copied), then decode the body framing as the downstream
-//! side reads it. When the body ends cleanly the connection goes straight
-//! back to the pool, with no task involved.
-//!
-//! Message framing follows RFC 9112 §6: a response to HEAD and every 1xx,
-//! 204 and 304 has no body; otherwise `Transfer-Encoding` ending in
-//! `chunked` wins over `Content-Length` (and then the connection is not
-//! reused); a valid `Content-Length` counts the body; anything else runs to
-//! the connection's close. Conflicting lengths, bad chunk sizes, oversized
-//! heads and obs-fold are invalid responses (502).
+//! The response side of the HTTP/1.1 codec: head parsing, RFC 9112
+//! framing, and the streamed body that returns its connection to the pool.
 
-use std::io::{self, IoSlice};
+use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker, ready};
+use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::pool::Pool;
-use crate::body::{BodyError, RequestBody};
+use super::{Conn, H1Error};
+use crate::upstream::pool::Pool;
 
 /// Most header fields in an upstream response head.
 const MAX_RESPONSE_HEADERS: usize = 128;
@@ -37,33 +21,6 @@ const MAX_RESPONSE_HEADERS: usize = 128;
 const MAX_CHUNK_LINE: usize = 4096;
 /// Read size while streaming a response body.
 const READ_CHUNK: usize = 16 << 10;
-
-/// An idle or busy HTTP/1.1 connection to one endpoint.
-pub struct Conn {
-    stream: TcpStream,
-    /// Bytes read but not yet consumed.
-    buf: BytesMut,
-    /// The request head being written (kept to reuse its allocation).
-    head: Vec<u8>,
-}
-
-/// Why an exchange failed.
-#[derive(Debug, thiserror::Error)]
-pub enum H1Error {
-    /// Reading the downstream request body failed (413, 408, 400).
-    #[error("{0}")]
-    Body(#[from] BodyError),
-    /// The upstream sent something that is not a valid HTTP/1.x response.
-    #[error("invalid response: {0}")]
-    Invalid(&'static str),
-    /// The connection failed.
-    #[error("{0}")]
-    Io(#[from] io::Error),
-}
-
-/// The request could not even be written on a reused connection: it is
-/// handed back, untouched, to be sent on a fresh one.
-pub struct NotSent(pub Box<Request<RequestBody>>);
 
 /// How the response body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,218 +41,6 @@ enum Chunk {
     DataEnd,
     /// Inside the trailer section.
     Trailers,
-}
-
-impl Conn {
-    /// Wraps a connected stream.
-    pub fn new(stream: TcpStream) -> Self {
-        Self {
-            stream,
-            buf: BytesMut::with_capacity(8 << 10),
-            head: Vec::with_capacity(512),
-        }
-    }
-
-    /// False when the peer closed (or sent unexpected bytes on) the idle
-    /// connection. Uses the readiness already recorded by the I/O driver,
-    /// so a quiet connection costs no system call.
-    pub fn is_reusable(&self) -> bool {
-        if !self.buf.is_empty() {
-            return false;
-        }
-        let mut cx = Context::from_waker(Waker::noop());
-        match self.stream.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => {
-                let mut probe = [0u8; 1];
-                matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
-        }
-    }
-}
-
-/// Encodes the request head: origin-form target, the headers as given, and
-/// the framing of the body as streamed.
-fn encode_head(req: &Request<RequestBody>, authority: &str, chunked: bool, out: &mut Vec<u8>) {
-    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    out.clear();
-    out.extend_from_slice(req.method().as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(pq.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    if !req.headers().contains_key(HOST) {
-        out.extend_from_slice(b"host: ");
-        out.extend_from_slice(authority.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    for (name, value) in req.headers() {
-        // Framing is ours to state (hop-by-hop fields were removed already).
-        if chunked && name == CONTENT_LENGTH {
-            continue;
-        }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    if chunked {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-}
-
-async fn write_all_vectored(
-    stream: &mut TcpStream,
-    mut bufs: &mut [IoSlice<'_>],
-) -> io::Result<()> {
-    while !bufs.is_empty() {
-        let n = stream.write_vectored(bufs).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        IoSlice::advance_slices(&mut bufs, n);
-    }
-    Ok(())
-}
-
-/// Sends `req` on `conn` and reads the response head. `reused` marks a
-/// pooled connection: if even the head cannot be written on it, the request
-/// comes back as [`NotSent`] for a retry on a fresh connection.
-pub async fn send(
-    mut conn: Conn,
-    mut req: Request<RequestBody>,
-    authority: &str,
-    reused: bool,
-    max_head: usize,
-) -> Result<(Response<Body1>, Conn), Result<H1Error, NotSent>> {
-    let has_body = !req.body().is_end_stream();
-    let chunked = has_body && !req.headers().contains_key(CONTENT_LENGTH);
-    let mut head = std::mem::take(&mut conn.head);
-    encode_head(&req, authority, chunked, &mut head);
-    // Wait for the first piece of the body before writing anything: a body
-    // that is bad from the start (malformed chunks, too large) then never
-    // reaches the upstream, and a small body goes out with the head.
-    let first = if has_body {
-        next_data(req.body_mut()).await.map_err(Ok)?
-    } else {
-        None
-    };
-    let written = match &first {
-        Some(data) if chunked => {
-            let size = format!("{:x}\r\n", data.len());
-            let mut parts = [
-                IoSlice::new(&head),
-                IoSlice::new(size.as_bytes()),
-                IoSlice::new(data),
-                IoSlice::new(b"\r\n"),
-            ];
-            write_all_vectored(&mut conn.stream, &mut parts).await
-        }
-        Some(data) => {
-            write_all_vectored(
-                &mut conn.stream,
-                &mut [IoSlice::new(&head), IoSlice::new(data)],
-            )
-            .await
-        }
-        None => conn.stream.write_all(&head).await,
-    };
-    if let Err(e) = written {
-        // Only a request without a body is still intact here (a first
-        // body piece may have been read), so only it can be handed back.
-        return Err(if reused && !has_body {
-            Err(NotSent(Box::new(req)))
-        } else {
-            Ok(e.into())
-        });
-    }
-    conn.head = head;
-    if has_body {
-        if first.is_some() {
-            match stream_body(&mut conn.stream, req.body_mut(), chunked).await {
-                Ok(()) => {}
-                // The upstream may have answered early (a 413, say) and
-                // stopped reading: its response, if one arrived, is the
-                // answer. The connection is not reused either way.
-                Err(H1Error::Io(write_err)) => {
-                    let is_head = req.method() == Method::HEAD;
-                    return match read_response(conn, is_head, max_head).await {
-                        Ok((mut resp, conn)) => {
-                            resp.body_mut().keep_alive = false;
-                            Ok((resp, conn))
-                        }
-                        Err(_) => Err(Ok(H1Error::Io(write_err))),
-                    };
-                }
-                Err(e) => return Err(Ok(e)),
-            }
-        } else if chunked {
-            conn.stream
-                .write_all(b"0\r\n\r\n")
-                .await
-                .map_err(|e| Ok(e.into()))?;
-        }
-    }
-    let is_head = req.method() == Method::HEAD;
-    match read_response(conn, is_head, max_head).await {
-        Ok(r) => Ok(r),
-        // The keep-alive race: the upstream closed the pooled connection as
-        // the request went out, and answered nothing. A request without a
-        // body whose method is idempotent (RFC 9110 §9.2.2) is safe to send
-        // again on a fresh connection.
-        Err(H1Error::Io(e))
-            if reused
-                && !has_body
-                && req.method().is_idempotent()
-                && matches!(
-                    e.kind(),
-                    io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
-                ) =>
-        {
-            Err(Err(NotSent(Box::new(req))))
-        }
-        Err(e) => Err(Ok(e)),
-    }
-}
-
-/// The next non-empty data frame of the body, or `None` at its end.
-async fn next_data(body: &mut RequestBody) -> Result<Option<Bytes>, H1Error> {
-    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
-        if let Ok(data) = frame?.into_data()
-            && !data.is_empty()
-        {
-            return Ok(Some(data));
-        }
-    }
-    Ok(None)
-}
-
-async fn stream_body(
-    stream: &mut TcpStream,
-    body: &mut RequestBody,
-    chunked: bool,
-) -> Result<(), H1Error> {
-    while let Some(data) = next_data(body).await? {
-        if chunked {
-            let size = format!("{:x}\r\n", data.len());
-            write_all_vectored(
-                stream,
-                &mut [
-                    IoSlice::new(size.as_bytes()),
-                    IoSlice::new(&data),
-                    IoSlice::new(b"\r\n"),
-                ],
-            )
-            .await?;
-        } else {
-            stream.write_all(&data).await?;
-        }
-    }
-    if chunked {
-        stream.write_all(b"0\r\n\r\n").await?;
-    }
-    Ok(())
 }
 
 /// The parsed head: status, version, headers, and where the head ends.
@@ -411,7 +156,7 @@ fn framing(head: &Head, is_head_request: bool) -> Result<(Framing, bool), H1Erro
     })
 }
 
-async fn read_response(
+pub(super) async fn read_response(
     mut conn: Conn,
     is_head_request: bool,
     max_head: usize,
@@ -471,6 +216,11 @@ impl Body1 {
         if self.framing == Framing::Empty {
             self.finish();
         }
+    }
+
+    /// Closes the connection after this body instead of pooling it.
+    pub fn no_reuse(&mut self) {
+        self.keep_alive = false;
     }
 
     /// Keeps the connection of a 101 response for the tunnel; it never
@@ -801,32 +551,6 @@ mod tests {
             ))
             .is_err(),
             "obs-fold"
-        );
-    }
-
-    #[test]
-    fn request_heads_state_their_framing() {
-        let mut r = Request::new(RequestBody::empty());
-        *r.uri_mut() = "/a?b=1".parse().unwrap();
-        r.headers_mut().insert("x-a", HeaderValue::from_static("1"));
-        assert_eq!(
-            {
-                let mut out = Vec::new();
-                encode_head(&r, "up:80", false, &mut out);
-                out
-            },
-            b"GET /a?b=1 HTTP/1.1\r\nhost: up:80\r\nx-a: 1\r\n\r\n"
-        );
-        r.headers_mut().insert(HOST, HeaderValue::from_static("h"));
-        r.headers_mut()
-            .insert(CONTENT_LENGTH, HeaderValue::from_static("9"));
-        let mut out = Vec::new();
-        encode_head(&r, "up:80", true, &mut out);
-        let chunked = String::from_utf8(out).unwrap();
-        assert!(
-            !chunked.contains("content-length")
-                && chunked.ends_with("transfer-encoding: chunked\r\n\r\n"),
-            "{chunked}"
         );
     }
 }

@@ -1,0 +1,213 @@
+//! `Spec` + previous `Snapshot` → new `Snapshot`.
+//!
+//! Validation and compilation are one pass: each field is turned into its
+//! runtime type (a parsed address, a compiled regex, a `HeaderName`), and
+//! every failure is collected with its field path instead of stopping at the
+//! first. Only a spec with no errors yields a snapshot.
+//!
+//! Stateful parts whose definition did not change are carried over from the
+//! previous snapshot by `Arc` (today: upstreams with their pools).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+mod route;
+mod upstream;
+
+use route::{match_key, matcher, route};
+pub use upstream::parse_endpoint_url;
+use upstream::upstreams;
+
+use super::spec::{EscapedSlashPolicy, Spec};
+use crate::observability::metrics::RouteMetrics;
+use crate::routing::Router;
+use crate::routing::normalize::NormalizeOptions;
+use crate::snapshot::{Settings, Snapshot};
+
+/// Route timeout when none is configured.
+pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Largest upstream response head accepted.
+pub const MAX_UPSTREAM_RESPONSE_HEADER_BYTES: usize = 64 << 10;
+
+/// Errors as (field path, message), before locations are attached.
+#[derive(Debug, Default)]
+pub struct Errors(pub Vec<(String, String)>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, msg: impl Into<String>) {
+        self.0.push((path.into(), msg.into()));
+    }
+}
+
+/// Compiles `spec`, reusing unchanged state from `previous`.
+pub fn compile(
+    spec: Spec,
+    version: String,
+    previous: Option<&Snapshot>,
+) -> Result<Snapshot, Errors> {
+    let mut errs = Errors::default();
+    let settings = settings(&spec, &mut errs);
+    let upstreams = upstreams(&spec, previous, &mut errs);
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut matchers = Vec::new();
+    let mut routes = Vec::new();
+    for (i, r) in spec.routes.iter().enumerate() {
+        let p = format!("routes[{i}]");
+        if r.name.is_empty()
+            || !r
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            errs.push(
+                format!("{p}.name"),
+                "route names use letters, digits, `-`, `_` and `.`",
+            );
+        }
+        if let Some(first) = names.insert(&r.name, i) {
+            errs.push(
+                format!("{p}.name"),
+                format!("duplicate route name `{}` (also routes[{first}])", r.name),
+            );
+        }
+        let m = matcher(
+            &r.matcher,
+            &format!("{p}.match"),
+            settings.normalize,
+            &mut errs,
+        );
+        if let Some(m) = m {
+            let key = match_key(&r.matcher);
+            if let Some(first) = seen.insert(key, i) {
+                errs.push(
+                    format!("{p}.match"),
+                    format!(
+                        "same match definition as routes[{first}] (`{}`), which would always win",
+                        spec.routes[first].name
+                    ),
+                );
+            }
+            matchers.push(m);
+        }
+        if let Some(route) = route(r, &p, &upstreams, &mut errs) {
+            routes.push(route);
+        }
+    }
+    if !errs.0.is_empty() {
+        return Err(errs);
+    }
+    Ok(Snapshot {
+        version,
+        router: Router::new(matchers),
+        routes,
+        upstreams,
+        settings,
+        unrouted_metrics: RouteMetrics::new(""),
+        spec,
+    })
+}
+
+fn settings(spec: &Spec, errs: &mut Errors) -> Settings {
+    let s = &spec.server;
+    if s.listen.is_empty() {
+        errs.push("server.listen", "give at least one address");
+    }
+    for (i, a) in s.listen.iter().enumerate() {
+        if a.as_str().parse::<SocketAddr>().is_err() {
+            errs.push(
+                format!("server.listen[{i}]"),
+                format!("`{a}` is not an address such as 0.0.0.0:8080"),
+            );
+        }
+    }
+    if s.admin_listen.as_str().parse::<SocketAddr>().is_err() {
+        errs.push(
+            "server.admin_listen",
+            format!(
+                "`{}` is not an address such as 127.0.0.1:9901",
+                s.admin_listen
+            ),
+        );
+    }
+    let mut trusted = Vec::new();
+    for (i, t) in s.trusted_proxies.iter().enumerate() {
+        match t
+            .as_str()
+            .parse::<IpNet>()
+            .or_else(|_| t.as_str().parse::<IpAddr>().map(IpNet::from))
+        {
+            Ok(n) => trusted.push(n),
+            Err(_) => errs.push(
+                format!("server.trusted_proxies[{i}]"),
+                format!("`{t}` is not a CIDR or address"),
+            ),
+        }
+    }
+    let l = &s.limits;
+    let p = "server.limits";
+    let range = |errs: &mut Errors, field: &str, v: u64, lo: u64, hi: u64| {
+        if !(lo..=hi).contains(&v) {
+            errs.push(
+                format!("{p}.{field}"),
+                format!("must be from {lo} to {hi}, got {v}"),
+            );
+        }
+    };
+    range(
+        errs,
+        "max_request_header_bytes",
+        l.max_request_header_bytes.0,
+        1024,
+        1 << 20,
+    );
+    range(
+        errs,
+        "max_request_headers",
+        l.max_request_headers as u64,
+        1,
+        1000,
+    );
+    range(
+        errs,
+        "max_concurrent_streams",
+        u64::from(l.max_concurrent_streams),
+        1,
+        10_000,
+    );
+    range(
+        errs,
+        "max_connections",
+        l.max_connections as u64,
+        1,
+        10_000_000,
+    );
+    for (field, d) in [
+        ("header_read_timeout", l.header_read_timeout.0),
+        ("body_read_timeout", l.body_read_timeout.0),
+        ("idle_timeout", l.idle_timeout.0),
+    ] {
+        if d.is_zero() {
+            errs.push(format!("{p}.{field}"), "must be more than zero");
+        }
+    }
+    Settings {
+        trusted_proxies: trusted,
+        max_request_header_bytes: l.max_request_header_bytes.0 as usize,
+        max_request_body_bytes: l.max_request_body_bytes.0,
+        max_request_headers: l.max_request_headers,
+        header_read_timeout: l.header_read_timeout.0,
+        body_read_timeout: l.body_read_timeout.0,
+        headers_with_underscores: l.headers_with_underscores,
+        normalize: NormalizeOptions {
+            merge_slashes: l.merge_slashes,
+            reject_escaped_slashes: l.escaped_slashes == EscapedSlashPolicy::Reject,
+        },
+        idle_timeout: l.idle_timeout.0,
+        max_concurrent_streams: l.max_concurrent_streams,
+        access_log: s.access_log.enabled,
+    }
+}

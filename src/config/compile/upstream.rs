@@ -1,0 +1,153 @@
+//! Upstreams: endpoints, balancer, hash key, pool settings; an upstream
+//! whose definition did not change is carried over with its pools.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use http::HeaderName;
+
+use super::{Errors, MAX_UPSTREAM_RESPONSE_HEADER_BYTES};
+use crate::config::spec::{BalancerSpec, Spec, UpstreamSpec};
+use crate::snapshot::Snapshot;
+use crate::upstream::{Endpoint, EndpointParams, HashOn, Target, Upstream};
+
+pub(super) fn upstreams(
+    spec: &Spec,
+    previous: Option<&Snapshot>,
+    errs: &mut Errors,
+) -> BTreeMap<String, Arc<Upstream>> {
+    let mut out = BTreeMap::new();
+    for (name, u) in &spec.upstreams {
+        let p = format!("upstreams.{name}");
+        if let Some(prev) = previous.and_then(|s| s.upstreams.get(name))
+            && prev.spec == *u
+        {
+            out.insert(name.clone(), Arc::clone(prev));
+            continue;
+        }
+        if let Some(up) = upstream(name, u, &p, errs) {
+            out.insert(name.clone(), Arc::new(up));
+        }
+    }
+    out
+}
+
+fn upstream(name: &str, u: &UpstreamSpec, p: &str, errs: &mut Errors) -> Option<Upstream> {
+    let before = errs.0.len();
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        errs.push(p, "upstream names use letters, digits, `-`, `_` and `.`");
+    }
+    if u.endpoints.is_empty() {
+        errs.push(format!("{p}.endpoints"), "give at least one endpoint");
+    }
+    let mut endpoints = Vec::new();
+    for (i, e) in u.endpoints.iter().enumerate() {
+        let ep = format!("{p}.endpoints[{i}]");
+        if !(1..=1000).contains(&e.weight) {
+            errs.push(
+                format!("{ep}.weight"),
+                format!("must be from 1 to 1000, got {}", e.weight),
+            );
+        }
+        match parse_endpoint_url(e.url.as_str()) {
+            Ok((host, port)) => {
+                let target = Target {
+                    host,
+                    port,
+                    connect_timeout: u.connect_timeout.0,
+                    max_idle: u.pool.max_idle_per_endpoint,
+                    idle_timeout: u.pool.idle_timeout.0,
+                    max_response_header_bytes: MAX_UPSTREAM_RESPONSE_HEADER_BYTES,
+                };
+                let params = EndpointParams {
+                    upstream: name,
+                    target,
+                    weight: e.weight.max(1),
+                    h2: u.protocol == crate::config::spec::ProtocolSpec::H2c,
+                };
+                match Endpoint::new(params) {
+                    Ok(e) => endpoints.push(Arc::new(e)),
+                    Err(m) => errs.push(&ep, m),
+                }
+            }
+            Err(m) => errs.push(&ep, m),
+        }
+    }
+    if u.connect_timeout.0.is_zero() {
+        errs.push(format!("{p}.connect_timeout"), "must be more than zero");
+    }
+    if u.pool.idle_timeout.0.is_zero() {
+        errs.push(format!("{p}.pool.idle_timeout"), "must be more than zero");
+    }
+    let hash_on = match (&u.hash_on, u.balancer) {
+        (Some(h), BalancerSpec::ConsistentHash) => match parse_hash_on(h.as_str()) {
+            Ok(h) => Some(h),
+            Err(m) => {
+                errs.push(format!("{p}.hash_on"), m);
+                None
+            }
+        },
+        (None, BalancerSpec::ConsistentHash) => {
+            errs.push(
+                format!("{p}.hash_on"),
+                "consistent_hash needs hash_on (header:NAME, cookie:NAME, client_ip or path)",
+            );
+            None
+        }
+        (Some(_), _) => {
+            errs.push(
+                format!("{p}.hash_on"),
+                "hash_on only applies to balancer: consistent_hash",
+            );
+            None
+        }
+        (None, _) => None,
+    };
+    (errs.0.len() == before).then(|| Upstream::new(name, u.clone(), endpoints, hash_on))
+}
+
+/// `http://host[:port][/]` → (host, port).
+pub fn parse_endpoint_url(url: &str) -> Result<(String, u16), String> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        if url.starts_with("https://") {
+            format!("`{url}`: https upstreams are not supported yet; use http://")
+        } else {
+            format!("`{url}` must start with http://")
+        }
+    })?;
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
+        return Err(format!(
+            "`{url}` must be http://host:port with no path, query or user info"
+        ));
+    }
+    let uri: http::uri::Authority = authority
+        .parse()
+        .map_err(|_| format!("`{url}` has an invalid host or port"))?;
+    let host = uri
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    Ok((host, uri.port_u16().unwrap_or(80)))
+}
+
+fn parse_hash_on(text: &str) -> Result<HashOn, String> {
+    match text.split_once(':') {
+        Some(("header", name)) => HeaderName::try_from(name.trim())
+            .map(HashOn::Header)
+            .map_err(|_| format!("`{name}` is not a valid header name")),
+        Some(("cookie", name)) if !name.trim().is_empty() => {
+            Ok(HashOn::Cookie(name.trim().to_owned()))
+        }
+        None if text == "client_ip" => Ok(HashOn::ClientIp),
+        None if text == "path" => Ok(HashOn::Path),
+        _ => Err(format!(
+            "`{text}`: use header:NAME, cookie:NAME, client_ip or path"
+        )),
+    }
+}
