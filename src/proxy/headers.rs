@@ -38,39 +38,68 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     UPGRADE,
 ];
 
-/// True for a field that is hop-by-hop by definition.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name) || name == CONNECTION || name == TE
+/// Index of a hop-by-hop field in `HOP_BY_HOP`, `CONNECTION` or `TE`.
+fn hop_index(name: &HeaderName) -> Option<usize> {
+    if name == CONNECTION {
+        return Some(HOP_BY_HOP.len());
+    }
+    if name == TE {
+        return Some(HOP_BY_HOP.len() + 1);
+    }
+    HOP_BY_HOP.iter().position(|h| h == name)
+}
+
+/// `Connection` tokens that name no field to remove beyond the fixed list.
+fn is_plain_connection_token(t: &str) -> bool {
+    ["close", "keep-alive", "upgrade", "te", "http2-settings"]
+        .iter()
+        .any(|k| t.eq_ignore_ascii_case(k))
 }
 
 /// Removes hop-by-hop headers: every field named in `Connection`, then
 /// `Connection` itself and the fixed list. `TE: trailers` is kept (gRPC
 /// needs it and it is meaningful end to end); other `TE` values go.
 ///
-/// One pass over the names first: most messages carry none of these, and
-/// then nothing is hashed or removed.
+/// One pass over the names finds which are present; only those are
+/// removed (most messages carry only `Connection: keep-alive`, if anything).
 pub fn remove_hop_by_hop(h: &mut HeaderMap) {
-    if !h.keys().any(is_hop_by_hop) {
+    let mut present = 0u32;
+    for k in h.keys() {
+        if let Some(i) = hop_index(k) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
-    if h.contains_key(CONNECTION) {
-        let named: Vec<HeaderName> = h
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
+    let connection_bit = 1 << HOP_BY_HOP.len();
+    if present & connection_bit != 0 {
+        let mut named: Vec<HeaderName> = Vec::new();
+        for v in h.get_all(CONNECTION).iter().filter_map(|v| v.to_str().ok()) {
+            for t in v
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty() && !is_plain_connection_token(t))
+            {
+                if let Ok(n) = HeaderName::from_bytes(t.as_bytes()) {
+                    named.push(n);
+                }
+            }
+        }
         for n in named {
             h.remove(n);
         }
         h.remove(CONNECTION);
     }
-    for n in &HOP_BY_HOP {
-        h.remove(n);
+    for (i, n) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            h.remove(n);
+        }
     }
-    if h.get(TE)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    let te_bit = 1 << (HOP_BY_HOP.len() + 1);
+    if present & te_bit != 0
+        && h.get(TE)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
     {
         h.remove(TE);
     }
