@@ -75,6 +75,11 @@ pub struct Pool {
     /// the request path reads no clock to pool a connection.
     sweeps: AtomicU64,
     shared: Mutex<Option<http2::SendRequest<RequestBody>>>,
+    /// Held while an h2 connection is being established, so that requests
+    /// arriving together share one connection instead of each opening one.
+    /// Only the (rare) connecting path takes it; it is an async lock because
+    /// it is held across the connect.
+    connecting: tokio::sync::Mutex<()>,
 }
 
 impl Pool {
@@ -86,6 +91,7 @@ impl Pool {
             idle: Mutex::new(Vec::new()),
             sweeps: AtomicU64::new(0),
             shared: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -109,8 +115,19 @@ impl Pool {
         None
     }
 
-    /// Opens a new connection.
+    /// Opens a new connection (for h2c: unless another request just did).
     pub async fn connect(&self) -> Result<Conn, ConnectError> {
+        if self.h2 {
+            let _one_at_a_time = self.connecting.lock().await;
+            if let Some(c) = self.checkout() {
+                return Ok(c);
+            }
+            return self.open().await;
+        }
+        self.open().await
+    }
+
+    async fn open(&self) -> Result<Conn, ConnectError> {
         let t = &self.target;
         let stream = tokio::time::timeout(
             t.connect_timeout,

@@ -288,3 +288,36 @@ async fn expect_100_continue_gets_100_then_the_response() {
     let text = String::from_utf8_lossy(&rest);
     assert!(text.contains("200 OK") && text.ends_with("hello"), "{text}");
 }
+
+#[tokio::test]
+async fn h2c_upstreams_are_proxied_over_one_multiplexed_connection() {
+    let up = Upstream::start("h2-app").await;
+    let gw = TestGateway::start(&format!(
+        "upstreams:\n  h2: {{ endpoints: [\"{}\"], protocol: h2c }}\nroutes:\n  - {{ name: h2, match: {{ path_prefix: / }}, upstream: h2, strip_prefix: /api }}\n",
+        up.url()
+    ))
+    .await;
+    let c = client();
+    let tasks: Vec<_> = (0..10)
+        .map(|i| {
+            let (c, url) = (c.clone(), gw.url(&format!("/api/echo?n={i}")));
+            tokio::spawn(async move { post(&c, &url, &format!("body-{i}")).await })
+        })
+        .collect();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let r = t.await.unwrap();
+        assert_eq!((r.status, r.text()), (200, format!("body-{i}")));
+    }
+    let seen = up.last();
+    assert!(
+        seen.uri.contains("/echo?n="),
+        "prefix stripped: {}",
+        seen.uri
+    );
+    assert!(seen.headers.get("x-forwarded-for").is_some());
+    assert_eq!(
+        up.conns.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "ten concurrent requests shared one h2 connection"
+    );
+}

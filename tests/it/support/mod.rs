@@ -45,6 +45,8 @@ pub struct Upstream {
     pub name: String,
     pub seen: Arc<Mutex<Vec<Seen>>>,
     pub hits: Arc<AtomicU64>,
+    /// Connections accepted.
+    pub conns: Arc<AtomicU64>,
     stop: tokio::sync::watch::Sender<bool>,
 }
 
@@ -55,6 +57,8 @@ impl Upstream {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let hits = Arc::new(AtomicU64::new(0));
         let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
+        let conns = Arc::new(AtomicU64::new(0));
+        let accepted = conns.clone();
         let (s, h, n) = (seen.clone(), hits.clone(), name.to_owned());
         tokio::spawn(async move {
             loop {
@@ -62,6 +66,7 @@ impl Upstream {
                     r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
                     _ = stop_rx.changed() => return,
                 };
+                accepted.fetch_add(1, Ordering::Relaxed);
                 let (s, h, n) = (s.clone(), h.clone(), n.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
@@ -78,6 +83,7 @@ impl Upstream {
             name: name.to_owned(),
             seen,
             hits,
+            conns,
             stop,
         }
     }
