@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-use super::ctx::Finish;
+use super::ctx::{End, Finish};
 use crate::upstream::{InflightGuard, UpstreamBody};
 
 enum Kind {
@@ -53,9 +53,9 @@ impl ResponseBody {
         self
     }
 
-    fn done(&mut self, complete: bool) {
+    fn done(&mut self, end: End) {
         if let Some(f) = self.finish.take() {
-            f.run(self.bytes, complete);
+            f.run(self.bytes, end);
         }
         self._inflight = None;
     }
@@ -67,7 +67,11 @@ impl Drop for ResponseBody {
             Kind::Full(rest) => rest.is_none(),
             Kind::Upstream(b) => b.is_end_stream(),
         };
-        self.done(complete);
+        self.done(if complete {
+            End::Complete
+        } else {
+            End::ClientGone
+        });
     }
 }
 
@@ -90,8 +94,8 @@ impl Body for ResponseBody {
                     this.bytes += d.len() as u64;
                 }
             }
-            Poll::Ready(None) => this.done(true),
-            Poll::Ready(Some(Err(_))) => this.done(false),
+            Poll::Ready(None) => this.done(End::Complete),
+            Poll::Ready(Some(Err(_))) => this.done(End::UpstreamFailed),
             Poll::Pending => {}
         }
         polled

@@ -48,6 +48,28 @@ pub struct RequestCtx {
     pub activity: Option<ActivityGuard>,
 }
 
+/// How a response body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Sent to the end.
+    Complete,
+    /// The client went away before the end.
+    ClientGone,
+    /// The upstream body failed mid-stream (the client got a cut response).
+    UpstreamFailed,
+}
+
+impl End {
+    /// The access log reason for a response the gateway did not make.
+    fn reason(self) -> &'static str {
+        match self {
+            End::Complete => "",
+            End::ClientGone => "downstream_disconnect",
+            End::UpstreamFailed => "upstream_body_error",
+        }
+    }
+}
+
 /// The finish stage of one request: runs once, when the response body ends
 /// or is dropped.
 pub struct Finish {
@@ -62,7 +84,7 @@ impl Finish {
     }
 
     /// Records metrics and writes the access log line.
-    pub fn run(self: Box<Self>, bytes_out: u64, complete: bool) {
+    pub fn run(self: Box<Self>, bytes_out: u64, end: End) {
         let c = &self.ctx;
         let elapsed = c.start.elapsed();
         let m = match c.route.and_then(|i| c.snapshot.routes.get(i)) {
@@ -81,10 +103,10 @@ impl Finish {
                 .upstream
                 .as_ref()
                 .map_or(("", ""), |(u, e)| (u.name.as_str(), e.id.as_str()));
-            let reason = if complete || !c.reason.is_empty() {
-                c.reason
+            let reason = if c.reason.is_empty() {
+                end.reason()
             } else {
-                "downstream_disconnect"
+                c.reason
             };
             access_log::log(&Entry {
                 time: access_log::rfc3339(SystemTime::now() - elapsed),

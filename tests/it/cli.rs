@@ -119,3 +119,25 @@ fn version_is_printed() {
         format!("tollgate {}", env!("CARGO_PKG_VERSION"))
     );
 }
+
+#[test]
+fn duplicate_names_and_match_definitions_are_rejected() {
+    let path = config_path();
+    std::fs::write(
+        &path,
+        "routes:\n  - { name: a, match: { path: /x, methods: [GET] }, respond: { body: a } }\n  - { name: a, match: { methods: [GET], path: /x }, respond: { body: b } }\n",
+    )
+    .unwrap();
+    let file = path.display().to_string();
+    let (code, _, stderr) = tollgate(&["validate", "-c", &file]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains(&format!("{file}:3:"))
+            && stderr.contains("routes[1].name: duplicate route name `a` (also routes[0])"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("routes[1].match: same match definition as routes[0]"),
+        "{stderr}"
+    );
+}

@@ -310,3 +310,27 @@ async fn upgrade_is_ignored_on_http10() {
     );
     assert!(up.last().headers.get("upgrade").is_none());
 }
+
+#[tokio::test]
+async fn strict_settings_reject_underscores_and_encoded_slashes() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&format!(
+        "server:\n  listen: [\"127.0.0.1:0\"]\n  admin_listen: \"127.0.0.1:0\"\n  limits: {{ headers_with_underscores: reject, escaped_slashes: reject }}\n  access_log: {{ enabled: false }}\nupstreams:\n  app: {{ endpoints: [\"{}\"] }}\nroutes:\n  - {{ name: app, match: {{ path_prefix: / }}, upstream: app }}\n",
+        up.url()
+    ))
+    .await;
+    let resp = raw(
+        gw.addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\nX_Real_IP: 1.2.3.4\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&resp), 400, "{resp}");
+    let resp = raw(
+        gw.addr,
+        b"GET /a%2Fb HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&resp), 400, "{resp}");
+    assert!(resp.contains("\"invalid_path\""));
+    assert_eq!(up.count(), 0);
+}

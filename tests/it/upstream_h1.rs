@@ -203,3 +203,29 @@ async fn early_upstream_responses_reach_the_client() {
     let r = post(&client(), &gw.url("/upload"), &big).await;
     assert_eq!((r.status, r.text().as_str()), (413, "too big"));
 }
+
+/// An upstream that dies mid-body: the client's connection is closed without
+/// a complete response, never handed a short body as if it were whole.
+#[tokio::test]
+async fn a_body_cut_by_the_upstream_is_not_passed_off_as_complete() {
+    let addr = scripted(|_, mut s| async move {
+        if read_request(&mut s).await.is_some() {
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly-part")
+                .await;
+        }
+    })
+    .await;
+    let gw = gateway_to(addr).await;
+    let resp = raw(gw.addr, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    // Either nothing (the head was not flushed yet) or a head announcing
+    // 100 bytes followed by fewer: the closed connection tells the client.
+    if !resp.is_empty() {
+        assert!(
+            resp.starts_with("HTTP/1.1 200") && resp.contains("content-length: 100"),
+            "{resp}"
+        );
+        let body = resp.split("\r\n\r\n").nth(1).unwrap_or("");
+        assert!(body.len() < 100, "{resp}");
+    }
+}
