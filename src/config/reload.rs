@@ -183,6 +183,29 @@ fn log_diff(old: &Snapshot, new: &Snapshot, trigger: &str) {
         .filter(|(n, body)| a.iter().any(|(m, old)| m == n && old != body))
         .map(|(n, _)| n.as_str())
         .collect();
+    let (a_s, b_s) = (&old.spec.server, &new.spec.server);
+    let restart_only = [
+        ("server.listen", a_s.listen != b_s.listen),
+        ("server.admin_listen", a_s.admin_listen != b_s.admin_listen),
+        ("server.workers", a_s.workers != b_s.workers),
+        (
+            "server.limits.max_connections",
+            a_s.limits.max_connections != b_s.limits.max_connections,
+        ),
+        (
+            "server.shutdown_grace",
+            a_s.shutdown_grace != b_s.shutdown_grace,
+        ),
+    ];
+    for (field, changed) in restart_only {
+        if changed {
+            tracing::warn!(
+                trigger,
+                field,
+                "changed in the file but read at start only: restart to apply it"
+            );
+        }
+    }
     let reused = new
         .upstreams
         .iter()
