@@ -6,7 +6,6 @@
 //! RFC 9110 and RFC 9112 say a proxy must not forward.
 
 use http::header::{CONTENT_LENGTH, HOST, HeaderValue, TRANSFER_ENCODING};
-use http::uri::Authority;
 use http::{HeaderMap, Method, Request, Version};
 use hyper::body::Incoming;
 
@@ -136,12 +135,42 @@ fn framing(h: &HeaderMap) -> Result<(), ProxyError> {
     Ok(())
 }
 
-/// host[:port] with no user info (RFC 9110 §7.2, §4.2.4).
+/// host[:port] with no user info (RFC 9110 §7.2, §4.2.4; RFC 3986 §3.2.2):
+/// a reg-name of unreserved, sub-delim and pct-encoded characters, or an
+/// IP literal in brackets, then an optional all-digit port.
 fn valid_authority(v: &[u8]) -> Result<(), ProxyError> {
-    if v.is_empty() || v.contains(&b'@') || Authority::try_from(v).is_err() {
-        return Err(ProxyError::BadRequest("invalid Host header"));
+    let bad = || ProxyError::BadRequest("invalid Host header");
+    let (host, port) = if v.first() == Some(&b'[') {
+        let end = v.iter().position(|b| *b == b']').ok_or_else(bad)?;
+        let literal = &v[1..end];
+        if literal.is_empty()
+            || !literal
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+        {
+            return Err(bad());
+        }
+        (&v[..=end], &v[end + 1..])
+    } else {
+        match v.iter().position(|b| *b == b':') {
+            Some(i) => (&v[..i], &v[i..]),
+            None => (v, &v[v.len()..]),
+        }
+    };
+    let reg_name_ok = host.first() == Some(&b'[')
+        || (!host.is_empty()
+            && host
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(b)));
+    let port_ok = port.is_empty()
+        || (port[0] == b':'
+            && (2..=6).contains(&port.len())
+            && port[1..].iter().all(u8::is_ascii_digit));
+    if reg_name_ok && port_ok {
+        Ok(())
+    } else {
+        Err(bad())
     }
-    Ok(())
 }
 
 /// Lower-case host without port, for routing (borrowed when already so).
@@ -170,6 +199,26 @@ mod tests {
             host_for_routing("a.b"),
             std::borrow::Cow::Borrowed("a.b")
         ));
+    }
+
+    #[test]
+    fn authorities_are_checked_without_a_parser() {
+        for ok in [
+            "a",
+            "api.example.com",
+            "a:8080",
+            "[::1]",
+            "[::1]:80",
+            "10.0.0.1:1",
+            "xn--bcher-kva.example",
+        ] {
+            assert!(valid_authority(ok.as_bytes()).is_ok(), "{ok}");
+        }
+        for bad in [
+            "", "user@a", "a b", "a:80x", "a:", "[::1", "[zz]", "a/b", "a:123456", "a\\b",
+        ] {
+            assert!(valid_authority(bad.as_bytes()).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub struct Conn {
     buf: BytesMut,
     /// The request head being written (kept to reuse its allocation).
     head: Vec<u8>,
+    /// Scratch list for parsing response heads (kept for the same reason).
+    fields: Vec<(http::HeaderName, usize, usize)>,
 }
 
 /// Why an exchange failed.
@@ -69,6 +71,7 @@ impl Conn {
             stream,
             buf: BytesMut::with_capacity(8 << 10),
             head: Vec::with_capacity(512),
+            fields: Vec::new(),
         }
     }
 

@@ -52,7 +52,10 @@ struct Head {
 
 /// Parses a complete response head at the front of `buf`, or `None` when
 /// more bytes are needed.
-fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, H1Error> {
+fn parse_head(
+    buf: &mut BytesMut,
+    fields: &mut Vec<(HeaderName, usize, usize)>,
+) -> Result<Option<Head>, H1Error> {
     // Uninitialized slots: zeroing 128 of them costs more than the parse.
     let mut slots =
         [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
@@ -76,27 +79,19 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, H1Error> {
     } else {
         Version::HTTP_11
     };
-    // Offsets into the buffer, so the values can share the frozen head.
+    // Names now, value offsets into the buffer (so the values can share
+    // the frozen head once the borrow ends). `fields` is the connection's
+    // scratch list, reused so no response allocates it.
     let base = buf.as_ptr() as usize;
-    let fields: Vec<(
-        Result<HeaderName, http::header::InvalidHeaderName>,
-        usize,
-        usize,
-    )> = resp
-        .headers
-        .iter()
-        .map(|h| {
-            (
-                HeaderName::from_bytes(h.name.as_bytes()),
-                h.value.as_ptr() as usize - base,
-                h.value.len(),
-            )
-        })
-        .collect();
+    fields.clear();
+    for h in resp.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| H1Error::Invalid("bad header name"))?;
+        fields.push((name, h.value.as_ptr() as usize - base, h.value.len()));
+    }
     let mut headers = HeaderMap::with_capacity(fields.len());
     let head = buf.split_to(len).freeze();
-    for (name, at, n) in fields {
-        let name = name.map_err(|_| H1Error::Invalid("bad header name"))?;
+    for (name, at, n) in fields.drain(..) {
         let value = HeaderValue::from_maybe_shared(head.slice(at..at + n))
             .map_err(|_| H1Error::Invalid("bad header value"))?;
         headers.append(name, value);
@@ -166,7 +161,7 @@ pub(super) async fn read_response(
     max_head: usize,
 ) -> Result<(Response<Body1>, Conn), H1Error> {
     loop {
-        if let Some(head) = parse_head(&mut conn.buf)? {
+        if let Some(head) = parse_head(&mut conn.buf, &mut conn.fields)? {
             // Interim responses (100 Continue, 103 Early Hints) are dropped;
             // 101 ends HTTP on this connection and is returned as is.
             if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS {
@@ -421,7 +416,7 @@ mod tests {
 
     fn head(text: &str) -> Head {
         let mut b = BytesMut::from(text);
-        parse_head(&mut b).unwrap().unwrap()
+        parse_head(&mut b, &mut Vec::new()).unwrap().unwrap()
     }
 
     fn decode(wire: &[u8], feed: usize) -> Result<Vec<u8>, H1Error> {
@@ -543,16 +538,17 @@ mod tests {
     #[test]
     fn heads_parse_once_complete_and_refuse_garbage() {
         let mut b = BytesMut::from("HTTP/1.1 200 OK\r\nx-a: 1\r\n");
-        assert!(parse_head(&mut b).unwrap().is_none());
+        assert!(parse_head(&mut b, &mut Vec::new()).unwrap().is_none());
         b.extend_from_slice(b"\r\nbody");
-        let h = parse_head(&mut b).unwrap().unwrap();
+        let h = parse_head(&mut b, &mut Vec::new()).unwrap().unwrap();
         assert_eq!(h.headers["x-a"], "1");
         assert_eq!(&b[..], b"body");
-        assert!(parse_head(&mut BytesMut::from("garbage\r\n\r\n")).is_err());
+        assert!(parse_head(&mut BytesMut::from("garbage\r\n\r\n"), &mut Vec::new()).is_err());
         assert!(
-            parse_head(&mut BytesMut::from(
-                "HTTP/1.1 200 OK\r\nx-a: b\r\n c\r\n\r\n"
-            ))
+            parse_head(
+                &mut BytesMut::from("HTTP/1.1 200 OK\r\nx-a: b\r\n c\r\n\r\n"),
+                &mut Vec::new(),
+            )
             .is_err(),
             "obs-fold"
         );
