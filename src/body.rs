@@ -3,6 +3,8 @@
 //! `body_read_timeout` (408) while it streams.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -35,6 +37,8 @@ pub struct RequestBody {
     limit: u64,
     timeout: Duration,
     sleep: Option<Pin<Box<Sleep>>>,
+    /// Bytes read so far, shared with whoever logs them.
+    counter: Option<Arc<AtomicU64>>,
 }
 
 impl RequestBody {
@@ -47,7 +51,14 @@ impl RequestBody {
             limit,
             timeout,
             sleep: None,
+            counter: None,
         }
+    }
+
+    /// Counts the bytes read into `counter` as they stream.
+    pub fn counted(mut self, counter: Arc<AtomicU64>) -> Self {
+        self.counter = Some(counter);
+        self
     }
 
     /// A body with no bytes.
@@ -58,6 +69,7 @@ impl RequestBody {
             limit: 0,
             timeout: Duration::ZERO,
             sleep: None,
+            counter: None,
         }
     }
 }
@@ -83,6 +95,9 @@ impl Body for RequestBody {
                         return Poll::Ready(Some(Err(BodyError::TooLarge { limit: this.limit })));
                     }
                     this.remaining -= n;
+                    if let Some(c) = &this.counter {
+                        c.fetch_add(n, Ordering::Relaxed);
+                    }
                 }
                 if let Some(s) = this.sleep.as_mut() {
                     s.as_mut().reset(Instant::now() + this.timeout);

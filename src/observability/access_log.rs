@@ -33,7 +33,7 @@ pub struct Entry<'a> {
     pub path: &'a str,
     /// Response status.
     pub status: u16,
-    /// Request body bytes read.
+    /// Request body bytes read (as streamed, also for chunked bodies).
     pub bytes_in: u64,
     /// Response body bytes written.
     pub bytes_out: u64,

@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderValue, Method};
@@ -40,8 +41,9 @@ pub struct RequestCtx {
     pub upstream_duration: Option<Duration>,
     /// Why the gateway answered itself.
     pub reason: &'static str,
-    /// Request body bytes declared by Content-Length.
-    pub bytes_in: u64,
+    /// Request body bytes read, counted while the body streams (only when
+    /// the access log is on and there is a body).
+    pub bytes_in: Option<Arc<AtomicU64>>,
     /// Host and path for the log (only kept when logging is on).
     pub log_target: Option<(String, String)>,
     /// Keeps the connection from idling out until the request finishes.
@@ -117,7 +119,7 @@ impl Finish {
                 host,
                 path,
                 status: self.status,
-                bytes_in: c.bytes_in,
+                bytes_in: c.bytes_in.as_ref().map_or(0, |n| n.load(Ordering::Relaxed)),
                 bytes_out,
                 duration: elapsed.as_secs_f64(),
                 upstream_duration: c.upstream_duration.map(|d| d.as_secs_f64()),

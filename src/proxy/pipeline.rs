@@ -20,9 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{
-    ALLOW, CONNECTION, CONTENT_LENGTH, EXPECT, HOST, HeaderValue, LOCATION, UPGRADE,
-};
+use http::header::{ALLOW, CONNECTION, EXPECT, HOST, HeaderValue, LOCATION, UPGRADE};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
@@ -109,11 +107,7 @@ fn context(req: &Request<Incoming>, conn: ConnInfo, snapshot: Arc<Snapshot>) -> 
         upstream: None,
         upstream_duration: None,
         reason: "",
-        bytes_in: h
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0),
+        bytes_in: None,
         log_target,
         request_id,
         snapshot,
@@ -279,11 +273,18 @@ async fn forward(
     let body = if http_body::Body::is_end_stream(&incoming) {
         RequestBody::empty()
     } else {
-        RequestBody::new(
+        let body = RequestBody::new(
             incoming,
             settings.max_request_body_bytes,
             settings.body_read_timeout,
-        )
+        );
+        if settings.access_log {
+            let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            ctx.bytes_in = Some(Arc::clone(&counter));
+            body.counted(counter)
+        } else {
+            body
+        }
     };
     let mut out = Request::new(body);
     *out.method_mut() = parts.method;

@@ -112,15 +112,17 @@ async fn access_log_writes_one_json_line_per_request() {
     assert_eq!(r.status, 200);
     let r = get(&c, &gw.url("/../escape")).await;
     assert_eq!(r.status, 400);
+    let chunked = raw(gw.addr, b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n").await;
+    assert!(chunked.ends_with("hello world"), "{chunked}");
     let mut lines = Vec::new();
     for _ in 0..100 {
         lines = gw.stdout.lock().unwrap().clone();
-        if lines.len() >= 2 {
+        if lines.len() >= 3 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines.len(), 3, "{lines:?}");
     let a: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
     assert_eq!(a["request_id"], "log-me-1");
     assert_eq!(a["method"], "GET");
@@ -138,6 +140,16 @@ async fn access_log_writes_one_json_line_per_request() {
     let b: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
     assert_eq!(b["status"], 400);
     assert_eq!(b["reason"], "invalid_path");
+    let c3: serde_json::Value = serde_json::from_str(&lines[2]).unwrap();
+    assert_eq!(
+        (
+            c3["method"].as_str(),
+            c3["bytes_in"].as_u64(),
+            c3["bytes_out"].as_u64()
+        ),
+        (Some("POST"), Some(11), Some(11)),
+        "chunked body counted as streamed"
+    );
 }
 
 /// SIGHUP reloads the file; a broken file is refused and the old config serves.
