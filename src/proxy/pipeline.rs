@@ -307,7 +307,7 @@ async fn forward(
     };
     ctx.upstream_duration = Some(sent.took);
     ctx.upstream = Some((Arc::clone(upstream), Arc::clone(&sent.endpoint)));
-    let guard = sent.track();
+    let guard = sent.inflight;
     let mut resp = sent.response;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let (Some((client_upgrade, _)), UpstreamBody::H1(body)) = (upgrade, resp.body_mut()) else {

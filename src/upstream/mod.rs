@@ -157,6 +157,9 @@ pub struct Sent {
     pub endpoint: Arc<Endpoint>,
     /// Time from the first attempt to the response head.
     pub took: std::time::Duration,
+    /// Counts the request in flight on its endpoint (from the pick) until
+    /// dropped; the response body holds it to the end.
+    pub inflight: InflightGuard,
 }
 
 /// Decrements an endpoint's in-flight count when dropped.
@@ -168,11 +171,11 @@ impl Drop for InflightGuard {
     }
 }
 
-impl Sent {
-    /// Counts the request as in flight on its endpoint until the guard drops.
-    pub fn track(&self) -> InflightGuard {
-        self.endpoint.inflight.fetch_add(1, Ordering::Relaxed);
-        InflightGuard(Arc::clone(&self.endpoint))
+impl InflightGuard {
+    /// Counts one request in flight on `ep`.
+    fn new(ep: &Arc<Endpoint>) -> Self {
+        ep.inflight.fetch_add(1, Ordering::Relaxed);
+        InflightGuard(Arc::clone(ep))
     }
 }
 
@@ -255,6 +258,9 @@ impl Upstream {
     ) -> Result<Sent, UpstreamError> {
         let start = Instant::now();
         let mut idx = self.pick(key, None);
+        // In flight from the pick on, so `least_request` sees requests still
+        // waiting for their response head (the slow ones matter most).
+        let mut inflight = InflightGuard::new(&self.endpoints[idx]);
         let mut retried = false;
         if self.h2 {
             to_absolute_form(&mut req, &self.endpoints[idx].authority);
@@ -270,6 +276,7 @@ impl Upstream {
                         if !retried && self.endpoints.len() > 1 {
                             retried = true;
                             idx = self.pick(key, Some(idx));
+                            inflight = InflightGuard::new(&self.endpoints[idx]);
                             continue;
                         }
                         return Err(UpstreamError::Connect {
@@ -328,6 +335,7 @@ impl Upstream {
                 response,
                 endpoint: Arc::clone(ep),
                 took,
+                inflight,
             });
         }
     }
