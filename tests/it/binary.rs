@@ -7,23 +7,15 @@ use http_body_util::BodyExt;
 
 use crate::support::*;
 
-fn proxy_to(up: &Upstream, server: &str) -> String {
-    format!(
-        "{server}upstreams:\n  app: {{ endpoints: [\"{}\"] }}\nroutes:\n  - {{ name: app, match: {{ path_prefix: / }}, upstream: app }}\n",
-        up.url()
-    )
-}
-
 /// 100 MiB up and 100 MiB down pass through with the gateway's peak RSS
 /// under 64 MiB: bodies are streamed, never buffered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_mib_each_way_streams_in_bounded_memory() {
     const SIZE: usize = 100 << 20;
     let up = Upstream::start("app").await;
-    let gw = Binary::start(&proxy_to(
-        &up,
-        "server:\n  listen: [\"127.0.0.1:0\"]\n  admin_listen: \"127.0.0.1:0\"\n  limits: { max_request_body_bytes: 200MiB }\n  access_log: { enabled: false }\n",
-    ));
+    let gw = Binary::start(
+        &(server_with("limits: { max_request_body_bytes: 200MiB }") + &proxy_all(&up.url())),
+    );
     let c = client();
     // Upload: streamed from a generator, checksummed by the upstream.
     let chunk = Bytes::from(
@@ -69,7 +61,7 @@ async fn hundred_mib_each_way_streams_in_bounded_memory() {
 #[tokio::test]
 async fn sigterm_drains_twenty_slow_requests_then_exits_zero() {
     let up = Upstream::start("app").await;
-    let mut gw = Binary::start(&proxy_to(&up, ""));
+    let mut gw = Binary::start(&proxy_all(&up.url()));
     let c = client();
     let tasks = spawn_gets(&c, &gw.url("/slow/1000"), 20);
     // Let all 20 reach the upstream before the signal.
@@ -98,10 +90,9 @@ async fn sigterm_drains_twenty_slow_requests_then_exits_zero() {
 #[tokio::test]
 async fn access_log_writes_one_json_line_per_request() {
     let up = Upstream::start("app").await;
-    let gw = Binary::start(&proxy_to(
-        &up,
-        "server:\n  listen: [\"127.0.0.1:0\"]\n  admin_listen: \"127.0.0.1:0\"\n",
-    ));
+    // The access log is on by default: a server block without the tests' switch-off.
+    let server = "server:\n  listen: [\"127.0.0.1:0\"]\n  admin_listen: \"127.0.0.1:0\"\n";
+    let gw = Binary::start(&(server.to_owned() + &proxy_all(&up.url())));
     let c = client();
     let r = get_with(
         &c,
@@ -156,7 +147,7 @@ async fn access_log_writes_one_json_line_per_request() {
 #[tokio::test]
 async fn sighup_reloads_and_refuses_broken_files() {
     let up = Upstream::start("app").await;
-    let gw = Binary::start(&proxy_to(&up, ""));
+    let gw = Binary::start(&proxy_all(&up.url()));
     let c = client();
     assert_eq!(get(&c, &gw.url("/x")).await.status, 200);
     let config = gw_config(&gw);

@@ -98,10 +98,9 @@ async fn upstream_reset_is_502() {
 #[tokio::test]
 async fn oversized_bodies_get_413_by_length_and_while_streaming() {
     let up = Upstream::start("app").await;
-    let gw = TestGateway::start(&format!(
-        "server:\n  listen: [\"127.0.0.1:0\"]\n  admin_listen: \"127.0.0.1:0\"\n  limits: {{ max_request_body_bytes: 1KiB }}\n  access_log: {{ enabled: false }}\nupstreams:\n  app: {{ endpoints: [\"{}\"] }}\nroutes:\n  - {{ name: app, match: {{ path_prefix: / }}, upstream: app }}\n",
-        up.url()
-    ))
+    let gw = TestGateway::start(
+        &(server_with("limits: { max_request_body_bytes: 1KiB }") + &proxy_all(&up.url())),
+    )
     .await;
     let resp = raw(
         gw.addr,
@@ -122,10 +121,9 @@ async fn oversized_bodies_get_413_by_length_and_while_streaming() {
 #[tokio::test]
 async fn stalled_request_body_gets_408_and_close() {
     let up = Upstream::start("app").await;
-    let gw = TestGateway::start(&format!(
-        "server:\n  listen: [\"127.0.0.1:0\"]\n  admin_listen: \"127.0.0.1:0\"\n  limits: {{ body_read_timeout: 300ms }}\n  access_log: {{ enabled: false }}\nupstreams:\n  app: {{ endpoints: [\"{}\"] }}\nroutes:\n  - {{ name: app, match: {{ path_prefix: / }}, upstream: app }}\n",
-        up.url()
-    ))
+    let gw = TestGateway::start(
+        &(server_with("limits: { body_read_timeout: 300ms }") + &proxy_all(&up.url())),
+    )
     .await;
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly-a-few")

@@ -9,10 +9,7 @@ use crate::support::*;
 
 async fn gateway() -> (TestGateway, Upstream) {
     let up = Upstream::start("app").await;
-    let gw = TestGateway::start(&format!(
-        "server:\n  listen: [\"127.0.0.1:0\"]\n  admin_listen: \"127.0.0.1:0\"\n  limits: {{ header_read_timeout: 500ms, max_request_header_bytes: 8KiB, max_request_headers: 20, idle_timeout: 1s }}\n  access_log: {{ enabled: false }}\nupstreams:\n  app: {{ endpoints: [\"{}\"] }}\nroutes:\n  - {{ name: app, match: {{ path_prefix: / }}, upstream: app }}\n",
-        up.url()
-    ))
+    let gw = TestGateway::start(&(server_with("limits: { header_read_timeout: 500ms, max_request_header_bytes: 8KiB, max_request_headers: 20, idle_timeout: 1s }") + &proxy_all(&up.url())))
     .await;
     (gw, up)
 }
@@ -314,10 +311,10 @@ async fn upgrade_is_ignored_on_http10() {
 #[tokio::test]
 async fn strict_settings_reject_underscores_and_encoded_slashes() {
     let up = Upstream::start("app").await;
-    let gw = TestGateway::start(&format!(
-        "server:\n  listen: [\"127.0.0.1:0\"]\n  admin_listen: \"127.0.0.1:0\"\n  limits: {{ headers_with_underscores: reject, escaped_slashes: reject }}\n  access_log: {{ enabled: false }}\nupstreams:\n  app: {{ endpoints: [\"{}\"] }}\nroutes:\n  - {{ name: app, match: {{ path_prefix: / }}, upstream: app }}\n",
-        up.url()
-    ))
+    let gw = TestGateway::start(
+        &(server_with("limits: { headers_with_underscores: reject, escaped_slashes: reject }")
+            + &proxy_all(&up.url())),
+    )
     .await;
     let resp = raw(
         gw.addr,

@@ -5,25 +5,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::*;
 
-fn one_route(up: &Upstream, extra: &str) -> String {
-    format!(
-        r#"
-upstreams:
-  app: {{ endpoints: ["{}"] }}
-routes:
-  - name: app
-    match: {{ path_prefix: / }}
-    upstream: app
-{extra}
-"#,
-        up.url()
-    )
-}
-
 #[tokio::test]
 async fn forwards_request_and_response_with_forwarding_headers() {
     let up = Upstream::start("app").await;
-    let gw = TestGateway::start(&one_route(&up, "")).await;
+    let gw = TestGateway::start(&proxy_all(&up.url())).await;
     let c = client();
     let r = get_with(
         &c,
@@ -60,10 +45,9 @@ async fn forwards_request_and_response_with_forwarding_headers() {
 #[tokio::test]
 async fn trusted_peers_extend_forwarding_headers() {
     let up = Upstream::start("app").await;
-    let gw = TestGateway::start(&format!(
-        "server:\n  listen: [\"127.0.0.1:0\"]\n  admin_listen: \"127.0.0.1:0\"\n  trusted_proxies: [\"127.0.0.0/8\"]\n  access_log: {{ enabled: false }}\n{}",
-        one_route(&up, "")
-    ))
+    let gw = TestGateway::start(
+        &(server_with("trusted_proxies: [\"127.0.0.0/8\"]") + &proxy_all(&up.url())),
+    )
     .await;
     let c = client();
     get_with(
@@ -85,7 +69,7 @@ async fn trusted_peers_extend_forwarding_headers() {
 #[tokio::test]
 async fn invalid_request_ids_are_replaced_and_trace_context_continues() {
     let up = Upstream::start("app").await;
-    let gw = TestGateway::start(&one_route(&up, "")).await;
+    let gw = TestGateway::start(&proxy_all(&up.url())).await;
     let c = client();
     let long = "x".repeat(129);
     let r = get_with(
@@ -172,10 +156,9 @@ routes:
 #[tokio::test]
 async fn large_bodies_stream_both_ways_intact() {
     let up = Upstream::start("app").await;
-    let gw = TestGateway::start(&format!(
-        "server:\n  listen: [\"127.0.0.1:0\"]\n  admin_listen: \"127.0.0.1:0\"\n  limits: {{ max_request_body_bytes: 64MiB }}\n  access_log: {{ enabled: false }}\n{}",
-        one_route(&up, "")
-    ))
+    let gw = TestGateway::start(
+        &(server_with("limits: { max_request_body_bytes: 64MiB }") + &proxy_all(&up.url())),
+    )
     .await;
     let c = client();
     // Upload: 8 MiB of varied bytes, echoed back.
@@ -201,7 +184,7 @@ async fn large_bodies_stream_both_ways_intact() {
 #[tokio::test]
 async fn websocket_upgrade_passes_through_both_ways() {
     let up = Upstream::start("app").await;
-    let gw = TestGateway::start(&one_route(&up, "")).await;
+    let gw = TestGateway::start(&proxy_all(&up.url())).await;
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").await.unwrap();
     let mut buf = vec![0u8; 1024];
@@ -225,7 +208,7 @@ async fn websocket_upgrade_passes_through_both_ways() {
 #[tokio::test]
 async fn h2c_prior_knowledge_and_http10_are_served_on_the_same_port() {
     let up = Upstream::start("app").await;
-    let gw = TestGateway::start(&one_route(&up, "")).await;
+    let gw = TestGateway::start(&proxy_all(&up.url())).await;
     let h2: hyper_util::client::legacy::Client<_, http_body_util::Full<Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .http2_only(true)
@@ -247,7 +230,7 @@ async fn h2c_prior_knowledge_and_http10_are_served_on_the_same_port() {
 #[tokio::test]
 async fn head_and_204_and_304_have_no_body() {
     let up = Upstream::start("app").await;
-    let gw = TestGateway::start(&one_route(&up, "")).await;
+    let gw = TestGateway::start(&proxy_all(&up.url())).await;
     let resp = raw(
         gw.addr,
         b"HEAD /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
@@ -270,7 +253,7 @@ async fn head_and_204_and_304_have_no_body() {
 #[tokio::test]
 async fn expect_100_continue_gets_100_then_the_response() {
     let up = Upstream::start("app").await;
-    let gw = TestGateway::start(&one_route(&up, "")).await;
+    let gw = TestGateway::start(&proxy_all(&up.url())).await;
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n").await.unwrap();
     let mut buf = vec![0u8; 256];

@@ -104,11 +104,7 @@ async fn in_flight_requests_finish_on_their_snapshot_and_pools_stay_warm() {
 #[tokio::test]
 async fn drain_lets_twenty_slow_requests_finish() {
     let up = Upstream::start("app").await;
-    let mut gw = TestGateway::start(&format!(
-        "upstreams:\n  app: {{ endpoints: [\"{}\"] }}\nroutes:\n  - {{ name: app, match: {{ path_prefix: / }}, upstream: app }}\n",
-        up.url()
-    ))
-    .await;
+    let mut gw = TestGateway::start(&proxy_all(&up.url())).await;
     let c = client();
     let tasks = spawn_gets(&c, &gw.url("/slow/700"), 20);
     tokio::time::sleep(Duration::from_millis(200)).await;

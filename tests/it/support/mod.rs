@@ -249,15 +249,33 @@ pub fn config_path() -> PathBuf {
     dir.join("tollgate.yaml")
 }
 
-/// Adds listeners on ephemeral ports and quiet access logs unless the YAML
-/// has a `server:` block of its own.
+/// The tests' `server:` block: ephemeral ports, access log off, plus
+/// `extra` lines under `server:` (such as `limits: { ... }`).
+pub fn server_with(extra: &str) -> String {
+    let mut out = String::from(
+        "server:\n  listen: [\"127.0.0.1:0\"]\n  admin_listen: \"127.0.0.1:0\"\n  access_log: { enabled: false }\n",
+    );
+    for line in extra.lines() {
+        out.push_str("  ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// One upstream `app` at `url` and a catch-all route `app` to it.
+pub fn proxy_all(url: &str) -> String {
+    format!(
+        "upstreams:\n  app: {{ endpoints: [\"{url}\"] }}\nroutes:\n  - {{ name: app, match: {{ path_prefix: / }}, upstream: app }}\n"
+    )
+}
+
+/// Adds the tests' `server:` block unless the YAML has one of its own.
 pub fn with_server(yaml: &str) -> String {
     if yaml.contains("server:") {
         yaml.to_owned()
     } else {
-        format!(
-            "server:\n  listen: [\"127.0.0.1:0\"]\n  admin_listen: \"127.0.0.1:0\"\n  access_log: {{ enabled: false }}\n{yaml}"
-        )
+        server_with("") + yaml
     }
 }
 
