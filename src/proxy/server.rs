@@ -197,9 +197,14 @@ async fn connection(
     gauge.inc();
     let settings = live.load().settings.clone();
     let _ = stream.set_nodelay(true);
-    if let Ok(Ok((h2, prefix))) =
-        tokio::time::timeout(settings.header_read_timeout, sniff(&mut stream)).await
-    {
+    // A connection that has not sent its first bytes when a drain starts is
+    // simply closed: it has no request in flight.
+    let mut drain = shutdown.clone();
+    let sniffed = tokio::select! {
+        r = tokio::time::timeout(settings.header_read_timeout, sniff(&mut stream)) => r.ok().and_then(Result::ok),
+        _ = drain.wait_for(|draining| *draining) => None,
+    };
+    if let Some((h2, prefix)) = sniffed {
         let state = ConnState::new(!h2);
         let watch = Watch::new(&settings);
         let io = TokioIo::new(ConnIo {

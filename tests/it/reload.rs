@@ -157,3 +157,19 @@ async fn metrics_expose_every_core_family() {
         assert!(m.contains(family), "missing {family}");
     }
 }
+
+/// A connection that never sent a byte does not hold up a drain.
+#[tokio::test]
+async fn drain_does_not_wait_for_silent_connections() {
+    let up = Upstream::start("app").await;
+    let mut gw = TestGateway::start(&proxy_all(&up.url())).await;
+    let _silent = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = std::time::Instant::now();
+    assert!(gw.gw.take().unwrap().shutdown().await, "drained");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+}
