@@ -68,10 +68,15 @@ pub struct ConnState {
     /// Tick at which the current HTTP/1 head began arriving, or `NONE`.
     head: AtomicU64,
     h1: bool,
+    /// The connection's slot under `max_connections`. It lives as long as
+    /// the state does; an upgraded tunnel's client stream is this
+    /// connection's `ConnIo`, which holds the state, so a tunnel keeps
+    /// counting as a connection and a drain waits for it.
+    _slot: OwnedSemaphorePermit,
 }
 
 impl ConnState {
-    fn new(h1: bool) -> Arc<Self> {
+    fn new(h1: bool, slot: OwnedSemaphorePermit) -> Arc<Self> {
         Arc::new(Self {
             inflight: AtomicUsize::new(0),
             tick: AtomicU64::new(0),
@@ -79,6 +84,7 @@ impl ConnState {
             // The first head is timed from the connection's start.
             head: AtomicU64::new(if h1 { 0 } else { NONE }),
             h1,
+            _slot: slot,
         })
     }
 
@@ -190,7 +196,7 @@ async fn connection(
     mut stream: TcpStream,
     peer: SocketAddr,
     live: SharedSnapshot,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
     shutdown: watch::Receiver<bool>,
 ) {
     let gauge = &metrics().connections_active;
@@ -205,7 +211,7 @@ async fn connection(
         _ = drain.wait_for(|draining| *draining) => None,
     };
     if let Some((h2, prefix)) = sniffed {
-        let state = ConnState::new(!h2);
+        let state = ConnState::new(!h2, permit);
         let watch = Watch::new(&settings);
         let io = TokioIo::new(ConnIo {
             prefix,

@@ -173,3 +173,39 @@ async fn drain_does_not_wait_for_silent_connections() {
         started.elapsed()
     );
 }
+
+/// An open WebSocket tunnel keeps working through a drain, and the drain
+/// ends when the tunnel does.
+#[tokio::test]
+async fn drain_waits_for_open_tunnels() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start("app").await;
+    let mut gw = TestGateway::start(&proxy_all(&up.url())).await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(IO_WAIT, s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 101"));
+    let drain = tokio::spawn(gw.gw.take().unwrap().shutdown());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!drain.is_finished(), "the drain waits for the tunnel");
+    s.write_all(b"still-open").await.unwrap();
+    let mut got = [0u8; 10];
+    tokio::time::timeout(IO_WAIT, s.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got, b"still-open");
+    drop(s);
+    assert!(
+        tokio::time::timeout(IO_WAIT, drain).await.unwrap().unwrap(),
+        "drained once the tunnel closed"
+    );
+}
