@@ -119,6 +119,8 @@ pub struct Settings {
     pub normalize: NormalizeOptions,
     /// Keep-alive idle timeout.
     pub idle_timeout: Duration,
+    /// Longest stall of writes to the client.
+    pub send_timeout: Duration,
     /// h2 streams per connection.
     pub max_concurrent_streams: u32,
     /// Write access log lines.

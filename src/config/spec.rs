@@ -150,6 +150,8 @@ pub struct LimitsSpec {
     pub escaped_slashes: EscapedSlashPolicy,
     /// A keep-alive connection with no request in flight is closed after this. Default `60s`.
     pub idle_timeout: DurationSpec,
+    /// A connection whose writes to the client make no progress for this long is closed (a client that stops reading). Default `60s`.
+    pub send_timeout: DurationSpec,
     /// Most concurrent downstream connections; further ones wait in the accept queue. Default `50000`.
     pub max_connections: usize,
     /// Most concurrent streams on one HTTP/2 connection. Default `100`.
@@ -169,6 +171,7 @@ impl Default for LimitsSpec {
             merge_slashes: true,
             escaped_slashes: EscapedSlashPolicy::Keep,
             idle_timeout: DurationSpec(Duration::from_secs(60)),
+            send_timeout: DurationSpec(Duration::from_secs(60)),
             max_connections: 50_000,
             max_concurrent_streams: 100,
         }

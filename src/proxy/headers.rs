@@ -349,6 +349,7 @@ mod tests {
                 reject_escaped_slashes: false,
             },
             idle_timeout: Default::default(),
+            send_timeout: Default::default(),
             max_concurrent_streams: 1,
             access_log: false,
         }

@@ -67,6 +67,8 @@ pub struct ConnState {
     last: AtomicU64,
     /// Tick at which the current HTTP/1 head began arriving, or `NONE`.
     head: AtomicU64,
+    /// Tick at which writes to the client started to block, or `NONE`.
+    stall: AtomicU64,
     h1: bool,
     /// The connection's slot under `max_connections`. It lives as long as
     /// the state does; an upgraded tunnel's client stream is this
@@ -83,6 +85,7 @@ impl ConnState {
             last: AtomicU64::new(0),
             // The first head is timed from the connection's start.
             head: AtomicU64::new(if h1 { 0 } else { NONE }),
+            stall: AtomicU64::new(NONE),
             h1,
             _slot: slot,
         })
@@ -99,19 +102,32 @@ impl ConnState {
         }
     }
 
-    /// Advances one tick; true when the connection has been idle, or
-    /// reading a head, for longer than allowed.
-    fn tick_expired(&self, idle_ticks: u64, head_ticks: u64) -> bool {
-        let now = self.tick.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.inflight.load(Ordering::Relaxed) > 0 {
-            return false;
+    /// A write to the client would block: the stall clock starts, if it
+    /// is not running already.
+    fn on_write_blocked(&self) {
+        if self.stall.load(Ordering::Relaxed) == NONE {
+            self.stall
+                .store(self.tick.load(Ordering::Relaxed), Ordering::Relaxed);
         }
+    }
+
+    /// Advances one tick; true when the connection has been idle, reading
+    /// a head, or unable to write, for longer than allowed.
+    fn tick_expired(&self, w: &Watch) -> bool {
+        let now = self.tick.fetch_add(1, Ordering::Relaxed) + 1;
         // Whole ticks surely elapsed since `since` (the tick it was stored
         // in was partly over already).
         let elapsed = |since: u64| now.saturating_sub(since).saturating_sub(1);
+        let stall = self.stall.load(Ordering::Relaxed);
+        if stall != NONE && elapsed(stall) >= w.send_ticks {
+            return true;
+        }
+        if self.inflight.load(Ordering::Relaxed) > 0 {
+            return false;
+        }
         match self.head.load(Ordering::Relaxed) {
-            NONE => elapsed(self.last.load(Ordering::Relaxed)) >= idle_ticks,
-            head => elapsed(head) >= head_ticks,
+            NONE => elapsed(self.last.load(Ordering::Relaxed)) >= w.idle_ticks,
+            head => elapsed(head) >= w.head_ticks,
         }
     }
 }
@@ -122,16 +138,22 @@ struct Watch {
     period: Duration,
     idle_ticks: u64,
     head_ticks: u64,
+    send_ticks: u64,
 }
 
 impl Watch {
     fn new(s: &Settings) -> Self {
-        let period = (s.idle_timeout.min(s.header_read_timeout) / 2).max(Duration::from_millis(10));
+        let shortest = s
+            .idle_timeout
+            .min(s.header_read_timeout)
+            .min(s.send_timeout);
+        let period = (shortest / 2).max(Duration::from_millis(10));
         let ticks = |d: Duration| d.as_nanos().div_ceil(period.as_nanos()) as u64;
         Watch {
             period,
             idle_ticks: ticks(s.idle_timeout),
             head_ticks: ticks(s.header_read_timeout),
+            send_ticks: ticks(s.send_timeout),
         }
     }
 }
@@ -380,15 +402,44 @@ impl AsyncRead for ConnIo {
         if buf.filled().len() > before {
             self.state.on_read();
         }
-        if r.is_pending() {
-            let w = self.watch;
-            while self.tick.as_mut().poll(cx).is_ready() {
-                if self.state.tick_expired(w.idle_ticks, w.head_ticks) {
-                    return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
-                }
-                let next = self.tick.deadline() + w.period;
-                self.tick.as_mut().reset(next);
+        if r.is_pending()
+            && let Poll::Ready(e) = self.poll_watchdog(cx)
+        {
+            return Poll::Ready(Err(e));
+        }
+        r
+    }
+}
+
+impl ConnIo {
+    /// Runs the watchdog's due ticks; `Ready` with an error when the
+    /// connection has to close.
+    fn poll_watchdog(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        while self.tick.as_mut().poll(cx).is_ready() {
+            if self.state.tick_expired(&self.watch) {
+                return Poll::Ready(io::ErrorKind::TimedOut.into());
             }
+            let next = self.tick.deadline() + self.watch.period;
+            self.tick.as_mut().reset(next);
+        }
+        Poll::Pending
+    }
+
+    /// Tracks write progress for `send_timeout`.
+    fn after_write(
+        &mut self,
+        r: Poll<io::Result<usize>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        match &r {
+            Poll::Ready(Ok(n)) if *n > 0 => self.state.stall.store(NONE, Ordering::Relaxed),
+            Poll::Pending => {
+                self.state.on_write_blocked();
+                if let Poll::Ready(e) = self.poll_watchdog(cx) {
+                    return Poll::Ready(Err(e));
+                }
+            }
+            _ => {}
         }
         r
     }
@@ -400,14 +451,16 @@ impl AsyncWrite for ConnIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.after_write(r, cx)
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.after_write(r, cx)
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()

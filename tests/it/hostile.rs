@@ -331,3 +331,36 @@ async fn strict_settings_reject_underscores_and_encoded_slashes() {
     assert!(resp.contains("\"invalid_path\""));
     assert_eq!(up.count(), 0);
 }
+
+/// A client that requests a large body and stops reading is cut off after
+/// `send_timeout` of no write progress, instead of pinning the connection.
+#[tokio::test]
+async fn clients_that_stop_reading_are_cut_off() {
+    const SIZE: usize = 64 << 20;
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(
+        &(server_with("limits: { send_timeout: 300ms }") + &proxy_all(&up.url())),
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(format!("GET /bytes/{SIZE} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    // Not reading: the socket buffers fill and the gateway's writes stall.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Now read what is there. Had the gateway waited, reading would let it
+    // go on and all 64 MiB would arrive; cut off, the stream ends early.
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let end = tokio::time::timeout(IO_WAIT, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the stream ended");
+    assert!(total < SIZE, "cut off after {total} bytes");
+}

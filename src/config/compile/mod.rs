@@ -189,6 +189,7 @@ fn settings(spec: &Spec, errs: &mut Errors) -> Settings {
         ("header_read_timeout", l.header_read_timeout.0),
         ("body_read_timeout", l.body_read_timeout.0),
         ("idle_timeout", l.idle_timeout.0),
+        ("send_timeout", l.send_timeout.0),
     ] {
         if d.is_zero() {
             errs.push(format!("{p}.{field}"), "must be more than zero");
@@ -207,6 +208,7 @@ fn settings(spec: &Spec, errs: &mut Errors) -> Settings {
             reject_escaped_slashes: l.escaped_slashes == EscapedSlashPolicy::Reject,
         },
         idle_timeout: l.idle_timeout.0,
+        send_timeout: l.send_timeout.0,
         max_concurrent_streams: l.max_concurrent_streams,
         access_log: s.access_log.enabled,
     }
