@@ -364,3 +364,57 @@ async fn clients_that_stop_reading_are_cut_off() {
     assert!(end.is_ok(), "the stream ended");
     assert!(total < SIZE, "cut off after {total} bytes");
 }
+
+/// HTTP/2 "rapid reset" (CVE-2023-44487): a client that opens streams and
+/// cancels them at once, over and over, gets GOAWAY instead of unbounded
+/// work.
+#[tokio::test]
+async fn h2_rapid_reset_gets_goaway() {
+    let (gw, _up) = gateway().await;
+    // :method GET, :scheme http, :path /, :authority "a" (literal, not indexed)
+    let block = [0x82u8, 0x86, 0x84, 0x01, 0x01, b'a'];
+    let mut wire = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    wire.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+    for i in 0..500u32 {
+        let id = (2 * i + 1).to_be_bytes();
+        // HEADERS (END_HEADERS, stream stays open), then RST_STREAM(CANCEL).
+        wire.extend_from_slice(&[
+            0,
+            0,
+            block.len() as u8,
+            0x1,
+            0x4,
+            id[0],
+            id[1],
+            id[2],
+            id[3],
+        ]);
+        wire.extend_from_slice(&block);
+        wire.extend_from_slice(&[0, 0, 4, 0x3, 0, id[0], id[1], id[2], id[3], 0, 0, 0, 0x8]);
+    }
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let _ = s.write_all(&wire).await;
+    let goaway = tokio::time::timeout(IO_WAIT, async {
+        loop {
+            let mut head = [0u8; 9];
+            if s.read_exact(&mut head).await.is_err() {
+                return None;
+            }
+            let len =
+                (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+            let mut payload = vec![0u8; len];
+            if s.read_exact(&mut payload).await.is_err() {
+                return None;
+            }
+            if head[3] == 0x7 {
+                return Some(u32::from_be_bytes([
+                    payload[4], payload[5], payload[6], payload[7],
+                ]));
+            }
+        }
+    })
+    .await
+    .expect("an answer in time");
+    // ENHANCE_YOUR_CALM (0xb) is what the h2 layer sends for this.
+    assert_eq!(goaway, Some(0xb), "GOAWAY with ENHANCE_YOUR_CALM");
+}
