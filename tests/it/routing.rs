@@ -240,3 +240,27 @@ async fn admin_explain_names_the_route_and_the_candidates() {
     assert_eq!(r["status"], 404);
     assert!(!r["nearest"].as_array().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn random_balancer_follows_weights_and_host_names_resolve() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    // Endpoints given by host name: resolved when connecting.
+    let gw = TestGateway::start(&format!(
+        "upstreams:\n  r: {{ balancer: random, endpoints: [{{ url: \"http://localhost:{}\", weight: 3 }}, \"http://localhost:{}\"] }}\nroutes:\n  - {{ name: r, match: {{ path_prefix: / }}, upstream: r }}\n",
+        a.addr.port(),
+        b.addr.port()
+    ))
+    .await;
+    let c = client();
+    let mut bodies = Vec::new();
+    for _ in 0..2000 {
+        bodies.push(get(&c, &gw.url("/")).await.text());
+    }
+    let t = tally(bodies);
+    let share_a = t.get("a").copied().unwrap_or(0) as f64 / 2000.0;
+    assert!(
+        (share_a - 0.75).abs() <= 0.05,
+        "a share {share_a} (expected 0.75)"
+    );
+}
