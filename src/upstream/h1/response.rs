@@ -48,6 +48,64 @@ struct Head {
     status: StatusCode,
     version: Version,
     headers: HeaderMap,
+    /// The framing fields, read while the head was parsed.
+    facts: Facts,
+}
+
+/// What the framing decision needs, gathered in the same pass that builds
+/// the header map (so no field is looked up again).
+#[derive(Debug, Default)]
+struct Facts {
+    /// A `Connection: close` token was seen.
+    close: bool,
+    /// `Transfer-Encoding` was present; whether its final coding is chunked.
+    te_chunked: Option<bool>,
+    /// `Content-Length`: absent, the agreed value, or why it is invalid.
+    length: Option<Result<u64, &'static str>>,
+}
+
+impl Facts {
+    fn see(&mut self, name: &HeaderName, value: &HeaderValue) {
+        if name == CONTENT_LENGTH {
+            self.content_length(value);
+        } else if name == TRANSFER_ENCODING {
+            let last = value
+                .to_str()
+                .ok()
+                .and_then(|v| v.rsplit(',').next())
+                .map(str::trim);
+            self.te_chunked = Some(last.is_some_and(|c| c.eq_ignore_ascii_case("chunked")));
+        } else if name == CONNECTION
+            && value
+                .to_str()
+                .is_ok_and(|t| t.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
+        {
+            self.close = true;
+        }
+    }
+
+    fn content_length(&mut self, value: &HeaderValue) {
+        if matches!(self.length, Some(Err(_))) {
+            return;
+        }
+        let Ok(text) = value.to_str() else {
+            self.length = Some(Err("bad content-length"));
+            return;
+        };
+        for part in text.split(',') {
+            let Ok(n) = part.trim().parse::<u64>() else {
+                self.length = Some(Err("bad content-length"));
+                return;
+            };
+            if let Some(Ok(prev)) = self.length
+                && prev != n
+            {
+                self.length = Some(Err("conflicting content-length"));
+                return;
+            }
+            self.length = Some(Ok(n));
+        }
+    }
 }
 
 /// Parses a complete response head at the front of `buf`, or `None` when
@@ -91,66 +149,43 @@ fn parse_head(
     }
     let mut headers = HeaderMap::with_capacity(fields.len());
     let head = buf.split_to(len).freeze();
+    let mut facts = Facts::default();
     for (name, at, n) in fields.drain(..) {
         let value = HeaderValue::from_maybe_shared(head.slice(at..at + n))
             .map_err(|_| H1Error::Invalid("bad header value"))?;
+        facts.see(&name, &value);
         headers.append(name, value);
     }
     Ok(Some(Head {
         status,
         version,
         headers,
+        facts,
     }))
 }
 
 /// RFC 9112 §6.3 for a response.
 fn framing(head: &Head, is_head_request: bool) -> Result<(Framing, bool), H1Error> {
     let s = head.status.as_u16();
-    let mut keep_alive = head.version == Version::HTTP_11
-        && !head.headers.get_all(CONNECTION).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|t| t.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
-        });
+    let f = &head.facts;
+    let mut keep_alive = head.version == Version::HTTP_11 && !f.close;
     if is_head_request || (100..200).contains(&s) || s == 204 || s == 304 {
         return Ok((Framing::Empty, keep_alive));
     }
-    let te: Vec<&HeaderValue> = head.headers.get_all(TRANSFER_ENCODING).iter().collect();
-    if !te.is_empty() {
-        let last = te
-            .last()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .map(str::trim);
-        if head.headers.contains_key(CONTENT_LENGTH) {
+    if let Some(chunked) = f.te_chunked {
+        if f.length.is_some() {
             keep_alive = false;
         }
-        return Ok(match last {
-            Some(c) if c.eq_ignore_ascii_case("chunked") => {
-                (Framing::Chunked(Chunk::Size), keep_alive)
-            }
-            _ => (Framing::UntilClose, false),
+        return Ok(if chunked {
+            (Framing::Chunked(Chunk::Size), keep_alive)
+        } else {
+            (Framing::UntilClose, false)
         });
     }
-    let mut length: Option<u64> = None;
-    for v in head.headers.get_all(CONTENT_LENGTH) {
-        for part in v
-            .to_str()
-            .map_err(|_| H1Error::Invalid("bad content-length"))?
-            .split(',')
-        {
-            let n: u64 = part
-                .trim()
-                .parse()
-                .map_err(|_| H1Error::Invalid("bad content-length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(H1Error::Invalid("conflicting content-length"));
-            }
-            length = Some(n);
-        }
-    }
-    Ok(match length {
-        Some(0) => (Framing::Empty, keep_alive),
-        Some(n) => (Framing::Length(n), keep_alive),
+    Ok(match f.length {
+        Some(Err(why)) => return Err(H1Error::Invalid(why)),
+        Some(Ok(0)) => (Framing::Empty, keep_alive),
+        Some(Ok(n)) => (Framing::Length(n), keep_alive),
         None => (Framing::UntilClose, false),
     })
 }
