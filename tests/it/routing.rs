@@ -19,6 +19,21 @@ routes:
   - { name: only-post, match: { path: /m, methods: [POST, PUT] }, respond: { body: m-post } }
 "#;
 
+/// Sends `n` GETs to `path` one after another and counts the bodies (each
+/// test upstream answers with its name).
+async fn answers(
+    gw: &TestGateway,
+    path: &str,
+    n: usize,
+) -> std::collections::HashMap<String, usize> {
+    let c = client();
+    let mut bodies = Vec::with_capacity(n);
+    for _ in 0..n {
+        bodies.push(get(&c, &gw.url(path)).await.text());
+    }
+    tally(bodies)
+}
+
 async fn body_for(c: &TestClient, gw: &TestGateway, host: &str, path: &str) -> String {
     get_with(c, &gw.url(path), &[("host", host)]).await.text()
 }
@@ -122,12 +137,7 @@ routes:
         b.url()
     ))
     .await;
-    let c = client();
-    let mut bodies = Vec::new();
-    for _ in 0..2000 {
-        bodies.push(get(&c, &gw.url("/")).await.text());
-    }
-    let t = tally(bodies);
+    let t = answers(&gw, "/", 2000).await;
     let share_b = t.get("b").copied().unwrap_or(0) as f64 / 2000.0;
     assert!(
         (share_b - 0.10).abs() <= 0.05 * 0.10 + 0.02,
@@ -158,21 +168,12 @@ routes:
         ups[2].url()
     ))
     .await;
-    let c = client();
-    let mut even = Vec::new();
-    for _ in 0..400 {
-        even.push(get(&c, &gw.url("/even")).await.text());
-    }
-    let t = tally(even);
+    let t = answers(&gw, "/even", 400).await;
     for name in ["u0", "u1"] {
         let n = t[name] as f64;
         assert!((n - 200.0).abs() <= 20.0, "{name}: {n} of 400");
     }
-    let mut weighted = Vec::new();
-    for _ in 0..400 {
-        weighted.push(get(&c, &gw.url("/weighted")).await.text());
-    }
-    let t = tally(weighted);
+    let t = answers(&gw, "/weighted", 400).await;
     assert_eq!(
         t["u0"], 100,
         "smooth weighted round robin is exact over full cycles"
@@ -252,12 +253,7 @@ async fn random_balancer_follows_weights_and_host_names_resolve() {
         b.addr.port()
     ))
     .await;
-    let c = client();
-    let mut bodies = Vec::new();
-    for _ in 0..2000 {
-        bodies.push(get(&c, &gw.url("/")).await.text());
-    }
-    let t = tally(bodies);
+    let t = answers(&gw, "/", 2000).await;
     let share_a = t.get("a").copied().unwrap_or(0) as f64 / 2000.0;
     assert!(
         (share_a - 0.75).abs() <= 0.05,
