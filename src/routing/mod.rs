@@ -23,13 +23,11 @@ pub mod matchers;
 pub mod normalize;
 pub mod tree;
 
-use std::collections::HashMap;
-
 use http::{HeaderMap, Method};
 use regex::Regex;
 
 pub use matchers::{Constraints, Rejection, ValueMatcher};
-use tree::{PrefixTrie, TemplateTrie};
+use tree::{HashMap, PrefixTrie, TemplateTrie};
 
 /// How a route matches the path.
 #[derive(Debug, Clone)]

@@ -1,7 +1,36 @@
 //! Segment tries for prefix and template paths: lookup cost follows the
 //! depth of the request path, not the number of routes.
 
-use std::collections::HashMap;
+use std::collections::HashMap as StdHashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// FNV-1a for the route table's maps. Their keys (hosts, path segments)
+/// come from the config; requests only look up, so no client can flood a
+/// map with colliding keys, and a fast unseeded hash is safe.
+#[derive(Default)]
+pub struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A map hashed with [`Fnv`].
+pub type HashMap<K, V> = StdHashMap<K, V, BuildHasherDefault<Fnv>>;
 
 /// Deepest path (in segments) a prefix or template route may have.
 pub const MAX_SEGMENTS: usize = 64;
@@ -98,7 +127,11 @@ impl TemplateTrie {
     /// Calls `visit` for each template matching `path` (same segment count,
     /// no trailing slash difference); stops when `visit` returns true.
     pub fn visit(&self, path: &str, mut visit: impl FnMut(usize) -> bool) -> bool {
-        if path.len() > 1 && path.ends_with('/') {
+        let r = &self.root;
+        // Most tables have no templates: skip the segment split entirely.
+        if (r.literal.is_empty() && r.param.is_none() && r.routes.is_empty())
+            || (path.len() > 1 && path.ends_with('/'))
+        {
             return false;
         }
         let mut segs = [""; MAX_SEGMENTS];
