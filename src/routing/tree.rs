@@ -66,29 +66,26 @@ impl PrefixTrie {
     /// prefix first, declared order within one prefix; stops when `visit`
     /// returns true.
     pub fn visit(&self, path: &str, mut visit: impl FnMut(usize) -> bool) -> bool {
-        let mut chain: [Option<&PrefixNode>; MAX_SEGMENTS + 1] = [None; MAX_SEGMENTS + 1];
-        let mut depth = 0;
-        chain[0] = Some(&self.root);
-        let mut node = &self.root;
-        for seg in segments(path) {
-            match node.children.get(seg) {
-                Some(next) if depth < MAX_SEGMENTS => {
-                    depth += 1;
-                    chain[depth] = Some(next);
-                    node = next;
-                }
-                _ => break,
-            }
-        }
-        for n in chain[..=depth].iter().rev().flatten() {
-            for &id in &n.routes {
-                if visit(id) {
-                    return true;
-                }
-            }
-        }
-        false
+        walk_prefix(&self.root, &mut segments(path), 0, &mut visit)
     }
+}
+
+/// Descends as far as the path's segments go, then offers each node's
+/// routes on the way back up: longest prefix first, with no buffer.
+fn walk_prefix<'p>(
+    node: &PrefixNode,
+    segs: &mut impl Iterator<Item = &'p str>,
+    depth: usize,
+    visit: &mut impl FnMut(usize) -> bool,
+) -> bool {
+    if depth < MAX_SEGMENTS
+        && let Some(seg) = segs.next()
+        && let Some(next) = node.children.get(seg)
+        && walk_prefix(next, segs, depth + 1, visit)
+    {
+        return true;
+    }
+    node.routes.iter().any(|&id| visit(id))
 }
 
 /// Path templates such as `/users/{id}/orders`; literal segments are tried
