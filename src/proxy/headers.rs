@@ -300,7 +300,7 @@ impl TraceContext {
         if let Ok(v) = HeaderValue::from_bytes(&buf) {
             h.insert(&TRACEPARENT, v);
         }
-        if !self.continued && h.contains_key(&TRACESTATE) {
+        if !self.continued {
             h.remove(&TRACESTATE);
         }
     }

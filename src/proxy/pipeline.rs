@@ -240,10 +240,8 @@ async fn forward(
     let (parts, incoming) = req.into_parts();
     let mut headers = parts.headers;
     headers::remove_hop_by_hop(&mut headers);
-    if headers.contains_key(EXPECT) {
-        // hyper answers 100-continue itself when the body is first read.
-        headers.remove(EXPECT);
-    }
+    // hyper answers 100-continue itself when the body is first read.
+    headers.remove(EXPECT);
     headers::set_forwarding(
         &mut headers,
         ctx.peer,

@@ -102,7 +102,7 @@ pub enum Lookup {
 /// Observer of the matching process; `()` observes nothing and compiles away.
 pub trait Trace {
     /// A host group is being searched.
-    fn group(&mut self, _group: &str) {}
+    fn group(&mut self, _group: &'static str) {}
     /// Route `id` matched host and path, with the constraint outcome.
     fn candidate(&mut self, _id: usize, _outcome: Result<(), Rejection>) {}
 }
@@ -192,7 +192,7 @@ impl Router {
     fn search<T: Trace>(&self, req: &RequestView<'_>, trace: &mut T) -> (Option<usize>, bool) {
         let mut method_miss = false;
         let mut result = None;
-        let mut try_table = |table: &HostTable, group: &str, trace: &mut T| -> bool {
+        let mut try_table = |table: &HostTable, group: &'static str, trace: &mut T| -> bool {
             trace.group(group);
             let mut take = |id: usize| -> bool {
                 let outcome =
