@@ -85,6 +85,7 @@ impl Gateway {
         let spec = snapshot.spec.server.clone();
         let grace = spec.shutdown_grace.0;
         let max_connections = spec.limits.max_connections.min(Semaphore::MAX_PERMITS) as u32;
+        snapshot.start_background();
         let live: SharedSnapshot = Arc::new(ArcSwap::from_pointee(snapshot));
         let reloader = Arc::new(Reloader::new(config_path, Arc::clone(&live)));
         let (shutdown, rx) = watch::channel(false);

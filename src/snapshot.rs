@@ -14,6 +14,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use ipnet::IpNet;
 
+use crate::auth::{Provider, RouteAuth};
 use crate::config::spec::{Spec, UnderscorePolicy};
 use crate::observability::metrics::RouteMetrics;
 use crate::routing::Router;
@@ -35,6 +36,8 @@ pub struct Snapshot {
     pub routes: Vec<Route>,
     /// Upstreams by name.
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    /// JWT providers by name.
+    pub auth: BTreeMap<String, Arc<Provider>>,
     /// Request-path settings from `server`.
     pub settings: Settings,
     /// Metric handles for requests that matched no route (route label "").
@@ -42,6 +45,21 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Starts what runs in the background for this snapshot (remote key
+    /// refresh). Call once it is live; keys carried over from the previous
+    /// snapshot are refreshed instead (as on any reload).
+    pub fn start_background(&self) {
+        for p in self.auth.values() {
+            p.keys.start();
+        }
+    }
+
+    /// True when every remote key store has its first keys (or stopped
+    /// waiting for them).
+    pub fn auth_ready(&self) -> bool {
+        self.auth.values().all(|p| p.keys.ready())
+    }
+
     /// Which route `method host path` would take and why, as JSON (the
     /// admin `/routes/explain` and `tollgate explain` answer).
     pub fn explain(&self, method: &str, host: &str, path_and_query: &str) -> serde_json::Value {
@@ -154,6 +172,8 @@ pub struct Route {
     pub request_headers: HeaderRules,
     /// Header rules on the way back.
     pub response_headers: HeaderRules,
+    /// JWT policy; `None`: public.
+    pub auth: Option<RouteAuth>,
     /// Metric handles.
     pub metrics: RouteMetrics,
 }

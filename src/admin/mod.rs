@@ -4,7 +4,7 @@
 //! | endpoint | answer |
 //! |---|---|
 //! | `GET /healthz` | 200 while the process runs |
-//! | `GET /readyz` | 200 serving, 503 while draining |
+//! | `GET /readyz` | 200 serving; 503 while draining, or until every remote JWKS is fetched (at most `jwks_ready_timeout`) |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /config` | effective config as JSON with its version |
 //! | `POST /reload` | 200 `{version}` or 422 `{errors}` |
@@ -96,6 +96,12 @@ async fn handle(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byt
         (&Method::GET, "/readyz") => {
             if state.draining.load(Ordering::Relaxed) {
                 reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
+            } else if !state.live.load().auth_ready() {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "waiting for JWKS keys\n",
+                )
             } else {
                 reply(StatusCode::OK, "text/plain", "ready\n")
             }

@@ -66,7 +66,11 @@ fn first_line(msg: &str) -> String {
 /// Parses and compiles `text`, reusing state from `previous`.
 pub fn build(file: &str, text: &str, previous: Option<&Snapshot>) -> Result<Snapshot, LoadError> {
     let (spec, version) = parse(file, text)?;
-    compile::compile(spec, version, previous).map_err(|errs| {
+    let base = Path::new(file)
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    compile::compile(spec, version, previous, base).map_err(|errs| {
         let outline = Outline::new(text);
         LoadError::Invalid(
             errs.0

@@ -78,7 +78,9 @@ impl Reloader {
                 let version = new.version.clone();
                 m.config_info.with_label_values(&[&version]).set(1);
                 let _ = m.config_info.remove_label_values(&[&old.version]);
-                self.live.store(Arc::new(new));
+                let new = Arc::new(new);
+                self.live.store(Arc::clone(&new));
+                new.start_background();
                 m.config_reloads.with_label_values(&["success"]).inc();
                 m.config_last_success.set(unix_now());
                 Ok(Outcome::Applied { version })

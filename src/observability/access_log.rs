@@ -49,6 +49,12 @@ pub struct Entry<'a> {
     pub endpoint: &'a str,
     /// Why the gateway answered itself (`no_route`, `upstream_timeout`, …).
     pub reason: &'a str,
+    /// Tenant of the verified token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<&'a str>,
+    /// `sub` of the verified token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sub: Option<&'a str>,
 }
 
 fn sender() -> &'static SyncSender<String> {

@@ -41,6 +41,16 @@ pub struct Metrics {
     pub config_info: IntGaugeVec,
     /// `tollgate_access_log_dropped_total`.
     pub access_log_dropped: IntCounter,
+    /// `tollgate_auth_requests_total{route,provider,result}`.
+    pub auth_requests: IntCounterVec,
+    /// `tollgate_jwks_refresh_total{provider,result}`.
+    pub jwks_refresh: IntCounterVec,
+    /// `tollgate_jwks_keys{provider}`.
+    pub jwks_keys: IntGaugeVec,
+    /// `tollgate_jwt_cache_hits_total`.
+    pub jwt_cache_hits: IntCounter,
+    /// `tollgate_jwt_cache_misses_total`.
+    pub jwt_cache_misses: IntCounter,
 }
 
 /// Latency buckets in seconds, 0.5 ms to 30 s.
@@ -78,6 +88,20 @@ impl Metrics {
                 .register(Box::new(h.clone()))
                 .expect("unique histogram");
             h
+        };
+        let plain_counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid counter");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique counter");
+            c
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique gauge");
+            g
         };
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid gauge");
@@ -129,28 +153,38 @@ impl Metrics {
                 "tollgate_config_last_reload_success_timestamp_seconds",
                 "Unix time of the last successful config load.",
             ),
-            config_info: {
-                let g = IntGaugeVec::new(
-                    Opts::new("tollgate_config_info", "The live config version (value 1)."),
-                    &["version"],
-                )
-                .expect("valid gauge");
-                registry
-                    .register(Box::new(g.clone()))
-                    .expect("unique gauge");
-                g
-            },
-            access_log_dropped: {
-                let c = IntCounter::new(
-                    "tollgate_access_log_dropped_total",
-                    "Access log lines dropped because the writer fell behind.",
-                )
-                .expect("valid counter");
-                registry
-                    .register(Box::new(c.clone()))
-                    .expect("unique counter");
-                c
-            },
+            config_info: gauge_vec(
+                "tollgate_config_info",
+                "The live config version (value 1).",
+                &["version"],
+            ),
+            access_log_dropped: plain_counter(
+                "tollgate_access_log_dropped_total",
+                "Access log lines dropped because the writer fell behind.",
+            ),
+            auth_requests: counter(
+                "tollgate_auth_requests_total",
+                "Authentication decisions by route, provider and result (ok, missing, invalid, expired, forbidden, unavailable).",
+                &["route", "provider", "result"],
+            ),
+            jwks_refresh: counter(
+                "tollgate_jwks_refresh_total",
+                "Remote JWKS fetches by provider and result (success, failure).",
+                &["provider", "result"],
+            ),
+            jwks_keys: gauge_vec(
+                "tollgate_jwks_keys",
+                "Signature keys a provider holds.",
+                &["provider"],
+            ),
+            jwt_cache_hits: plain_counter(
+                "tollgate_jwt_cache_hits_total",
+                "Tokens accepted from the verified-token cache.",
+            ),
+            jwt_cache_misses: plain_counter(
+                "tollgate_jwt_cache_misses_total",
+                "Tokens not in the verified-token cache (verified in full).",
+            ),
             registry,
         };
         #[cfg(target_os = "linux")]

@@ -10,6 +10,7 @@ use http::{HeaderValue, Method};
 
 use super::headers::TraceContext;
 use super::server::ActivityGuard;
+use crate::auth::Identity;
 use crate::observability::access_log::{self, Entry};
 use crate::observability::metrics::metrics;
 use crate::snapshot::Snapshot;
@@ -48,6 +49,8 @@ pub struct RequestCtx {
     pub log_target: Option<(String, String)>,
     /// Keeps the connection from idling out until the request finishes.
     pub activity: Option<ActivityGuard>,
+    /// The verified caller (routes with `auth`).
+    pub identity: Option<Arc<Identity>>,
 }
 
 /// How a response body ended.
@@ -127,6 +130,8 @@ impl Finish {
                 upstream: up,
                 endpoint: ep,
                 reason,
+                tenant: c.identity.as_ref().and_then(|i| i.tenant.as_deref()),
+                sub: c.identity.as_ref().and_then(|i| i.sub.as_deref()),
             });
         }
     }

@@ -8,6 +8,7 @@ use http::header::{CONNECTION, CONTENT_TYPE, HeaderValue};
 use http::{Method, Response, StatusCode};
 use serde::Serialize;
 
+use crate::auth::Failure;
 use crate::routing::normalize::PathError;
 
 /// Who caused a failure.
@@ -47,6 +48,8 @@ pub enum ProxyError {
     NoEndpoint,
     /// The upstream did not answer within the route timeout.
     UpstreamTimeout,
+    /// Authentication refused the request (401, 403) or could not run (503).
+    Auth(Failure),
 }
 
 #[derive(Serialize)]
@@ -103,6 +106,21 @@ impl ProxyError {
                 Party::Upstream,
                 false,
             ),
+            E::Auth(Failure::Missing) => {
+                (S::UNAUTHORIZED, "unauthorized", Party::Downstream, false)
+            }
+            E::Auth(Failure::Invalid(_) | Failure::Expired) => {
+                (S::UNAUTHORIZED, "invalid_token", Party::Downstream, false)
+            }
+            E::Auth(Failure::Forbidden) => {
+                (S::FORBIDDEN, "insufficient_scope", Party::Downstream, false)
+            }
+            E::Auth(Failure::Unavailable) => (
+                S::SERVICE_UNAVAILABLE,
+                "auth_unavailable",
+                Party::Gateway,
+                false,
+            ),
         }
     }
 
@@ -122,6 +140,7 @@ impl ProxyError {
             }
             ProxyError::NoEndpoint => "no upstream endpoint is available".to_owned(),
             ProxyError::UpstreamTimeout => "the upstream did not respond in time".to_owned(),
+            ProxyError::Auth(f) => auth_message(*f).to_owned(),
         }
     }
 
@@ -142,6 +161,28 @@ impl ProxyError {
         if close {
             h.insert(CONNECTION, HeaderValue::from_static("close"));
         }
+        if let ProxyError::Auth(f) = self {
+            let challenge = match f {
+                Failure::Missing => Some(HeaderValue::from_static(r#"Bearer realm="tollgate""#)),
+                Failure::Invalid(_) | Failure::Expired => HeaderValue::try_from(format!(
+                    r#"Bearer realm="tollgate", error="invalid_token", error_description="{}""#,
+                    auth_message(*f)
+                ))
+                .ok(),
+                Failure::Forbidden => HeaderValue::try_from(format!(
+                    r#"Bearer realm="tollgate", error="insufficient_scope", error_description="{}""#,
+                    auth_message(*f)
+                ))
+                .ok(),
+                Failure::Unavailable => {
+                    h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
+                    None
+                }
+            };
+            if let Some(c) = challenge {
+                h.insert(http::header::WWW_AUTHENTICATE, c);
+            }
+        }
         if let ProxyError::MethodNotAllowed(methods) = self {
             let allow = methods
                 .iter()
@@ -153,6 +194,17 @@ impl ProxyError {
             }
         }
         resp
+    }
+}
+
+/// The message of an authentication failure. Fixed texts: never the token.
+fn auth_message(f: Failure) -> &'static str {
+    match f {
+        Failure::Missing => "a bearer token is required",
+        Failure::Invalid(why) => why,
+        Failure::Expired => "the token has expired",
+        Failure::Forbidden => "the token lacks a required claim value",
+        Failure::Unavailable => "the token issuer's keys are not available yet",
     }
 }
 
@@ -182,6 +234,23 @@ mod tests {
             (ProxyError::UpstreamReset, 502, "upstream_reset"),
             (ProxyError::NoEndpoint, 503, "no_endpoint"),
             (ProxyError::UpstreamTimeout, 504, "upstream_timeout"),
+            (ProxyError::Auth(Failure::Missing), 401, "unauthorized"),
+            (ProxyError::Auth(Failure::Expired), 401, "invalid_token"),
+            (
+                ProxyError::Auth(Failure::Invalid("x")),
+                401,
+                "invalid_token",
+            ),
+            (
+                ProxyError::Auth(Failure::Forbidden),
+                403,
+                "insufficient_scope",
+            ),
+            (
+                ProxyError::Auth(Failure::Unavailable),
+                503,
+                "auth_unavailable",
+            ),
         ];
         for (err, status, code) in table {
             let (s, c, _, _) = err.describe();

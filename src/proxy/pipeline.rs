@@ -4,7 +4,9 @@
 //!    context, client address; refuse what a proxy must not forward.
 //! 2. `route`: normalize the path, look up the route (404 / 405); `respond`
 //!    and `redirect` routes answer here.
-//! 3. – 5. `authenticate`, `rate_limit`, `cache_lookup`: later issues.
+//! 3. `authenticate` (auth/): the route's JWT policy; claims and tenant
+//!    go into the context, forwarded claims into the request headers.
+//! 4. – 5. `rate_limit`, `cache_lookup`: later issues.
 //! 6. `select` / 7. `forward`: pick the upstream (split), build the
 //!    upstream request (hop-by-hop removal, forwarding headers, rewrites),
 //!    send it under the route timeout, stream the response back.
@@ -108,6 +110,7 @@ fn context(req: &Request<Incoming>, conn: ConnInfo, snapshot: Arc<Snapshot>) -> 
         upstream_duration: None,
         reason: "",
         bytes_in: None,
+        identity: None,
         log_target,
         request_id,
         snapshot,
@@ -154,6 +157,16 @@ async fn run(
     };
     ctx.route = Some(id);
     let route = snapshot.routes.get(id).ok_or(ProxyError::NoRoute)?;
+
+    // 3. authenticate
+    if let Some(policy) = &route.auth {
+        // A `Uri` clone shares its bytes: no copy of the query.
+        let uri = req.uri().clone();
+        ctx.identity = policy
+            .check(req.headers_mut(), uri.query())
+            .await
+            .map_err(ProxyError::Auth)?;
+    }
     let upstream = match &route.action {
         Action::Respond {
             status,

@@ -8,6 +8,7 @@
     reason = "test code: a failed step is a failed test"
 )]
 
+mod auth;
 mod binary;
 mod cli;
 mod errors;

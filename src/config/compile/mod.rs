@@ -10,10 +10,12 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::time::Duration;
 
 use ipnet::IpNet;
 
+mod auth;
 mod route;
 mod upstream;
 
@@ -42,15 +44,27 @@ impl Errors {
     }
 }
 
-/// Compiles `spec`, reusing unchanged state from `previous`.
+/// Compiles `spec`, reusing unchanged state from `previous`. Files the
+/// config names (keys) are read relative to `base`, and their contents
+/// are part of the version.
 pub fn compile(
     spec: Spec,
     version: String,
     previous: Option<&Snapshot>,
+    base: &Path,
 ) -> Result<Snapshot, Errors> {
     let mut errs = Errors::default();
     let settings = settings(&spec, &mut errs);
     let upstreams = upstreams(&spec, previous, &mut errs);
+    let (providers, files_hash) = auth::providers(&spec, previous, base, &mut errs);
+    let version = if files_hash == 0 {
+        version
+    } else {
+        format!(
+            "{:016x}",
+            crate::upstream::balance::hash64(format!("{version}:{files_hash:x}").as_bytes())
+        )
+    };
     let mut names: HashMap<&str, usize> = HashMap::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut matchers = Vec::new();
@@ -93,7 +107,18 @@ pub fn compile(
             }
             matchers.push(m);
         }
-        if let Some(route) = route(r, &p, &upstreams, &mut errs) {
+        let auth = r.auth.as_ref().and_then(|a| {
+            auth::route_auth(
+                &r.name,
+                a,
+                &format!("{p}.auth"),
+                &providers,
+                &spec,
+                &mut errs,
+            )
+        });
+        if let Some(mut route) = route(r, &p, &upstreams, &mut errs) {
+            route.auth = auth;
             routes.push(route);
         }
     }
@@ -105,6 +130,7 @@ pub fn compile(
         router: Router::new(matchers),
         routes,
         upstreams,
+        auth: providers,
         settings,
         unrouted_metrics: RouteMetrics::new(""),
         spec,

@@ -314,6 +314,7 @@ pub(super) fn route(
         timeout,
         request_headers,
         response_headers,
+        auth: None,
     })
 }
 

@@ -1,0 +1,385 @@
+//! `auth.providers` and each route's `auth`: key sources read and checked
+//! against the algorithms, token sources parsed, rules built. A remote key
+//! store whose source did not change is carried over with its keys.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use http::HeaderName;
+use jsonwebtoken::Algorithm;
+
+use super::Errors;
+use crate::auth::jwks::{self, KeyStore, Remote, RemoteSettings};
+use crate::auth::keys::{self, KeySet};
+use crate::auth::token::Source;
+use crate::auth::{Provider, ProviderOptions, RouteAuth, Rules};
+use crate::config::spec::{ProviderSpec, RouteAuthSpec, Spec};
+use crate::snapshot::Snapshot;
+
+/// Compiled providers, plus a hash of every key file read (mixed into the
+/// config version, so that a changed key file is a change).
+pub(super) fn providers(
+    spec: &Spec,
+    previous: Option<&Snapshot>,
+    base: &Path,
+    errs: &mut Errors,
+) -> (BTreeMap<String, Arc<Provider>>, u64) {
+    let mut out = BTreeMap::new();
+    let mut files_hash = 0u64;
+    for (name, p) in &spec.auth.providers {
+        let path = format!("auth.providers.{name}");
+        let prev = previous.and_then(|s| s.auth.get(name));
+        if let Some(provider) = provider(name, p, &path, prev, base, errs, &mut files_hash) {
+            out.insert(name.clone(), Arc::new(provider));
+        }
+    }
+    (out, files_hash)
+}
+
+fn algorithm_list(p: &ProviderSpec, path: &str, errs: &mut Errors) -> Vec<Algorithm> {
+    if p.algorithms.is_empty() {
+        errs.push(
+            format!("{path}.algorithms"),
+            "list the accepted algorithms (e.g. [RS256])",
+        );
+    }
+    let mut out = Vec::new();
+    for (i, a) in p.algorithms.iter().enumerate() {
+        match a.parse::<Algorithm>() {
+            Ok(alg) => out.push(alg),
+            Err(_) => errs.push(
+                format!("{path}.algorithms[{i}]"),
+                format!(
+                    "`{a}` is not an algorithm (HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA)"
+                ),
+            ),
+        }
+    }
+    out
+}
+
+fn read(
+    base: &Path,
+    file: &str,
+    field: &str,
+    errs: &mut Errors,
+    hash: &mut u64,
+) -> Option<Vec<u8>> {
+    let full = base.join(file);
+    match std::fs::read(&full) {
+        Ok(bytes) => {
+            *hash ^= crate::upstream::balance::hash64(&bytes).rotate_left(7) ^ bytes.len() as u64;
+            Some(bytes)
+        }
+        Err(e) => {
+            errs.push(field, format!("cannot read {}: {e}", full.display()));
+            None
+        }
+    }
+}
+
+fn is_hmac(a: Algorithm) -> bool {
+    matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn provider(
+    name: &str,
+    p: &ProviderSpec,
+    path: &str,
+    previous: Option<&Arc<Provider>>,
+    base: &Path,
+    errs: &mut Errors,
+    files_hash: &mut u64,
+) -> Option<Provider> {
+    let before = errs.0.len();
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        errs.push(path, "provider names use letters, digits, `-`, `_` and `.`");
+    }
+    let algorithms = algorithm_list(p, path, errs);
+    let given: Vec<&str> = [
+        ("jwks_uri", p.jwks_uri.is_some()),
+        ("discovery", p.discovery),
+        ("jwks_file", p.jwks_file.is_some()),
+        ("secret", p.secret.is_some()),
+        ("public_key_file", p.public_key_file.is_some()),
+    ]
+    .iter()
+    .filter(|(_, on)| *on)
+    .map(|(k, _)| *k)
+    .collect();
+    if given.len() != 1 {
+        errs.push(
+            path,
+            format!(
+                "give exactly one key source: jwks_uri, discovery, jwks_file, secret or public_key_file (got {})",
+                if given.is_empty() { "none".to_owned() } else { given.join(", ") }
+            ),
+        );
+    }
+    let hmac = algorithms.iter().copied().filter(|a| is_hmac(*a)).count();
+    let alg_field = format!("{path}.algorithms");
+    if p.secret.is_some() {
+        if hmac != algorithms.len() {
+            errs.push(
+                &alg_field,
+                "a `secret` verifies HS256/HS384/HS512 only; an asymmetric algorithm cannot use it",
+            );
+        }
+    } else if hmac > 0 {
+        errs.push(
+            &alg_field,
+            "HS256/HS384/HS512 need a `secret`; they are never verified with public keys",
+        );
+    }
+    let check = |d: std::time::Duration, field: &str, errs: &mut Errors| {
+        if d.is_zero() {
+            errs.push(format!("{path}.{field}"), "must be more than zero");
+        }
+    };
+    check(p.jwks_refresh.0, "jwks_refresh", errs);
+    check(
+        p.jwks_min_refresh_interval.0,
+        "jwks_min_refresh_interval",
+        errs,
+    );
+    check(p.jwks_fetch_timeout.0, "jwks_fetch_timeout", errs);
+    if p.max_token_bytes.0 < 64 || p.max_token_bytes.0 > 1 << 20 {
+        errs.push(
+            format!("{path}.max_token_bytes"),
+            "must be from 64 bytes to 1MiB",
+        );
+    }
+    if p.audiences.iter().any(|a| a.as_str().is_empty()) {
+        errs.push(format!("{path}.audiences"), "an audience is empty");
+    }
+    let mut sources = Vec::new();
+    if p.token_from.is_empty() {
+        errs.push(format!("{path}.token_from"), "give at least one source");
+    }
+    for (i, t) in p.token_from.iter().enumerate() {
+        match Source::parse(t) {
+            Ok(s) => sources.push(s),
+            Err(e) => errs.push(format!("{path}.token_from[{i}]"), e),
+        }
+    }
+    let dotted = |s: &str| -> Option<Vec<String>> {
+        let parts: Vec<String> = s.split('.').map(str::to_owned).collect();
+        parts.iter().all(|p| !p.is_empty()).then_some(parts)
+    };
+    let tenant_claim = match &p.tenant_claim {
+        None => None,
+        Some(t) => {
+            let d = dotted(t);
+            if d.is_none() {
+                errs.push(
+                    format!("{path}.tenant_claim"),
+                    format!("`{t}` is not a claim path"),
+                );
+            }
+            d
+        }
+    };
+    let mut forward_claims = Vec::new();
+    for (claim, header) in &p.forward_claims {
+        let field = format!("{path}.forward_claims.{claim}");
+        match (dotted(claim), HeaderName::try_from(header.as_str())) {
+            (Some(c), Ok(h)) => forward_claims.push((c, h)),
+            (None, _) => errs.push(field, format!("`{claim}` is not a claim path")),
+            (_, Err(_)) => errs.push(field, format!("`{header}` is not a header name")),
+        }
+    }
+    let issuer = p.issuer.as_ref().map(|i| i.as_str().to_owned());
+    if p.discovery && issuer.is_none() {
+        errs.push(
+            format!("{path}.issuer"),
+            "discovery needs the issuer (its OpenID configuration is read from it)",
+        );
+    }
+
+    // Keys.
+    let remote = if let Some(uri) = &p.jwks_uri {
+        match uri.as_str().parse::<http::Uri>() {
+            Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {
+                if u.scheme_str() == Some("http") {
+                    tracing::warn!(
+                        provider = name,
+                        "jwks_uri is plain http: keys can be altered in transit"
+                    );
+                }
+                Some(Remote::Jwks(u))
+            }
+            _ => {
+                errs.push(
+                    format!("{path}.jwks_uri"),
+                    format!("`{uri}` is not an http(s) URL"),
+                );
+                None
+            }
+        }
+    } else if p.discovery {
+        issuer.clone().map(Remote::Discovery)
+    } else {
+        None
+    };
+    let keys = if let Some(remote) = remote {
+        let ca = match &p.ca_file {
+            Some(f) => read(
+                base,
+                f.as_str(),
+                &format!("{path}.ca_file"),
+                errs,
+                files_hash,
+            ),
+            None => None,
+        };
+        match jwks::tls_config(ca.as_deref()) {
+            Ok(tls) => {
+                let settings = RemoteSettings {
+                    remote,
+                    tls,
+                    ca_hash: ca.as_deref().map_or(0, crate::upstream::balance::hash64),
+                    refresh: p.jwks_refresh.0,
+                    min_refresh: p.jwks_min_refresh_interval.0,
+                    ready_timeout: p.jwks_ready_timeout.0,
+                    fetch_timeout: p.jwks_fetch_timeout.0,
+                };
+                // Carried over when the key source is the same: no refetch
+                // gap, no fresh burst of fetches.
+                let kept = previous.map(|prev| &prev.keys).filter(|k| {
+                    k.remote_settings()
+                        .is_some_and(|s| s.same_source(&settings))
+                });
+                Some(match kept {
+                    Some(k) => Arc::clone(k),
+                    None => Arc::new(KeyStore::remote(name, settings)),
+                })
+            }
+            Err(e) => {
+                errs.push(format!("{path}.ca_file"), e);
+                None
+            }
+        }
+    } else if let Some(file) = &p.jwks_file {
+        let field = format!("{path}.jwks_file");
+        read(base, file.as_str(), &field, errs, files_hash).and_then(
+            |bytes| match KeySet::from_jwks(&bytes) {
+                Ok((set, _)) if set.is_empty() => {
+                    errs.push(field, "no usable signature keys in the file");
+                    None
+                }
+                Ok((set, _)) => {
+                    for a in &algorithms {
+                        if !set.algorithms().any(|x| x == *a) {
+                            errs.push(
+                                &alg_field,
+                                format!("{a:?} fits no key in {}", file.as_str()),
+                            );
+                        }
+                    }
+                    Some(Arc::new(KeyStore::fixed(name, set)))
+                }
+                Err(e) => {
+                    errs.push(field, e);
+                    None
+                }
+            },
+        )
+    } else if let Some(file) = &p.public_key_file {
+        let field = format!("{path}.public_key_file");
+        read(base, file.as_str(), &field, errs, files_hash).and_then(|bytes| {
+            match keys::from_pem(&bytes) {
+                Ok(key) => {
+                    for a in &algorithms {
+                        if !key.fits(*a) {
+                            errs.push(
+                                &alg_field,
+                                format!("{a:?} does not fit the key in {}", file.as_str()),
+                            );
+                        }
+                    }
+                    Some(Arc::new(KeyStore::fixed(name, KeySet::new(vec![key]))))
+                }
+                Err(e) => {
+                    errs.push(field, format!("{}: {e}", file.as_str()));
+                    None
+                }
+            }
+        })
+    } else if let Some(secret) = &p.secret {
+        let s = secret.0.as_str();
+        if s.len() < 32 {
+            errs.push(
+                format!("{path}.secret"),
+                "use at least 32 bytes (256 bits) of secret",
+            );
+        }
+        Some(Arc::new(KeyStore::fixed(
+            name,
+            KeySet::new(vec![keys::from_secret(s.as_bytes())]),
+        )))
+    } else {
+        None
+    };
+    if errs.0.len() > before {
+        return None;
+    }
+    let keys = keys?;
+    let audiences: Vec<String> = p.audiences.iter().map(|a| a.as_str().to_owned()).collect();
+    let rules = Rules::new(issuer, &audiences, algorithms, p.leeway.0);
+    Some(Provider::new(
+        name,
+        keys,
+        rules,
+        ProviderOptions {
+            sources,
+            max_token_bytes: p.max_token_bytes.0 as usize,
+            tenant_claim,
+            forward_claims,
+            forward_token: p.forward_token,
+            cache_entries: p.cache.max_entries,
+            cache_ttl: p.cache.max_ttl.0,
+        },
+    ))
+}
+
+/// A route's `auth` policy.
+pub(super) fn route_auth(
+    route: &str,
+    a: &RouteAuthSpec,
+    path: &str,
+    providers: &BTreeMap<String, Arc<Provider>>,
+    spec: &Spec,
+    errs: &mut Errors,
+) -> Option<RouteAuth> {
+    let mut require = Vec::new();
+    for (claim, values) in &a.require {
+        let parts: Vec<String> = claim.split('.').map(str::to_owned).collect();
+        if parts.iter().any(String::is_empty) || values.is_empty() {
+            errs.push(
+                format!("{path}.require.{claim}"),
+                "give a claim path and at least one value",
+            );
+            continue;
+        }
+        require.push((parts, values.clone()));
+    }
+    match providers.get(&a.provider) {
+        Some(p) => Some(RouteAuth::new(route, Arc::clone(p), a.optional, require)),
+        None => {
+            // A provider with its own errors is reported there, not twice.
+            if !spec.auth.providers.contains_key(&a.provider) {
+                errs.push(
+                    format!("{path}.provider"),
+                    format!("unknown provider \"{}\"", a.provider),
+                );
+            }
+            None
+        }
+    }
+}
