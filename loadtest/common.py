@@ -127,12 +127,12 @@ def peak_rss_mib(root):
     return kb / 1024
 
 
-def wait_ready(port, timeout=15):
+def wait_ready(port, timeout=15, path="/"):
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
             c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            c.request("GET", "/")
+            c.request("GET", path)
             r = c.getresponse()
             body = r.read()
             c.close()

@@ -81,8 +81,9 @@ fn validate(cli: &Cli) -> ExitCode {
             let upstreams = s.upstreams.len();
             let endpoints: usize = s.upstreams.values().map(|u| u.endpoints.len()).sum();
             println!(
-                "OK {}: {routes} routes, {upstreams} upstreams, {endpoints} endpoints (version {})",
+                "OK {}: {routes} routes, {upstreams} upstreams, {endpoints} endpoints, {} auth providers (version {})",
                 cli.config.display(),
+                s.auth.len(),
                 s.version
             );
             ExitCode::SUCCESS

@@ -225,6 +225,9 @@ pub struct ProviderOptions {
 impl Provider {
     /// A provider.
     pub fn new(name: &str, keys: Arc<KeyStore>, rules: Rules, o: ProviderOptions) -> Self {
+        // Chosen explicitly: jsonwebtoken panics at the first verification
+        // when it cannot tell which backend to use (both features on).
+        let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
         let m = metrics();
         let cache = (o.cache_entries > 0).then(|| {
             moka::sync::Cache::builder()
@@ -261,9 +264,10 @@ impl Provider {
             key
         });
         if let (Some(cache), Some(key)) = (&self.cache, &digest) {
+            // An entry expires with its token (`UntilExp`): a hit is never
+            // past `exp`, so only the key generation is checked here.
             if let Some(hit) = cache.get(key)
                 && hit.generation == self.keys.generation()
-                && hit.identity.exp + self.rules.validation.leeway >= unix_now()
             {
                 self.hits.inc();
                 return Ok(Arc::clone(&hit.identity));

@@ -695,3 +695,62 @@ routes:
     );
     assert_eq!(status(url("/file"), tb).await, 200);
 }
+
+#[tokio::test]
+async fn https_jwks_is_verified_against_webpki_roots_plus_ca_file() {
+    let up = Upstream::start("app").await;
+    let key = SigningKey::rsa("k1");
+    let pki = crate::support::tls::ca_and_leaf();
+    let server =
+        JwksServer::start_tls(jwks(&[&key]), crate::support::tls::server_config(&pki)).await;
+    let path = config_path();
+    let dir = path.parent().unwrap().to_owned();
+    std::fs::write(dir.join("ca.pem"), &pki.ca_pem).unwrap();
+    let yaml = format!(
+        r#"upstreams:
+  app: {{ endpoints: ["{}"] }}
+auth:
+  providers:
+    trusted: {{ algorithms: [RS256], jwks_uri: "{url}", ca_file: ca.pem }}
+    untrusted: {{ algorithms: [RS256], jwks_uri: "{url}", jwks_ready_timeout: 1ms }}
+routes:
+  - {{ name: trusted, match: {{ path_prefix: /trusted }}, upstream: app, auth: {{ provider: trusted }} }}
+  - {{ name: untrusted, match: {{ path_prefix: /untrusted }}, upstream: app, auth: {{ provider: untrusted }} }}
+"#,
+        up.url(),
+        url = server.https_url()
+    );
+    std::fs::write(&path, with_server(&yaml)).unwrap();
+    let gw = tollgate::app::Gateway::start(
+        path,
+        tollgate::app::StartOptions {
+            watch_file: false,
+            sighup: false,
+        },
+    )
+    .await
+    .unwrap();
+    let c = client();
+    let t = key.sign(&json!({"sub": "s", "exp": now() + 600}));
+    let url = |p: &str| format!("http://{}{p}", gw.listen[0]);
+    let mut status = 0;
+    for _ in 0..200 {
+        status = get_with(&c, &url("/trusted"), &[("authorization", &bearer(&t))])
+            .await
+            .status;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(status, 200, "JWKS over TLS with the CA from ca_file");
+    // Without the CA the certificate is not trusted: no keys, nobody let in.
+    let g = get_with(&c, &url("/untrusted"), &[("authorization", &bearer(&t))]).await;
+    assert_eq!(g.status, 503);
+    assert_eq!(g.json()["error"], "auth_unavailable");
+    assert_eq!(
+        server.fetches(),
+        1,
+        "only the trusted provider got the document"
+    );
+}

@@ -171,16 +171,26 @@ pub struct JwksServer {
 impl JwksServer {
     pub async fn start(doc: Value) -> JwksServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Self::serve(listener, doc)
+        Self::serve(listener, doc, None)
+    }
+
+    /// Over TLS with `tls` (https://127.0.0.1:PORT/jwks).
+    pub async fn start_tls(doc: Value, tls: Arc<rustls::ServerConfig>) -> JwksServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener, doc, Some(tls))
     }
 
     /// On a port chosen earlier (for "down at start, then up").
     pub async fn start_on(addr: SocketAddr, doc: Value) -> JwksServer {
         let listener = TcpListener::bind(addr).await.unwrap();
-        Self::serve(listener, doc)
+        Self::serve(listener, doc, None)
     }
 
-    fn serve(listener: TcpListener, doc: Value) -> JwksServer {
+    fn serve(
+        listener: TcpListener,
+        doc: Value,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> JwksServer {
         let addr = listener.local_addr().unwrap();
         let doc = Arc::new(Mutex::new(doc));
         let fetches = Arc::new(AtomicU64::new(0));
@@ -194,6 +204,7 @@ impl JwksServer {
                     _ = stop_rx.changed() => return,
                 };
                 let (d, f, cc) = (d.clone(), f.clone(), cc.clone());
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let (d, f, cc) = (d.clone(), f.clone(), cc.clone());
@@ -222,9 +233,19 @@ impl JwksServer {
                             Ok::<_, Infallible>(resp)
                         }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        Some(cfg) => {
+                            if let Ok(s) = tokio_rustls::TlsAcceptor::from(cfg).accept(stream).await
+                            {
+                                let _ = builder.serve_connection(TokioIo::new(s), svc).await;
+                            }
+                        }
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                    }
                 });
             }
         });
@@ -239,6 +260,10 @@ impl JwksServer {
 
     pub fn url(&self) -> String {
         format!("http://{}/jwks", self.addr)
+    }
+
+    pub fn https_url(&self) -> String {
+        format!("https://{}/jwks", self.addr)
     }
 
     pub fn set(&self, doc: Value) {

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod jwt;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::convert::Infallible;

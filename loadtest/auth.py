@@ -1,0 +1,220 @@
+#!/usr/bin/env python3
+"""The cost of JWT authentication: one Tollgate, the same upstream, three
+routes side by side in one run.
+
+    python3 loadtest/auth.py [--rounds 5] [--duration 8] [--conns 64]
+
+Routes (all to the same upstream, an NGINX answering 1 KiB from memory):
+
+    /public        no auth
+    /auth          RS256 (2048-bit key, local JWKS file), verified-token cache on
+    /auth-nocache  the same provider rules with the cache off: every request
+                   verifies the signature (the cost the cache saves)
+
+wrk sends the same valid token on every request to every route (as a
+client holding one access token does), so the three runs differ only in
+what the gateway does with it; on /public it is forwarded unread. Layout as compare.py: Tollgate (`workers: 1`) pinned to
+CPU 0, the upstream and wrk (1 thread) on CPU 1. Rounds are interleaved with
+the route order rotated each round; reported: req/s, p50, p99, Tollgate's
+CPU time per request, and ratios to /public paired per round (medians).
+
+The RSA key and the token are made here with the standard library only
+(Miller-Rabin primes, PKCS#1 v1.5 signature), so the script needs nothing
+but Python 3, nginx-light and wrk (installed with apt-get when missing).
+"""
+
+import argparse
+import base64
+import hashlib
+import http.client
+import json
+import os
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import tempfile
+import time
+
+from common import (ROOT, UP_PORT, UPSTREAM_CONF, BODY, Procs, cpu_seconds, ensure_tools, log, parse_wrk,
+                    wait_ready)
+
+PORT = 18410
+
+CONF = """
+server:
+  listen: ["127.0.0.1:{port}"]
+  admin_listen: "127.0.0.1:{admin}"
+  workers: 1
+  access_log: {{ enabled: false }}
+upstreams:
+  origin:
+    endpoints: ["http://127.0.0.1:{up}"]
+    pool: {{ max_idle_per_endpoint: 512 }}
+auth:
+  providers:
+    cached: {{ issuer: "https://issuer.test/", audiences: [api], algorithms: [RS256], jwks_file: jwks.json, tenant_claim: tenant }}
+    uncached: {{ issuer: "https://issuer.test/", audiences: [api], algorithms: [RS256], jwks_file: jwks.json, tenant_claim: tenant, cache: {{ max_entries: 0 }} }}
+routes:
+  - {{ name: public, match: {{ path_prefix: /public }}, upstream: origin }}
+  - {{ name: auth, match: {{ path_prefix: /auth }}, upstream: origin, auth: {{ provider: cached }} }}
+  - {{ name: auth-nocache, match: {{ path_prefix: /auth-nocache }}, upstream: origin, auth: {{ provider: uncached }} }}
+"""
+
+
+def b64u(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def is_probable_prime(n, rounds=40):
+    if n < 2:
+        return False
+    for p in (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37):
+        if n % p == 0:
+            return n == p
+    d, s = n - 1, 0
+    while d % 2 == 0:
+        d, s = d // 2, s + 1
+    for _ in range(rounds):
+        x = pow(secrets.randbelow(n - 3) + 2, d, n)
+        if x in (1, n - 1):
+            continue
+        for _ in range(s - 1):
+            x = pow(x, 2, n)
+            if x == n - 1:
+                break
+        else:
+            return False
+    return True
+
+
+def prime(bits):
+    while True:
+        c = secrets.randbits(bits) | (1 << (bits - 1)) | (1 << (bits - 2)) | 1
+        if is_probable_prime(c):
+            return c
+
+
+def rsa_key(bits=2048):
+    e = 65537
+    while True:
+        p, q = prime(bits // 2), prime(bits // 2)
+        phi = (p - 1) * (q - 1)
+        if p != q and phi % e:
+            n = p * q
+            return n, e, pow(e, -1, phi)
+
+
+def rs256_token(n, e, d, kid, claims):
+    header = b64u(json.dumps({"alg": "RS256", "typ": "JWT", "kid": kid}).encode())
+    payload = b64u(json.dumps(claims).encode())
+    message = f"{header}.{payload}".encode()
+    # EMSA-PKCS1-v1_5 with the SHA-256 DigestInfo prefix (RFC 8017 §9.2).
+    digest_info = bytes.fromhex("3031300d060960864801650304020105000420") + hashlib.sha256(message).digest()
+    k = (n.bit_length() + 7) // 8
+    em = b"\x00\x01" + b"\xff" * (k - len(digest_info) - 3) + b"\x00" + digest_info
+    sig = pow(int.from_bytes(em, "big"), d, n).to_bytes(k, "big")
+    return f"{header}.{payload}.{b64u(sig)}"
+
+
+def wrk(path, conns, duration, token):
+    argv = ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency"]
+    if token:
+        argv += ["-H", f"Authorization: Bearer {token}"]
+    out = subprocess.run(argv + [f"http://127.0.0.1:{PORT}{path}"], capture_output=True, text=True,
+                         timeout=duration + 30)
+    return out.stdout
+
+
+def check(path, token):
+    c = http.client.HTTPConnection("127.0.0.1", PORT, timeout=5)
+    c.request("GET", path, headers={"Authorization": f"Bearer {token}"} if token else {})
+    r = c.getresponse()
+    body = r.read()
+    if r.status != 200 or body != BODY:
+        raise SystemExit(f"{path}: got {r.status} {body[:200]!r}")
+    c.request("GET", path)
+    r = c.getresponse()
+    r.read()
+    want = 200 if path == "/public" else 401
+    if r.status != want:
+        raise SystemExit(f"{path} without a token: got {r.status}, not {want}")
+    c.close()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--duration", type=int, default=8)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--conns", type=int, default=64)
+    ap.add_argument("--no-build", action="store_true", help="use the existing target/release/tollgate")
+    args = ap.parse_args()
+    ensure_tools(not args.no_build)
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    tollgate = os.path.join(ROOT, "target/release/tollgate")
+    work = tempfile.mkdtemp(prefix="tollgate-authtest.")
+    os.chmod(work, 0o755)
+    procs = Procs()
+
+    def on_signal(*_):
+        procs.stop_all()
+        raise SystemExit(130)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    log("making a 2048-bit RSA key and a token")
+    n, e, d = rsa_key()
+    to_b = lambda i: i.to_bytes((i.bit_length() + 7) // 8, "big")
+    with open(f"{work}/jwks.json", "w") as f:
+        json.dump({"keys": [{"kty": "RSA", "kid": "k1", "alg": "RS256", "use": "sig",
+                             "n": b64u(to_b(n)), "e": b64u(to_b(e))}]}, f)
+    token = rs256_token(n, e, d, "k1", {"iss": "https://issuer.test/", "aud": "api", "sub": "user-1",
+                                        "tenant": "acme", "exp": int(time.time()) + 24 * 3600})
+    with open(f"{work}/upstream.conf", "w") as f:
+        f.write(UPSTREAM_CONF.format(work=work, port=UP_PORT, body=BODY.decode()))
+    with open(f"{work}/tollgate.yaml", "w") as f:
+        f.write(CONF.format(port=PORT, admin=PORT + 1, up=UP_PORT))
+    routes = {"/public": token, "/auth": token, "/auth-nocache": token}
+    results = {r: [] for r in routes}
+    try:
+        procs.start("upstream", [nginx, "-c", f"{work}/upstream.conf"], 1, f"{work}/upstream.log")
+        wait_ready(UP_PORT)
+        p = procs.start("tollgate", [tollgate, "run", "-c", f"{work}/tollgate.yaml", "--log-level", "warn"], 0,
+                        f"{work}/tollgate.log")
+        wait_ready(PORT, path="/public")
+        for path, tok in routes.items():
+            check(path, tok)
+        order = list(routes)
+        for rnd in range(args.rounds):
+            for path in order[rnd % len(order):] + order[:rnd % len(order)]:
+                wrk(path, args.conns, args.warmup, routes[path])
+                c0 = cpu_seconds(p.pid)
+                text = wrk(path, args.conns, args.duration, routes[path])
+                c1 = cpu_seconds(p.pid)
+                rps, p50, p99, errors = parse_wrk(text)
+                reqs = rps * args.duration
+                cpu_us = (c1 - c0) / reqs * 1e6 if reqs else float("nan")
+                results[path].append({"rps": rps, "p50": p50, "p99": p99, "cpu_us": cpu_us, "errors": errors})
+                log(f"round {rnd + 1}/{args.rounds} {path:14} req/s={rps:9.0f} p50={p50:7.0f}us "
+                    f"p99={p99:7.0f}us cpu/req={cpu_us:6.2f}us errors={errors}")
+    finally:
+        procs.stop_all()
+        shutil.rmtree(work, ignore_errors=True)
+
+    med = statistics.median
+    print(f"\nJWT auth cost: 1 KiB responses, {args.conns} connections, {args.rounds} rounds x {args.duration}s "
+          f"(wrk, 1 thread), one Tollgate (workers: 1); medians; ratios paired per round against /public\n")
+    print("| route | req/s | p50 µs | p99 µs | CPU µs/req | errors | req/s × | CPU/req × |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    base = results["/public"]
+    for path, rows in results.items():
+        ratio = lambda k: med([r[k] / b[k] for r, b in zip(rows, base)])
+        print(f"| {path} | {med([r['rps'] for r in rows]):,.0f} | {med([r['p50'] for r in rows]):,.0f} | "
+              f"{med([r['p99'] for r in rows]):,.0f} | {med([r['cpu_us'] for r in rows]):.2f} | "
+              f"{sum(r['errors'] for r in rows)} | {ratio('rps'):.2f} | {ratio('cpu_us'):.2f} |")
+
+
+if __name__ == "__main__":
+    main()
