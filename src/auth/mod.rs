@@ -16,7 +16,7 @@ pub mod keys;
 pub mod token;
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::header::AUTHORIZATION;
@@ -434,6 +434,53 @@ fn claim_text(v: &Value) -> Option<String> {
     }
 }
 
+/// The last token verified on one client connection: a keep-alive client
+/// that sends the same token again is recognized by comparing the bytes,
+/// without hashing the token or touching the shared cache. Per connection,
+/// so nothing is shared between clients.
+#[derive(Default)]
+pub struct ConnMemo {
+    slot: Mutex<Option<Memo>>,
+}
+
+struct Memo {
+    // A `Weak` keeps the provider's allocation, so its address cannot be
+    // reused by another provider while this memo names it.
+    provider: Weak<Provider>,
+    generation: u64,
+    token: Box<str>,
+    identity: Arc<Identity>,
+}
+
+impl ConnMemo {
+    fn get(&self, provider: &Arc<Provider>, token: &str) -> Option<Arc<Identity>> {
+        let slot = self.slot.lock().ok()?;
+        let m = slot.as_ref()?;
+        (std::ptr::eq(m.provider.as_ptr(), Arc::as_ptr(provider))
+            && m.generation == provider.keys.generation()
+            && *m.token == *token
+            && m.identity.exp > unix_now())
+        .then(|| Arc::clone(&m.identity))
+    }
+
+    fn put(
+        &self,
+        provider: &Arc<Provider>,
+        generation: u64,
+        token: &str,
+        identity: &Arc<Identity>,
+    ) {
+        if let Ok(mut slot) = self.slot.lock() {
+            *slot = Some(Memo {
+                provider: Arc::downgrade(provider),
+                generation,
+                token: token.into(),
+                identity: Arc::clone(identity),
+            });
+        }
+    }
+}
+
 /// A route's `auth`: the provider, whether a token is optional, and the
 /// claim values it requires.
 pub struct RouteAuth {
@@ -481,8 +528,9 @@ impl RouteAuth {
         &self,
         headers: &mut HeaderMap,
         query: Option<&str>,
+        memo: &ConnMemo,
     ) -> Result<Option<Arc<Identity>>, Failure> {
-        let r = self.check_inner(headers, query).await;
+        let r = self.check_inner(headers, query, memo).await;
         self.count(match &r {
             Ok(Some(_)) => Outcome::Ok,
             Ok(None) => Outcome::Missing,
@@ -495,6 +543,7 @@ impl RouteAuth {
         &self,
         headers: &mut HeaderMap,
         query: Option<&str>,
+        memo: &ConnMemo,
     ) -> Result<Option<Arc<Identity>>, Failure> {
         let p = &self.provider;
         let identity = {
@@ -509,7 +558,18 @@ impl RouteAuth {
                 None => return Err(Failure::Missing),
                 Some(t) if t.is_empty() => return Err(Failure::Invalid("the token is empty")),
                 Some(t) => {
-                    let id = p.verify(&t).await?;
+                    let id = match memo.get(p, &t) {
+                        Some(id) => {
+                            p.hits.inc();
+                            id
+                        }
+                        None => {
+                            let generation = p.keys.generation();
+                            let id = p.verify(&t).await?;
+                            memo.put(p, generation, &t, &id);
+                            id
+                        }
+                    };
                     if !self.authorized(&id) {
                         return Err(Failure::Forbidden);
                     }

@@ -10,7 +10,7 @@ use http::{HeaderValue, Method};
 
 use super::headers::TraceContext;
 use super::server::ActivityGuard;
-use crate::auth::Identity;
+use crate::auth::{ConnMemo, Identity};
 use crate::observability::access_log::{self, Entry};
 use crate::observability::metrics::metrics;
 use crate::snapshot::Snapshot;
@@ -51,6 +51,8 @@ pub struct RequestCtx {
     pub activity: Option<ActivityGuard>,
     /// The verified caller (routes with `auth`).
     pub identity: Option<Arc<Identity>>,
+    /// The connection's last verified token.
+    pub auth_memo: Arc<ConnMemo>,
 }
 
 /// How a response body ended.

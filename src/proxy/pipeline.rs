@@ -35,6 +35,7 @@ use super::ctx::{Finish, RequestCtx};
 use super::error::ProxyError;
 use super::headers::{self, TraceContext, X_REQUEST_ID};
 use super::server::ActivityGuard;
+use crate::auth::ConnMemo;
 use crate::body::{BodyError, RequestBody};
 use crate::observability::metrics::metrics;
 use crate::routing::normalize::normalize_path;
@@ -50,6 +51,8 @@ pub struct ConnInfo {
     pub peer_value: HeaderValue,
     /// Marks the request in flight on its connection until it finishes.
     pub activity: Option<ActivityGuard>,
+    /// The connection's last verified token.
+    pub auth_memo: Arc<ConnMemo>,
 }
 
 /// Runs one request through the pipeline. Never fails: every error becomes
@@ -102,6 +105,7 @@ fn context(req: &Request<Incoming>, conn: ConnInfo, snapshot: Arc<Snapshot>) -> 
         peer: conn.peer.ip(),
         peer_value: conn.peer_value,
         activity: conn.activity,
+        auth_memo: conn.auth_memo,
         trace: TraceContext::from_headers(h),
         start: Instant::now(),
         method: req.method().clone(),
@@ -163,7 +167,7 @@ async fn run(
         // A `Uri` clone shares its bytes: no copy of the query.
         let uri = req.uri().clone();
         ctx.identity = policy
-            .check(req.headers_mut(), uri.query())
+            .check(req.headers_mut(), uri.query(), &ctx.auth_memo)
             .await
             .map_err(ProxyError::Auth)?;
     }

@@ -245,12 +245,14 @@ async fn connection(
         let svc_state = Arc::clone(&state);
         let peer_value = http::HeaderValue::try_from(peer.ip().to_string())
             .unwrap_or(http::HeaderValue::from_static("unknown"));
+        let memo = Arc::new(crate::auth::ConnMemo::default());
         let svc = service_fn(move |req| {
             let live = Arc::clone(&live);
             let info = ConnInfo {
                 peer,
                 peer_value: peer_value.clone(),
                 activity: Some(ActivityGuard::new(&svc_state)),
+                auth_memo: Arc::clone(&memo),
             };
             async move { Ok::<_, Infallible>(pipeline::handle(req, info, &live).await) }
         });

@@ -372,6 +372,9 @@ async fn rotation_unknown_kid_refreshes_and_removed_keys_stop_working() {
     let s = setup().await;
     assert_eq!(s.jwks.fetches(), 1);
     let old = s.key.sign(&claims(ISS, AUD));
+    // Verified and cached before the rotation.
+    let g = get_with(&s.c, &s.gw.url("/api"), &[("authorization", &bearer(&old))]).await;
+    assert_eq!(g.status, 200);
     let new_key = SigningKey::rsa("k2");
     s.jwks.set(jwks(&[&new_key]));
     // A token signed by the new key: unknown kid, one refresh, accepted.
@@ -744,6 +747,11 @@ routes:
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert_eq!(status, 200, "JWKS over TLS with the CA from ca_file");
+    // /readyz stops waiting for the untrusted provider after its 1ms.
+    assert_eq!(
+        get(&c, &format!("http://{}/readyz", gw.admin)).await.status,
+        200
+    );
     // Without the CA the certificate is not trusted: no keys, nobody let in.
     let g = get_with(&c, &url("/untrusted"), &[("authorization", &bearer(&t))]).await;
     assert_eq!(g.status, 503);
@@ -752,5 +760,32 @@ routes:
         server.fetches(),
         1,
         "only the trusted provider got the document"
+    );
+}
+
+#[tokio::test]
+async fn a_shorter_max_age_on_the_jwks_response_wins_over_jwks_refresh() {
+    let up = Upstream::start("app").await;
+    let key = SigningKey::rsa("k1");
+    let server = JwksServer::start(jwks(&[&key])).await;
+    *server.cache_control.lock().unwrap() = Some("public, max-age=1".into());
+    let yaml = format!(
+        r#"upstreams:
+  app: {{ endpoints: ["{}"] }}
+auth:
+  providers:
+    p: {{ algorithms: [RS256], jwks_uri: "{}", jwks_refresh: 10m, jwks_min_refresh_interval: 1s }}
+routes:
+  - {{ name: r, match: {{ path_prefix: / }}, upstream: app, auth: {{ provider: p }} }}
+"#,
+        up.url(),
+        server.url()
+    );
+    let _gw = TestGateway::start(&yaml).await;
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    let n = server.fetches();
+    assert!(
+        (3..=4).contains(&n),
+        "max-age=1 (floored at 1s) over 2.6s: {n} fetches"
     );
 }

@@ -188,3 +188,57 @@ fn gw_config(gw: &Binary) -> std::path::PathBuf {
     let i = args.iter().position(|a| a == "-c").unwrap();
     args[i + 1].clone().into()
 }
+
+/// Routes with auth log the token's tenant and sub, and never the token.
+#[tokio::test]
+async fn access_log_names_tenant_and_sub_never_the_token() {
+    use crate::support::jwt::{SigningKey, now};
+    let up = Upstream::start("app").await;
+    let secret = "an-access-log-test-secret-of-32-bytes!";
+    let server = "server:\n  listen: [\"127.0.0.1:0\"]\n  admin_listen: \"127.0.0.1:0\"\n";
+    let yaml = format!(
+        "{server}upstreams:\n  app: {{ endpoints: [\"{}\"] }}\nauth:\n  providers:\n    p: {{ algorithms: [HS256], secret: \"{secret}\", tenant_claim: org.id }}\nroutes:\n  - {{ name: r, match: {{ path_prefix: / }}, upstream: app, auth: {{ provider: p }} }}\n",
+        up.url()
+    );
+    let gw = Binary::start(&yaml);
+    let token = SigningKey::hmac(secret)
+        .sign(&serde_json::json!({"sub": "user-9", "org": {"id": "acme"}, "exp": now() + 60}));
+    let c = client();
+    let auth = format!("Bearer {token}");
+    assert_eq!(
+        get_with(&c, &gw.url("/a"), &[("authorization", &auth)])
+            .await
+            .status,
+        200
+    );
+    let bad = format!("Bearer {token}x");
+    assert_eq!(
+        get_with(&c, &gw.url("/b"), &[("authorization", &bad)])
+            .await
+            .status,
+        401
+    );
+    let mut lines = Vec::new();
+    for _ in 0..100 {
+        lines = gw.stdout.lock().unwrap().clone();
+        if lines.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let ok: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(
+        (ok["tenant"].as_str(), ok["sub"].as_str()),
+        (Some("acme"), Some("user-9"))
+    );
+    let refused: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
+    assert_eq!(refused["status"], 401);
+    assert_eq!(refused["reason"], "invalid_token");
+    assert!(refused.get("tenant").is_none());
+    let sig = token.rsplit('.').next().unwrap();
+    assert!(
+        lines.iter().all(|l| !l.contains(sig)),
+        "a log line holds the token"
+    );
+}
