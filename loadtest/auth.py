@@ -4,16 +4,20 @@ routes side by side in one run.
 
     python3 loadtest/auth.py [--rounds 5] [--duration 8] [--conns 64]
 
-Routes (all to the same upstream, an NGINX answering 1 KiB from memory):
+Runs (all to the same upstream, an NGINX answering 1 KiB from memory):
 
-    /public        no auth
-    /auth          RS256 (2048-bit key, local JWKS file), verified-token cache on
-    /auth-nocache  the same provider rules with the cache off: every request
-                   verifies the signature (the cost the cache saves)
+    /public          no auth; the token is sent and forwarded unread
+    /auth            RS256 (2048-bit key, local JWKS file), cache on; each
+                     connection resends its one token (as a client holding an
+                     access token does): the per-connection memo answers
+    /auth (rotating) the same route, but every request carries another of 200
+                     tokens: the shared verified-token cache (moka) answers
+    /auth-nocache    the same rules with the cache off: every request verifies
+                     the RS256 signature (the cost the cache saves)
 
-wrk sends the same valid token on every request to every route (as a
-client holding one access token does), so the three runs differ only in
-what the gateway does with it; on /public it is forwarded unread. Layout as compare.py: Tollgate (`workers: 1`) pinned to
+Every run sends a token of the same size, so they differ only in what the
+gateway does with it. The rotating run builds each request in wrk's Lua,
+which costs wrk (on CPU 1) time too: read its CPU per request, not its req/s. Layout as compare.py: Tollgate (`workers: 1`) pinned to
 CPU 0, the upstream and wrk (1 thread) on CPU 1. Rounds are interleaved with
 the route order rotated each round; reported: req/s, p50, p99, Tollgate's
 CPU time per request, and ratios to /public paired per round (medians).
@@ -118,9 +122,11 @@ def rs256_token(n, e, d, kid, claims):
     return f"{header}.{payload}.{b64u(sig)}"
 
 
-def wrk(path, conns, duration, token):
+def wrk(path, conns, duration, token, script=None):
     argv = ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency"]
-    if token:
+    if script:
+        argv += ["-s", script]
+    elif token:
         argv += ["-H", f"Authorization: Bearer {token}"]
     out = subprocess.run(argv + [f"http://127.0.0.1:{PORT}{path}"], capture_output=True, text=True,
                          timeout=duration + 30)
@@ -170,34 +176,44 @@ def main():
     with open(f"{work}/jwks.json", "w") as f:
         json.dump({"keys": [{"kty": "RSA", "kid": "k1", "alg": "RS256", "use": "sig",
                              "n": b64u(to_b(n)), "e": b64u(to_b(e))}]}, f)
-    token = rs256_token(n, e, d, "k1", {"iss": "https://issuer.test/", "aud": "api", "sub": "user-1",
-                                        "tenant": "acme", "exp": int(time.time()) + 24 * 3600})
+    mint = lambda i: rs256_token(n, e, d, "k1", {"iss": "https://issuer.test/", "aud": "api", "sub": f"user-{i:03}",
+                                                 "tenant": "acme", "exp": int(time.time()) + 24 * 3600})
+    token = mint(0)
+    many = [mint(i) for i in range(200)]
+    script = f"{work}/rotate.lua"
+    with open(script, "w") as f:
+        f.write("local tokens = {\n" + ",\n".join(f'"{t}"' for t in many) + "\n}\nlocal i = 0\n"
+                "request = function()\n  i = i % #tokens + 1\n"
+                "  return wrk.format(\"GET\", \"/auth\", {[\"Authorization\"] = \"Bearer \" .. tokens[i]})\nend\n")
     with open(f"{work}/upstream.conf", "w") as f:
         f.write(UPSTREAM_CONF.format(work=work, port=UP_PORT, body=BODY.decode()))
     with open(f"{work}/tollgate.yaml", "w") as f:
         f.write(CONF.format(port=PORT, admin=PORT + 1, up=UP_PORT))
-    routes = {"/public": token, "/auth": token, "/auth-nocache": token}
-    results = {r: [] for r in routes}
+    runs = {"/public": ("/public", None), "/auth": ("/auth", None), "/auth (rotating)": ("/auth", script),
+            "/auth-nocache": ("/auth-nocache", None)}
+    results = {r: [] for r in runs}
     try:
         procs.start("upstream", [nginx, "-c", f"{work}/upstream.conf"], 1, f"{work}/upstream.log")
         wait_ready(UP_PORT)
         p = procs.start("tollgate", [tollgate, "run", "-c", f"{work}/tollgate.yaml", "--log-level", "warn"], 0,
                         f"{work}/tollgate.log")
         wait_ready(PORT, path="/public")
-        for path, tok in routes.items():
-            check(path, tok)
-        order = list(routes)
+        for path in ("/public", "/auth", "/auth-nocache"):
+            check(path, token)
+        check("/auth", many[-1])
+        order = list(runs)
         for rnd in range(args.rounds):
-            for path in order[rnd % len(order):] + order[:rnd % len(order)]:
-                wrk(path, args.conns, args.warmup, routes[path])
+            for name in order[rnd % len(order):] + order[:rnd % len(order)]:
+                path, lua = runs[name]
+                wrk(path, args.conns, args.warmup, token, lua)
                 c0 = cpu_seconds(p.pid)
-                text = wrk(path, args.conns, args.duration, routes[path])
+                text = wrk(path, args.conns, args.duration, token, lua)
                 c1 = cpu_seconds(p.pid)
                 rps, p50, p99, errors = parse_wrk(text)
                 reqs = rps * args.duration
                 cpu_us = (c1 - c0) / reqs * 1e6 if reqs else float("nan")
-                results[path].append({"rps": rps, "p50": p50, "p99": p99, "cpu_us": cpu_us, "errors": errors})
-                log(f"round {rnd + 1}/{args.rounds} {path:14} req/s={rps:9.0f} p50={p50:7.0f}us "
+                results[name].append({"rps": rps, "p50": p50, "p99": p99, "cpu_us": cpu_us, "errors": errors})
+                log(f"round {rnd + 1}/{args.rounds} {name:16} req/s={rps:9.0f} p50={p50:7.0f}us "
                     f"p99={p99:7.0f}us cpu/req={cpu_us:6.2f}us errors={errors}")
     finally:
         procs.stop_all()
@@ -206,7 +222,7 @@ def main():
     med = statistics.median
     print(f"\nJWT auth cost: 1 KiB responses, {args.conns} connections, {args.rounds} rounds x {args.duration}s "
           f"(wrk, 1 thread), one Tollgate (workers: 1); medians; ratios paired per round against /public\n")
-    print("| route | req/s | p50 µs | p99 µs | CPU µs/req | errors | req/s × | CPU/req × |")
+    print("| run | req/s | p50 µs | p99 µs | CPU µs/req | errors | req/s × | CPU/req × |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     base = results["/public"]
     for path, rows in results.items():
