@@ -27,36 +27,22 @@ The RSA key and the token are made here with the standard library only
 but Python 3, nginx-light and wrk (installed with apt-get when missing).
 """
 
-import argparse
 import base64
 import hashlib
 import http.client
 import json
-import os
 import secrets
 import shutil
-import signal
 import statistics
 import subprocess
-import tempfile
 import time
 
-from common import (ROOT, UP_PORT, UPSTREAM_CONF, BODY, Procs, cpu_seconds, ensure_tools, log, parse_wrk,
+from common import (arguments, TOLLGATE_BASE, UP_PORT, UPSTREAM_CONF, BODY, cpu_seconds, prepare, log, parse_wrk,
                     wait_ready)
 
 PORT = 18410
 
-CONF = """
-server:
-  listen: ["127.0.0.1:{port}"]
-  admin_listen: "127.0.0.1:{admin}"
-  workers: 1
-  access_log: {{ enabled: false }}
-upstreams:
-  origin:
-    endpoints: ["http://127.0.0.1:{up}"]
-    pool: {{ max_idle_per_endpoint: 512 }}
-auth:
+CONF = TOLLGATE_BASE + """auth:
   providers:
     cached: {{ issuer: "https://issuer.test/", audiences: [api], algorithms: [RS256], jwks_file: jwks.json, tenant_claim: tenant }}
     uncached: {{ issuer: "https://issuer.test/", audiences: [api], algorithms: [RS256], jwks_file: jwks.json, tenant_claim: tenant, cache: {{ max_entries: 0 }} }}
@@ -150,26 +136,8 @@ def check(path, token):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--duration", type=int, default=8)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--conns", type=int, default=64)
-    ap.add_argument("--no-build", action="store_true", help="use the existing target/release/tollgate")
-    args = ap.parse_args()
-    ensure_tools(not args.no_build)
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    tollgate = os.path.join(ROOT, "target/release/tollgate")
-    work = tempfile.mkdtemp(prefix="tollgate-authtest.")
-    os.chmod(work, 0o755)
-    procs = Procs()
-
-    def on_signal(*_):
-        procs.stop_all()
-        raise SystemExit(130)
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    args = arguments(__doc__, 8)
+    nginx, tollgate, work, procs = prepare("tollgate-authtest.", not args.no_build)
     log("making a 2048-bit RSA key and a token")
     n, e, d = rsa_key()
     to_b = lambda i: i.to_bytes((i.bit_length() + 7) // 8, "big")

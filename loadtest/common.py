@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
@@ -35,7 +36,9 @@ http {{
 
 
 
-TOLLGATE_CONF = """
+# One worker, no access log, upstream `origin`: the part every load-test
+# config of Tollgate shares.
+TOLLGATE_BASE = """
 server:
   listen: ["127.0.0.1:{port}"]
   admin_listen: "127.0.0.1:{admin}"
@@ -45,7 +48,9 @@ upstreams:
   origin:
     endpoints: ["http://127.0.0.1:{up}"]
     pool: {{ max_idle_per_endpoint: 512 }}
-routes:
+"""
+
+TOLLGATE_CONF = TOLLGATE_BASE + """routes:
   - name: all
     match: {{ path_prefix: / }}
     upstream: origin
@@ -86,6 +91,37 @@ class Procs:
     def stop_all(self):
         for name in list(self.procs):
             self.stop(name)
+
+
+def arguments(doc, duration):
+    """The options every side-by-side script takes."""
+    import argparse
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--duration", type=int, default=duration)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--conns", type=int, default=64)
+    ap.add_argument("--no-build", action="store_true", help="use the existing target/release/tollgate")
+    return ap.parse_args()
+
+
+def prepare(prefix, build):
+    """Tools (and the release build), a work directory, and a process set
+    that is stopped on SIGINT / SIGTERM. Returns (nginx, tollgate, work, procs)."""
+    ensure_tools(build)
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    tollgate = os.path.join(ROOT, "target/release/tollgate")
+    work = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(work, 0o755)
+    procs = Procs()
+
+    def on_signal(*_):
+        procs.stop_all()
+        raise SystemExit(130)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    return nginx, tollgate, work, procs
 
 
 def tree(root):

@@ -24,14 +24,10 @@ binds 127.0.0.1, is started by this script in its own process group and
 stopped by PID, also on errors and Ctrl-C.
 """
 
-import argparse
-import os
 import shutil
-import signal
 import statistics
-import tempfile
 
-from common import (BODY, ROOT, TOLLGATE_CONF, UP_PORT, UPSTREAM_CONF, Procs, cpu_seconds, ensure_tools, log,
+from common import (arguments, BODY, TOLLGATE_CONF, UP_PORT, UPSTREAM_CONF, cpu_seconds, prepare, log,
                     parse_wrk, peak_rss_mib, wait_ready, wrk)
 
 NGINX_PORT, TOLLGATE_PORT = 18390, 18400
@@ -73,26 +69,8 @@ http {{
 """
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--duration", type=int, default=10)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--conns", type=int, default=64)
-    ap.add_argument("--no-build", action="store_true", help="use the existing target/release/tollgate")
-    args = ap.parse_args()
-    ensure_tools(not args.no_build)
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    tollgate = os.path.join(ROOT, "target/release/tollgate")
-    work = tempfile.mkdtemp(prefix="tollgate-loadtest.")
-    os.chmod(work, 0o755)
-    procs = Procs()
-
-    def on_signal(*_):
-        procs.stop_all()
-        raise SystemExit(130)
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    args = arguments(__doc__, 10)
+    nginx, tollgate, work, procs = prepare("tollgate-loadtest.", not args.no_build)
     with open(f"{work}/upstream.conf", "w") as f:
         f.write(UPSTREAM_CONF.format(work=work, port=UP_PORT, body=BODY.decode()))
     with open(f"{work}/nginx.conf", "w") as f:

@@ -11,6 +11,16 @@ use std::collections::HashMap;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 
+/// What an RSA key verifies.
+const RSA: [Algorithm; 6] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+];
+
 /// One verification key.
 pub struct Key {
     /// The JWK `kid`, when it has one.
@@ -126,14 +136,7 @@ fn from_jwk(jwk: &Jwk) -> Option<Key> {
         return None;
     }
     let by_type: Vec<Algorithm> = match &jwk.algorithm {
-        AlgorithmParameters::RSA(_) => vec![
-            Algorithm::RS256,
-            Algorithm::RS384,
-            Algorithm::RS512,
-            Algorithm::PS256,
-            Algorithm::PS384,
-            Algorithm::PS512,
-        ],
+        AlgorithmParameters::RSA(_) => RSA.to_vec(),
         AlgorithmParameters::EllipticCurve(p) => match p.curve {
             EllipticCurve::P256 => vec![Algorithm::ES256],
             EllipticCurve::P384 => vec![Algorithm::ES384],
@@ -170,21 +173,7 @@ pub fn from_pem(pem: &[u8]) -> Result<Key, String> {
     if text.contains("PRIVATE KEY") {
         return Err("holds a private key; give the public key".to_owned());
     }
-    let rsa = || {
-        DecodingKey::from_rsa_pem(pem).map(|k| {
-            (
-                k,
-                vec![
-                    Algorithm::RS256,
-                    Algorithm::RS384,
-                    Algorithm::RS512,
-                    Algorithm::PS256,
-                    Algorithm::PS384,
-                    Algorithm::PS512,
-                ],
-            )
-        })
-    };
+    let rsa = || DecodingKey::from_rsa_pem(pem).map(|k| (k, RSA.to_vec()));
     let ec =
         || DecodingKey::from_ec_pem(pem).map(|k| (k, vec![Algorithm::ES256, Algorithm::ES384]));
     let ed = || DecodingKey::from_ed_pem(pem).map(|k| (k, vec![Algorithm::EdDSA]));

@@ -42,6 +42,23 @@ routes:
     )
 }
 
+/// Upstream `app`, provider `name` (`{ ... }` inline) and one catch-all
+/// route `name` that requires it.
+fn one_provider(up: &str, name: &str, provider: &str) -> String {
+    format!(
+        "upstreams:\n  app: {{ endpoints: [\"{up}\"] }}\nauth:\n  providers:\n    {name}: {provider}\nroutes:\n  - {{ name: {name}, match: {{ path_prefix: / }}, upstream: app, auth: {{ provider: {name} }} }}\n"
+    )
+}
+
+/// Starts the gateway on a config file already written (no file watch).
+async fn start_file(path: std::path::PathBuf) -> tollgate::app::Gateway {
+    let opts = tollgate::app::StartOptions {
+        watch_file: false,
+        sighup: false,
+    };
+    tollgate::app::Gateway::start(path, opts).await.unwrap()
+}
+
 fn remote(jwks_url: &str) -> String {
     format!("      jwks_uri: \"{jwks_url}\"\n      jwks_min_refresh_interval: 30s\n")
 }
@@ -479,15 +496,7 @@ routes:
         up.url()
     ));
     std::fs::write(&config, yaml).unwrap();
-    let gw = tollgate::app::Gateway::start(
-        config.clone(),
-        tollgate::app::StartOptions {
-            watch_file: false,
-            sighup: false,
-        },
-    )
-    .await
-    .unwrap();
+    let gw = start_file(config.clone()).await;
     let c = client();
     let plain = json!({"sub": "s", "exp": now() + 600});
     for (path, key) in [("/ec", &ec), ("/ed", &ed), ("/hs", &hs)] {
@@ -511,16 +520,10 @@ async fn discovery_reads_jwks_uri_from_the_issuer() {
     let key = SigningKey::rsa("k1");
     let server = JwksServer::start(jwks(&[&key])).await;
     let issuer = format!("http://{}", server.addr);
-    let yaml = format!(
-        r#"upstreams:
-  app: {{ endpoints: ["{}"] }}
-auth:
-  providers:
-    main: {{ issuer: "{issuer}", algorithms: [RS256], discovery: true }}
-routes:
-  - {{ name: api, match: {{ path_prefix: / }}, upstream: app, auth: {{ provider: main }} }}
-"#,
-        up.url()
+    let yaml = one_provider(
+        &up.url(),
+        "main",
+        &format!("{{ issuer: \"{issuer}\", algorithms: [RS256], discovery: true }}"),
     );
     let gw = TestGateway::start(&yaml).await;
     wait_ready(&gw).await;
@@ -537,17 +540,10 @@ async fn verified_tokens_are_cached_and_counted() {
     let up = Upstream::start("app").await;
     let key = SigningKey::rsa("k1");
     let server = JwksServer::start(jwks(&[&key])).await;
-    let yaml = format!(
-        r#"upstreams:
-  app: {{ endpoints: ["{}"] }}
-auth:
-  providers:
-    metered: {{ algorithms: [RS256], jwks_uri: "{}" }}
-routes:
-  - {{ name: metered, match: {{ path_prefix: / }}, upstream: app, auth: {{ provider: metered }} }}
-"#,
-        up.url(),
-        server.url()
+    let yaml = one_provider(
+        &up.url(),
+        "metered",
+        &format!("{{ algorithms: [RS256], jwks_uri: \"{}\" }}", server.url()),
     );
     let gw = TestGateway::start(&yaml).await;
     wait_ready(&gw).await;
@@ -636,15 +632,7 @@ routes:
     let dir = path.parent().unwrap().to_owned();
     std::fs::write(dir.join("keys.json"), jwks(&[&a]).to_string()).unwrap();
     std::fs::write(&path, with_server(&config(""))).unwrap();
-    let gw = tollgate::app::Gateway::start(
-        path.clone(),
-        tollgate::app::StartOptions {
-            watch_file: false,
-            sighup: false,
-        },
-    )
-    .await
-    .unwrap();
+    let gw = start_file(path.clone()).await;
     let c = client();
     let url = |p: &str| format!("http://{}{p}", gw.listen[0]);
     let claims = json!({"sub": "s", "exp": now() + 600});
@@ -724,15 +712,7 @@ routes:
         url = server.https_url()
     );
     std::fs::write(&path, with_server(&yaml)).unwrap();
-    let gw = tollgate::app::Gateway::start(
-        path,
-        tollgate::app::StartOptions {
-            watch_file: false,
-            sighup: false,
-        },
-    )
-    .await
-    .unwrap();
+    let gw = start_file(path).await;
     let c = client();
     let t = key.sign(&json!({"sub": "s", "exp": now() + 600}));
     let url = |p: &str| format!("http://{}{p}", gw.listen[0]);
@@ -769,17 +749,13 @@ async fn a_shorter_max_age_on_the_jwks_response_wins_over_jwks_refresh() {
     let key = SigningKey::rsa("k1");
     let server = JwksServer::start(jwks(&[&key])).await;
     *server.cache_control.lock().unwrap() = Some("public, max-age=1".into());
-    let yaml = format!(
-        r#"upstreams:
-  app: {{ endpoints: ["{}"] }}
-auth:
-  providers:
-    p: {{ algorithms: [RS256], jwks_uri: "{}", jwks_refresh: 10m, jwks_min_refresh_interval: 1s }}
-routes:
-  - {{ name: r, match: {{ path_prefix: / }}, upstream: app, auth: {{ provider: p }} }}
-"#,
-        up.url(),
-        server.url()
+    let yaml = one_provider(
+        &up.url(),
+        "p",
+        &format!(
+            "{{ algorithms: [RS256], jwks_uri: \"{}\", jwks_refresh: 10m, jwks_min_refresh_interval: 1s }}",
+            server.url()
+        ),
     );
     let _gw = TestGateway::start(&yaml).await;
     tokio::time::sleep(Duration::from_millis(2600)).await;
@@ -788,4 +764,37 @@ routes:
         (3..=4).contains(&n),
         "max-age=1 (floored at 1s) over 2.6s: {n} fetches"
     );
+}
+
+#[tokio::test]
+async fn custom_header_source_and_forward_token_false() {
+    let up = Upstream::start("app").await;
+    let secret = "forward-token-test-secret-32-bytes-long";
+    let key = SigningKey::hmac(secret);
+    let yaml = one_provider(
+        &up.url(),
+        "p",
+        &format!(
+            "{{ algorithms: [HS256], secret: \"{secret}\", token_from: [\"header:x-token\", \"header:authorization\"], forward_token: false }}"
+        ),
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let c = client();
+    let t = key.sign(&json!({"sub": "s", "exp": now() + 60}));
+    let g = get_with(&c, &gw.url("/x"), &[("x-token", &t)]).await;
+    assert_eq!(g.status, 200, "{}", g.text());
+    let g = get_with(&c, &gw.url("/x"), &[("authorization", &bearer(&t))]).await;
+    assert_eq!(g.status, 200);
+    assert!(
+        up.last().headers.get("authorization").is_none(),
+        "forward_token: false removes Authorization"
+    );
+    let other = key.sign(&json!({"sub": "other", "exp": now() + 60}));
+    let g = get_with(
+        &c,
+        &gw.url("/x"),
+        &[("x-token", &t), ("authorization", &bearer(&other))],
+    )
+    .await;
+    assert_eq!(g.status, 401, "two different tokens");
 }

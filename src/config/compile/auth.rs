@@ -94,11 +94,7 @@ fn provider(
     files_hash: &mut u64,
 ) -> Option<Provider> {
     let before = errs.0.len();
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    {
+    if !super::is_name(name) {
         errs.push(path, "provider names use letters, digits, `-`, `_` and `.`");
     }
     let algorithms = algorithm_list(p, path, errs);

@@ -34,6 +34,15 @@ pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Largest upstream response head accepted.
 pub const MAX_UPSTREAM_RESPONSE_HEADER_BYTES: usize = 64 << 10;
 
+/// True for names of routes, upstreams and providers: letters, digits,
+/// `-`, `_` and `.` (they become metric labels).
+fn is_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
 /// Errors as (field path, message), before locations are attached.
 #[derive(Debug, Default)]
 pub struct Errors(pub Vec<(String, String)>);
@@ -71,12 +80,7 @@ pub fn compile(
     let mut routes = Vec::new();
     for (i, r) in spec.routes.iter().enumerate() {
         let p = format!("routes[{i}]");
-        if r.name.is_empty()
-            || !r
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        {
+        if !is_name(&r.name) {
             errs.push(
                 format!("{p}.name"),
                 "route names use letters, digits, `-`, `_` and `.`",

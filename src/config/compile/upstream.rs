@@ -34,11 +34,7 @@ pub(super) fn upstreams(
 
 fn upstream(name: &str, u: &UpstreamSpec, p: &str, errs: &mut Errors) -> Option<Upstream> {
     let before = errs.0.len();
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    {
+    if !super::is_name(name) {
         errs.push(p, "upstream names use letters, digits, `-`, `_` and `.`");
     }
     if u.endpoints.is_empty() {
