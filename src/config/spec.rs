@@ -238,6 +238,69 @@ pub struct UpstreamSpec {
     /// Keep-alive pool settings.
     #[serde(default)]
     pub pool: PoolSpec,
+    /// Circuit breaker per endpoint; absent: none.
+    #[serde(default)]
+    pub circuit_breaker: Option<BreakerSpec>,
+}
+
+/// `upstreams.NAME.circuit_breaker`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerSpec {
+    /// Open after this many failures in a row (0: off). Default `5`.
+    pub consecutive_failures: u32,
+    /// Open when this share of the window's requests failed, e.g. `50%` (absent: off).
+    pub failure_rate: Option<Str>,
+    /// The rate counts only with at least this many requests in the window. Default `20`.
+    pub min_requests: u32,
+    /// Failure-rate window. Default `10s`.
+    pub window: DurationSpec,
+    /// First open period; doubles on each re-trip. Default `30s`.
+    pub open_for: DurationSpec,
+    /// Longest open period. Default `5m`.
+    pub max_open_for: DurationSpec,
+    /// Probes let through in half-open; all must succeed to close. Default `3`.
+    pub half_open_requests: u32,
+    /// Outcomes that count as failures: `connect_error`, `timeout`, `reset`, `5xx`. Default all four.
+    pub failure_on: Vec<FailureKindSpec>,
+}
+
+impl Default for BreakerSpec {
+    fn default() -> Self {
+        use std::time::Duration;
+        Self {
+            consecutive_failures: 5,
+            failure_rate: None,
+            min_requests: 20,
+            window: DurationSpec(Duration::from_secs(10)),
+            open_for: DurationSpec(Duration::from_secs(30)),
+            max_open_for: DurationSpec(Duration::from_secs(300)),
+            half_open_requests: 3,
+            failure_on: vec![
+                FailureKindSpec::ConnectError,
+                FailureKindSpec::Timeout,
+                FailureKindSpec::Reset,
+                FailureKindSpec::Status5xx,
+            ],
+        }
+    }
+}
+
+/// An upstream outcome a breaker counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum FailureKindSpec {
+    /// No connection.
+    #[serde(rename = "connect_error")]
+    ConnectError,
+    /// No response head in time.
+    #[serde(rename = "timeout")]
+    Timeout,
+    /// Connection failed mid-exchange, or an invalid response.
+    #[serde(rename = "reset")]
+    Reset,
+    /// A 5xx response.
+    #[serde(rename = "5xx")]
+    Status5xx,
 }
 
 fn default_connect_timeout() -> DurationSpec {

@@ -51,6 +51,10 @@ pub struct Metrics {
     pub jwt_cache_hits: IntCounter,
     /// `tollgate_jwt_cache_misses_total`.
     pub jwt_cache_misses: IntCounter,
+    /// `tollgate_circuit_state{upstream,endpoint}` (0 closed, 1 half-open, 2 open).
+    pub circuit_state: IntGaugeVec,
+    /// `tollgate_circuit_transitions_total{upstream,endpoint,to}`.
+    pub circuit_transitions: IntCounterVec,
 }
 
 /// Latency buckets in seconds, 0.5 ms to 30 s.
@@ -184,6 +188,16 @@ impl Metrics {
             jwt_cache_misses: plain_counter(
                 "tollgate_jwt_cache_misses_total",
                 "Tokens not in the verified-token cache (verified in full).",
+            ),
+            circuit_state: gauge_vec(
+                "tollgate_circuit_state",
+                "Circuit breaker state per endpoint: 0 closed, 1 half-open, 2 open.",
+                &["upstream", "endpoint"],
+            ),
+            circuit_transitions: counter(
+                "tollgate_circuit_transitions_total",
+                "Circuit breaker transitions per endpoint, by the state entered (closed, half_open, open).",
+                &["upstream", "endpoint", "to"],
             ),
             registry,
         };

@@ -44,8 +44,9 @@ pub enum ProxyError {
     /// The connection to the endpoint failed mid-request, or it sent an
     /// invalid response.
     UpstreamReset,
-    /// No endpoint can take the request.
-    NoEndpoint,
+    /// No endpoint can take the request (every breaker open); retry after
+    /// this many seconds.
+    UpstreamUnavailable(u64),
     /// The upstream did not answer within the route timeout.
     UpstreamTimeout,
     /// Authentication refused the request (401, 403) or could not run (503).
@@ -94,9 +95,9 @@ impl ProxyError {
             ),
             E::UpstreamRefused => (S::BAD_GATEWAY, "upstream_refused", Party::Upstream, false),
             E::UpstreamReset => (S::BAD_GATEWAY, "upstream_reset", Party::Upstream, false),
-            E::NoEndpoint => (
+            E::UpstreamUnavailable(_) => (
                 S::SERVICE_UNAVAILABLE,
-                "no_endpoint",
+                "upstream_unavailable",
                 Party::Upstream,
                 false,
             ),
@@ -138,7 +139,7 @@ impl ProxyError {
             ProxyError::UpstreamReset => {
                 "the upstream connection failed or sent an invalid response".to_owned()
             }
-            ProxyError::NoEndpoint => "no upstream endpoint is available".to_owned(),
+            ProxyError::UpstreamUnavailable(_) => "no upstream endpoint is available".to_owned(),
             ProxyError::UpstreamTimeout => "the upstream did not respond in time".to_owned(),
             ProxyError::Auth(f) => auth_message(*f).to_owned(),
         }
@@ -182,6 +183,9 @@ impl ProxyError {
             if let Some(c) = challenge {
                 h.insert(http::header::WWW_AUTHENTICATE, c);
             }
+        }
+        if let ProxyError::UpstreamUnavailable(secs) = self {
+            h.insert(http::header::RETRY_AFTER, HeaderValue::from(*secs));
         }
         if let ProxyError::MethodNotAllowed(methods) = self {
             let allow = methods
@@ -232,7 +236,11 @@ mod tests {
             (ProxyError::HeadersTooLarge, 431, "headers_too_large"),
             (ProxyError::UpstreamRefused, 502, "upstream_refused"),
             (ProxyError::UpstreamReset, 502, "upstream_reset"),
-            (ProxyError::NoEndpoint, 503, "no_endpoint"),
+            (
+                ProxyError::UpstreamUnavailable(1),
+                503,
+                "upstream_unavailable",
+            ),
             (ProxyError::UpstreamTimeout, 504, "upstream_timeout"),
             (ProxyError::Auth(Failure::Missing), 401, "unauthorized"),
             (ProxyError::Auth(Failure::Expired), 401, "invalid_token"),

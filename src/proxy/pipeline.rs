@@ -194,7 +194,7 @@ async fn run(
             return Ok(r);
         }
         Action::Forward(u) => u,
-        Action::Split(s) => s.pick().ok_or(ProxyError::NoEndpoint)?,
+        Action::Split(s) => s.pick().ok_or(ProxyError::UpstreamUnavailable(1))?,
     };
 
     // 6–7. select and forward
@@ -308,12 +308,19 @@ async fn forward(
     *out.version_mut() = Version::HTTP_11;
 
     // Boxed: the exchange's state is large, and on the heap it is built once
-    // instead of being copied into `Timeout` and then into this future
-    // (callgrind: ~300 fewer instructions per request than unboxed).
-    let sent = match tokio::time::timeout(route.timeout, Box::pin(upstream.send(out, key))).await {
-        Err(_) => return Err(ProxyError::UpstreamTimeout),
-        Ok(Err(UpstreamError::Connect { .. })) => return Err(ProxyError::UpstreamRefused),
-        Ok(Err(UpstreamError::Send { source, .. })) => {
+    // instead of being copied into this future (callgrind: ~300 fewer
+    // instructions per request than unboxed). The route timeout is applied
+    // inside, per step, so a timeout is charged to the endpoint's breaker.
+    let deadline = tokio::time::Instant::now() + route.timeout;
+    let sent = match Box::pin(upstream.send(out, key, deadline)).await {
+        Err(UpstreamError::Timeout { .. }) => return Err(ProxyError::UpstreamTimeout),
+        Err(UpstreamError::Unavailable { retry_after }) => {
+            return Err(ProxyError::UpstreamUnavailable(
+                retry_after.as_secs_f64().ceil().max(1.0) as u64,
+            ));
+        }
+        Err(UpstreamError::Connect { .. }) => return Err(ProxyError::UpstreamRefused),
+        Err(UpstreamError::Send { source, .. }) => {
             return Err(match source.body_error() {
                 Some(BodyError::TooLarge { limit }) => ProxyError::PayloadTooLarge(*limit),
                 Some(BodyError::Timeout) => ProxyError::BodyTimeout,
@@ -321,7 +328,7 @@ async fn forward(
                 None => ProxyError::UpstreamReset,
             });
         }
-        Ok(Ok(sent)) => sent,
+        Ok(sent) => sent,
     };
     ctx.upstream_duration = Some(sent.took);
     ctx.upstream = Some((Arc::clone(upstream), Arc::clone(&sent.endpoint)));

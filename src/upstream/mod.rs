@@ -6,12 +6,13 @@
 //! its pools stay warm.
 
 pub mod balance;
+pub mod breaker;
 pub mod h1;
 pub mod pool;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -23,6 +24,7 @@ use crate::body::{BodyError, RequestBody};
 use crate::config::spec::UpstreamSpec;
 use crate::observability::metrics::{EndpointMetrics, metrics};
 pub use balance::Balancer;
+use breaker::{Admit, Breaker, Failure};
 pub use pool::{ConnectError, Pool, Target};
 
 /// What a `consistent_hash` balancer hashes.
@@ -50,6 +52,8 @@ pub struct Endpoint {
     pub pool: Arc<Pool>,
     /// Its metric handles.
     pub metrics: EndpointMetrics,
+    /// Its circuit breaker, when the upstream has one.
+    pub breaker: Option<Breaker>,
     authority: Authority,
 }
 
@@ -87,6 +91,18 @@ pub enum UpstreamError {
         endpoint: String,
         /// Cause.
         source: SendFailure,
+    },
+    /// Every endpoint is open (circuit breaker): nothing was attempted.
+    #[error("no endpoint is available; the first opens again in {retry_after:?}")]
+    Unavailable {
+        /// Until the soonest endpoint takes a probe.
+        retry_after: Duration,
+    },
+    /// No response head before the deadline.
+    #[error("no response from {endpoint} in time")]
+    Timeout {
+        /// Endpoint id.
+        endpoint: String,
     },
 }
 
@@ -189,6 +205,8 @@ pub struct EndpointParams<'a> {
     pub weight: u32,
     /// HTTP/2 cleartext.
     pub h2: bool,
+    /// Circuit breaker settings.
+    pub breaker: Option<breaker::Settings>,
 }
 
 impl Endpoint {
@@ -203,6 +221,7 @@ impl Endpoint {
             .parse()
             .map_err(|e| format!("invalid endpoint address `{id}`: {e}"))?;
         Ok(Self {
+            breaker: p.breaker.map(|b| Breaker::new(b, p.upstream, &id)),
             metrics: EndpointMetrics::new(p.upstream, &id),
             pool: Arc::new(Pool::new(p.target, p.h2)),
             inflight: AtomicUsize::new(0),
@@ -210,6 +229,48 @@ impl Endpoint {
             authority,
             id,
         })
+    }
+}
+
+impl Endpoint {
+    /// True when the endpoint may take a request (its breaker is not open).
+    pub fn available(&self) -> bool {
+        self.breaker.as_ref().is_none_or(Breaker::available)
+    }
+
+    fn admit(&self) -> Admit {
+        self.breaker.as_ref().map_or(Admit::Yes, Breaker::admit)
+    }
+
+    fn record(&self, admit: Admit, outcome: Option<Failure>) {
+        if let Some(b) = &self.breaker {
+            b.record(admit, outcome);
+        }
+    }
+}
+
+/// A breaker slot taken for one attempt: given back if the attempt ends
+/// without an outcome (the caller went away).
+struct Slot<'a> {
+    ep: &'a Endpoint,
+    admit: Admit,
+    open: bool,
+}
+
+impl Slot<'_> {
+    fn done(mut self, outcome: Option<Failure>) {
+        self.open = false;
+        self.ep.record(self.admit, outcome);
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if self.open
+            && let Some(b) = &self.ep.breaker
+        {
+            b.release(self.admit);
+        }
     }
 }
 
@@ -236,28 +297,78 @@ impl Upstream {
         }
     }
 
-    /// Picks an endpoint index, avoiding `exclude` when there is another.
-    pub fn pick(&self, key: Option<u64>, exclude: Option<usize>) -> usize {
+    /// Picks an available endpoint, avoiding `exclude` when another is
+    /// available; `None` when every endpoint is open.
+    pub fn pick(&self, key: Option<u64>, exclude: Option<usize>) -> Option<usize> {
         let n = self.endpoints.len();
-        let i = self.balancer.pick(n, key, |i| {
-            self.endpoints[i].inflight.load(Ordering::Relaxed)
-        });
-        match exclude {
-            Some(x) if x == i && n > 1 => (i + 1) % n,
-            _ => i,
+        let eps = &self.endpoints;
+        let first = self
+            .balancer
+            .pick(n, key, |i| eps[i].inflight.load(Ordering::Relaxed));
+        let ok = |i: usize| Some(i) != exclude && eps.get(i).is_some_and(|e| e.available());
+        if ok(first) {
+            return Some(first);
         }
+        // Round robin: the next slots of the cycle keep the weights; other
+        // balancers (and a cycle that keeps landing on skipped endpoints)
+        // fall back to the next available endpoint after the first pick.
+        if matches!(self.balancer, Balancer::RoundRobin { .. }) {
+            for _ in 0..n {
+                let i = self
+                    .balancer
+                    .pick(n, key, |i| eps[i].inflight.load(Ordering::Relaxed));
+                if ok(i) {
+                    return Some(i);
+                }
+            }
+        }
+        (1..n)
+            .map(|d| (first + d) % n)
+            .find(|&i| ok(i))
+            .or_else(|| exclude.filter(|&x| eps.get(x).is_some_and(|e| e.available())))
+    }
+
+    /// How long until an endpoint of this upstream takes a probe again.
+    fn retry_after(&self) -> Duration {
+        self.endpoints
+            .iter()
+            .filter_map(|e| e.breaker.as_ref().map(Breaker::retry_after))
+            .min()
+            .unwrap_or(Duration::ZERO)
     }
 
     /// Sends `req` (origin-form URI, `Host` set) to an endpoint picked by
-    /// the balancer. A connect failure is retried once on another endpoint;
-    /// a dead pooled connection is replaced transparently.
+    /// the balancer, before `deadline`. A connect failure is retried once on
+    /// another endpoint; a dead pooled connection is replaced
+    /// transparently. Every outcome is fed to the endpoint's breaker.
     pub async fn send(
         &self,
         mut req: Request<RequestBody>,
         key: Option<u64>,
+        deadline: tokio::time::Instant,
     ) -> Result<Sent, UpstreamError> {
         let start = Instant::now();
-        let mut idx = self.pick(key, None);
+        let unavailable = || UpstreamError::Unavailable {
+            retry_after: self.retry_after(),
+        };
+        let mut idx = self.pick(key, None).ok_or_else(unavailable)?;
+        let mut slot = Slot {
+            ep: &self.endpoints[idx],
+            admit: self.endpoints[idx].admit(),
+            open: true,
+        };
+        if slot.admit == Admit::No {
+            // Lost a race for the last probe slot: try the others once.
+            idx = self.pick(key, Some(idx)).ok_or_else(unavailable)?;
+            slot = Slot {
+                ep: &self.endpoints[idx],
+                admit: self.endpoints[idx].admit(),
+                open: true,
+            };
+            if slot.admit == Admit::No {
+                return Err(unavailable());
+            }
+        }
         // In flight from the pick on, so `least_request` sees requests still
         // waiting for their response head (the slow ones matter most).
         let mut inflight = InflightGuard::new(&self.endpoints[idx]);
@@ -267,17 +378,37 @@ impl Upstream {
         }
         loop {
             let ep = &self.endpoints[idx];
+            let timed_out = || UpstreamError::Timeout {
+                endpoint: ep.id.clone(),
+            };
             let (conn, pooled) = match ep.pool.checkout() {
                 Some(c) => (c, true),
-                None => match ep.pool.connect().await {
-                    Ok(c) => (c, false),
-                    Err(source) => {
+                None => match tokio::time::timeout_at(deadline, ep.pool.connect()).await {
+                    Err(_) => {
+                        slot.done(Some(Failure::Timeout));
+                        return Err(timed_out());
+                    }
+                    Ok(Ok(c)) => (c, false),
+                    Ok(Err(source)) => {
                         ep.metrics.connect_errors.inc();
-                        if !retried && self.endpoints.len() > 1 {
-                            retried = true;
-                            idx = self.pick(key, Some(idx));
-                            inflight = InflightGuard::new(&self.endpoints[idx]);
-                            continue;
+                        slot.done(Some(Failure::ConnectError));
+                        if !retried
+                            && self.endpoints.len() > 1
+                            && let Some(next) = self.pick(key, Some(idx))
+                            && next != idx
+                        {
+                            let admit = self.endpoints[next].admit();
+                            if admit != Admit::No {
+                                retried = true;
+                                idx = next;
+                                slot = Slot {
+                                    ep: &self.endpoints[idx],
+                                    admit,
+                                    open: true,
+                                };
+                                inflight = InflightGuard::new(&self.endpoints[idx]);
+                                continue;
+                            }
                         }
                         return Err(UpstreamError::Connect {
                             endpoint: ep.id.clone(),
@@ -288,8 +419,13 @@ impl Upstream {
             };
             let response = match conn {
                 pool::Conn::Http1(conn) => {
-                    match h1::send(conn, req, &ep.id, pooled, ep.pool.max_head()).await {
-                        Ok((resp, conn)) => {
+                    let exchange = h1::send(conn, req, &ep.id, pooled, ep.pool.max_head());
+                    match tokio::time::timeout_at(deadline, exchange).await {
+                        Err(_) => {
+                            slot.done(Some(Failure::Timeout));
+                            return Err(timed_out());
+                        }
+                        Ok(Ok((resp, conn))) => {
                             let (parts, mut body) = resp.into_parts();
                             if parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
                                 body.hold(conn);
@@ -300,37 +436,50 @@ impl Upstream {
                         }
                         // Not sent: the pooled connection was dead. Try again
                         // (the next pooled one, or a fresh connection).
-                        Err(Err(h1::NotSent(back))) => {
+                        Ok(Err(Err(h1::NotSent(back)))) => {
                             req = *back;
                             continue;
                         }
-                        Err(Ok(e)) => {
+                        Ok(Err(Ok(e))) => {
+                            let e = SendFailure::from(e);
+                            // A failing client body is not the endpoint's fault.
+                            slot.done(e.body_error().is_none().then_some(Failure::Reset));
                             return Err(UpstreamError::Send {
                                 endpoint: ep.id.clone(),
-                                source: e.into(),
+                                source: e,
                             });
                         }
                     }
                 }
-                pool::Conn::H2(mut tx) => match tx.try_send_request(req).await {
-                    Ok(resp) => resp.map(UpstreamBody::H2),
-                    Err(mut e) => match e.take_message() {
-                        Some(back) if pooled => {
-                            req = back;
-                            continue;
+                pool::Conn::H2(mut tx) => {
+                    match tokio::time::timeout_at(deadline, tx.try_send_request(req)).await {
+                        Err(_) => {
+                            slot.done(Some(Failure::Timeout));
+                            return Err(timed_out());
                         }
-                        _ => {
-                            return Err(UpstreamError::Send {
-                                endpoint: ep.id.clone(),
-                                source: e.into_error().into(),
-                            });
-                        }
-                    },
-                },
+                        Ok(Ok(resp)) => resp.map(UpstreamBody::H2),
+                        Ok(Err(mut e)) => match e.take_message() {
+                            Some(back) if pooled => {
+                                req = back;
+                                continue;
+                            }
+                            _ => {
+                                let e = SendFailure::from(e.into_error());
+                                slot.done(e.body_error().is_none().then_some(Failure::Reset));
+                                return Err(UpstreamError::Send {
+                                    endpoint: ep.id.clone(),
+                                    source: e,
+                                });
+                            }
+                        },
+                    }
+                }
             };
             let took = start.elapsed();
             self.duration.observe(took.as_secs_f64());
-            ep.metrics.requests.inc_status(response.status().as_u16());
+            let status = response.status().as_u16();
+            ep.metrics.requests.inc_status(status);
+            slot.done((status >= 500).then_some(Failure::Status5xx));
             return Ok(Sent {
                 response,
                 endpoint: Arc::clone(ep),

@@ -15,6 +15,7 @@ mod errors;
 mod hostile;
 mod proxying;
 mod reload;
+mod resilience;
 mod routing;
 mod support;
 mod upstream_h1;

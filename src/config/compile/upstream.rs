@@ -7,8 +7,9 @@ use std::sync::Arc;
 use http::HeaderName;
 
 use super::{Errors, MAX_UPSTREAM_RESPONSE_HEADER_BYTES};
-use crate::config::spec::{BalancerSpec, Spec, UpstreamSpec};
+use crate::config::spec::{BalancerSpec, BreakerSpec, FailureKindSpec, Spec, UpstreamSpec};
 use crate::snapshot::Snapshot;
+use crate::upstream::breaker;
 use crate::upstream::{Endpoint, EndpointParams, HashOn, Target, Upstream};
 
 pub(super) fn upstreams(
@@ -40,6 +41,10 @@ fn upstream(name: &str, u: &UpstreamSpec, p: &str, errs: &mut Errors) -> Option<
     if u.endpoints.is_empty() {
         errs.push(format!("{p}.endpoints"), "give at least one endpoint");
     }
+    let breaker = u
+        .circuit_breaker
+        .as_ref()
+        .and_then(|b| breaker(b, &format!("{p}.circuit_breaker"), errs));
     let mut endpoints = Vec::new();
     for (i, e) in u.endpoints.iter().enumerate() {
         let ep = format!("{p}.endpoints[{i}]");
@@ -64,6 +69,7 @@ fn upstream(name: &str, u: &UpstreamSpec, p: &str, errs: &mut Errors) -> Option<
                     target,
                     weight: e.weight.max(1),
                     h2: u.protocol == crate::config::spec::ProtocolSpec::H2c,
+                    breaker: breaker.clone(),
                 };
                 match Endpoint::new(params) {
                     Ok(e) => endpoints.push(Arc::new(e)),
@@ -104,6 +110,78 @@ fn upstream(name: &str, u: &UpstreamSpec, p: &str, errs: &mut Errors) -> Option<
         (None, _) => None,
     };
     (errs.0.len() == before).then(|| Upstream::new(name, u.clone(), endpoints, hash_on))
+}
+
+fn breaker(b: &BreakerSpec, p: &str, errs: &mut Errors) -> Option<breaker::Settings> {
+    let before = errs.0.len();
+    let failure_rate = match &b.failure_rate {
+        None => None,
+        Some(r) => match parse_percent(r.as_str()) {
+            Ok(v) if v > 0.0 => Some(v),
+            Ok(_) => {
+                errs.push(format!("{p}.failure_rate"), "must be more than 0%");
+                None
+            }
+            Err(m) => {
+                errs.push(format!("{p}.failure_rate"), m);
+                None
+            }
+        },
+    };
+    if b.consecutive_failures == 0 && failure_rate.is_none() {
+        errs.push(
+            p,
+            "give consecutive_failures (more than 0) or failure_rate: a breaker that can never open does nothing",
+        );
+    }
+    if b.half_open_requests == 0 {
+        errs.push(format!("{p}.half_open_requests"), "must be at least 1");
+    }
+    for (field, d) in [
+        ("window", b.window.0),
+        ("open_for", b.open_for.0),
+        ("max_open_for", b.max_open_for.0),
+    ] {
+        if d.is_zero() {
+            errs.push(format!("{p}.{field}"), "must be more than zero");
+        }
+    }
+    if b.max_open_for.0 < b.open_for.0 {
+        errs.push(format!("{p}.max_open_for"), "must be at least open_for");
+    }
+    if b.failure_on.is_empty() {
+        errs.push(format!("{p}.failure_on"), "list at least one outcome");
+    }
+    let kinds: Vec<breaker::Failure> = b
+        .failure_on
+        .iter()
+        .map(|k| match k {
+            FailureKindSpec::ConnectError => breaker::Failure::ConnectError,
+            FailureKindSpec::Timeout => breaker::Failure::Timeout,
+            FailureKindSpec::Reset => breaker::Failure::Reset,
+            FailureKindSpec::Status5xx => breaker::Failure::Status5xx,
+        })
+        .collect();
+    (errs.0.len() == before).then(|| breaker::Settings {
+        consecutive_failures: b.consecutive_failures,
+        failure_rate,
+        min_requests: b.min_requests.max(1),
+        window: b.window.0,
+        open_for: b.open_for.0,
+        max_open_for: b.max_open_for.0,
+        half_open_requests: b.half_open_requests,
+        failure_on: breaker::Settings::kinds(&kinds),
+    })
+}
+
+/// `50%` (or `50`) → 0.5.
+fn parse_percent(text: &str) -> Result<f64, String> {
+    let t = text.trim();
+    let num = t.strip_suffix('%').unwrap_or(t).trim();
+    match num.parse::<f64>() {
+        Ok(v) if (0.0..=100.0).contains(&v) => Ok(v / 100.0),
+        _ => Err(format!("`{text}` is not a percentage from 0% to 100%")),
+    }
 }
 
 /// `http://host[:port][/]` → (host, port).

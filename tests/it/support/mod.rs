@@ -50,19 +50,27 @@ pub struct Upstream {
     pub hits: Arc<AtomicU64>,
     /// Connections accepted.
     pub conns: Arc<AtomicU64>,
+    /// When not 0, every request is answered with this status.
+    pub fail: Arc<std::sync::atomic::AtomicU16>,
     stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Upstream {
     pub async fn start(name: &str) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(name, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// On a given address (to bring a stopped upstream back on its port).
+    pub async fn start_on(name: &str, addr: SocketAddr) -> Upstream {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let fail = Arc::new(std::sync::atomic::AtomicU16::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let hits = Arc::new(AtomicU64::new(0));
         let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
         let conns = Arc::new(AtomicU64::new(0));
         let accepted = conns.clone();
-        let (s, h, n) = (seen.clone(), hits.clone(), name.to_owned());
+        let (s, h, n, f) = (seen.clone(), hits.clone(), name.to_owned(), fail.clone());
         tokio::spawn(async move {
             loop {
                 let (stream, _) = tokio::select! {
@@ -70,10 +78,11 @@ impl Upstream {
                     _ = stop_rx.changed() => return,
                 };
                 accepted.fetch_add(1, Ordering::Relaxed);
-                let (s, h, n) = (s.clone(), h.clone(), n.clone());
+                let (s, h, n, f) = (s.clone(), h.clone(), n.clone(), f.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
-                        upstream_handle(req, s.clone(), h.clone(), n.clone())
+                        let code = f.load(Ordering::Relaxed);
+                        upstream_handle(req, s.clone(), h.clone(), n.clone(), code)
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(stream), svc)
@@ -87,8 +96,14 @@ impl Upstream {
             seen,
             hits,
             conns,
+            fail,
             stop,
         }
+    }
+
+    /// Answers every request with `status` from now on (0: back to normal).
+    pub fn set_fail(&self, status: u16) {
+        self.fail.store(status, Ordering::Relaxed);
     }
 
     pub fn url(&self) -> String {
@@ -120,8 +135,14 @@ async fn upstream_handle(
     seen: Arc<Mutex<Vec<Seen>>>,
     hits: Arc<AtomicU64>,
     name: String,
+    fail: u16,
 ) -> Result<Response<UpBody>, Infallible> {
     hits.fetch_add(1, Ordering::Relaxed);
+    if fail != 0 {
+        let mut r = Response::new(Full::new(Bytes::from(format!("failing with {fail}"))).boxed());
+        *r.status_mut() = StatusCode::from_u16(fail).unwrap();
+        return Ok(r);
+    }
     let path = req.uri().path().to_owned();
     if path == "/ws" {
         let (parts, _) = req.into_parts();
@@ -542,4 +563,18 @@ pub fn spawn_gets(c: &TestClient, url: &str, n: usize) -> Vec<tokio::task::JoinH
             tokio::spawn(async move { get(&c, &url).await.status })
         })
         .collect()
+}
+
+/// The value of one series (`name{labels}` exactly as rendered) in
+/// Prometheus text, or 0 when absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
 }

@@ -1,0 +1,150 @@
+//! Circuit breakers: transitions, skipping open endpoints, failing fast
+//! when all are open, recovery through probes, state kept across reloads.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+fn breaker_config(endpoints: &[String], extra: &str) -> String {
+    let list = endpoints
+        .iter()
+        .map(|e| format!("\"{e}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "upstreams:\n  app:\n    endpoints: [{list}]\n    circuit_breaker: {{ consecutive_failures: 3, open_for: 300ms, max_open_for: 1s, half_open_requests: 2{extra} }}\nroutes:\n  - {{ name: app, match: {{ path_prefix: / }}, upstream: app }}\n"
+    )
+}
+
+async fn metrics_text(gw: &TestGateway) -> String {
+    get(&client(), &gw.admin_url("/metrics")).await.text()
+}
+
+#[tokio::test]
+async fn breaker_opens_fails_fast_probes_and_closes() {
+    let up = Upstream::start("flaky").await;
+    let gw = TestGateway::start(&breaker_config(&[up.url()], "")).await;
+    let c = client();
+    let ep = up.addr.to_string();
+    let state = format!(r#"tollgate_circuit_state{{endpoint="{ep}",upstream="app"}}"#);
+    let to = |s: &str| {
+        format!(r#"tollgate_circuit_transitions_total{{endpoint="{ep}",to="{s}",upstream="app"}}"#)
+    };
+
+    up.set_fail(503);
+    for _ in 0..3 {
+        assert_eq!(get(&c, &gw.url("/x")).await.status, 503);
+    }
+    assert_eq!(up.count(), 3);
+    // Open: answered at once, nothing sent to the endpoint.
+    let g = get(&c, &gw.url("/x")).await;
+    assert_eq!(g.status, 503);
+    assert_eq!(g.json()["error"], "upstream_unavailable");
+    assert_eq!(g.headers["retry-after"], "1");
+    assert_eq!(up.count(), 3);
+    let m = metrics_text(&gw).await;
+    assert_eq!(metric(&m, &state), 2.0);
+    assert_eq!(metric(&m, &to("open")), 1.0);
+
+    // After open_for: two probes, both succeed, closed again.
+    up.set_fail(0);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(get(&c, &gw.url("/x")).await.status, 200);
+    assert_eq!(metric(&metrics_text(&gw).await, &state), 1.0, "half-open");
+    assert_eq!(get(&c, &gw.url("/x")).await.status, 200);
+    let m = metrics_text(&gw).await;
+    assert_eq!(metric(&m, &state), 0.0, "closed");
+    assert_eq!(metric(&m, &to("half_open")), 1.0);
+    assert_eq!(metric(&m, &to("closed")), 1.0);
+
+    // Re-trip: open again; a failed probe doubles the open period (600ms).
+    up.set_fail(500);
+    for _ in 0..3 {
+        assert_eq!(get(&c, &gw.url("/x")).await.status, 500);
+    }
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(get(&c, &gw.url("/x")).await.status, 500, "the probe fails");
+    let hits = up.count();
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let g = get(&c, &gw.url("/x")).await;
+    assert_eq!(g.status, 503, "still open after 350ms of 600ms");
+    assert_eq!(g.json()["error"], "upstream_unavailable");
+    assert_eq!(up.count(), hits);
+    up.set_fail(0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(get(&c, &gw.url("/x")).await.status, 200);
+    assert_eq!(metric(&metrics_text(&gw).await, &to("open")), 3.0);
+}
+
+#[tokio::test]
+async fn an_open_endpoint_is_skipped_by_the_balancer() {
+    let good = Upstream::start("good").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = port.local_addr().unwrap();
+    drop(port);
+    let gw = TestGateway::start(&breaker_config(
+        &[good.url(), format!("http://{dead}")],
+        ", failure_on: [connect_error]",
+    ))
+    .await;
+    let c = client();
+    for _ in 0..30 {
+        let g = get(&c, &gw.url("/x")).await;
+        assert_eq!(
+            g.status, 200,
+            "connect errors are retried on the other endpoint"
+        );
+    }
+    let m = metrics_text(&gw).await;
+    let errors = metric(
+        &m,
+        &format!(r#"tollgate_upstream_connect_errors_total{{endpoint="{dead}",upstream="app"}}"#),
+    );
+    assert_eq!(
+        errors, 3.0,
+        "after 3 failures the dead endpoint is not tried again"
+    );
+    assert_eq!(good.count(), 30);
+}
+
+#[tokio::test]
+async fn breaker_state_survives_a_reload_that_keeps_the_upstream() {
+    let up = Upstream::start("flaky").await;
+    let config = breaker_config(&[up.url()], "");
+    let gw = TestGateway::start(&config).await;
+    let c = client();
+    up.set_fail(502);
+    for _ in 0..3 {
+        get(&c, &gw.url("/x")).await;
+    }
+    assert_eq!(
+        get(&c, &gw.url("/x")).await.json()["error"],
+        "upstream_unavailable"
+    );
+    gw.write_config(
+        &(config + "  - { name: extra, match: { path: /extra }, respond: { body: hi } }\n"),
+    );
+    let r = post(&c, &gw.admin_url("/reload"), "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(get(&c, &gw.url("/extra")).await.text(), "hi");
+    assert_eq!(
+        get(&c, &gw.url("/x")).await.json()["error"],
+        "upstream_unavailable",
+        "still open after the reload"
+    );
+}
+
+#[tokio::test]
+async fn invalid_breaker_settings_are_refused() {
+    let yaml = "upstreams:\n  a:\n    endpoints: [\"http://127.0.0.1:9\"]\n    circuit_breaker: { consecutive_failures: 0, failure_rate: 150%, half_open_requests: 0, failure_on: [] }\nroutes: []\n";
+    let err = tollgate::config::build("t.yaml", yaml, None).err().unwrap();
+    let lines = err.lines().join("\n");
+    for want in [
+        "upstreams.a.circuit_breaker.failure_rate: `150%` is not a percentage",
+        "upstreams.a.circuit_breaker.half_open_requests: must be at least 1",
+        "upstreams.a.circuit_breaker.failure_on: list at least one outcome",
+        "upstreams.a.circuit_breaker: give consecutive_failures",
+    ] {
+        assert!(lines.contains(want), "missing `{want}` in:\n{lines}");
+    }
+}
