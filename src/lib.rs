@@ -11,6 +11,7 @@ pub mod app;
 pub mod auth;
 pub mod body;
 pub mod config;
+pub mod fetch;
 pub mod observability;
 pub mod proxy;
 pub mod routing;

@@ -46,11 +46,14 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Starts what runs in the background for this snapshot (remote key
-    /// refresh). Call once it is live; keys carried over from the previous
+    /// refresh, health checks). Call once it is live; keys carried over from the previous
     /// snapshot are refreshed instead (as on any reload).
     pub fn start_background(&self) {
         for p in self.auth.values() {
             p.keys.start();
+        }
+        for u in self.upstreams.values() {
+            u.start_background();
         }
     }
 

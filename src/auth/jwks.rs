@@ -18,13 +18,9 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use http::{Request, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::rt::TokioIo;
+use http::{StatusCode, Uri, header};
 use prometheus::IntCounter;
 use rustls::ClientConfig;
-use rustls_pki_types::ServerName;
-use tokio::net::TcpStream;
 use tokio::sync::{Notify, watch};
 
 use super::keys::KeySet;
@@ -328,51 +324,20 @@ async fn fetch_keys(s: &RemoteSettings) -> Result<(KeySet, usize, Option<Duratio
 }
 
 /// GET `uri` (http or https); the body and any `Cache-Control: max-age`.
-pub async fn get(uri: &Uri, tls: &Arc<ClientConfig>) -> Result<(Bytes, Option<Duration>), String> {
-    let https = match uri.scheme_str() {
-        Some("https") => true,
-        Some("http") => false,
-        _ => return Err(format!("{uri}: only http and https are supported")),
-    };
-    let host = uri.host().ok_or_else(|| format!("{uri}: no host"))?;
-    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    let tcp = TcpStream::connect((bare, port))
-        .await
-        .map_err(|e| format!("{uri}: connect: {e}"))?;
-    let _ = tcp.set_nodelay(true);
-    let authority = uri
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .unwrap_or_default();
-    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
-    let req = Request::get(path)
-        .header(header::HOST, authority)
-        .header(header::ACCEPT, "application/json")
-        .header(
-            header::USER_AGENT,
-            concat!("tollgate/", env!("CARGO_PKG_VERSION")),
-        )
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    let resp = if https {
-        let name = ServerName::try_from(bare.to_owned())
-            .map_err(|_| format!("{uri}: `{bare}` is not a TLS server name"))?;
-        let stream = tokio_rustls::TlsConnector::from(Arc::clone(tls))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("{uri}: TLS: {e}"))?;
-        exchange(TokioIo::new(stream), req).await
-    } else {
-        exchange(TokioIo::new(tcp), req).await
+async fn get(uri: &Uri, tls: &Arc<ClientConfig>) -> Result<(Bytes, Option<Duration>), String> {
+    let resp = crate::fetch::get(crate::fetch::Target {
+        uri,
+        tls: Some(tls),
+        h2: false,
+        max_body: MAX_DOCUMENT_BYTES,
+        agent: concat!("tollgate/", env!("CARGO_PKG_VERSION")),
+    })
+    .await?;
+    if resp.status() != StatusCode::OK {
+        return Err(format!("{uri}: status {}", resp.status().as_u16()));
     }
-    .map_err(|e| format!("{uri}: {e}"))?;
-    let (parts, body) = resp.into_parts();
-    if parts.status != StatusCode::OK {
-        return Err(format!("{uri}: status {}", parts.status.as_u16()));
-    }
-    let max_age = parts
-        .headers
+    let max_age = resp
+        .headers()
         .get_all(header::CACHE_CONTROL)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -385,28 +350,7 @@ pub async fn get(uri: &Uri, tls: &Arc<ClientConfig>) -> Result<(Bytes, Option<Du
                 .flatten()
         })
         .map(Duration::from_secs);
-    let body = Limited::new(body, MAX_DOCUMENT_BYTES)
-        .collect()
-        .await
-        .map_err(|e| format!("{uri}: body: {e}"))?
-        .to_bytes();
-    Ok((body, max_age))
-}
-
-async fn exchange<I>(
-    io: I,
-    req: Request<Empty<Bytes>>,
-) -> Result<http::Response<hyper::body::Incoming>, String>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
-        .max_buf_size(MAX_DOCUMENT_BYTES.max(64 << 10))
-        .handshake(io)
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    sender.send_request(req).await.map_err(|e| e.to_string())
+    Ok((resp.into_body(), max_age))
 }
 
 /// TLS settings for fetches: the webpki roots plus the certificates in

@@ -241,6 +241,41 @@ pub struct UpstreamSpec {
     /// Circuit breaker per endpoint; absent: none.
     #[serde(default)]
     pub circuit_breaker: Option<BreakerSpec>,
+    /// Active health checks; absent: none.
+    #[serde(default)]
+    pub health_check: Option<HealthCheckSpec>,
+}
+
+/// `upstreams.NAME.health_check`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheckSpec {
+    /// Path requested (GET). Default `/health`.
+    pub path: Str,
+    /// Time between checks. Default `5s`.
+    pub interval: DurationSpec,
+    /// Deadline of one check. Default `1s`.
+    pub timeout: DurationSpec,
+    /// Passing checks in a row to come back into rotation. Default `2`.
+    pub healthy_threshold: u32,
+    /// Failing checks in a row to go out of rotation. Default `3`.
+    pub unhealthy_threshold: u32,
+    /// Statuses that pass: `200-399`, `200`, `200,204`. Default `200-399`.
+    pub expected_status: Str,
+}
+
+impl Default for HealthCheckSpec {
+    fn default() -> Self {
+        use std::time::Duration;
+        Self {
+            path: Str("/health".into()),
+            interval: DurationSpec(Duration::from_secs(5)),
+            timeout: DurationSpec(Duration::from_secs(1)),
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
+            expected_status: Str("200-399".into()),
+        }
+    }
 }
 
 /// `upstreams.NAME.circuit_breaker`.

@@ -55,6 +55,10 @@ pub struct Metrics {
     pub circuit_state: IntGaugeVec,
     /// `tollgate_circuit_transitions_total{upstream,endpoint,to}`.
     pub circuit_transitions: IntCounterVec,
+    /// `tollgate_endpoint_healthy{upstream,endpoint}`.
+    pub endpoint_healthy: IntGaugeVec,
+    /// `tollgate_health_checks_total{upstream,endpoint,result}`.
+    pub health_checks: IntCounterVec,
 }
 
 /// Latency buckets in seconds, 0.5 ms to 30 s.
@@ -198,6 +202,16 @@ impl Metrics {
                 "tollgate_circuit_transitions_total",
                 "Circuit breaker transitions per endpoint, by the state entered (closed, half_open, open).",
                 &["upstream", "endpoint", "to"],
+            ),
+            endpoint_healthy: gauge_vec(
+                "tollgate_endpoint_healthy",
+                "1 while active health checks keep the endpoint in rotation, 0 while they hold it out.",
+                &["upstream", "endpoint"],
+            ),
+            health_checks: counter(
+                "tollgate_health_checks_total",
+                "Active health checks by upstream, endpoint and result (success, failure).",
+                &["upstream", "endpoint", "result"],
             ),
             registry,
         };

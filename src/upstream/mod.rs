@@ -8,10 +8,11 @@
 pub mod balance;
 pub mod breaker;
 pub mod h1;
+pub mod health;
 pub mod pool;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http::header::HOST;
@@ -54,6 +55,9 @@ pub struct Endpoint {
     pub metrics: EndpointMetrics,
     /// Its circuit breaker, when the upstream has one.
     pub breaker: Option<Breaker>,
+    /// False while active health checks hold it out of rotation.
+    pub healthy: AtomicBool,
+    healthy_gauge: Option<prometheus::IntGauge>,
     authority: Authority,
 }
 
@@ -67,9 +71,14 @@ pub struct Upstream {
     pub endpoints: Vec<Arc<Endpoint>>,
     /// What `consistent_hash` hashes.
     pub hash_on: Option<HashOn>,
+    /// Active health check settings.
+    pub health: Option<health::Settings>,
     balancer: Balancer,
     h2: bool,
     duration: Histogram,
+    background: AtomicBool,
+    /// Dropped with the upstream: ends its health checker.
+    stop: tokio::sync::watch::Sender<()>,
 }
 
 /// Why forwarding failed.
@@ -207,6 +216,8 @@ pub struct EndpointParams<'a> {
     pub h2: bool,
     /// Circuit breaker settings.
     pub breaker: Option<breaker::Settings>,
+    /// Whether the upstream has active health checks (exports the gauge).
+    pub health_checked: bool,
 }
 
 impl Endpoint {
@@ -220,8 +231,17 @@ impl Endpoint {
         let authority: Authority = id
             .parse()
             .map_err(|e| format!("invalid endpoint address `{id}`: {e}"))?;
+        let healthy_gauge = p.health_checked.then(|| {
+            let g = metrics()
+                .endpoint_healthy
+                .with_label_values(&[p.upstream, &id]);
+            g.set(1);
+            g
+        });
         Ok(Self {
             breaker: p.breaker.map(|b| Breaker::new(b, p.upstream, &id)),
+            healthy: AtomicBool::new(true),
+            healthy_gauge,
             metrics: EndpointMetrics::new(p.upstream, &id),
             pool: Arc::new(Pool::new(p.target, p.h2)),
             inflight: AtomicUsize::new(0),
@@ -233,9 +253,18 @@ impl Endpoint {
 }
 
 impl Endpoint {
-    /// True when the endpoint may take a request (its breaker is not open).
+    /// True when the endpoint may take a request: healthy, and its breaker
+    /// is not open.
     pub fn available(&self) -> bool {
-        self.breaker.as_ref().is_none_or(Breaker::available)
+        self.healthy.load(Ordering::Relaxed) && self.breaker.as_ref().is_none_or(Breaker::available)
+    }
+
+    /// Moves the endpoint in or out of rotation (health checks).
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
+        if let Some(g) = &self.healthy_gauge {
+            g.set(i64::from(healthy));
+        }
     }
 
     fn admit(&self) -> Admit {
@@ -281,6 +310,7 @@ impl Upstream {
         spec: UpstreamSpec,
         endpoints: Vec<Arc<Endpoint>>,
         hash_on: Option<HashOn>,
+        health: Option<health::Settings>,
     ) -> Self {
         let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
         let ids: Vec<&str> = endpoints.iter().map(|e| e.id.as_str()).collect();
@@ -292,9 +322,25 @@ impl Upstream {
             spec,
             endpoints,
             hash_on,
+            health,
             balancer,
             h2,
+            background: AtomicBool::new(false),
+            stop: tokio::sync::watch::channel(()).0,
         }
+    }
+
+    /// Starts the upstream's background work (health checks) once; needs
+    /// a Tokio runtime.
+    pub fn start_background(self: &Arc<Self>) {
+        if !self.background.swap(true, Ordering::AcqRel) {
+            health::start(self, self.stop.subscribe());
+        }
+    }
+
+    /// True for h2c upstreams.
+    pub fn is_h2(&self) -> bool {
+        self.h2
     }
 
     /// Picks an available endpoint, avoiding `exclude` when another is

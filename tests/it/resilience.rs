@@ -148,3 +148,101 @@ async fn invalid_breaker_settings_are_refused() {
         assert!(lines.contains(want), "missing `{want}` in:\n{lines}");
     }
 }
+
+fn non_health_hits(up: &Upstream) -> usize {
+    up.seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.uri != "/health")
+        .count()
+}
+
+fn health_hits(up: &Upstream) -> usize {
+    up.seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.uri == "/health")
+        .count()
+}
+
+async fn wait_healthy(gw: &TestGateway, ep: &Upstream, want: f64) {
+    let series = format!(
+        r#"tollgate_endpoint_healthy{{endpoint="{}",upstream="app"}}"#,
+        ep.addr
+    );
+    for _ in 0..200 {
+        if metric(&metrics_text(gw).await, &series) == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{series} never became {want}");
+}
+
+#[tokio::test]
+async fn health_checks_take_endpoints_out_and_back_and_stop_with_their_upstream() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let config = format!(
+        "upstreams:\n  app:\n    endpoints: [\"{}\", \"{}\"]\n    health_check: {{ path: /health, interval: 50ms, timeout: 500ms, healthy_threshold: 2, unhealthy_threshold: 2, expected_status: \"200-299\" }}\nroutes:\n  - {{ name: app, match: {{ path_prefix: / }}, upstream: app }}\n",
+        a.url(),
+        b.url()
+    );
+    let gw = TestGateway::start(&config).await;
+    let c = client();
+    wait_healthy(&gw, &b, 1.0).await;
+    b.set_fail(503);
+    wait_healthy(&gw, &b, 0.0).await;
+    let before = non_health_hits(&b);
+    for _ in 0..20 {
+        let g = get(&c, &gw.url("/x")).await;
+        assert_eq!((g.status, g.text()), (200, "a".to_owned()));
+    }
+    assert_eq!(
+        non_health_hits(&b),
+        before,
+        "no traffic to the unhealthy endpoint"
+    );
+    // Both out: fail fast.
+    a.set_fail(500);
+    wait_healthy(&gw, &a, 0.0).await;
+    let g = get(&c, &gw.url("/x")).await;
+    assert_eq!(g.status, 503);
+    assert_eq!(g.json()["error"], "upstream_unavailable");
+    // Back in after two passing checks.
+    a.set_fail(0);
+    b.set_fail(0);
+    wait_healthy(&gw, &b, 1.0).await;
+    wait_healthy(&gw, &a, 1.0).await;
+    let names: Vec<String> = {
+        let mut v = Vec::new();
+        for _ in 0..10 {
+            v.push(get(&c, &gw.url("/x")).await.text());
+        }
+        v
+    };
+    assert!(
+        names.contains(&"b".to_owned()) && names.contains(&"a".to_owned()),
+        "{names:?}"
+    );
+    let m = metrics_text(&gw).await;
+    assert!(
+        metric(
+            &m,
+            &format!(
+                r#"tollgate_health_checks_total{{endpoint="{}",result="failure",upstream="app"}}"#,
+                b.addr
+            )
+        ) >= 2.0
+    );
+    // A reload that removes the upstream stops its checks.
+    gw.write_config(
+        "routes:\n  - { name: r, match: { path_prefix: / }, respond: { body: gone } }\n",
+    );
+    assert_eq!(post(&c, &gw.admin_url("/reload"), "").await.status, 200);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let checks = health_hits(&b);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(health_hits(&b), checks, "checks stopped with the upstream");
+}

@@ -7,10 +7,12 @@ use std::sync::Arc;
 use http::HeaderName;
 
 use super::{Errors, MAX_UPSTREAM_RESPONSE_HEADER_BYTES};
-use crate::config::spec::{BalancerSpec, BreakerSpec, FailureKindSpec, Spec, UpstreamSpec};
+use crate::config::spec::{
+    BalancerSpec, BreakerSpec, FailureKindSpec, HealthCheckSpec, Spec, UpstreamSpec,
+};
 use crate::snapshot::Snapshot;
-use crate::upstream::breaker;
 use crate::upstream::{Endpoint, EndpointParams, HashOn, Target, Upstream};
+use crate::upstream::{breaker, health};
 
 pub(super) fn upstreams(
     spec: &Spec,
@@ -70,6 +72,7 @@ fn upstream(name: &str, u: &UpstreamSpec, p: &str, errs: &mut Errors) -> Option<
                     weight: e.weight.max(1),
                     h2: u.protocol == crate::config::spec::ProtocolSpec::H2c,
                     breaker: breaker.clone(),
+                    health_checked: u.health_check.is_some(),
                 };
                 match Endpoint::new(params) {
                     Ok(e) => endpoints.push(Arc::new(e)),
@@ -109,7 +112,11 @@ fn upstream(name: &str, u: &UpstreamSpec, p: &str, errs: &mut Errors) -> Option<
         }
         (None, _) => None,
     };
-    (errs.0.len() == before).then(|| Upstream::new(name, u.clone(), endpoints, hash_on))
+    let health = u
+        .health_check
+        .as_ref()
+        .and_then(|h| health_check(h, &format!("{p}.health_check"), errs));
+    (errs.0.len() == before).then(|| Upstream::new(name, u.clone(), endpoints, hash_on, health))
 }
 
 fn breaker(b: &BreakerSpec, p: &str, errs: &mut Errors) -> Option<breaker::Settings> {
@@ -171,6 +178,44 @@ fn breaker(b: &BreakerSpec, p: &str, errs: &mut Errors) -> Option<breaker::Setti
         max_open_for: b.max_open_for.0,
         half_open_requests: b.half_open_requests,
         failure_on: breaker::Settings::kinds(&kinds),
+    })
+}
+
+fn health_check(h: &HealthCheckSpec, p: &str, errs: &mut Errors) -> Option<health::Settings> {
+    let before = errs.0.len();
+    let path = h.path.as_str();
+    if !path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err() {
+        errs.push(
+            format!("{p}.path"),
+            format!("`{path}` is not a path such as /health"),
+        );
+    }
+    if h.interval.0 < std::time::Duration::from_millis(10) {
+        errs.push(format!("{p}.interval"), "must be at least 10ms");
+    }
+    if h.timeout.0.is_zero() {
+        errs.push(format!("{p}.timeout"), "must be more than zero");
+    }
+    if h.healthy_threshold == 0 || h.unhealthy_threshold == 0 {
+        errs.push(
+            p,
+            "healthy_threshold and unhealthy_threshold must be at least 1",
+        );
+    }
+    let expected = match health::parse_expected(h.expected_status.as_str()) {
+        Ok(e) => e,
+        Err(m) => {
+            errs.push(format!("{p}.expected_status"), m);
+            Vec::new()
+        }
+    };
+    (errs.0.len() == before).then(|| health::Settings {
+        path: path.to_owned(),
+        interval: h.interval.0,
+        timeout: h.timeout.0,
+        healthy_threshold: h.healthy_threshold,
+        unhealthy_threshold: h.unhealthy_threshold,
+        expected,
     })
 }
 
