@@ -92,6 +92,8 @@ impl Gateway {
         let limit = Arc::new(Semaphore::new(max_connections as usize));
         let draining = Arc::new(AtomicBool::new(false));
 
+        // Requests in progress on this gateway (load shedding).
+        let inflight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut listen = Vec::new();
         let mut listeners = Vec::new();
         for addr in &spec.listen {
@@ -115,6 +117,7 @@ impl Gateway {
                 l,
                 Arc::clone(&live),
                 Arc::clone(&limit),
+                Arc::clone(&inflight),
                 rx.clone(),
             ));
         }

@@ -146,6 +146,8 @@ pub struct Settings {
     pub max_concurrent_streams: u32,
     /// Write access log lines.
     pub access_log: bool,
+    /// Requests in progress beyond this are shed (503).
+    pub max_inflight_requests: usize,
 }
 
 impl Settings {

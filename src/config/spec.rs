@@ -55,6 +55,13 @@ pub struct ServerSpec {
     /// Access log settings.
     #[serde(default)]
     pub access_log: AccessLogSpec,
+    /// Load shedding: requests in progress beyond this get 503 `overloaded` at once. Default `20000`.
+    #[serde(default = "default_max_inflight_requests")]
+    pub max_inflight_requests: usize,
+}
+
+fn default_max_inflight_requests() -> usize {
+    20_000
 }
 
 impl Default for ServerSpec {
@@ -67,6 +74,7 @@ impl Default for ServerSpec {
             trusted_proxies: Vec::new(),
             limits: LimitsSpec::default(),
             access_log: AccessLogSpec::default(),
+            max_inflight_requests: default_max_inflight_requests(),
         }
     }
 }
@@ -244,6 +252,28 @@ pub struct UpstreamSpec {
     /// Active health checks; absent: none.
     #[serde(default)]
     pub health_check: Option<HealthCheckSpec>,
+    /// Bulkhead: what one upstream may take of the gateway.
+    #[serde(default)]
+    pub limits: UpstreamLimitsSpec,
+}
+
+/// `upstreams.NAME.limits`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamLimitsSpec {
+    /// Most open HTTP/1.1 connections to the upstream (all endpoints). Default `1024`.
+    pub max_connections: usize,
+    /// Most requests in flight to the upstream; more get 503 `overloaded` at once. Default `1000`.
+    pub max_inflight: usize,
+}
+
+impl Default for UpstreamLimitsSpec {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            max_inflight: 1000,
+        }
+    }
 }
 
 /// `upstreams.NAME.health_check`.

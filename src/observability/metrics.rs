@@ -59,6 +59,8 @@ pub struct Metrics {
     pub endpoint_healthy: IntGaugeVec,
     /// `tollgate_health_checks_total{upstream,endpoint,result}`.
     pub health_checks: IntCounterVec,
+    /// `tollgate_overflow_total{scope}`.
+    pub overflow: IntCounterVec,
 }
 
 /// Latency buckets in seconds, 0.5 ms to 30 s.
@@ -212,6 +214,11 @@ impl Metrics {
                 "tollgate_health_checks_total",
                 "Active health checks by upstream, endpoint and result (success, failure).",
                 &["upstream", "endpoint", "result"],
+            ),
+            overflow: counter(
+                "tollgate_overflow_total",
+                "Requests refused with 503 overloaded, by the limit that was full (global, upstream, connections).",
+                &["scope"],
             ),
             registry,
         };

@@ -53,6 +53,30 @@ pub struct RequestCtx {
     pub identity: Option<Arc<Identity>>,
     /// The connection's last verified token.
     pub auth_memo: Arc<ConnMemo>,
+    /// Counts the request as in progress on the gateway until it finishes.
+    pub in_progress: InProgress,
+}
+
+/// One request in progress on the gateway (for load shedding); counted
+/// from the request head to the end of the response.
+pub struct InProgress {
+    counter: Arc<std::sync::atomic::AtomicUsize>,
+    /// Requests in progress when this one arrived, itself included.
+    pub count: usize,
+}
+
+impl InProgress {
+    /// Counts one more request on `counter`.
+    pub fn new(counter: Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        let count = counter.fetch_add(1, Ordering::AcqRel) + 1;
+        Self { counter, count }
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// How a response body ended.

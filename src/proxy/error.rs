@@ -51,6 +51,9 @@ pub enum ProxyError {
     UpstreamTimeout,
     /// Authentication refused the request (401, 403) or could not run (503).
     Auth(Failure),
+    /// A bulkhead or the load-shedding limit is full (`global`,
+    /// `upstream` or `connections`): refused at once.
+    Overloaded(&'static str),
 }
 
 #[derive(Serialize)]
@@ -116,6 +119,7 @@ impl ProxyError {
             E::Auth(Failure::Forbidden) => {
                 (S::FORBIDDEN, "insufficient_scope", Party::Downstream, false)
             }
+            E::Overloaded(_) => (S::SERVICE_UNAVAILABLE, "overloaded", Party::Gateway, false),
             E::Auth(Failure::Unavailable) => (
                 S::SERVICE_UNAVAILABLE,
                 "auth_unavailable",
@@ -142,6 +146,12 @@ impl ProxyError {
             ProxyError::UpstreamUnavailable(_) => "no upstream endpoint is available".to_owned(),
             ProxyError::UpstreamTimeout => "the upstream did not respond in time".to_owned(),
             ProxyError::Auth(f) => auth_message(*f).to_owned(),
+            ProxyError::Overloaded("global") => {
+                "the gateway is at its limit of requests in progress".to_owned()
+            }
+            ProxyError::Overloaded(_) => {
+                "the upstream is at its limit of requests or connections".to_owned()
+            }
         }
     }
 
@@ -183,6 +193,9 @@ impl ProxyError {
             if let Some(c) = challenge {
                 h.insert(http::header::WWW_AUTHENTICATE, c);
             }
+        }
+        if let ProxyError::Overloaded(_) = self {
+            h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if let ProxyError::UpstreamUnavailable(secs) = self {
             h.insert(http::header::RETRY_AFTER, HeaderValue::from(*secs));
@@ -242,6 +255,7 @@ mod tests {
                 "upstream_unavailable",
             ),
             (ProxyError::UpstreamTimeout, 504, "upstream_timeout"),
+            (ProxyError::Overloaded("global"), 503, "overloaded"),
             (ProxyError::Auth(Failure::Missing), 401, "unauthorized"),
             (ProxyError::Auth(Failure::Expired), 401, "invalid_token"),
             (

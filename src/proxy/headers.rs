@@ -352,6 +352,7 @@ mod tests {
             send_timeout: Default::default(),
             max_concurrent_streams: 1,
             access_log: false,
+            max_inflight_requests: 1000,
         }
     }
 

@@ -31,7 +31,7 @@ use hyper_util::rt::TokioIo;
 
 use super::admit::{admit, host_for_routing};
 use super::body::ResponseBody;
-use super::ctx::{Finish, RequestCtx};
+use super::ctx::{Finish, InProgress, RequestCtx};
 use super::error::ProxyError;
 use super::headers::{self, TraceContext, X_REQUEST_ID};
 use super::server::ActivityGuard;
@@ -53,6 +53,8 @@ pub struct ConnInfo {
     pub activity: Option<ActivityGuard>,
     /// The connection's last verified token.
     pub auth_memo: Arc<ConnMemo>,
+    /// Requests in progress on this gateway.
+    pub inflight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Runs one request through the pipeline. Never fails: every error becomes
@@ -106,6 +108,7 @@ fn context(req: &Request<Incoming>, conn: ConnInfo, snapshot: Arc<Snapshot>) -> 
         peer_value: conn.peer_value,
         activity: conn.activity,
         auth_memo: conn.auth_memo,
+        in_progress: InProgress::new(conn.inflight),
         trace: TraceContext::from_headers(h),
         start: Instant::now(),
         method: req.method().clone(),
@@ -127,6 +130,13 @@ async fn run(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let snapshot = Arc::clone(&ctx.snapshot);
     let settings = &snapshot.settings;
+
+    // 0. load shedding: over the limit of requests in progress, refuse at
+    // once rather than queue (this request is counted already).
+    if ctx.in_progress.count > settings.max_inflight_requests {
+        metrics().overflow.with_label_values(&["global"]).inc();
+        return Err(ProxyError::Overloaded("global"));
+    }
 
     // 1. admit
     let host = admit(&mut req, settings)?;
@@ -318,6 +328,10 @@ async fn forward(
             return Err(ProxyError::UpstreamUnavailable(
                 retry_after.as_secs_f64().ceil().max(1.0) as u64,
             ));
+        }
+        Err(UpstreamError::Overloaded(scope)) => {
+            metrics().overflow.with_label_values(&[scope]).inc();
+            return Err(ProxyError::Overloaded(scope));
         }
         Err(UpstreamError::Connect { .. }) => return Err(ProxyError::UpstreamRefused),
         Err(UpstreamError::Send { source, .. }) => {

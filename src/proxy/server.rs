@@ -185,6 +185,7 @@ pub async fn serve(
     listener: TcpListener,
     live: SharedSnapshot,
     limit: Arc<Semaphore>,
+    inflight: Arc<AtomicUsize>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -209,6 +210,7 @@ pub async fn serve(
             peer,
             Arc::clone(&live),
             permit,
+            Arc::clone(&inflight),
             shutdown.clone(),
         ));
     }
@@ -219,6 +221,7 @@ async fn connection(
     peer: SocketAddr,
     live: SharedSnapshot,
     permit: OwnedSemaphorePermit,
+    inflight: Arc<AtomicUsize>,
     shutdown: watch::Receiver<bool>,
 ) {
     let gauge = &metrics().connections_active;
@@ -253,6 +256,7 @@ async fn connection(
                 peer_value: peer_value.clone(),
                 activity: Some(ActivityGuard::new(&svc_state)),
                 auth_memo: Arc::clone(&memo),
+                inflight: Arc::clone(&inflight),
             };
             async move { Ok::<_, Infallible>(pipeline::handle(req, info, &live).await) }
         });

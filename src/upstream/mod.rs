@@ -77,6 +77,10 @@ pub struct Upstream {
     h2: bool,
     duration: Histogram,
     background: AtomicBool,
+    /// Requests in flight, capped at `limits.max_inflight`.
+    pub requests: pool::Counter,
+    /// Open HTTP/1.1 connections, capped at `limits.max_connections`.
+    pub connections: pool::Counter,
     /// Dropped with the upstream: ends its health checker.
     stop: tokio::sync::watch::Sender<()>,
 }
@@ -107,6 +111,10 @@ pub enum UpstreamError {
         /// Until the soonest endpoint takes a probe.
         retry_after: Duration,
     },
+    /// `limits.max_inflight` requests (or `max_connections` connections)
+    /// are in use: refused at once.
+    #[error("the upstream's {0} limit is reached")]
+    Overloaded(&'static str),
     /// No response head before the deadline.
     #[error("no response from {endpoint} in time")]
     Timeout {
@@ -187,20 +195,41 @@ pub struct Sent {
     pub inflight: InflightGuard,
 }
 
-/// Decrements an endpoint's in-flight count when dropped.
-pub struct InflightGuard(Arc<Endpoint>);
+/// Counts a request in flight on its endpoint and its upstream until
+/// dropped (the response body holds it to the end).
+pub struct InflightGuard {
+    ep: EndpointGuard,
+    _upstream: pool::Held,
+}
 
-impl Drop for InflightGuard {
+/// One request in flight on an endpoint.
+struct EndpointGuard(Arc<Endpoint>);
+
+impl EndpointGuard {
+    fn new(ep: &Arc<Endpoint>) -> Self {
+        ep.inflight.fetch_add(1, Ordering::Relaxed);
+        EndpointGuard(Arc::clone(ep))
+    }
+}
+
+impl Drop for EndpointGuard {
     fn drop(&mut self) {
         self.0.inflight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 impl InflightGuard {
-    /// Counts one request in flight on `ep`.
-    fn new(ep: &Arc<Endpoint>) -> Self {
-        ep.inflight.fetch_add(1, Ordering::Relaxed);
-        InflightGuard(Arc::clone(ep))
+    /// Counts one request in flight on `ep` (of the upstream `held` counts).
+    fn new(ep: &Arc<Endpoint>, held: pool::Held) -> Self {
+        InflightGuard {
+            ep: EndpointGuard::new(ep),
+            _upstream: held,
+        }
+    }
+
+    /// The same request, moved to another endpoint.
+    fn move_to(&mut self, ep: &Arc<Endpoint>) {
+        self.ep = EndpointGuard::new(ep);
     }
 }
 
@@ -311,6 +340,7 @@ impl Upstream {
         endpoints: Vec<Arc<Endpoint>>,
         hash_on: Option<HashOn>,
         health: Option<health::Settings>,
+        counters: (pool::Counter, pool::Counter),
     ) -> Self {
         let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
         let ids: Vec<&str> = endpoints.iter().map(|e| e.id.as_str()).collect();
@@ -326,6 +356,8 @@ impl Upstream {
             balancer,
             h2,
             background: AtomicBool::new(false),
+            requests: counters.0,
+            connections: counters.1,
             stop: tokio::sync::watch::channel(()).0,
         }
     }
@@ -394,6 +426,10 @@ impl Upstream {
         deadline: tokio::time::Instant,
     ) -> Result<Sent, UpstreamError> {
         let start = Instant::now();
+        let held = self
+            .requests
+            .take()
+            .ok_or(UpstreamError::Overloaded("upstream"))?;
         let unavailable = || UpstreamError::Unavailable {
             retry_after: self.retry_after(),
         };
@@ -417,7 +453,7 @@ impl Upstream {
         }
         // In flight from the pick on, so `least_request` sees requests still
         // waiting for their response head (the slow ones matter most).
-        let mut inflight = InflightGuard::new(&self.endpoints[idx]);
+        let mut inflight = InflightGuard::new(&self.endpoints[idx], held);
         let mut retried = false;
         if self.h2 {
             to_absolute_form(&mut req, &self.endpoints[idx].authority);
@@ -435,6 +471,10 @@ impl Upstream {
                         return Err(timed_out());
                     }
                     Ok(Ok(c)) => (c, false),
+                    Ok(Err(ConnectError::Overflow)) => {
+                        slot.done(None);
+                        return Err(UpstreamError::Overloaded("connections"));
+                    }
                     Ok(Err(source)) => {
                         ep.metrics.connect_errors.inc();
                         slot.done(Some(Failure::ConnectError));
@@ -452,7 +492,7 @@ impl Upstream {
                                     admit,
                                     open: true,
                                 };
-                                inflight = InflightGuard::new(&self.endpoints[idx]);
+                                inflight.move_to(&self.endpoints[idx]);
                                 continue;
                             }
                         }

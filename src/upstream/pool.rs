@@ -9,12 +9,12 @@
 //! (see `h1`).
 
 use std::io;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use tokio::net::TcpStream;
 
 use super::h1;
@@ -29,6 +29,9 @@ pub enum ConnectError {
     /// TCP connect took longer than `connect_timeout`.
     #[error("connect timed out")]
     Timeout,
+    /// The upstream's `limits.max_connections` are all open.
+    #[error("the upstream's connection limit is reached")]
+    Overflow,
     /// The HTTP handshake failed.
     #[error("handshake failed: {0}")]
     Handshake(#[from] hyper::Error),
@@ -49,6 +52,50 @@ pub struct Target {
     pub idle_timeout: Duration,
     /// Largest upstream response head accepted.
     pub max_response_header_bytes: usize,
+    /// Open HTTP/1.1 connections of the whole upstream, and their cap.
+    pub connections: Counter,
+}
+
+/// A shared count with a cap (connections or requests of one upstream).
+#[derive(Clone, Debug)]
+pub struct Counter {
+    count: Arc<AtomicUsize>,
+    max: usize,
+}
+
+/// One unit of a `Counter`, given back when dropped.
+#[derive(Debug)]
+pub struct Held(Arc<AtomicUsize>);
+
+impl Counter {
+    /// A count starting at zero, capped at `max`.
+    pub fn new(max: usize) -> Self {
+        Self {
+            count: Arc::new(AtomicUsize::new(0)),
+            max,
+        }
+    }
+
+    /// Takes one unit, or `None` at the cap.
+    pub fn take(&self) -> Option<Held> {
+        let n = self.count.fetch_add(1, Ordering::AcqRel);
+        if n >= self.max {
+            self.count.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Held(Arc::clone(&self.count)))
+    }
+
+    /// Units held now.
+    pub fn current(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A connection ready for one request.
@@ -129,6 +176,11 @@ impl Pool {
 
     async fn open(&self) -> Result<Conn, ConnectError> {
         let t = &self.target;
+        let held = if self.h2 {
+            None
+        } else {
+            Some(t.connections.take().ok_or(ConnectError::Overflow)?)
+        };
         let stream = tokio::time::timeout(
             t.connect_timeout,
             TcpStream::connect((t.host.as_str(), t.port)),
@@ -137,7 +189,7 @@ impl Pool {
         .map_err(|_| ConnectError::Timeout)??;
         stream.set_nodelay(true)?;
         if !self.h2 {
-            return Ok(Conn::Http1(h1::Conn::new(stream)));
+            return Ok(Conn::Http1(h1::Conn::new(stream, held)));
         }
         let (tx, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())

@@ -246,3 +246,82 @@ async fn health_checks_take_endpoints_out_and_back_and_stop_with_their_upstream(
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(health_hits(&b), checks, "checks stopped with the upstream");
 }
+
+#[tokio::test]
+async fn bulkheads_and_load_shedding_answer_503_at_once() {
+    let (slow, other) = (
+        Upstream::start("slow").await,
+        Upstream::start("other").await,
+    );
+    let config = format!(
+        "{}upstreams:\n  slow: {{ endpoints: [\"{}\"], limits: {{ max_inflight: 2 }} }}\n  other: {{ endpoints: [\"{}\"] }}\nroutes:\n  - {{ name: slow, match: {{ path_prefix: /slow }}, upstream: slow }}\n  - {{ name: other, match: {{ path_prefix: / }}, upstream: other }}\n",
+        server_with(""),
+        slow.url(),
+        other.url()
+    );
+    let gw = TestGateway::start(&config).await;
+    let c = client();
+    // Two requests fill the slow upstream's bulkhead.
+    let held = spawn_gets(&c, &gw.url("/slow/600"), 2);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let t = std::time::Instant::now();
+    let g = get(&c, &gw.url("/slow/1")).await;
+    assert_eq!(g.status, 503);
+    assert_eq!(g.json()["error"], "overloaded");
+    assert_eq!(g.headers["retry-after"], "1");
+    assert!(
+        t.elapsed() < Duration::from_millis(300),
+        "refused at once, not queued"
+    );
+    // The other upstream is not affected by the slow one's bulkhead.
+    assert_eq!(get(&c, &gw.url("/fine")).await.status, 200);
+    for h in held {
+        assert_eq!(h.await.unwrap(), 200);
+    }
+    assert_eq!(get(&c, &gw.url("/slow/1")).await.status, 200, "free again");
+    let m = metrics_text(&gw).await;
+    assert!(metric(&m, r#"tollgate_overflow_total{scope="upstream"}"#) >= 1.0);
+}
+
+#[tokio::test]
+async fn the_global_limit_sheds_requests_beyond_it() {
+    let up = Upstream::start("app").await;
+    let config = format!(
+        "{}{}",
+        server_with("max_inflight_requests: 2"),
+        proxy_all(&up.url())
+    );
+    let gw = TestGateway::start(&config).await;
+    let c = client();
+    let held = spawn_gets(&c, &gw.url("/slow/600"), 2);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let g = get(&c, &gw.url("/fast")).await;
+    assert_eq!(g.status, 503);
+    assert_eq!(g.json()["error"], "overloaded");
+    for h in held {
+        assert_eq!(h.await.unwrap(), 200);
+    }
+    assert_eq!(get(&c, &gw.url("/fast")).await.status, 200);
+    let m = metrics_text(&gw).await;
+    assert!(metric(&m, r#"tollgate_overflow_total{scope="global"}"#) >= 1.0);
+}
+
+#[tokio::test]
+async fn max_connections_caps_the_upstream_pool() {
+    let up = Upstream::start("app").await;
+    let config = format!(
+        "upstreams:\n  app: {{ endpoints: [\"{}\"], limits: {{ max_connections: 1 }} }}\nroutes:\n  - {{ name: app, match: {{ path_prefix: / }}, upstream: app }}\n",
+        up.url()
+    );
+    let gw = TestGateway::start(&config).await;
+    let c = client();
+    let held = spawn_gets(&c, &gw.url("/slow/500"), 1);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let g = get(&c, &gw.url("/x")).await;
+    assert_eq!(g.status, 503, "{}", g.text());
+    assert_eq!(g.json()["error"], "overloaded");
+    assert_eq!(held.into_iter().next().unwrap().await.unwrap(), 200);
+    // The one connection went back to the pool: reused.
+    assert_eq!(get(&c, &gw.url("/x")).await.status, 200);
+    assert_eq!(up.conns.load(std::sync::atomic::Ordering::Relaxed), 1);
+}

@@ -208,6 +208,15 @@ fn settings(spec: &Spec, errs: &mut Errors) -> Settings {
         1,
         10_000,
     );
+    if !(1..=10_000_000).contains(&s.max_inflight_requests) {
+        errs.push(
+            "server.max_inflight_requests",
+            format!(
+                "must be from 1 to 10000000, got {}",
+                s.max_inflight_requests
+            ),
+        );
+    }
     range(
         errs,
         "max_connections",
@@ -241,5 +250,6 @@ fn settings(spec: &Spec, errs: &mut Errors) -> Settings {
         send_timeout: l.send_timeout.0,
         max_concurrent_streams: l.max_concurrent_streams,
         access_log: s.access_log.enabled,
+        max_inflight_requests: s.max_inflight_requests,
     }
 }

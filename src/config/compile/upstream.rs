@@ -11,6 +11,7 @@ use crate::config::spec::{
     BalancerSpec, BreakerSpec, FailureKindSpec, HealthCheckSpec, Spec, UpstreamSpec,
 };
 use crate::snapshot::Snapshot;
+use crate::upstream::pool::Counter;
 use crate::upstream::{Endpoint, EndpointParams, HashOn, Target, Upstream};
 use crate::upstream::{breaker, health};
 
@@ -47,6 +48,18 @@ fn upstream(name: &str, u: &UpstreamSpec, p: &str, errs: &mut Errors) -> Option<
         .circuit_breaker
         .as_ref()
         .and_then(|b| breaker(b, &format!("{p}.circuit_breaker"), errs));
+    for (field, v) in [
+        ("max_connections", u.limits.max_connections),
+        ("max_inflight", u.limits.max_inflight),
+    ] {
+        if !(1..=10_000_000).contains(&v) {
+            errs.push(
+                format!("{p}.limits.{field}"),
+                format!("must be from 1 to 10000000, got {v}"),
+            );
+        }
+    }
+    let connections = Counter::new(u.limits.max_connections);
     let mut endpoints = Vec::new();
     for (i, e) in u.endpoints.iter().enumerate() {
         let ep = format!("{p}.endpoints[{i}]");
@@ -65,6 +78,7 @@ fn upstream(name: &str, u: &UpstreamSpec, p: &str, errs: &mut Errors) -> Option<
                     max_idle: u.pool.max_idle_per_endpoint,
                     idle_timeout: u.pool.idle_timeout.0,
                     max_response_header_bytes: MAX_UPSTREAM_RESPONSE_HEADER_BYTES,
+                    connections: connections.clone(),
                 };
                 let params = EndpointParams {
                     upstream: name,
@@ -116,7 +130,9 @@ fn upstream(name: &str, u: &UpstreamSpec, p: &str, errs: &mut Errors) -> Option<
         .health_check
         .as_ref()
         .and_then(|h| health_check(h, &format!("{p}.health_check"), errs));
-    (errs.0.len() == before).then(|| Upstream::new(name, u.clone(), endpoints, hash_on, health))
+    let counters = (Counter::new(u.limits.max_inflight), connections);
+    (errs.0.len() == before)
+        .then(|| Upstream::new(name, u.clone(), endpoints, hash_on, health, counters))
 }
 
 fn breaker(b: &BreakerSpec, p: &str, errs: &mut Errors) -> Option<breaker::Settings> {

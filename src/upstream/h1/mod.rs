@@ -44,6 +44,8 @@ pub struct Conn {
     head: Vec<u8>,
     /// Scratch list for parsing response heads (kept for the same reason).
     fields: Vec<(http::HeaderName, usize, usize)>,
+    /// Counts the connection against the upstream's `max_connections`.
+    _held: Option<crate::upstream::pool::Held>,
 }
 
 /// Why an exchange failed.
@@ -65,13 +67,14 @@ pub enum H1Error {
 pub struct NotSent(pub Box<Request<RequestBody>>);
 
 impl Conn {
-    /// Wraps a connected stream.
-    pub fn new(stream: TcpStream) -> Self {
+    /// Wraps a connected stream, counted by `held` while it lives.
+    pub fn new(stream: TcpStream, held: Option<crate::upstream::pool::Held>) -> Self {
         Self {
             stream,
             buf: BytesMut::with_capacity(8 << 10),
             head: Vec::with_capacity(512),
             fields: Vec::new(),
+            _held: held,
         }
     }
 
