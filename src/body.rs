@@ -1,10 +1,13 @@
 //! The downstream request body as it is streamed upstream: never buffered,
 //! capped at `max_request_body_bytes` (413) and guarded by
-//! `body_read_timeout` (408) while it streams.
+//! `body_read_timeout` (408) while it streams. On routes that retry, a
+//! copy of a small body (at most `MAX_REPLAY_BYTES`) is kept as it streams,
+//! so a retry can send it again.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -30,9 +33,56 @@ pub enum BodyError {
     Read(#[from] hyper::Error),
 }
 
+/// Largest request body kept for a retry.
+pub const MAX_REPLAY_BYTES: usize = 64 << 10;
+
+/// The copy of a request body kept for retries.
+#[derive(Debug, Default)]
+pub struct Replay {
+    chunks: Vec<Bytes>,
+    size: usize,
+    complete: bool,
+    overflow: bool,
+}
+
+impl Replay {
+    /// A copy of a body with no bytes.
+    pub fn empty() -> Self {
+        Self {
+            complete: true,
+            ..Self::default()
+        }
+    }
+
+    /// The body again, when it was read to its end and was small enough.
+    pub fn body(&self) -> Option<RequestBody> {
+        (self.complete && !self.overflow).then(|| RequestBody {
+            chunks: self.chunks.iter().cloned().collect(),
+            ..RequestBody::empty()
+        })
+    }
+
+    fn push(&mut self, data: &Bytes) {
+        if self.overflow {
+            return;
+        }
+        if self.size + data.len() > MAX_REPLAY_BYTES {
+            self.overflow = true;
+            self.chunks = Vec::new();
+            return;
+        }
+        self.size += data.len();
+        self.chunks.push(data.clone());
+    }
+}
+
 /// A streamed, limited request body.
 pub struct RequestBody {
     inner: Option<Incoming>,
+    /// Bytes to send before (or instead of) `inner`: a replayed body.
+    chunks: VecDeque<Bytes>,
+    /// Where a copy is kept for retries.
+    tee: Option<Arc<Mutex<Replay>>>,
     remaining: u64,
     limit: u64,
     timeout: Duration,
@@ -47,12 +97,20 @@ impl RequestBody {
     pub fn new(inner: Incoming, limit: u64, timeout: Duration) -> Self {
         Self {
             inner: Some(inner),
+            chunks: VecDeque::new(),
+            tee: None,
             remaining: limit,
             limit,
             timeout,
             sleep: None,
             counter: None,
         }
+    }
+
+    /// Keeps a copy of the body in `replay` as it streams.
+    pub fn teed(mut self, replay: Arc<Mutex<Replay>>) -> Self {
+        self.tee = Some(replay);
+        self
     }
 
     /// Counts the bytes read into `counter` as they stream.
@@ -65,6 +123,8 @@ impl RequestBody {
     pub fn empty() -> Self {
         Self {
             inner: None,
+            chunks: VecDeque::new(),
+            tee: None,
             remaining: 0,
             limit: 0,
             timeout: Duration::ZERO,
@@ -83,6 +143,9 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
+        if let Some(chunk) = this.chunks.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
@@ -98,6 +161,14 @@ impl Body for RequestBody {
                     if let Some(c) = &this.counter {
                         c.fetch_add(n, Ordering::Relaxed);
                     }
+                    if let Some(t) = &this.tee
+                        && let Ok(mut t) = t.lock()
+                    {
+                        t.push(data);
+                        // A sender that stops at Content-Length never polls
+                        // the end: the body is complete when hyper says so.
+                        t.complete = this.inner.as_ref().is_some_and(Body::is_end_stream);
+                    }
                 }
                 if let Some(s) = this.sleep.as_mut() {
                     s.as_mut().reset(Instant::now() + this.timeout);
@@ -110,6 +181,11 @@ impl Body for RequestBody {
             }
             Poll::Ready(None) => {
                 this.inner = None;
+                if let Some(t) = &this.tee
+                    && let Ok(mut t) = t.lock()
+                {
+                    t.complete = true;
+                }
                 Poll::Ready(None)
             }
             Poll::Pending => {
@@ -125,13 +201,24 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Body::is_end_stream)
+        self.chunks.is_empty() && self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+        let queued: u64 = self.chunks.iter().map(|c| c.len() as u64).sum();
+        match &self.inner {
+            None => SizeHint::with_exact(queued),
+            Some(inner) if queued == 0 => inner.size_hint(),
+            Some(inner) => {
+                let h = inner.size_hint();
+                let mut out = SizeHint::new();
+                out.set_lower(h.lower() + queued);
+                if let Some(u) = h.upper() {
+                    out.set_upper(u + queued);
+                }
+                out
+            }
+        }
     }
 }
 

@@ -179,6 +179,8 @@ pub struct Route {
     pub response_headers: HeaderRules,
     /// JWT policy; `None`: public.
     pub auth: Option<RouteAuth>,
+    /// Retry policy.
+    pub retry: Option<crate::upstream::retry::Policy>,
     /// Metric handles.
     pub metrics: RouteMetrics,
 }

@@ -504,6 +504,93 @@ pub struct RouteSpec {
     /// JWT authentication; a route without it is public.
     #[serde(default)]
     pub auth: Option<RouteAuthSpec>,
+    /// Retry policy; absent: only connect failures are retried, once.
+    #[serde(default)]
+    pub retry: Option<RetrySpec>,
+}
+
+/// `routes[i].retry`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySpec {
+    /// Retries after the first try. Default `2`.
+    pub attempts: u32,
+    /// What is retried: `connect_error`, `reset`, `timeout` (per try), `5xx`, or a status. Default `[connect_error, reset, 502, 503, 504]`.
+    pub on: Vec<RetryOnSpec>,
+    /// Deadline of one try, within the route timeout. Default: none.
+    pub per_try_timeout: Option<DurationSpec>,
+    /// Full-jitter backoff between tries.
+    pub backoff: BackoffSpec,
+    /// Retries in progress may be at most this share of the route's requests in progress. Default `20%`.
+    pub budget: Str,
+    /// Retries always allowed at once, whatever the budget. Default `3`.
+    pub min_concurrency: u32,
+    /// Also retry POST and PATCH after a reset or a listed status. Default `false`.
+    pub non_idempotent: bool,
+}
+
+impl Default for RetrySpec {
+    fn default() -> Self {
+        Self {
+            attempts: 2,
+            on: ["connect_error", "reset", "502", "503", "504"]
+                .iter()
+                .map(|s| RetryOnSpec((*s).to_owned()))
+                .collect(),
+            per_try_timeout: None,
+            backoff: BackoffSpec::default(),
+            budget: Str("20%".into()),
+            min_concurrency: 3,
+            non_idempotent: false,
+        }
+    }
+}
+
+/// `routes[i].retry.backoff`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackoffSpec {
+    /// First wait cap. Default `25ms`.
+    pub base: DurationSpec,
+    /// Largest wait. Default `250ms`.
+    pub max: DurationSpec,
+}
+
+impl Default for BackoffSpec {
+    fn default() -> Self {
+        use std::time::Duration;
+        Self {
+            base: DurationSpec(Duration::from_millis(25)),
+            max: DurationSpec(Duration::from_millis(250)),
+        }
+    }
+}
+
+/// One `retry.on` entry: a word or a status code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct RetryOnSpec(pub String);
+
+impl<'de> Deserialize<'de> for RetryOnSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = RetryOnSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("connect_error, reset, timeout, 5xx or a status code")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RetryOnSpec, E> {
+                Ok(RetryOnSpec(v.to_owned()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RetryOnSpec, E> {
+                Ok(RetryOnSpec(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RetryOnSpec, E> {
+                Ok(RetryOnSpec(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// `routes[i].match`.

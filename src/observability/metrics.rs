@@ -61,6 +61,10 @@ pub struct Metrics {
     pub health_checks: IntCounterVec,
     /// `tollgate_overflow_total{scope}`.
     pub overflow: IntCounterVec,
+    /// `tollgate_retries_total{route,reason}`.
+    pub retries: IntCounterVec,
+    /// `tollgate_retry_budget_exhausted_total{route}`.
+    pub retry_budget_exhausted: IntCounterVec,
 }
 
 /// Latency buckets in seconds, 0.5 ms to 30 s.
@@ -219,6 +223,16 @@ impl Metrics {
                 "tollgate_overflow_total",
                 "Requests refused with 503 overloaded, by the limit that was full (global, upstream, connections).",
                 &["scope"],
+            ),
+            retries: counter(
+                "tollgate_retries_total",
+                "Retries made, by route and reason (connect_error, reset, timeout, or the status).",
+                &["route", "reason"],
+            ),
+            retry_budget_exhausted: counter(
+                "tollgate_retry_budget_exhausted_total",
+                "Retries not made because the route's retry budget was used up.",
+                &["route"],
             ),
             registry,
         };

@@ -36,11 +36,12 @@ use super::error::ProxyError;
 use super::headers::{self, TraceContext, X_REQUEST_ID};
 use super::server::ActivityGuard;
 use crate::auth::ConnMemo;
-use crate::body::{BodyError, RequestBody};
+use crate::body::{BodyError, Replay, RequestBody};
 use crate::observability::metrics::metrics;
 use crate::routing::normalize::normalize_path;
 use crate::routing::{Lookup, RequestView};
 use crate::snapshot::{Action, Route, SharedSnapshot, Snapshot};
+use crate::upstream::retry::{Policy, Reason};
 use crate::upstream::{HashOn, Upstream, UpstreamBody, UpstreamError, balance::hash64};
 
 /// What the connection knows about its requests.
@@ -295,6 +296,17 @@ async fn forward(
     if !route.request_headers.is_empty() {
         route.request_headers.apply(&mut headers);
     }
+    // A retrying route keeps the head and a copy of a small body.
+    let policy = route.retry.as_ref().filter(|_| upgrade.is_none());
+    let replay = policy.map(|_| {
+        Arc::new(std::sync::Mutex::new(
+            if http_body::Body::is_end_stream(&incoming) {
+                Replay::empty()
+            } else {
+                Replay::default()
+            },
+        ))
+    });
     let body = if http_body::Body::is_end_stream(&incoming) {
         RequestBody::empty()
     } else {
@@ -303,6 +315,10 @@ async fn forward(
             settings.max_request_body_bytes,
             settings.body_read_timeout,
         );
+        let body = match &replay {
+            Some(r) => body.teed(Arc::clone(r)),
+            None => body,
+        };
         if settings.access_log {
             let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
             ctx.bytes_in = Some(Arc::clone(&counter));
@@ -311,6 +327,7 @@ async fn forward(
             body
         }
     };
+    let head = policy.map(|_| (parts.method.clone(), uri.clone(), headers.clone()));
     let mut out = Request::new(body);
     *out.method_mut() = parts.method;
     *out.uri_mut() = uri;
@@ -322,7 +339,56 @@ async fn forward(
     // instructions per request than unboxed). The route timeout is applied
     // inside, per step, so a timeout is charged to the endpoint's breaker.
     let deadline = tokio::time::Instant::now() + route.timeout;
-    let sent = match Box::pin(upstream.send(out, key, deadline)).await {
+    let _active = policy.map(Policy::begin);
+    let mut tried = 0u64;
+    let mut retries = 0u32;
+    let mut _retrying = None;
+    let result = loop {
+        let try_deadline = policy
+            .and_then(|p| p.per_try_timeout)
+            .map_or(deadline, |t| {
+                (tokio::time::Instant::now() + t).min(deadline)
+            });
+        let result = Box::pin(upstream.send(out, key, try_deadline, &mut tried)).await;
+        let (Some(p), Some((method, uri, headers)), Some(replay)) = (policy, &head, &replay) else {
+            break result;
+        };
+        let reason = match &result {
+            Ok(sent) => Some(Reason::Status(sent.response.status().as_u16())),
+            Err(UpstreamError::Connect { .. }) => Some(Reason::ConnectError),
+            Err(UpstreamError::Send { source, .. }) if source.body_error().is_none() => {
+                Some(Reason::Reset)
+            }
+            Err(UpstreamError::Timeout { .. }) if try_deadline < deadline => Some(Reason::Timeout),
+            Err(_) => None,
+        };
+        let Some(reason) = reason.filter(|r| retries < p.attempts && p.wants(*r, method)) else {
+            break result;
+        };
+        let Some(body) = replay.lock().ok().and_then(|r| r.body()) else {
+            break result;
+        };
+        let Some(slot) = p.try_retry() else {
+            break result;
+        };
+        // The failed try's response (if any) is dropped unread: nothing of
+        // it has reached the client.
+        drop(result);
+        p.count(reason);
+        retries += 1;
+        _retrying = Some(slot);
+        let wait = p.backoff(retries);
+        if tokio::time::Instant::now() + wait >= deadline {
+            return Err(ProxyError::UpstreamTimeout);
+        }
+        tokio::time::sleep(wait).await;
+        out = Request::new(body);
+        *out.method_mut() = method.clone();
+        *out.uri_mut() = uri.clone();
+        *out.headers_mut() = headers.clone();
+        *out.version_mut() = Version::HTTP_11;
+    };
+    let sent = match result {
         Err(UpstreamError::Timeout { .. }) => return Err(ProxyError::UpstreamTimeout),
         Err(UpstreamError::Unavailable { retry_after }) => {
             return Err(ProxyError::UpstreamUnavailable(

@@ -10,6 +10,7 @@ pub mod breaker;
 pub mod h1;
 pub mod health;
 pub mod pool;
+pub mod retry;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -375,15 +376,17 @@ impl Upstream {
         self.h2
     }
 
-    /// Picks an available endpoint, avoiding `exclude` when another is
-    /// available; `None` when every endpoint is open.
-    pub fn pick(&self, key: Option<u64>, exclude: Option<usize>) -> Option<usize> {
+    /// Picks an available endpoint, preferring those not in `avoid` (a
+    /// bit per endpoint index, for endpoints already tried); `None` when
+    /// every endpoint is open or unhealthy.
+    pub fn pick(&self, key: Option<u64>, avoid: u64) -> Option<usize> {
         let n = self.endpoints.len();
         let eps = &self.endpoints;
+        let avoided = |i: usize| i < 64 && avoid & (1 << i) != 0;
         let first = self
             .balancer
             .pick(n, key, |i| eps[i].inflight.load(Ordering::Relaxed));
-        let ok = |i: usize| Some(i) != exclude && eps.get(i).is_some_and(|e| e.available());
+        let ok = |i: usize| !avoided(i) && eps.get(i).is_some_and(|e| e.available());
         if ok(first) {
             return Some(first);
         }
@@ -400,10 +403,11 @@ impl Upstream {
                 }
             }
         }
+        let any = |i: &usize| eps.get(*i).is_some_and(|e| e.available());
         (1..n)
             .map(|d| (first + d) % n)
             .find(|&i| ok(i))
-            .or_else(|| exclude.filter(|&x| eps.get(x).is_some_and(|e| e.available())))
+            .or_else(|| (0..n).map(|d| (first + d) % n).find(any))
     }
 
     /// How long until an endpoint of this upstream takes a probe again.
@@ -424,6 +428,7 @@ impl Upstream {
         mut req: Request<RequestBody>,
         key: Option<u64>,
         deadline: tokio::time::Instant,
+        tried: &mut u64,
     ) -> Result<Sent, UpstreamError> {
         let start = Instant::now();
         let held = self
@@ -433,7 +438,12 @@ impl Upstream {
         let unavailable = || UpstreamError::Unavailable {
             retry_after: self.retry_after(),
         };
-        let mut idx = self.pick(key, None).ok_or_else(unavailable)?;
+        let mark = |tried: &mut u64, i: usize| {
+            if i < 64 {
+                *tried |= 1 << i;
+            }
+        };
+        let mut idx = self.pick(key, *tried).ok_or_else(unavailable)?;
         let mut slot = Slot {
             ep: &self.endpoints[idx],
             admit: self.endpoints[idx].admit(),
@@ -441,7 +451,9 @@ impl Upstream {
         };
         if slot.admit == Admit::No {
             // Lost a race for the last probe slot: try the others once.
-            idx = self.pick(key, Some(idx)).ok_or_else(unavailable)?;
+            idx = self
+                .pick(key, *tried | (1 << idx.min(63)))
+                .ok_or_else(unavailable)?;
             slot = Slot {
                 ep: &self.endpoints[idx],
                 admit: self.endpoints[idx].admit(),
@@ -451,6 +463,7 @@ impl Upstream {
                 return Err(unavailable());
             }
         }
+        mark(tried, idx);
         // In flight from the pick on, so `least_request` sees requests still
         // waiting for their response head (the slow ones matter most).
         let mut inflight = InflightGuard::new(&self.endpoints[idx], held);
@@ -480,13 +493,14 @@ impl Upstream {
                         slot.done(Some(Failure::ConnectError));
                         if !retried
                             && self.endpoints.len() > 1
-                            && let Some(next) = self.pick(key, Some(idx))
+                            && let Some(next) = self.pick(key, *tried)
                             && next != idx
                         {
                             let admit = self.endpoints[next].admit();
                             if admit != Admit::No {
                                 retried = true;
                                 idx = next;
+                                mark(tried, idx);
                                 slot = Slot {
                                     ep: &self.endpoints[idx],
                                     admit,

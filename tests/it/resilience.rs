@@ -325,3 +325,181 @@ async fn max_connections_caps_the_upstream_pool() {
     assert_eq!(get(&c, &gw.url("/x")).await.status, 200);
     assert_eq!(up.conns.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
+
+/// Upstream `app` over `endpoints`, one catch-all route with `retry`.
+fn retry_config(endpoints: &[String], retry: &str) -> String {
+    let list = endpoints
+        .iter()
+        .map(|e| format!("\"{e}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "upstreams:\n  app: {{ endpoints: [{list}] }}\nroutes:\n  - {{ name: app, match: {{ path_prefix: / }}, upstream: app, timeout: 5s, retry: {retry} }}\n"
+    )
+}
+
+#[tokio::test]
+async fn retries_go_to_another_endpoint_for_idempotent_requests_only() {
+    let (bad, good) = (Upstream::start("bad").await, Upstream::start("good").await);
+    bad.set_fail(503);
+    let gw = TestGateway::start(&retry_config(
+        &[bad.url(), good.url()],
+        "{ attempts: 2, on: [503], backoff: { base: 1ms, max: 5ms } }",
+    ))
+    .await;
+    let c = client();
+    for _ in 0..20 {
+        let g = get(&c, &gw.url("/x")).await;
+        assert_eq!((g.status, g.text()), (200, "good".to_owned()));
+    }
+    assert!(
+        bad.count() >= 5,
+        "round robin sent first tries to the bad endpoint"
+    );
+    let m = metrics_text(&gw).await;
+    assert_eq!(
+        metric(&m, r#"tollgate_retries_total{reason="503",route="app"}"#),
+        bad.count() as f64
+    );
+    // POST is not retried: the bad endpoint's 503 comes back.
+    let before = bad.count() + good.count();
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(post(&c, &gw.url("/echo"), "body").await.status);
+    }
+    assert!(
+        statuses.contains(&503) && statuses.contains(&200),
+        "{statuses:?}"
+    );
+    assert_eq!(bad.count() + good.count(), before + 10, "one try each");
+}
+
+#[tokio::test]
+async fn small_bodies_are_replayed_large_ones_are_not() {
+    let (bad, good) = (Upstream::start("bad").await, Upstream::start("good").await);
+    bad.set_fail(502);
+    let gw = TestGateway::start(&retry_config(
+        &[bad.url(), good.url()],
+        "{ attempts: 1, on: [502], non_idempotent: true, backoff: { base: 1ms, max: 1ms } }",
+    ))
+    .await;
+    let c = client();
+    // Two requests: round robin sends one first try to each endpoint.
+    for _ in 0..2 {
+        let g = post(&c, &gw.url("/echo"), "hello, again").await;
+        assert_eq!((g.status, g.text()), (200, "hello, again".to_owned()));
+        assert_eq!(good.last().body, "hello, again");
+    }
+    assert!(bad.count() >= 1, "a first try went to the bad endpoint");
+    // Over 64 KiB: not kept, so not retried.
+    let big = "y".repeat(100 << 10);
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        got.push(post(&c, &gw.url("/echo"), &big).await.status);
+    }
+    assert!(got.contains(&502), "{got:?}");
+}
+
+#[tokio::test]
+async fn per_try_timeout_moves_on_to_another_endpoint() {
+    let (slow, fast) = (Upstream::start("slow").await, Upstream::start("fast").await);
+    slow.set_fail(200);
+    slow.fail_delay_ms
+        .store(3000, std::sync::atomic::Ordering::Relaxed);
+    let gw = TestGateway::start(&retry_config(
+        &[slow.url(), fast.url()],
+        "{ attempts: 1, on: [timeout], per_try_timeout: 200ms, backoff: { base: 1ms, max: 1ms } }",
+    ))
+    .await;
+    let c = client();
+    // Two requests: round robin sends one first try to each endpoint.
+    for _ in 0..2 {
+        let t = std::time::Instant::now();
+        let g = get(&c, &gw.url("/x")).await;
+        assert_eq!((g.status, g.text()), (200, "fast".to_owned()));
+        assert!(
+            t.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+    let m = metrics_text(&gw).await;
+    let retried = metric(
+        &m,
+        r#"tollgate_retries_total{reason="timeout",route="app"}"#,
+    );
+    assert_eq!(
+        retried,
+        slow.count() as f64,
+        "every try on the slow endpoint was retried"
+    );
+    assert!(retried >= 1.0);
+}
+
+#[tokio::test]
+async fn no_retry_once_the_response_has_started() {
+    // An upstream that sends a head and part of the body, then closes.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let h = hits.clone();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = listener.accept().await {
+            h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+                .await;
+        }
+    });
+    let gw = TestGateway::start(&retry_config(
+        &[format!("http://{addr}")],
+        "{ attempts: 2, on: [reset, 502, 503], backoff: { base: 1ms, max: 1ms } }",
+    ))
+    .await;
+    let resp = raw(gw.addr, b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    // The 200 head was committed when the body failed: the client gets a
+    // cut response (or just the close), never a retried or 502 answer.
+    assert!(
+        resp.is_empty() || resp.starts_with("HTTP/1.1 200"),
+        "{resp}"
+    );
+    assert!(!resp.contains("502"), "{resp}");
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "not retried"
+    );
+}
+
+#[tokio::test]
+async fn the_budget_holds_when_every_endpoint_fails() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    for u in [&a, &b] {
+        u.set_fail(503);
+        u.fail_delay_ms
+            .store(200, std::sync::atomic::Ordering::Relaxed);
+    }
+    let gw = TestGateway::start(&retry_config(
+        &[a.url(), b.url()],
+        "{ attempts: 2, on: [503], budget: 20%, min_concurrency: 3, backoff: { base: 1ms, max: 2ms } }",
+    ))
+    .await;
+    let c = client();
+    let all = spawn_gets(&c, &gw.url("/x"), 50);
+    for h in all {
+        assert_eq!(h.await.unwrap(), 503);
+    }
+    let total = a.count() + b.count();
+    // 50 first tries; then at most 20% of 50 (10) retries at once, then at
+    // most the floor of 3 for the second round.
+    assert!(
+        total <= 63,
+        "{total} upstream requests for 50 client requests"
+    );
+    assert!(total > 50, "some retries were made");
+    let m = metrics_text(&gw).await;
+    assert!(metric(&m, r#"tollgate_retry_budget_exhausted_total{route="app"}"#) >= 30.0);
+}

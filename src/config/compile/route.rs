@@ -9,13 +9,14 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use regex::Regex;
 
 use super::{DEFAULT_ROUTE_TIMEOUT, Errors};
-use crate::config::spec::{HeaderRulesSpec, MatchSpec, RouteSpec, ValueMatchSpec};
+use crate::config::spec::{HeaderRulesSpec, MatchSpec, RetrySpec, RouteSpec, ValueMatchSpec};
 use crate::observability::metrics::RouteMetrics;
 use crate::routing::normalize::{NormalizeOptions, normalize_path};
 use crate::routing::tree::{MAX_SEGMENTS, is_param, segments};
 use crate::routing::{Constraints, PathMatch, RouteMatcher, ValueMatcher};
 use crate::snapshot::{Action, HeaderRules, Rewrite, Route, Split};
 use crate::upstream::Upstream;
+use crate::upstream::retry::{Policy, Settings};
 
 pub(super) fn matcher(
     m: &MatchSpec,
@@ -304,6 +305,10 @@ pub(super) fn route(
     let request_headers = header_rules(&r.request_headers, &format!("{p}.request_headers"), errs);
     let response_headers =
         header_rules(&r.response_headers, &format!("{p}.response_headers"), errs);
+    let retry = r
+        .retry
+        .as_ref()
+        .and_then(|rs| retry_policy(&r.name, rs, &format!("{p}.retry"), errs));
     let action = action?;
     (errs.0.len() == before).then(|| Route {
         metrics: RouteMetrics::new(&r.name),
@@ -315,7 +320,65 @@ pub(super) fn route(
         request_headers,
         response_headers,
         auth: None,
+        retry,
     })
+}
+
+fn retry_policy(route: &str, r: &RetrySpec, p: &str, errs: &mut Errors) -> Option<Policy> {
+    let before = errs.0.len();
+    if r.attempts > 10 {
+        errs.push(format!("{p}.attempts"), "at most 10 retries");
+    }
+    let mut s = Settings {
+        attempts: r.attempts,
+        on_connect_error: false,
+        on_reset: false,
+        on_timeout: false,
+        statuses: Vec::new(),
+        per_try_timeout: r.per_try_timeout.map(|d| d.0),
+        backoff: (r.backoff.base.0, r.backoff.max.0),
+        budget: 0.0,
+        min_concurrency: r.min_concurrency as usize,
+        non_idempotent: r.non_idempotent,
+    };
+    for (i, on) in r.on.iter().enumerate() {
+        match on.0.as_str() {
+            "connect_error" => s.on_connect_error = true,
+            "reset" => s.on_reset = true,
+            "timeout" => s.on_timeout = true,
+            "5xx" => s.statuses.push((500, 599)),
+            code => match code.parse::<u16>() {
+                Ok(c) if (500..=599).contains(&c) => s.statuses.push((c, c)),
+                _ => errs.push(
+                    format!("{p}.on[{i}]"),
+                    format!("`{code}`: use connect_error, reset, timeout, 5xx or a 5xx status"),
+                ),
+            },
+        }
+    }
+    if r.on.is_empty() {
+        errs.push(format!("{p}.on"), "list at least one outcome");
+    }
+    if s.per_try_timeout.is_some_and(|d| d.is_zero()) {
+        errs.push(format!("{p}.per_try_timeout"), "must be more than zero");
+    }
+    if r.backoff.max.0 < r.backoff.base.0 {
+        errs.push(format!("{p}.backoff.max"), "must be at least base");
+    }
+    let budget = r.budget.as_str().trim();
+    match budget
+        .strip_suffix('%')
+        .unwrap_or(budget)
+        .trim()
+        .parse::<f64>()
+    {
+        Ok(v) if (0.0..=100.0).contains(&v) => s.budget = v / 100.0,
+        _ => errs.push(
+            format!("{p}.budget"),
+            format!("`{budget}` is not a percentage from 0% to 100%"),
+        ),
+    }
+    (errs.0.len() == before).then(|| Policy::new(route, s))
 }
 
 fn prefix_rewrite(from: &str, to: &str, p: &str, errs: &mut Errors) -> Rewrite {

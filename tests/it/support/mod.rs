@@ -52,6 +52,8 @@ pub struct Upstream {
     pub conns: Arc<AtomicU64>,
     /// When not 0, every request is answered with this status.
     pub fail: Arc<std::sync::atomic::AtomicU16>,
+    /// With `fail`: wait this many milliseconds before answering.
+    pub fail_delay_ms: Arc<AtomicU64>,
     stop: tokio::sync::watch::Sender<bool>,
 }
 
@@ -65,12 +67,14 @@ impl Upstream {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let fail = Arc::new(std::sync::atomic::AtomicU16::new(0));
+        let fail_delay_ms = Arc::new(AtomicU64::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let hits = Arc::new(AtomicU64::new(0));
         let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
         let conns = Arc::new(AtomicU64::new(0));
         let accepted = conns.clone();
         let (s, h, n, f) = (seen.clone(), hits.clone(), name.to_owned(), fail.clone());
+        let fd = fail_delay_ms.clone();
         tokio::spawn(async move {
             loop {
                 let (stream, _) = tokio::select! {
@@ -78,11 +82,12 @@ impl Upstream {
                     _ = stop_rx.changed() => return,
                 };
                 accepted.fetch_add(1, Ordering::Relaxed);
-                let (s, h, n, f) = (s.clone(), h.clone(), n.clone(), f.clone());
+                let (s, h, n, f, fd) = (s.clone(), h.clone(), n.clone(), f.clone(), fd.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let code = f.load(Ordering::Relaxed);
-                        upstream_handle(req, s.clone(), h.clone(), n.clone(), code)
+                        let delay = fd.load(Ordering::Relaxed);
+                        upstream_handle(req, s.clone(), h.clone(), n.clone(), (code, delay))
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(stream), svc)
@@ -97,6 +102,7 @@ impl Upstream {
             hits,
             conns,
             fail,
+            fail_delay_ms,
             stop,
         }
     }
@@ -135,10 +141,11 @@ async fn upstream_handle(
     seen: Arc<Mutex<Vec<Seen>>>,
     hits: Arc<AtomicU64>,
     name: String,
-    fail: u16,
+    (fail, fail_delay_ms): (u16, u64),
 ) -> Result<Response<UpBody>, Infallible> {
     hits.fetch_add(1, Ordering::Relaxed);
     if fail != 0 {
+        tokio::time::sleep(Duration::from_millis(fail_delay_ms)).await;
         let mut r = Response::new(Full::new(Bytes::from(format!("failing with {fail}"))).boxed());
         *r.status_mut() = StatusCode::from_u16(fail).unwrap();
         return Ok(r);

@@ -1,0 +1,241 @@
+//! A route's retry policy: which outcomes are retried, how often, with
+//! what backoff, and the budget that stops retry storms.
+//!
+//! The budget is Envoy's: at any moment, retries in progress may be at
+//! most `budget` of the route's requests in progress, and at least
+//! `min_concurrency` (so a quiet route can still retry). A retry over the
+//! budget is not made; the last outcome is returned as it is.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::Method;
+use prometheus::IntCounter;
+
+use crate::observability::metrics::metrics;
+
+/// Why a retry is made (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// No connection could be made (nothing was sent).
+    ConnectError,
+    /// The connection failed mid-exchange.
+    Reset,
+    /// No response head within `per_try_timeout`.
+    Timeout,
+    /// A response status listed in `on`.
+    Status(u16),
+}
+
+/// A compiled `retry:`.
+pub struct Policy {
+    /// Retries after the first try.
+    pub attempts: u32,
+    /// Retry connect errors.
+    pub on_connect_error: bool,
+    /// Retry resets.
+    pub on_reset: bool,
+    /// Retry per-try timeouts.
+    pub on_timeout: bool,
+    /// Statuses retried (inclusive ranges).
+    pub statuses: Vec<(u16, u16)>,
+    /// Deadline of one try (within the route timeout).
+    pub per_try_timeout: Option<Duration>,
+    /// Backoff base and cap (full jitter).
+    pub backoff: (Duration, Duration),
+    /// Share of requests in progress that may be retries.
+    pub budget: f64,
+    /// Retries always allowed at once, whatever the budget.
+    pub min_concurrency: usize,
+    /// Retry non-idempotent methods (POST, PATCH) after a reset or status.
+    pub non_idempotent: bool,
+    active: Arc<AtomicUsize>,
+    retrying: Arc<AtomicUsize>,
+    route: String,
+    exhausted: IntCounter,
+}
+
+/// Settings of `Policy::new` besides the route.
+pub struct Settings {
+    /// See `Policy`.
+    pub attempts: u32,
+    /// `on` entries that are not statuses: connect_error, reset, timeout.
+    pub on_connect_error: bool,
+    /// See `Policy`.
+    pub on_reset: bool,
+    /// See `Policy`.
+    pub on_timeout: bool,
+    /// See `Policy`.
+    pub statuses: Vec<(u16, u16)>,
+    /// See `Policy`.
+    pub per_try_timeout: Option<Duration>,
+    /// See `Policy`.
+    pub backoff: (Duration, Duration),
+    /// See `Policy`.
+    pub budget: f64,
+    /// See `Policy`.
+    pub min_concurrency: usize,
+    /// See `Policy`.
+    pub non_idempotent: bool,
+}
+
+/// Counts a request in progress on the route (for the budget).
+pub struct Active(Arc<AtomicUsize>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Counts a retry in progress.
+pub struct Retrying(Arc<AtomicUsize>);
+
+impl Drop for Retrying {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Policy {
+    /// The policy of route `route`.
+    pub fn new(route: &str, s: Settings) -> Self {
+        Self {
+            attempts: s.attempts,
+            on_connect_error: s.on_connect_error,
+            on_reset: s.on_reset,
+            on_timeout: s.on_timeout,
+            statuses: s.statuses,
+            per_try_timeout: s.per_try_timeout,
+            backoff: s.backoff,
+            budget: s.budget,
+            min_concurrency: s.min_concurrency,
+            non_idempotent: s.non_idempotent,
+            active: Arc::default(),
+            retrying: Arc::default(),
+            route: route.to_owned(),
+            exhausted: metrics().retry_budget_exhausted.with_label_values(&[route]),
+        }
+    }
+
+    /// Counts one request in progress until the guard drops.
+    pub fn begin(&self) -> Active {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        Active(Arc::clone(&self.active))
+    }
+
+    /// True when `reason` is retried for `method` by this policy.
+    pub fn wants(&self, reason: Reason, method: &Method) -> bool {
+        let listed = match reason {
+            Reason::ConnectError => self.on_connect_error,
+            Reason::Reset => self.on_reset,
+            Reason::Timeout => self.on_timeout,
+            Reason::Status(c) => self
+                .statuses
+                .iter()
+                .any(|(lo, hi)| (*lo..=*hi).contains(&c)),
+        };
+        // Nothing was sent after a connect error: always safe.
+        listed && (reason == Reason::ConnectError || self.non_idempotent || method.is_idempotent())
+    }
+
+    /// A retry slot within the budget, or `None` (counted as exhausted).
+    pub fn try_retry(&self) -> Option<Retrying> {
+        let active = self.active.load(Ordering::Acquire);
+        let allowed = ((active as f64 * self.budget).floor() as usize).max(self.min_concurrency);
+        let n = self.retrying.fetch_add(1, Ordering::AcqRel);
+        if n >= allowed {
+            self.retrying.fetch_sub(1, Ordering::AcqRel);
+            self.exhausted.inc();
+            return None;
+        }
+        Some(Retrying(Arc::clone(&self.retrying)))
+    }
+
+    /// Counts a retry made for `reason`.
+    pub fn count(&self, reason: Reason) {
+        let label = match reason {
+            Reason::ConnectError => "connect_error".to_owned(),
+            Reason::Reset => "reset".to_owned(),
+            Reason::Timeout => "timeout".to_owned(),
+            Reason::Status(c) => c.to_string(),
+        };
+        metrics()
+            .retries
+            .with_label_values(&[self.route.as_str(), label.as_str()])
+            .inc();
+    }
+
+    /// The wait before retry number `n` (1-based): full jitter over
+    /// `min(max, base * 2^(n-1))`.
+    pub fn backoff(&self, n: u32) -> Duration {
+        let (base, max) = self.backoff;
+        let cap = base
+            .saturating_mul(1u32 << n.saturating_sub(1).min(16))
+            .min(max);
+        let nanos = cap.as_nanos().min(u128::from(u64::MAX)) as u64;
+        Duration::from_nanos(fastrand::u64(0..=nanos))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(budget: f64, min: usize) -> Policy {
+        Policy::new(
+            "t",
+            Settings {
+                attempts: 2,
+                on_connect_error: true,
+                on_reset: true,
+                on_timeout: false,
+                statuses: vec![(502, 504)],
+                per_try_timeout: None,
+                backoff: (Duration::from_millis(10), Duration::from_millis(40)),
+                budget,
+                min_concurrency: min,
+                non_idempotent: false,
+            },
+        )
+    }
+
+    #[test]
+    fn what_is_retried() {
+        let p = policy(0.2, 3);
+        assert!(p.wants(Reason::Status(503), &Method::GET));
+        assert!(!p.wants(Reason::Status(500), &Method::GET));
+        assert!(!p.wants(Reason::Status(503), &Method::POST));
+        assert!(
+            p.wants(Reason::ConnectError, &Method::POST),
+            "nothing was sent"
+        );
+        assert!(!p.wants(Reason::Timeout, &Method::GET));
+    }
+
+    #[test]
+    fn budget_allows_a_share_of_active_requests_with_a_floor() {
+        let p = policy(0.2, 3);
+        let active: Vec<Active> = (0..20).map(|_| p.begin()).collect();
+        let granted: Vec<Retrying> = (0..10).filter_map(|_| p.try_retry()).collect();
+        assert_eq!(granted.len(), 4, "20% of 20");
+        drop(granted);
+        drop(active);
+        let one = p.begin();
+        let granted: Vec<Retrying> = (0..10).filter_map(|_| p.try_retry()).collect();
+        assert_eq!(granted.len(), 3, "the floor");
+        drop(one);
+    }
+
+    #[test]
+    fn backoff_is_jittered_under_the_cap() {
+        let p = policy(0.2, 3);
+        for n in 1..6 {
+            let cap = Duration::from_millis((10u64 << (n - 1)).min(40));
+            for _ in 0..50 {
+                assert!(p.backoff(n) <= cap);
+            }
+        }
+    }
+}
