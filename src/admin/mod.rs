@@ -9,6 +9,7 @@
 //! | `GET /config` | effective config as JSON with its version |
 //! | `POST /reload` | 200 `{version}` or 422 `{errors}` |
 //! | `GET /routes/explain?method=&host=&path=` | which route and why |
+//! | `GET /upstreams` | every upstream and endpoint: health, breaker, in-flight, EWMA latency and error rate |
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -132,6 +133,13 @@ async fn handle(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byt
                 &json!({ "errors": e.lines() }),
             ),
         },
+        (&Method::GET, "/upstreams") => {
+            let snap = state.live.load_full();
+            json_reply(
+                StatusCode::OK,
+                &json!({ "upstreams": snap.upstreams.values().map(|u| u.status()).collect::<Vec<_>>() }),
+            )
+        }
         (&Method::GET, "/routes/explain") => {
             let q = req.uri().query().unwrap_or("");
             let get = |name: &str| {
@@ -153,12 +161,14 @@ async fn handle(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byt
             let snap = state.live.load_full();
             json_reply(StatusCode::OK, &snap.explain(&method, &host, &path))
         }
-        (_, "/healthz" | "/readyz" | "/metrics" | "/config" | "/reload" | "/routes/explain") => {
-            json_reply(
-                StatusCode::METHOD_NOT_ALLOWED,
-                &json!({ "error": "method not allowed" }),
-            )
-        }
+        (
+            _,
+            "/healthz" | "/readyz" | "/metrics" | "/config" | "/reload" | "/routes/explain"
+            | "/upstreams",
+        ) => json_reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &json!({ "error": "method not allowed" }),
+        ),
         _ => json_reply(StatusCode::NOT_FOUND, &json!({ "error": "not found" })),
     }
 }

@@ -13,7 +13,7 @@ pub mod pool;
 pub mod retry;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http::header::HOST;
@@ -58,6 +58,8 @@ pub struct Endpoint {
     pub breaker: Option<Breaker>,
     /// False while active health checks hold it out of rotation.
     pub healthy: AtomicBool,
+    /// Recent latency and error rate (for `GET /upstreams`).
+    pub stats: Stats,
     healthy_gauge: Option<prometheus::IntGauge>,
     authority: Authority,
 }
@@ -271,6 +273,7 @@ impl Endpoint {
         Ok(Self {
             breaker: p.breaker.map(|b| Breaker::new(b, p.upstream, &id)),
             healthy: AtomicBool::new(true),
+            stats: Stats::default(),
             healthy_gauge,
             metrics: EndpointMetrics::new(p.upstream, &id),
             pool: Arc::new(Pool::new(p.target, p.h2)),
@@ -308,18 +311,69 @@ impl Endpoint {
     }
 }
 
+/// Exponentially weighted moving averages of an endpoint's outcomes
+/// (weight 1/16 per sample), updated without locks; a lost update under a
+/// race only skips one sample.
+#[derive(Debug, Default)]
+pub struct Stats {
+    latency_us: AtomicU64,
+    error_ppm: AtomicU64,
+}
+
+impl Stats {
+    fn observe(&self, took: Duration, failed: bool) {
+        let ewma = |cell: &AtomicU64, sample: u64| {
+            let old = cell.load(Ordering::Relaxed);
+            let new = if old == 0 && sample > 0 {
+                sample
+            } else {
+                (old * 15 + sample) / 16
+            };
+            cell.store(new, Ordering::Relaxed);
+        };
+        ewma(
+            &self.latency_us,
+            took.as_micros().min(u128::from(u32::MAX)) as u64,
+        );
+        ewma(&self.error_ppm, if failed { 1_000_000 } else { 0 });
+    }
+
+    /// Recent time to the response head, in milliseconds.
+    pub fn latency_ms(&self) -> f64 {
+        self.latency_us.load(Ordering::Relaxed) as f64 / 1000.0
+    }
+
+    /// Recent share of failed tries (0 to 1).
+    pub fn error_rate(&self) -> f64 {
+        self.error_ppm.load(Ordering::Relaxed) as f64 / 1e6
+    }
+}
+
 /// A breaker slot taken for one attempt: given back if the attempt ends
 /// without an outcome (the caller went away).
 struct Slot<'a> {
     ep: &'a Endpoint,
     admit: Admit,
     open: bool,
+    started: Instant,
 }
 
 impl Slot<'_> {
+    fn new(ep: &Endpoint) -> Slot<'_> {
+        Slot {
+            ep,
+            admit: ep.admit(),
+            open: true,
+            started: Instant::now(),
+        }
+    }
+
     fn done(mut self, outcome: Option<Failure>) {
         self.open = false;
         self.ep.record(self.admit, outcome);
+        self.ep
+            .stats
+            .observe(self.started.elapsed(), outcome.is_some());
     }
 }
 
@@ -374,6 +428,31 @@ impl Upstream {
     /// True for h2c upstreams.
     pub fn is_h2(&self) -> bool {
         self.h2
+    }
+
+    /// The upstream's state for `GET /upstreams`.
+    pub fn status(&self) -> serde_json::Value {
+        use serde_json::json;
+        json!({
+            "name": self.name,
+            "balancer": self.spec.balancer,
+            "protocol": self.spec.protocol,
+            "inflight": self.requests.current(),
+            "connections": self.connections.current(),
+            "limits": self.spec.limits,
+            "health_checked": self.health.is_some(),
+            "endpoints": self.endpoints.iter().map(|e| json!({
+                "endpoint": e.id,
+                "weight": e.weight,
+                "healthy": e.healthy.load(Ordering::Relaxed),
+                "circuit": e.breaker.as_ref().map_or("none", |b| b.phase().name()),
+                "available": e.available(),
+                "inflight": e.inflight.load(Ordering::Relaxed),
+                "idle_connections": e.pool.idle_count(),
+                "latency_ewma_ms": (e.stats.latency_ms() * 1000.0).round() / 1000.0,
+                "error_rate_ewma": (e.stats.error_rate() * 10_000.0).round() / 10_000.0,
+            })).collect::<Vec<_>>(),
+        })
     }
 
     /// Picks an available endpoint, preferring those not in `avoid` (a
@@ -444,21 +523,13 @@ impl Upstream {
             }
         };
         let mut idx = self.pick(key, *tried).ok_or_else(unavailable)?;
-        let mut slot = Slot {
-            ep: &self.endpoints[idx],
-            admit: self.endpoints[idx].admit(),
-            open: true,
-        };
+        let mut slot = Slot::new(&self.endpoints[idx]);
         if slot.admit == Admit::No {
             // Lost a race for the last probe slot: try the others once.
             idx = self
                 .pick(key, *tried | (1 << idx.min(63)))
                 .ok_or_else(unavailable)?;
-            slot = Slot {
-                ep: &self.endpoints[idx],
-                admit: self.endpoints[idx].admit(),
-                open: true,
-            };
+            slot = Slot::new(&self.endpoints[idx]);
             if slot.admit == Admit::No {
                 return Err(unavailable());
             }
@@ -496,16 +567,12 @@ impl Upstream {
                             && let Some(next) = self.pick(key, *tried)
                             && next != idx
                         {
-                            let admit = self.endpoints[next].admit();
-                            if admit != Admit::No {
+                            let next_slot = Slot::new(&self.endpoints[next]);
+                            if next_slot.admit != Admit::No {
                                 retried = true;
                                 idx = next;
                                 mark(tried, idx);
-                                slot = Slot {
-                                    ep: &self.endpoints[idx],
-                                    admit,
-                                    open: true,
-                                };
+                                slot = next_slot;
                                 inflight.move_to(&self.endpoints[idx]);
                                 continue;
                             }

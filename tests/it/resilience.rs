@@ -503,3 +503,47 @@ async fn the_budget_holds_when_every_endpoint_fails() {
     let m = metrics_text(&gw).await;
     assert!(metric(&m, r#"tollgate_retry_budget_exhausted_total{route="app"}"#) >= 30.0);
 }
+
+#[tokio::test]
+async fn admin_upstreams_shows_health_breaker_inflight_latency_and_errors() {
+    let (good, bad) = (Upstream::start("good").await, Upstream::start("bad").await);
+    bad.set_fail(500);
+    let gw = TestGateway::start(&breaker_config(&[good.url(), bad.url()], "")).await;
+    let c = client();
+    for _ in 0..12 {
+        get(&c, &gw.url("/x")).await;
+    }
+    // The bad endpoint is open now: the slow request goes to the good one.
+    let slow = spawn_gets(&c, &gw.url("/slow/400"), 1);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let j = get(&c, &gw.admin_url("/upstreams")).await.json();
+    let up = &j["upstreams"][0];
+    assert_eq!(up["name"], "app");
+    assert_eq!(up["inflight"], 1, "the slow request: {up}");
+    assert_eq!(up["limits"]["max_inflight"], 1000);
+    let ep = |addr: &std::net::SocketAddr| {
+        up["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["endpoint"] == addr.to_string())
+            .unwrap()
+            .clone()
+    };
+    let (g, b) = (ep(&good.addr), ep(&bad.addr));
+    assert_eq!(
+        (g["circuit"].as_str(), b["circuit"].as_str()),
+        (Some("closed"), Some("open"))
+    );
+    assert_eq!(
+        (g["available"].as_bool(), b["available"].as_bool()),
+        (Some(true), Some(false))
+    );
+    assert!(g["latency_ewma_ms"].as_f64().unwrap() > 0.0, "{g}");
+    assert_eq!(g["error_rate_ewma"], 0.0);
+    assert!(b["error_rate_ewma"].as_f64().unwrap() > 0.1, "{b}");
+    assert_eq!(g["healthy"], true);
+    for h in slow {
+        assert_eq!(h.await.unwrap(), 200);
+    }
+}
