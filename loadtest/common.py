@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
@@ -212,3 +213,56 @@ def ensure_tools(build):
         subprocess.run(["cargo", "build", "--release", "--bin", "tollgate"], cwd=ROOT, check=True)
 
 
+
+
+LOAD_THREADS = 16
+
+
+class Load:
+    """Paced keep-alive clients; counts successes and every kind of failure."""
+
+    def __init__(self, port, rate, seconds, path="/"):
+        self.port, self.path = port, path
+        self.rate, self.seconds = rate, seconds
+        self.ok = 0
+        self.failures = {}
+        self.lock = threading.Lock()
+
+    def fail(self, why):
+        with self.lock:
+            self.failures[why] = self.failures.get(why, 0) + 1
+
+    def client(self, start, per_thread):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        interval = 1.0 / per_thread
+        n = 0
+        while True:
+            due = start + n * interval
+            if due - start >= self.seconds:
+                break
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            n += 1
+            try:
+                conn.request("GET", self.path)
+                r = conn.getresponse()
+                body = r.read()
+                if r.status == 200 and body == BODY:
+                    with self.lock:
+                        self.ok += 1
+                else:
+                    self.fail(f"status {r.status}")
+            except (OSError, http.client.HTTPException) as e:
+                self.fail(type(e).__name__)
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        conn.close()
+
+    def run(self):
+        start = time.monotonic() + 0.2
+        threads = [threading.Thread(target=self.client, args=(start + i / self.rate, self.rate / LOAD_THREADS))
+                   for i in range(LOAD_THREADS)]
+        for t in threads:
+            t.start()
+        return threads

@@ -21,74 +21,21 @@ import os
 import shutil
 import signal
 import tempfile
-import threading
 import time
 
-from common import BODY, ROOT, TOLLGATE_CONF, UP_PORT, UPSTREAM_CONF, Procs, ensure_tools, log, wait_ready
+from common import BODY, ROOT, TOLLGATE_CONF, UP_PORT, UPSTREAM_CONF, Load, Procs, ensure_tools, log, wait_ready
 
 PORT = 18410
 EXTRA_ROUTE = """  - name: extra
     match: { path: /extra }
     respond: { body: extra }
 """
-THREADS = 16
-
-
 def write_config(path, extra):
     text = TOLLGATE_CONF.format(port=PORT, admin=PORT + 1, up=UP_PORT).replace("workers: 1", "workers: auto")
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.write(text + (EXTRA_ROUTE if extra else ""))
     os.replace(tmp, path)
-
-
-class Load:
-    """Paced keep-alive clients; counts successes and every kind of failure."""
-
-    def __init__(self, rate, seconds):
-        self.rate, self.seconds = rate, seconds
-        self.ok = 0
-        self.failures = {}
-        self.lock = threading.Lock()
-
-    def fail(self, why):
-        with self.lock:
-            self.failures[why] = self.failures.get(why, 0) + 1
-
-    def client(self, start, per_thread):
-        conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=5)
-        interval = 1.0 / per_thread
-        n = 0
-        while True:
-            due = start + n * interval
-            if due - start >= self.seconds:
-                break
-            delay = due - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            n += 1
-            try:
-                conn.request("GET", "/")
-                r = conn.getresponse()
-                body = r.read()
-                if r.status == 200 and body == BODY:
-                    with self.lock:
-                        self.ok += 1
-                else:
-                    self.fail(f"status {r.status}")
-            except (OSError, http.client.HTTPException) as e:
-                self.fail(type(e).__name__)
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=5)
-        conn.close()
-
-    def run(self):
-        start = time.monotonic() + 0.2
-        threads = [threading.Thread(target=self.client, args=(start + i / self.rate, self.rate / THREADS))
-                   for i in range(THREADS)]
-        for t in threads:
-            t.start()
-        return threads
 
 
 def reload(admin_port):
@@ -124,7 +71,7 @@ def main():
                     0, f"{work}/tollgate.log")
         wait_ready(PORT)
         seconds = 1.0 + args.reloads * args.interval + 1.0
-        load = Load(args.rate, seconds)
+        load = Load(PORT, args.rate, seconds)
         log(f"offering {args.rate} req/s for {seconds:.1f}s with {args.reloads} reloads every {args.interval}s")
         threads = load.run()
         time.sleep(1.2)

@@ -547,3 +547,62 @@ async fn admin_upstreams_shows_health_breaker_inflight_latency_and_errors() {
         assert_eq!(h.await.unwrap(), 200);
     }
 }
+
+#[tokio::test]
+async fn the_route_timeout_holds_during_backoff() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    a.set_fail(503);
+    b.set_fail(503);
+    let config = format!(
+        "upstreams:\n  app: {{ endpoints: [\"{}\", \"{}\"] }}\nroutes:\n  - {{ name: app, match: {{ path_prefix: / }}, upstream: app, timeout: 400ms, retry: {{ attempts: 3, on: [503], backoff: {{ base: 2s, max: 2s }} }} }}\n",
+        a.url(),
+        b.url()
+    );
+    let gw = TestGateway::start(&config).await;
+    let t = std::time::Instant::now();
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(get(&client(), &gw.url("/x")).await.status);
+    }
+    // A backoff that would pass the deadline is not slept: 504 at once,
+    // or a 503 kept when the random wait fits (then the next try fails).
+    assert!(
+        statuses.iter().all(|s| *s == 504 || *s == 503),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&504), "{statuses:?}");
+    assert!(
+        t.elapsed() < Duration::from_millis(5 * 450),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn health_state_survives_a_reload_that_keeps_the_upstream() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let config = format!(
+        "upstreams:\n  app:\n    endpoints: [\"{}\", \"{}\"]\n    health_check: {{ path: /health, interval: 50ms, healthy_threshold: 50, unhealthy_threshold: 1 }}\nroutes:\n  - {{ name: app, match: {{ path_prefix: / }}, upstream: app }}\n",
+        a.url(),
+        b.url()
+    );
+    let gw = TestGateway::start(&config).await;
+    let c = client();
+    b.set_fail(503);
+    wait_healthy(&gw, &b, 0.0).await;
+    // Healthy again at the endpoint, but 50 passing checks are needed.
+    b.set_fail(0);
+    gw.write_config(
+        &(config + "  - { name: extra, match: { path: /extra }, respond: { body: hi } }\n"),
+    );
+    assert_eq!(post(&c, &gw.admin_url("/reload"), "").await.status, 200);
+    let before = non_health_hits(&b);
+    for _ in 0..10 {
+        assert_eq!(get(&c, &gw.url("/x")).await.text(), "a");
+    }
+    assert_eq!(
+        non_health_hits(&b),
+        before,
+        "still out of rotation after the reload"
+    );
+}
