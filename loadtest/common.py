@@ -39,13 +39,15 @@ http {{
 
 # One worker, no access log, upstream `origin`: the part every load-test
 # config of Tollgate shares.
-TOLLGATE_BASE = """
+TOLLGATE_SERVER = """
 server:
   listen: ["127.0.0.1:{port}"]
   admin_listen: "127.0.0.1:{admin}"
   workers: 1
   access_log: {{ enabled: false }}
-upstreams:
+"""
+
+TOLLGATE_BASE = TOLLGATE_SERVER + """upstreams:
   origin:
     endpoints: ["http://127.0.0.1:{up}"]
     pool: {{ max_idle_per_endpoint: 512 }}

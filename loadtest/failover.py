@@ -26,18 +26,12 @@ import re
 import signal
 import time
 
-from common import BODY, UPSTREAM_CONF, Load, log, prepare, wait_ready
+from common import BODY, TOLLGATE_SERVER, UPSTREAM_CONF, Load, log, prepare, wait_ready
 
 PORT = 18420
 UP_PORTS = (18381, 18382, 18383)
 
-CONF = """
-server:
-  listen: ["127.0.0.1:{port}"]
-  admin_listen: "127.0.0.1:{admin}"
-  workers: 1
-  access_log: {{ enabled: false }}
-upstreams:
+CONF = TOLLGATE_SERVER + """upstreams:
   origin:
     endpoints: [{endpoints}]
     connect_timeout: 250ms

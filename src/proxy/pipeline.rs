@@ -345,7 +345,7 @@ async fn forward(
     let mut _retrying = None;
     let result = loop {
         let try_deadline = policy
-            .and_then(|p| p.per_try_timeout)
+            .and_then(|p| p.settings.per_try_timeout)
             .map_or(deadline, |t| {
                 (tokio::time::Instant::now() + t).min(deadline)
             });
@@ -362,7 +362,8 @@ async fn forward(
             Err(UpstreamError::Timeout { .. }) if try_deadline < deadline => Some(Reason::Timeout),
             Err(_) => None,
         };
-        let Some(reason) = reason.filter(|r| retries < p.attempts && p.wants(*r, method)) else {
+        let Some(reason) = reason.filter(|r| retries < p.settings.attempts && p.wants(*r, method))
+        else {
             break result;
         };
         let Some(body) = replay.lock().ok().and_then(|r| r.body()) else {

@@ -30,6 +30,16 @@ pub enum Reason {
 
 /// A compiled `retry:`.
 pub struct Policy {
+    /// What it retries, and how.
+    pub settings: Settings,
+    active: Arc<AtomicUsize>,
+    retrying: Arc<AtomicUsize>,
+    route: String,
+    exhausted: IntCounter,
+}
+
+/// What a policy retries, and how.
+pub struct Settings {
     /// Retries after the first try.
     pub attempts: u32,
     /// Retry connect errors.
@@ -49,34 +59,6 @@ pub struct Policy {
     /// Retries always allowed at once, whatever the budget.
     pub min_concurrency: usize,
     /// Retry non-idempotent methods (POST, PATCH) after a reset or status.
-    pub non_idempotent: bool,
-    active: Arc<AtomicUsize>,
-    retrying: Arc<AtomicUsize>,
-    route: String,
-    exhausted: IntCounter,
-}
-
-/// Settings of `Policy::new` besides the route.
-pub struct Settings {
-    /// See `Policy`.
-    pub attempts: u32,
-    /// `on` entries that are not statuses: connect_error, reset, timeout.
-    pub on_connect_error: bool,
-    /// See `Policy`.
-    pub on_reset: bool,
-    /// See `Policy`.
-    pub on_timeout: bool,
-    /// See `Policy`.
-    pub statuses: Vec<(u16, u16)>,
-    /// See `Policy`.
-    pub per_try_timeout: Option<Duration>,
-    /// See `Policy`.
-    pub backoff: (Duration, Duration),
-    /// See `Policy`.
-    pub budget: f64,
-    /// See `Policy`.
-    pub min_concurrency: usize,
-    /// See `Policy`.
     pub non_idempotent: bool,
 }
 
@@ -102,16 +84,7 @@ impl Policy {
     /// The policy of route `route`.
     pub fn new(route: &str, s: Settings) -> Self {
         Self {
-            attempts: s.attempts,
-            on_connect_error: s.on_connect_error,
-            on_reset: s.on_reset,
-            on_timeout: s.on_timeout,
-            statuses: s.statuses,
-            per_try_timeout: s.per_try_timeout,
-            backoff: s.backoff,
-            budget: s.budget,
-            min_concurrency: s.min_concurrency,
-            non_idempotent: s.non_idempotent,
+            settings: s,
             active: Arc::default(),
             retrying: Arc::default(),
             route: route.to_owned(),
@@ -127,23 +100,22 @@ impl Policy {
 
     /// True when `reason` is retried for `method` by this policy.
     pub fn wants(&self, reason: Reason, method: &Method) -> bool {
+        let s = &self.settings;
         let listed = match reason {
-            Reason::ConnectError => self.on_connect_error,
-            Reason::Reset => self.on_reset,
-            Reason::Timeout => self.on_timeout,
-            Reason::Status(c) => self
-                .statuses
-                .iter()
-                .any(|(lo, hi)| (*lo..=*hi).contains(&c)),
+            Reason::ConnectError => s.on_connect_error,
+            Reason::Reset => s.on_reset,
+            Reason::Timeout => s.on_timeout,
+            Reason::Status(c) => s.statuses.iter().any(|(lo, hi)| (*lo..=*hi).contains(&c)),
         };
         // Nothing was sent after a connect error: always safe.
-        listed && (reason == Reason::ConnectError || self.non_idempotent || method.is_idempotent())
+        listed && (reason == Reason::ConnectError || s.non_idempotent || method.is_idempotent())
     }
 
     /// A retry slot within the budget, or `None` (counted as exhausted).
     pub fn try_retry(&self) -> Option<Retrying> {
         let active = self.active.load(Ordering::Acquire);
-        let allowed = ((active as f64 * self.budget).floor() as usize).max(self.min_concurrency);
+        let allowed = ((active as f64 * self.settings.budget).floor() as usize)
+            .max(self.settings.min_concurrency);
         let n = self.retrying.fetch_add(1, Ordering::AcqRel);
         if n >= allowed {
             self.retrying.fetch_sub(1, Ordering::AcqRel);
@@ -170,7 +142,7 @@ impl Policy {
     /// The wait before retry number `n` (1-based): full jitter over
     /// `min(max, base * 2^(n-1))`.
     pub fn backoff(&self, n: u32) -> Duration {
-        let (base, max) = self.backoff;
+        let (base, max) = self.settings.backoff;
         let cap = base
             .saturating_mul(1u32 << n.saturating_sub(1).min(16))
             .min(max);
