@@ -176,13 +176,22 @@ impl Gateway {
     }
 }
 
-/// Closes expired idle upstream connections on every upstream, every second.
+/// Every second: closes expired idle upstream connections, evicts idle
+/// rate-limit keys and exports the key counts.
 async fn sweep(live: SharedSnapshot, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(SWEEP_INTERVAL) => {
-                for u in live.load().upstreams.values() {
+                let snap = live.load();
+                for u in snap.upstreams.values() {
                     u.evict_expired(SWEEP_INTERVAL);
+                }
+                for p in snap.rate_limits.values() {
+                    p.sweep();
+                    crate::observability::metrics::metrics()
+                        .ratelimit_keys
+                        .with_label_values(&[p.name.as_str()])
+                        .set(p.keys() as i64);
                 }
             }
             _ = shutdown.changed() => return,

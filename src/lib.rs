@@ -14,6 +14,7 @@ pub mod config;
 pub mod fetch;
 pub mod observability;
 pub mod proxy;
+pub mod ratelimit;
 pub mod routing;
 pub mod snapshot;
 pub mod upstream;

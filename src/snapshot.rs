@@ -38,6 +38,8 @@ pub struct Snapshot {
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     /// JWT providers by name.
     pub auth: BTreeMap<String, Arc<Provider>>,
+    /// Rate-limit policies by name.
+    pub rate_limits: BTreeMap<String, Arc<crate::ratelimit::Policy>>,
     /// Request-path settings from `server`.
     pub settings: Settings,
     /// Metric handles for requests that matched no route (route label "").
@@ -181,6 +183,8 @@ pub struct Route {
     pub auth: Option<RouteAuth>,
     /// Retry policy.
     pub retry: Option<crate::upstream::retry::Policy>,
+    /// Rate-limit policies.
+    pub limits: Option<crate::ratelimit::RouteLimits>,
     /// Metric handles.
     pub metrics: RouteMetrics,
 }

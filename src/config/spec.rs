@@ -28,6 +28,108 @@ pub struct Spec {
     /// JWT providers that routes name in `auth`.
     #[serde(default)]
     pub auth: AuthSpec,
+    /// Rate-limit policies that routes name in `rate_limit`.
+    #[serde(default)]
+    pub rate_limits: BTreeMap<String, RateLimitSpec>,
+}
+
+/// `rate_limits.NAME`: a token bucket per key.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSpec {
+    /// What a bucket is kept per: `tenant`, `client_ip` (IPv6 by /64), `header:NAME`, `claim:NAME`, `route`, or a list of these.
+    pub key: KeySpec,
+    /// `enforce` (default) or `shadow` (count and log what would be limited; reject nothing).
+    #[serde(default)]
+    pub mode: RateModeSpec,
+    /// `N/s`, `N/min` or `N/h`.
+    pub rate: Str,
+    /// Bucket size. Default: the rate's N.
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// `local` (this process; the only scope today).
+    #[serde(default)]
+    pub scope: ScopeSpec,
+    /// Other rates for some key values (tenant plans): `{ value: { rate, burst } }`.
+    #[serde(default)]
+    pub overrides: BTreeMap<String, RateOverrideSpec>,
+    /// A request without the key: `reject` (401 if the route has auth, else 429), `shared` (one bucket for all of them) or `skip`. Default `reject`.
+    #[serde(default)]
+    pub missing_key: MissingKeySpec,
+    /// Send the RateLimit headers on allowed responses too. Default `true`.
+    #[serde(default = "yes")]
+    pub headers: bool,
+    /// Most keys tracked; the least recently used go first. Default `1000000`.
+    #[serde(default = "default_max_keys")]
+    pub max_keys: u64,
+}
+
+fn default_max_keys() -> u64 {
+    1_000_000
+}
+
+/// `key:` as one part or a list.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct KeySpec(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for KeySpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(String),
+            Many(Vec<String>),
+        }
+        Ok(match Raw::deserialize(d)? {
+            Raw::One(s) => KeySpec(vec![s]),
+            Raw::Many(v) => KeySpec(v),
+        })
+    }
+}
+
+/// `rate_limits.NAME.mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateModeSpec {
+    /// Reject over the limit (429).
+    #[default]
+    Enforce,
+    /// Count and log, reject nothing.
+    Shadow,
+}
+
+/// `rate_limits.NAME.scope`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScopeSpec {
+    /// Buckets in this process.
+    #[default]
+    Local,
+}
+
+/// `rate_limits.NAME.missing_key`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MissingKeySpec {
+    /// 401 on routes with auth, else 429.
+    #[default]
+    Reject,
+    /// One bucket for every keyless request.
+    Shared,
+    /// Not limited by this policy.
+    Skip,
+}
+
+/// `rate_limits.NAME.overrides.VALUE`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateOverrideSpec {
+    /// `N/s`, `N/min` or `N/h`.
+    pub rate: Str,
+    /// Bucket size. Default: the rate's N.
+    #[serde(default)]
+    pub burst: Option<u32>,
 }
 
 /// `server:`.
@@ -507,6 +609,9 @@ pub struct RouteSpec {
     /// Retry policy; absent: only connect failures are retried, once.
     #[serde(default)]
     pub retry: Option<RetrySpec>,
+    /// Rate-limit policies (names from `rate_limits`); every one must allow.
+    #[serde(default)]
+    pub rate_limit: Vec<String>,
 }
 
 /// `routes[i].retry`.

@@ -65,6 +65,10 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     /// `tollgate_retry_budget_exhausted_total{route}`.
     pub retry_budget_exhausted: IntCounterVec,
+    /// `tollgate_ratelimit_decisions_total{route,policy,result}`.
+    pub ratelimit_decisions: IntCounterVec,
+    /// `tollgate_ratelimit_keys{policy}`.
+    pub ratelimit_keys: IntGaugeVec,
 }
 
 /// Latency buckets in seconds, 0.5 ms to 30 s.
@@ -228,6 +232,16 @@ impl Metrics {
                 "tollgate_retries_total",
                 "Retries made, by route and reason (connect_error, reset, timeout, or the status).",
                 &["route", "reason"],
+            ),
+            ratelimit_decisions: counter(
+                "tollgate_ratelimit_decisions_total",
+                "Rate-limit decisions by route, policy and result (allowed, limited; shadow-mode policies count what they would limit).",
+                &["route", "policy", "result"],
+            ),
+            ratelimit_keys: gauge_vec(
+                "tollgate_ratelimit_keys",
+                "Keys (buckets) a rate-limit policy tracks.",
+                &["policy"],
             ),
             retry_budget_exhausted: counter(
                 "tollgate_retry_budget_exhausted_total",

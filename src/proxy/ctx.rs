@@ -55,6 +55,8 @@ pub struct RequestCtx {
     pub auth_memo: Arc<ConnMemo>,
     /// Counts the request as in progress on the gateway until it finishes.
     pub in_progress: InProgress,
+    /// The rate-limit verdict the response's RateLimit headers describe.
+    pub rate_limit: Option<(Arc<crate::ratelimit::Policy>, crate::ratelimit::Verdict)>,
 }
 
 /// One request in progress on the gateway (for load shedding); counted

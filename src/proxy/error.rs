@@ -51,6 +51,9 @@ pub enum ProxyError {
     UpstreamTimeout,
     /// Authentication refused the request (401, 403) or could not run (503).
     Auth(Failure),
+    /// A rate-limit policy refused the request; retry after this many
+    /// seconds.
+    RateLimited(u64),
     /// A bulkhead or the load-shedding limit is full (`global`,
     /// `upstream` or `connections`): refused at once.
     Overloaded(&'static str),
@@ -120,6 +123,12 @@ impl ProxyError {
                 (S::FORBIDDEN, "insufficient_scope", Party::Downstream, false)
             }
             E::Overloaded(_) => (S::SERVICE_UNAVAILABLE, "overloaded", Party::Gateway, false),
+            E::RateLimited(_) => (
+                S::TOO_MANY_REQUESTS,
+                "rate_limited",
+                Party::Downstream,
+                false,
+            ),
             E::Auth(Failure::Unavailable) => (
                 S::SERVICE_UNAVAILABLE,
                 "auth_unavailable",
@@ -146,6 +155,7 @@ impl ProxyError {
             ProxyError::UpstreamUnavailable(_) => "no upstream endpoint is available".to_owned(),
             ProxyError::UpstreamTimeout => "the upstream did not respond in time".to_owned(),
             ProxyError::Auth(f) => auth_message(*f).to_owned(),
+            ProxyError::RateLimited(_) => "too many requests; slow down".to_owned(),
             ProxyError::Overloaded("global") => {
                 "the gateway is at its limit of requests in progress".to_owned()
             }
@@ -193,6 +203,9 @@ impl ProxyError {
             if let Some(c) = challenge {
                 h.insert(http::header::WWW_AUTHENTICATE, c);
             }
+        }
+        if let ProxyError::RateLimited(secs) = self {
+            h.insert(http::header::RETRY_AFTER, HeaderValue::from(*secs));
         }
         if let ProxyError::Overloaded(_) = self {
             h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -256,6 +269,7 @@ mod tests {
             ),
             (ProxyError::UpstreamTimeout, 504, "upstream_timeout"),
             (ProxyError::Overloaded("global"), 503, "overloaded"),
+            (ProxyError::RateLimited(1), 429, "rate_limited"),
             (ProxyError::Auth(Failure::Missing), 401, "unauthorized"),
             (ProxyError::Auth(Failure::Expired), 401, "invalid_token"),
             (

@@ -83,6 +83,9 @@ pub async fn handle(
     }
     resp.headers_mut()
         .insert(&X_REQUEST_ID, ctx.request_id.clone());
+    if let Some((policy, verdict)) = &ctx.rate_limit {
+        crate::ratelimit::headers(policy, verdict, resp.headers_mut());
+    }
     let status = resp.status().as_u16();
     resp.map(|b| b.with_finish(Finish::new(ctx, status)))
 }
@@ -110,6 +113,7 @@ fn context(req: &Request<Incoming>, conn: ConnInfo, snapshot: Arc<Snapshot>) -> 
         activity: conn.activity,
         auth_memo: conn.auth_memo,
         in_progress: InProgress::new(conn.inflight),
+        rate_limit: None,
         trace: TraceContext::from_headers(h),
         start: Instant::now(),
         method: req.method().clone(),
@@ -173,7 +177,10 @@ async fn run(
     ctx.route = Some(id);
     let route = snapshot.routes.get(id).ok_or(ProxyError::NoRoute)?;
 
-    // 3. authenticate
+    // 3. limits that need no identity, then authenticate
+    if let Some(limits) = &route.limits {
+        rate_limit(limits, false, &req, ctx, route)?;
+    }
     if let Some(policy) = &route.auth {
         // A `Uri` clone shares its bytes: no copy of the query.
         let uri = req.uri().clone();
@@ -181,6 +188,11 @@ async fn run(
             .check(req.headers_mut(), uri.query(), &ctx.auth_memo)
             .await
             .map_err(ProxyError::Auth)?;
+    }
+
+    // 4. limits keyed on the identity
+    if let Some(limits) = &route.limits {
+        rate_limit(limits, true, &req, ctx, route)?;
     }
     let upstream = match &route.action {
         Action::Respond {
@@ -210,6 +222,53 @@ async fn run(
 
     // 6–7. select and forward
     forward(req, ctx, route, upstream, host, normalized).await
+}
+
+/// Runs a route's rate limits of one phase; the verdict to describe in
+/// the response headers goes into the context.
+fn rate_limit(
+    limits: &crate::ratelimit::RouteLimits,
+    after_auth: bool,
+    req: &Request<Incoming>,
+    ctx: &mut RequestCtx,
+    route: &Route,
+) -> Result<(), ProxyError> {
+    use crate::ratelimit::{KeyInput, Outcome};
+    let input = KeyInput {
+        headers: req.headers(),
+        client: ctx.client,
+        route: &route.name,
+        identity: ctx.identity.as_deref(),
+    };
+    match limits.check(after_auth, &input) {
+        Outcome::Allowed(verdict) => {
+            if verdict.is_some() {
+                let closer = match (&verdict, &ctx.rate_limit) {
+                    (Some((_, v)), Some((_, c))) => {
+                        u64::from(v.remaining) * u64::from(c.burst.max(1))
+                            < u64::from(c.remaining) * u64::from(v.burst.max(1))
+                    }
+                    _ => true,
+                };
+                if closer {
+                    ctx.rate_limit = verdict;
+                }
+            }
+            Ok(())
+        }
+        Outcome::Limited(policy, v) => {
+            let secs = v.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            ctx.rate_limit = Some((policy, v));
+            Err(ProxyError::RateLimited(secs))
+        }
+        Outcome::MissingKey if route.auth.is_some() => {
+            Err(ProxyError::Auth(crate::auth::Failure::Missing))
+        }
+        Outcome::MissingKey => Err(ProxyError::RateLimited(1)),
+        Outcome::RepeatedKey => Err(ProxyError::BadRequest(
+            "a rate-limit key header was sent more than once",
+        )),
+    }
 }
 
 fn wants_upgrade(req: &Request<Incoming>) -> bool {

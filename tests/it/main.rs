@@ -14,6 +14,7 @@ mod cli;
 mod errors;
 mod hostile;
 mod proxying;
+mod ratelimit;
 mod reload;
 mod resilience;
 mod routing;

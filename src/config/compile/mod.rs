@@ -16,6 +16,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 mod auth;
+mod ratelimit;
 mod route;
 mod upstream;
 
@@ -66,6 +67,7 @@ pub fn compile(
     let settings = settings(&spec, &mut errs);
     let upstreams = upstreams(&spec, previous, &mut errs);
     let (providers, files_hash) = auth::providers(&spec, previous, base, &mut errs);
+    let rate_limits = ratelimit::policies(&spec, previous, &mut errs);
     let version = if files_hash == 0 {
         version
     } else {
@@ -121,8 +123,17 @@ pub fn compile(
                 &mut errs,
             )
         });
+        let limits = ratelimit::route_limits(
+            &r.name,
+            &r.rate_limit,
+            &format!("{p}.rate_limit"),
+            &rate_limits,
+            &spec,
+            &mut errs,
+        );
         if let Some(mut route) = route(r, &p, &upstreams, &mut errs) {
             route.auth = auth;
+            route.limits = limits;
             routes.push(route);
         }
     }
@@ -135,6 +146,7 @@ pub fn compile(
         routes,
         upstreams,
         auth: providers,
+        rate_limits,
         settings,
         unrouted_metrics: RouteMetrics::new(""),
         spec,

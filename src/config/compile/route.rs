@@ -320,6 +320,7 @@ pub(super) fn route(
         request_headers,
         response_headers,
         auth: None,
+        limits: None,
         retry,
     })
 }

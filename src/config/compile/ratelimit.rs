@@ -1,0 +1,134 @@
+//! `rate_limits` and each route's `rate_limit` list. A policy whose
+//! definition did not change is carried over with its buckets, so a reload
+//! never hands everyone a fresh burst.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::Errors;
+use crate::config::spec::{MissingKeySpec, RateLimitSpec, Spec};
+use crate::ratelimit::{KeyPart, Missing, Policy, RouteLimits, Shape, parse_rate};
+use crate::snapshot::Snapshot;
+
+pub(super) fn policies(
+    spec: &Spec,
+    previous: Option<&Snapshot>,
+    errs: &mut Errors,
+) -> BTreeMap<String, Arc<Policy>> {
+    let mut out = BTreeMap::new();
+    for (name, r) in &spec.rate_limits {
+        let p = format!("rate_limits.{name}");
+        if let Some(prev) = previous.and_then(|s| s.rate_limits.get(name))
+            && prev.spec == *r
+        {
+            out.insert(name.clone(), Arc::clone(prev));
+            continue;
+        }
+        if let Some(policy) = policy(name, r, &p, errs) {
+            out.insert(name.clone(), Arc::new(policy));
+        }
+    }
+    out
+}
+
+fn shape(rate: &str, burst: Option<u32>, field: &str, errs: &mut Errors) -> Option<Shape> {
+    match parse_rate(rate) {
+        Ok((count, window)) => {
+            let burst = burst.unwrap_or(count);
+            if burst == 0 {
+                errs.push(field, "burst must be at least 1");
+                return None;
+            }
+            if count > 1_000_000_000 {
+                errs.push(field, "rate is too high");
+                return None;
+            }
+            Some(Shape {
+                count,
+                window,
+                burst,
+            })
+        }
+        Err(m) => {
+            errs.push(field, m);
+            None
+        }
+    }
+}
+
+fn policy(name: &str, r: &RateLimitSpec, p: &str, errs: &mut Errors) -> Option<Policy> {
+    let before = errs.0.len();
+    if !super::is_name(name) {
+        errs.push(p, "policy names use letters, digits, `-`, `_` and `.`");
+    }
+    let mut key = Vec::new();
+    if r.key.0.is_empty() {
+        errs.push(format!("{p}.key"), "give at least one key part");
+    }
+    for (i, k) in r.key.0.iter().enumerate() {
+        match KeyPart::parse(k) {
+            Ok(part) => key.push(part),
+            Err(m) => errs.push(format!("{p}.key[{i}]"), m),
+        }
+    }
+    if !(1..=100_000_000).contains(&r.max_keys) {
+        errs.push(format!("{p}.max_keys"), "must be from 1 to 100000000");
+    }
+    let default = shape(r.rate.as_str(), r.burst, &format!("{p}.rate"), errs);
+    let mut overrides = Vec::new();
+    for (value, o) in &r.overrides {
+        if let Some(s) = shape(
+            o.rate.as_str(),
+            o.burst,
+            &format!("{p}.overrides.{value}"),
+            errs,
+        ) {
+            overrides.push((value.clone(), s));
+        }
+    }
+    let missing = match r.missing_key {
+        MissingKeySpec::Reject => Missing::Reject,
+        MissingKeySpec::Shared => Missing::Shared,
+        MissingKeySpec::Skip => Missing::Skip,
+    };
+    if errs.0.len() > before {
+        return None;
+    }
+    let policy = Policy::new(name, r.clone(), key, default?, overrides, missing);
+    if policy.is_none() {
+        errs.push(p, "the rate cannot be expressed (period too small)");
+    }
+    policy
+}
+
+/// A route's `rate_limit` list.
+pub(super) fn route_limits(
+    route: &str,
+    names: &[String],
+    p: &str,
+    policies: &BTreeMap<String, Arc<Policy>>,
+    spec: &Spec,
+    errs: &mut Errors,
+) -> Option<RouteLimits> {
+    if names.is_empty() {
+        return None;
+    }
+    let mut list = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        match policies.get(n) {
+            Some(policy) => {
+                if list.iter().any(|x: &Arc<Policy>| x.name == *n) {
+                    errs.push(
+                        format!("{p}[{i}]"),
+                        format!("policy \"{n}\" is listed twice"),
+                    );
+                }
+                list.push(Arc::clone(policy));
+            }
+            // A policy with its own errors is reported there.
+            None if spec.rate_limits.contains_key(n) => {}
+            None => errs.push(format!("{p}[{i}]"), format!("unknown rate limit \"{n}\"")),
+        }
+    }
+    Some(RouteLimits::new(route, list))
+}

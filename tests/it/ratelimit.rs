@@ -1,0 +1,289 @@
+//! Rate limiting over real sockets: buckets per key kind, 429 and the
+//! RateLimit headers, overrides, missing and repeated keys, the order
+//! around authentication, reload keeping state, eviction, shadow mode and
+//! accuracy.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::jwt::{SigningKey, now};
+use crate::support::*;
+
+const SECRET: &str = "rate-limit-test-secret-of-32-bytes!!";
+
+fn config(up: &str, policies: &str, routes: &str) -> String {
+    format!(
+        "upstreams:\n  app: {{ endpoints: [\"{up}\"] }}\nauth:\n  providers:\n    p: {{ algorithms: [HS256], secret: \"{SECRET}\", tenant_claim: tenant }}\nrate_limits:\n{policies}routes:\n{routes}"
+    )
+}
+
+fn token(tenant: &str) -> String {
+    SigningKey::hmac(SECRET).sign(&json!({"sub": "u", "tenant": tenant, "exp": now() + 600}))
+}
+
+#[tokio::test]
+async fn a_bucket_per_client_with_429_and_ratelimit_headers() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&config(
+        &up.url(),
+        "  per_ip: { key: client_ip, rate: 10/s, burst: 5 }\n",
+        "  - { name: r, match: { path_prefix: / }, upstream: app, rate_limit: [per_ip] }\n",
+    ))
+    .await;
+    let c = client();
+    let first = get(&c, &gw.url("/x")).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.headers["ratelimit-policy"], r#""per_ip";q=10;w=1"#);
+    assert_eq!(first.headers["ratelimit"], r#""per_ip";r=4;t=0"#);
+    assert_eq!(first.headers["x-ratelimit-limit"], "5");
+    assert_eq!(first.headers["x-ratelimit-remaining"], "4");
+    for _ in 0..4 {
+        assert_eq!(get(&c, &gw.url("/x")).await.status, 200);
+    }
+    let g = get(&c, &gw.url("/x")).await;
+    assert_eq!(g.status, 429);
+    assert_eq!(g.headers["retry-after"], "1");
+    assert_eq!(g.headers["ratelimit"], r#""per_ip";r=0;t=1"#);
+    assert_eq!(g.headers["x-ratelimit-remaining"], "0");
+    let body = g.json();
+    assert_eq!(body["error"], "rate_limited");
+    assert_eq!(
+        body["request_id"],
+        g.headers["x-request-id"].to_str().unwrap()
+    );
+    assert_eq!(up.count(), 5);
+    // Refills at 10/s.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(get(&c, &gw.url("/x")).await.status, 200);
+    let m = get(&c, &gw.admin_url("/metrics")).await.text();
+    assert_eq!(
+        metric(
+            &m,
+            r#"tollgate_ratelimit_decisions_total{policy="per_ip",result="limited",route="r"}"#
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn header_keys_missing_and_repeated() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&config(
+        &up.url(),
+        "  reject: { key: \"header:x-api-key\", rate: 1/min, burst: 1 }\n  shared: { key: \"header:x-api-key\", rate: 1/min, burst: 1, missing_key: shared }\n  skip: { key: \"header:x-api-key\", rate: 1/min, burst: 1, missing_key: skip }\n",
+        "  - { name: reject, match: { path_prefix: /reject }, upstream: app, rate_limit: [reject] }\n  - { name: shared, match: { path_prefix: /shared }, upstream: app, rate_limit: [shared] }\n  - { name: skip, match: { path_prefix: /skip }, upstream: app, rate_limit: [skip] }\n  - { name: authed, match: { path_prefix: /authed }, upstream: app, auth: { provider: p }, rate_limit: [reject] }\n",
+    ))
+    .await;
+    let c = client();
+    let key = |k: &'static str| [("x-api-key", k)];
+    // One bucket per key value.
+    assert_eq!(
+        get_with(&c, &gw.url("/reject"), &key("a")).await.status,
+        200
+    );
+    assert_eq!(
+        get_with(&c, &gw.url("/reject"), &key("a")).await.status,
+        429
+    );
+    assert_eq!(
+        get_with(&c, &gw.url("/reject"), &key("b")).await.status,
+        200
+    );
+    // No key: 429 without auth on the route, 401 with it.
+    assert_eq!(get(&c, &gw.url("/reject")).await.status, 429);
+    let g = get(&c, &gw.url("/authed")).await;
+    assert_eq!(g.status, 401, "{}", g.text());
+    // shared: keyless requests share one bucket; skip: not limited.
+    assert_eq!(get(&c, &gw.url("/shared")).await.status, 200);
+    assert_eq!(get(&c, &gw.url("/shared")).await.status, 429);
+    for _ in 0..3 {
+        assert_eq!(get(&c, &gw.url("/skip")).await.status, 200);
+    }
+    // The key header twice, over a raw socket: 400.
+    let resp = raw(
+        gw.addr,
+        b"GET /skip HTTP/1.1\r\nHost: a\r\nX-Api-Key: one\r\nX-Api-Key: two\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&resp), 400, "{resp}");
+}
+
+#[tokio::test]
+async fn tenants_get_their_plans_and_do_not_starve_each_other() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&config(
+        &up.url(),
+        "  per_tenant: { key: tenant, rate: 2/min, burst: 2, overrides: { acme: { rate: 100/s, burst: 20 } } }\n",
+        "  - { name: api, match: { path_prefix: / }, upstream: app, auth: { provider: p }, rate_limit: [per_tenant] }\n",
+    ))
+    .await;
+    let c = client();
+    let (acme, free, other) = (token("acme"), token("free"), token("other"));
+    let send = |t: &String| {
+        let (c, url, auth) = (c.clone(), gw.url("/x"), format!("Bearer {t}"));
+        async move { get_with(&c, &url, &[("authorization", &auth)]).await.status }
+    };
+    let mut acme_ok = 0;
+    for _ in 0..20 {
+        acme_ok += usize::from(send(&acme).await == 200);
+    }
+    assert_eq!(acme_ok, 20, "acme's plan: burst 20");
+    assert_eq!(send(&free).await, 200);
+    assert_eq!(send(&free).await, 200);
+    // free at 10x its limit...
+    for _ in 0..20 {
+        assert_eq!(send(&free).await, 429);
+    }
+    // ...does not touch another tenant's bucket.
+    assert_eq!(send(&other).await, 200);
+}
+
+#[tokio::test]
+async fn identity_free_limits_run_before_authentication() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&config(
+        &up.url(),
+        "  per_ip: { key: client_ip, rate: 1/min, burst: 3 }\n  per_tenant: { key: tenant, rate: 1/min, burst: 1 }\n",
+        "  - { name: api, match: { path_prefix: / }, upstream: app, auth: { provider: p }, rate_limit: [per_tenant, per_ip] }\n",
+    ))
+    .await;
+    let c = client();
+    let bad = [("authorization", "Bearer not.a.token")];
+    // Bad tokens: 401 while the address has budget, then 429 before any
+    // token is looked at.
+    for _ in 0..3 {
+        assert_eq!(get_with(&c, &gw.url("/x"), &bad).await.status, 401);
+    }
+    assert_eq!(get_with(&c, &gw.url("/x"), &bad).await.status, 429);
+    let m = get(&c, &gw.admin_url("/metrics")).await.text();
+    assert_eq!(
+        metric(
+            &m,
+            r#"tollgate_auth_requests_total{provider="p",result="invalid",route="api"}"#
+        ),
+        3.0,
+        "the fourth was never authenticated"
+    );
+}
+
+#[tokio::test]
+async fn reload_keeps_unchanged_policies_and_restarts_changed_ones() {
+    let up = Upstream::start("app").await;
+    let routes =
+        "  - { name: r, match: { path_prefix: / }, upstream: app, rate_limit: [per_ip] }\n";
+    let cfg = |rate: &str, extra: &str| {
+        config(
+            &up.url(),
+            &format!("  per_ip: {{ key: client_ip, rate: {rate}, burst: 2 }}\n"),
+            &format!("{routes}{extra}"),
+        )
+    };
+    let gw = TestGateway::start(&cfg("1/min", "")).await;
+    let c = client();
+    for _ in 0..2 {
+        assert_eq!(get(&c, &gw.url("/x")).await.status, 200);
+    }
+    assert_eq!(get(&c, &gw.url("/x")).await.status, 429);
+    gw.write_config(&cfg(
+        "1/min",
+        "  - { name: extra, match: { path: /extra }, respond: { body: hi } }\n",
+    ));
+    assert_eq!(post(&c, &gw.admin_url("/reload"), "").await.status, 200);
+    assert_eq!(get(&c, &gw.url("/extra")).await.text(), "hi");
+    assert_eq!(
+        get(&c, &gw.url("/x")).await.status,
+        429,
+        "no fresh burst on reload"
+    );
+    gw.write_config(&cfg("2/min", ""));
+    assert_eq!(post(&c, &gw.admin_url("/reload"), "").await.status, 200);
+    assert_eq!(
+        get(&c, &gw.url("/x")).await.status,
+        200,
+        "a changed policy starts fresh"
+    );
+}
+
+#[tokio::test]
+async fn keys_are_capped_and_shadow_mode_rejects_nothing() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&config(
+        &up.url(),
+        "  capped: { key: \"header:x-k\", rate: 1/min, burst: 1, max_keys: 10 }\n  watch: { key: client_ip, rate: 1/min, burst: 1, mode: shadow }\n",
+        "  - { name: capped, match: { path_prefix: /capped }, upstream: app, rate_limit: [capped] }\n  - { name: watched, match: { path_prefix: /watched }, upstream: app, rate_limit: [watch] }\n",
+    ))
+    .await;
+    let c = client();
+    for i in 0..100 {
+        let k = format!("key-{i}");
+        assert_eq!(
+            get_with(&c, &gw.url("/capped"), &[("x-k", &k)])
+                .await
+                .status,
+            200
+        );
+    }
+    let mut keys = 0.0;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let m = get(&c, &gw.admin_url("/metrics")).await.text();
+        keys = metric(&m, r#"tollgate_ratelimit_keys{policy="capped"}"#);
+        if keys > 0.0 && keys <= 10.0 {
+            break;
+        }
+    }
+    assert!(keys > 0.0 && keys <= 10.0, "keys: {keys}");
+    for _ in 0..5 {
+        let g = get(&c, &gw.url("/watched")).await;
+        assert_eq!(g.status, 200);
+        assert!(
+            g.headers.get("ratelimit").is_none(),
+            "shadow mode sends no headers"
+        );
+    }
+    let m = get(&c, &gw.admin_url("/metrics")).await.text();
+    assert_eq!(
+        metric(
+            &m,
+            r#"tollgate_ratelimit_decisions_total{policy="watch",result="limited",route="watched"}"#
+        ),
+        4.0
+    );
+}
+
+#[tokio::test]
+async fn a_client_at_three_times_the_rate_gets_rate_times_time_plus_burst() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&config(
+        &up.url(),
+        "  per_ip: { key: client_ip, rate: 100/s, burst: 50 }\n",
+        "  - { name: r, match: { path_prefix: / }, upstream: app, rate_limit: [per_ip] }\n",
+    ))
+    .await;
+    let c = client();
+    let secs = 3.0;
+    let start = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    // 300 requests/s offered for 3 s, paced.
+    for i in 0..900u32 {
+        let due = start + Duration::from_secs_f64(f64::from(i) / 300.0);
+        let (c, url) = (c.clone(), gw.url("/x"));
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep_until(due.into()).await;
+            get(&c, &url).await.status
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        ok += usize::from(t.await.unwrap() == 200);
+    }
+    let elapsed = start.elapsed().as_secs_f64().max(secs);
+    let expected = 100.0 * elapsed + 50.0;
+    let err = (ok as f64 - expected).abs() / expected;
+    assert!(
+        err <= 0.02,
+        "allowed {ok}, expected {expected:.0} (error {:.1}%)",
+        err * 100.0
+    );
+}
