@@ -40,6 +40,8 @@ pub struct Snapshot {
     pub auth: BTreeMap<String, Arc<Provider>>,
     /// Rate-limit policies by name.
     pub rate_limits: BTreeMap<String, Arc<crate::ratelimit::Policy>>,
+    /// Redis for global rate limits.
+    pub redis: Option<Arc<crate::ratelimit::global::Redis>>,
     /// Request-path settings from `server`.
     pub settings: Settings,
     /// Metric handles for requests that matched no route (route label "").
@@ -56,6 +58,9 @@ impl Snapshot {
         }
         for u in self.upstreams.values() {
             u.start_background();
+        }
+        if let Some(r) = &self.redis {
+            r.start();
         }
     }
 

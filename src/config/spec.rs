@@ -31,6 +31,46 @@ pub struct Spec {
     /// Rate-limit policies that routes name in `rate_limit`.
     #[serde(default)]
     pub rate_limits: BTreeMap<String, RateLimitSpec>,
+    /// Redis for `scope: global` rate limits.
+    #[serde(default)]
+    pub redis: Option<RedisSpec>,
+}
+
+/// `redis:`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSpec {
+    /// `redis://host:port/db` (password in the URL, `${ENV}` allowed).
+    pub url: Secret,
+    /// Multiplexed connections used round robin. Default `4`.
+    #[serde(default = "default_redis_pool")]
+    pub pool_size: usize,
+    /// Longest wait for one Redis call on the request path. Default `50ms`.
+    #[serde(default = "default_redis_timeout")]
+    pub timeout: DurationSpec,
+    /// When Redis is slow or down: `local` (this process's own bucket), `allow` or `deny` (503). Default `local`.
+    #[serde(default)]
+    pub on_error: OnErrorSpec,
+}
+
+fn default_redis_pool() -> usize {
+    4
+}
+fn default_redis_timeout() -> DurationSpec {
+    DurationSpec(std::time::Duration::from_millis(50))
+}
+
+/// `redis.on_error`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnErrorSpec {
+    /// Fall back to the local limiter.
+    #[default]
+    Local,
+    /// Let requests through.
+    Allow,
+    /// Refuse them (503).
+    Deny,
 }
 
 /// `rate_limits.NAME`: a token bucket per key.
@@ -47,7 +87,7 @@ pub struct RateLimitSpec {
     /// Bucket size. Default: the rate's N.
     #[serde(default)]
     pub burst: Option<u32>,
-    /// `local` (this process; the only scope today).
+    /// `local` (this process) or `global` (every replica, through Redis).
     #[serde(default)]
     pub scope: ScopeSpec,
     /// Other rates for some key values (tenant plans): `{ value: { rate, burst } }`.
@@ -106,6 +146,8 @@ pub enum ScopeSpec {
     /// Buckets in this process.
     #[default]
     Local,
+    /// Buckets in Redis, shared by every replica.
+    Global,
 }
 
 /// `rate_limits.NAME.missing_key`.
@@ -975,6 +1017,13 @@ impl Default for TokenCacheSpec {
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(pub Str);
+
+impl Secret {
+    /// The secret text.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

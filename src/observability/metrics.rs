@@ -69,6 +69,10 @@ pub struct Metrics {
     pub ratelimit_decisions: IntCounterVec,
     /// `tollgate_ratelimit_keys{policy}`.
     pub ratelimit_keys: IntGaugeVec,
+    /// `tollgate_ratelimit_redis_duration_seconds`.
+    pub ratelimit_redis_duration: Histogram,
+    /// `tollgate_ratelimit_redis_errors_total`.
+    pub ratelimit_redis_errors: IntCounter,
 }
 
 /// Latency buckets in seconds, 0.5 ms to 30 s.
@@ -242,6 +246,26 @@ impl Metrics {
                 "tollgate_ratelimit_keys",
                 "Keys (buckets) a rate-limit policy tracks.",
                 &["policy"],
+            ),
+            ratelimit_redis_duration: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "tollgate_ratelimit_redis_duration_seconds",
+                        "Round trips to Redis for global rate limits.",
+                    )
+                    .buckets(vec![
+                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    ]),
+                )
+                .expect("valid histogram");
+                registry
+                    .register(Box::new(h.clone()))
+                    .expect("unique histogram");
+                h
+            },
+            ratelimit_redis_errors: plain_counter(
+                "tollgate_ratelimit_redis_errors_total",
+                "Redis calls for global rate limits that failed or timed out (on_error decided).",
             ),
             retry_budget_exhausted: counter(
                 "tollgate_retry_budget_exhausted_total",

@@ -54,6 +54,9 @@ pub enum ProxyError {
     /// A rate-limit policy refused the request; retry after this many
     /// seconds.
     RateLimited(u64),
+    /// A global rate limit could not be checked (Redis down) and
+    /// `on_error: deny`.
+    RateLimitUnavailable,
     /// A bulkhead or the load-shedding limit is full (`global`,
     /// `upstream` or `connections`): refused at once.
     Overloaded(&'static str),
@@ -123,6 +126,12 @@ impl ProxyError {
                 (S::FORBIDDEN, "insufficient_scope", Party::Downstream, false)
             }
             E::Overloaded(_) => (S::SERVICE_UNAVAILABLE, "overloaded", Party::Gateway, false),
+            E::RateLimitUnavailable => (
+                S::SERVICE_UNAVAILABLE,
+                "rate_limit_unavailable",
+                Party::Gateway,
+                false,
+            ),
             E::RateLimited(_) => (
                 S::TOO_MANY_REQUESTS,
                 "rate_limited",
@@ -156,6 +165,9 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => "the upstream did not respond in time".to_owned(),
             ProxyError::Auth(f) => auth_message(*f).to_owned(),
             ProxyError::RateLimited(_) => "too many requests; slow down".to_owned(),
+            ProxyError::RateLimitUnavailable => {
+                "the shared rate limit cannot be checked right now".to_owned()
+            }
             ProxyError::Overloaded("global") => {
                 "the gateway is at its limit of requests in progress".to_owned()
             }
@@ -207,7 +219,7 @@ impl ProxyError {
         if let ProxyError::RateLimited(secs) = self {
             h.insert(http::header::RETRY_AFTER, HeaderValue::from(*secs));
         }
-        if let ProxyError::Overloaded(_) = self {
+        if let ProxyError::Overloaded(_) | ProxyError::RateLimitUnavailable = self {
             h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if let ProxyError::UpstreamUnavailable(secs) = self {
@@ -270,6 +282,11 @@ mod tests {
             (ProxyError::UpstreamTimeout, 504, "upstream_timeout"),
             (ProxyError::Overloaded("global"), 503, "overloaded"),
             (ProxyError::RateLimited(1), 429, "rate_limited"),
+            (
+                ProxyError::RateLimitUnavailable,
+                503,
+                "rate_limit_unavailable",
+            ),
             (ProxyError::Auth(Failure::Missing), 401, "unauthorized"),
             (ProxyError::Auth(Failure::Expired), 401, "invalid_token"),
             (

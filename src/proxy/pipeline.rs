@@ -179,7 +179,7 @@ async fn run(
 
     // 3. limits that need no identity, then authenticate
     if let Some(limits) = &route.limits {
-        rate_limit(limits, false, &req, ctx, route)?;
+        rate_limit(limits, false, &req, ctx, route).await?;
     }
     if let Some(policy) = &route.auth {
         // A `Uri` clone shares its bytes: no copy of the query.
@@ -192,7 +192,7 @@ async fn run(
 
     // 4. limits keyed on the identity
     if let Some(limits) = &route.limits {
-        rate_limit(limits, true, &req, ctx, route)?;
+        rate_limit(limits, true, &req, ctx, route).await?;
     }
     let upstream = match &route.action {
         Action::Respond {
@@ -226,7 +226,7 @@ async fn run(
 
 /// Runs a route's rate limits of one phase; the verdict to describe in
 /// the response headers goes into the context.
-fn rate_limit(
+async fn rate_limit(
     limits: &crate::ratelimit::RouteLimits,
     after_auth: bool,
     req: &Request<Incoming>,
@@ -240,7 +240,7 @@ fn rate_limit(
         route: &route.name,
         identity: ctx.identity.as_deref(),
     };
-    match limits.check(after_auth, &input) {
+    match limits.check(after_auth, &input).await {
         Outcome::Allowed(verdict) => {
             if verdict.is_some() {
                 let closer = match (&verdict, &ctx.rate_limit) {
@@ -268,6 +268,7 @@ fn rate_limit(
         Outcome::RepeatedKey => Err(ProxyError::BadRequest(
             "a rate-limit key header was sent more than once",
         )),
+        Outcome::Unavailable => Err(ProxyError::RateLimitUnavailable),
     }
 }
 

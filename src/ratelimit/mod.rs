@@ -8,6 +8,7 @@
 //! authentication, so a flood of bad tokens is cut before any signature is
 //! checked; those keyed on `tenant` or `claim:` run right after it.
 
+pub mod global;
 pub mod store;
 
 use std::collections::HashMap;
@@ -161,6 +162,17 @@ impl Limiter {
     }
 }
 
+/// A policy's answer for one request.
+#[derive(Debug, Clone, Copy)]
+pub enum Checked {
+    /// The bucket's verdict.
+    Verdict(Verdict),
+    /// Redis failed; `on_error` gave this verdict (`local` or `allow`).
+    Fallback(Verdict),
+    /// Redis failed and `on_error: deny`.
+    Unavailable,
+}
+
 /// What one policy said about one request.
 #[derive(Debug, Clone, Copy)]
 pub struct Verdict {
@@ -207,6 +219,8 @@ pub struct Policy {
     pub after_auth: bool,
     default: Limiter,
     overrides: HashMap<String, Limiter>,
+    /// Redis, for `scope: global`.
+    pub global: Option<Arc<global::Redis>>,
     /// When the last shadow-mode line was logged (at most one a second).
     last_log: std::sync::atomic::AtomicU64,
     epoch: std::time::Instant,
@@ -255,6 +269,7 @@ impl Policy {
             after_auth: key.iter().any(KeyPart::needs_identity),
             default: Limiter::new(default, max_keys)?,
             overrides: map,
+            global: None,
             last_log: std::sync::atomic::AtomicU64::new(0),
             epoch: std::time::Instant::now(),
             spec,
@@ -313,15 +328,51 @@ impl Policy {
     }
 
     /// Takes one request from the bucket of `key`. The override limiter
-    /// is chosen by the key's first part (the tenant, for plans).
-    pub fn check(&self, key: &String) -> Verdict {
+    /// is chosen by the key's first part (the tenant, for plans). A global
+    /// policy asks Redis; when Redis fails, `on_error` decides (`None`:
+    /// deny).
+    pub async fn check(&self, key: &String) -> Checked {
         let first = key.split('\u{1f}').next().unwrap_or("");
         let limiter = self.overrides.get(first).unwrap_or(&self.default);
-        let v = limiter.check(key);
-        if !v.allowed && self.shadow && self.log_now() {
+        let checked = match &self.global {
+            None => Checked::Verdict(limiter.check(key)),
+            Some(redis) => {
+                let shape = limiter.shape;
+                match redis
+                    .take(&self.name, key, shape.interval(), shape.burst)
+                    .await
+                {
+                    Some(b) => Checked::Verdict(Verdict {
+                        allowed: b.allowed,
+                        remaining: b.remaining,
+                        burst: shape.burst,
+                        retry_after: b.retry_after,
+                        reset: b.used,
+                        shape,
+                    }),
+                    None => match redis.settings.on_error {
+                        global::OnError::Local => Checked::Fallback(limiter.check(key)),
+                        global::OnError::Allow => Checked::Fallback(Verdict {
+                            allowed: true,
+                            remaining: shape.burst,
+                            burst: shape.burst,
+                            retry_after: Duration::ZERO,
+                            reset: Duration::ZERO,
+                            shape,
+                        }),
+                        global::OnError::Deny => Checked::Unavailable,
+                    },
+                }
+            }
+        };
+        if let Checked::Verdict(v) | Checked::Fallback(v) = &checked
+            && !v.allowed
+            && self.shadow
+            && self.log_now()
+        {
             tracing::info!(policy = %self.name, "rate limit exceeded (shadow mode: let through; logged at most once a second)");
         }
-        v
+        checked
     }
 
     /// True at most once a second (rate-limited log lines).
@@ -376,7 +427,7 @@ fn push_ip(out: &mut String, ip: IpAddr) {
 /// A route's policies with their per-route counters.
 pub struct RouteLimits {
     /// (policy, counters for allowed / limited).
-    pub policies: Vec<(Arc<Policy>, [IntCounter; 2])>,
+    pub policies: Vec<(Arc<Policy>, [IntCounter; 3])>,
 }
 
 impl RouteLimits {
@@ -387,7 +438,7 @@ impl RouteLimits {
             policies: policies
                 .into_iter()
                 .map(|p| {
-                    let c = ["allowed", "limited"]
+                    let c = ["allowed", "limited", "error"]
                         .map(|r| family.with_label_values(&[route, p.name.as_str(), r]));
                     (p, c)
                 })
@@ -406,12 +457,14 @@ pub enum Outcome {
     MissingKey,
     /// A key header was sent more than once.
     RepeatedKey,
+    /// Redis failed for a global policy with `on_error: deny`.
+    Unavailable,
 }
 
 impl RouteLimits {
     /// Runs the policies of this phase (`after_auth` false: before
     /// authentication) and merges the verdicts.
-    pub fn check(&self, after_auth: bool, input: &KeyInput<'_>) -> Outcome {
+    pub async fn check(&self, after_auth: bool, input: &KeyInput<'_>) -> Outcome {
         let mut closest: Option<(Arc<Policy>, Verdict)> = None;
         for (p, counters) in self
             .policies
@@ -429,8 +482,21 @@ impl RouteLimits {
                     Missing::Reject => return Outcome::MissingKey,
                 },
             };
-            let v = p.check(&key);
-            let [allowed, limited] = counters;
+            let [allowed, limited, error] = counters;
+            let v = match p.check(&key).await {
+                Checked::Verdict(v) => v,
+                Checked::Fallback(v) => {
+                    error.inc();
+                    v
+                }
+                Checked::Unavailable => {
+                    error.inc();
+                    if p.shadow {
+                        continue;
+                    }
+                    return Outcome::Unavailable;
+                }
+            };
             if v.allowed {
                 allowed.inc();
             } else {
@@ -484,6 +550,22 @@ pub fn headers(policy: &Policy, v: &Verdict, out: &mut HeaderMap) {
 mod tests {
     use super::*;
 
+    /// Local policies decide without awaiting: checks run on a tiny
+    /// runtime so the tests stay plain functions.
+    struct Sync(Policy);
+
+    impl Sync {
+        fn check(&self, key: &String) -> Verdict {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            match rt.block_on(self.0.check(key)) {
+                Checked::Verdict(v) => v,
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
     fn spec() -> RateLimitSpec {
         serde_json::from_value(serde_json::json!({"key": "client_ip", "rate": "10/s"})).unwrap()
     }
@@ -514,6 +596,7 @@ mod tests {
             Missing::Reject,
         )
         .unwrap();
+        let p = Sync(p);
         let k = "1.2.3.4".to_owned();
         let mut remaining = Vec::new();
         for _ in 0..5 {
@@ -550,6 +633,7 @@ mod tests {
             Missing::Reject,
         )
         .unwrap();
+        let p = Sync(p);
         let free = "free\u{1f}r".to_owned();
         assert!(p.check(&free).allowed);
         assert!(!p.check(&free).allowed);

@@ -287,3 +287,141 @@ async fn a_client_at_three_times_the_rate_gets_rate_times_time_plus_burst() {
         err * 100.0
     );
 }
+
+fn global_config(up: &str, redis: &str, on_error: &str, rate: &str, burst: u32) -> String {
+    format!(
+        "upstreams:\n  app: {{ endpoints: [\"{up}\"] }}\nredis: {{ url: \"{redis}\", timeout: 100ms, on_error: {on_error} }}\nrate_limits:\n  shared: {{ key: client_ip, rate: {rate}, burst: {burst}, scope: global }}\nroutes:\n  - {{ name: r, match: {{ path_prefix: / }}, upstream: app, rate_limit: [shared] }}\n"
+    )
+}
+
+async fn wait_for_redis(gw_url: &str) {
+    // The connection is made in the background at start.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = gw_url;
+}
+
+#[tokio::test]
+async fn global_limits_are_kept_in_redis() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&global_config(&up.url(), &redis.url(), "deny", "1/min", 3)).await;
+    wait_for_redis(&gw.url("/")).await;
+    let c = client();
+    let mut remaining = Vec::new();
+    for _ in 0..3 {
+        let g = get(&c, &gw.url("/x")).await;
+        assert_eq!(g.status, 200, "{}", g.text());
+        remaining.push(
+            g.headers["x-ratelimit-remaining"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(remaining, ["2", "1", "0"]);
+    let g = get(&c, &gw.url("/x")).await;
+    assert_eq!(g.status, 429);
+    let wait: u64 = g.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(
+        (55..=60).contains(&wait),
+        "one request per minute refills: {wait}"
+    );
+    // A second gateway on the same Redis sees the same bucket.
+    let gw2 = TestGateway::start(&global_config(&up.url(), &redis.url(), "deny", "1/min", 3)).await;
+    wait_for_redis(&gw2.url("/")).await;
+    assert_eq!(get(&c, &gw2.url("/x")).await.status, 429);
+    let m = get(&c, &gw.admin_url("/metrics")).await.text();
+    assert!(m.contains("tollgate_ratelimit_redis_duration_seconds_count"));
+}
+
+#[tokio::test]
+async fn two_gateway_processes_share_one_rate() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let up = Upstream::start("app").await;
+    let yaml = global_config(&up.url(), &redis.url(), "deny", "50/s", 10);
+    let (a, b) = (Binary::start(&yaml), Binary::start(&yaml));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let c = client();
+    let secs = 4.0;
+    let start = std::time::Instant::now() + Duration::from_millis(50);
+    let mut tasks = Vec::new();
+    // Each process gets 100 requests/s: 4x the shared rate in total.
+    for i in 0..800u32 {
+        let due = start + Duration::from_secs_f64(f64::from(i / 2) / 100.0);
+        let url = if i % 2 == 0 { a.url("/x") } else { b.url("/x") };
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep_until(due.into()).await;
+            get(&c, &url).await.status
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        ok += usize::from(t.await.unwrap() == 200);
+    }
+    let elapsed = (std::time::Instant::now() - start).as_secs_f64().max(secs);
+    let expected = 50.0 * elapsed + 10.0;
+    let err = (ok as f64 - expected).abs() / expected;
+    assert!(
+        err <= 0.05,
+        "allowed {ok} across both, expected {expected:.0} (error {:.1}%)",
+        err * 100.0
+    );
+}
+
+#[tokio::test]
+async fn when_redis_dies_on_error_decides_and_requests_never_wait_long() {
+    let Some(mut redis) = RedisServer::start().await else {
+        return;
+    };
+    let up = Upstream::start("app").await;
+    let local =
+        TestGateway::start(&global_config(&up.url(), &redis.url(), "local", "1/min", 2)).await;
+    let deny = TestGateway::start(&global_config(
+        &up.url(),
+        &redis.url(),
+        "deny",
+        "1/min",
+        100,
+    ))
+    .await;
+    let allow =
+        TestGateway::start(&global_config(&up.url(), &redis.url(), "allow", "1/min", 1)).await;
+    wait_for_redis(&local.url("/")).await;
+    let c = client();
+    assert_eq!(get(&c, &deny.url("/x")).await.status, 200, "Redis up");
+    redis.kill();
+    // local: this process's own bucket (burst 2).
+    let t = std::time::Instant::now();
+    let statuses: Vec<u16> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            v.push(get(&c, &local.url("/x")).await.status);
+        }
+        v
+    };
+    assert_eq!(statuses, [200, 200, 429]);
+    assert!(
+        t.elapsed() < Duration::from_millis(3 * 100 + 600),
+        "{:?}",
+        t.elapsed()
+    );
+    let g = get(&c, &deny.url("/x")).await;
+    assert_eq!(g.status, 503);
+    assert_eq!(g.json()["error"], "rate_limit_unavailable");
+    for _ in 0..3 {
+        assert_eq!(get(&c, &allow.url("/x")).await.status, 200);
+    }
+    let m = get(&c, &local.admin_url("/metrics")).await.text();
+    assert!(metric(&m, "tollgate_ratelimit_redis_errors_total") >= 3.0);
+    assert!(
+        metric(
+            &m,
+            r#"tollgate_ratelimit_decisions_total{policy="shared",result="error",route="r"}"#
+        ) >= 3.0
+    );
+}

@@ -67,7 +67,8 @@ pub fn compile(
     let settings = settings(&spec, &mut errs);
     let upstreams = upstreams(&spec, previous, &mut errs);
     let (providers, files_hash) = auth::providers(&spec, previous, base, &mut errs);
-    let rate_limits = ratelimit::policies(&spec, previous, &mut errs);
+    let redis = ratelimit::redis(&spec, previous, &mut errs);
+    let rate_limits = ratelimit::policies(&spec, previous, redis.as_ref(), &mut errs);
     let version = if files_hash == 0 {
         version
     } else {
@@ -147,6 +148,7 @@ pub fn compile(
         upstreams,
         auth: providers,
         rate_limits,
+        redis,
         settings,
         unrouted_metrics: RouteMetrics::new(""),
         spec,

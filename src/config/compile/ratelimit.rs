@@ -6,25 +6,82 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::Errors;
-use crate::config::spec::{MissingKeySpec, RateLimitSpec, Spec};
+use crate::config::spec::{MissingKeySpec, OnErrorSpec, RateLimitSpec, ScopeSpec, Spec};
+use crate::ratelimit::global::{self, Redis};
 use crate::ratelimit::{KeyPart, Missing, Policy, RouteLimits, Shape, parse_rate};
 use crate::snapshot::Snapshot;
+
+/// `redis:`, carried over when unchanged (its connections stay up).
+pub(super) fn redis(
+    spec: &Spec,
+    previous: Option<&Snapshot>,
+    errs: &mut Errors,
+) -> Option<Arc<Redis>> {
+    let r = spec.redis.as_ref()?;
+    let before = errs.0.len();
+    if !(1..=256).contains(&r.pool_size) {
+        errs.push("redis.pool_size", "must be from 1 to 256");
+    }
+    if r.timeout.0.is_zero() {
+        errs.push("redis.timeout", "must be more than zero");
+    }
+    let settings = global::Settings {
+        url: r.url.as_str().to_owned(),
+        pool_size: r.pool_size,
+        timeout: r.timeout.0,
+        on_error: match r.on_error {
+            OnErrorSpec::Local => global::OnError::Local,
+            OnErrorSpec::Allow => global::OnError::Allow,
+            OnErrorSpec::Deny => global::OnError::Deny,
+        },
+    };
+    if let Some(prev) = previous.and_then(|s| s.redis.as_ref())
+        && prev.settings == settings
+    {
+        return Some(Arc::clone(prev));
+    }
+    if errs.0.len() > before {
+        return None;
+    }
+    match Redis::new(settings) {
+        Ok(r) => Some(Arc::new(r)),
+        Err(m) => {
+            errs.push("redis.url", m);
+            None
+        }
+    }
+}
 
 pub(super) fn policies(
     spec: &Spec,
     previous: Option<&Snapshot>,
+    redis: Option<&Arc<Redis>>,
     errs: &mut Errors,
 ) -> BTreeMap<String, Arc<Policy>> {
     let mut out = BTreeMap::new();
     for (name, r) in &spec.rate_limits {
         let p = format!("rate_limits.{name}");
+        let global = (r.scope == ScopeSpec::Global).then_some(redis).flatten();
+        if r.scope == ScopeSpec::Global && redis.is_none() && spec.redis.is_none() {
+            errs.push(
+                format!("{p}.scope"),
+                "scope: global needs a `redis:` section",
+            );
+            continue;
+        }
         if let Some(prev) = previous.and_then(|s| s.rate_limits.get(name))
             && prev.spec == *r
+            && match (&prev.global, global) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
         {
             out.insert(name.clone(), Arc::clone(prev));
             continue;
         }
-        if let Some(policy) = policy(name, r, &p, errs) {
+        if let Some(mut policy) = policy(name, r, &p, errs) {
+            policy.global = global.cloned();
             out.insert(name.clone(), Arc::new(policy));
         }
     }
