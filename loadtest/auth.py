@@ -33,11 +33,10 @@ import http.client
 import json
 import secrets
 import shutil
-import statistics
 import subprocess
 import time
 
-from common import (arguments, TOLLGATE_BASE, UP_PORT, UPSTREAM_CONF, BODY, cpu_seconds, prepare, log, parse_wrk,
+from common import (arguments, TOLLGATE_BASE, UP_PORT, UPSTREAM_CONF, BODY, prepare, log, ratio_table, side_by_side,
                     wait_ready)
 
 PORT = 18410
@@ -159,7 +158,6 @@ def main():
         f.write(CONF.format(port=PORT, admin=PORT + 1, up=UP_PORT))
     runs = {"/public": ("/public", None), "/auth": ("/auth", None), "/auth (rotating)": ("/auth", script),
             "/auth-nocache": ("/auth-nocache", None)}
-    results = {r: [] for r in runs}
     try:
         procs.start("upstream", [nginx, "-c", f"{work}/upstream.conf"], 1, f"{work}/upstream.log")
         wait_ready(UP_PORT)
@@ -169,35 +167,16 @@ def main():
         for path in ("/public", "/auth", "/auth-nocache"):
             check(path, token)
         check("/auth", many[-1])
-        order = list(runs)
-        for rnd in range(args.rounds):
-            for name in order[rnd % len(order):] + order[:rnd % len(order)]:
-                path, lua = runs[name]
-                wrk(path, args.conns, args.warmup, token, lua)
-                c0 = cpu_seconds(p.pid)
-                text = wrk(path, args.conns, args.duration, token, lua)
-                c1 = cpu_seconds(p.pid)
-                rps, p50, p99, errors = parse_wrk(text)
-                reqs = rps * args.duration
-                cpu_us = (c1 - c0) / reqs * 1e6 if reqs else float("nan")
-                results[name].append({"rps": rps, "p50": p50, "p99": p99, "cpu_us": cpu_us, "errors": errors})
-                log(f"round {rnd + 1}/{args.rounds} {name:16} req/s={rps:9.0f} p50={p50:7.0f}us "
-                    f"p99={p99:7.0f}us cpu/req={cpu_us:6.2f}us errors={errors}")
+        results = side_by_side(p.pid, {
+            name: (lambda secs, path=path, lua=lua: wrk(path, args.conns, secs, token, lua))
+            for name, (path, lua) in runs.items()
+        }, args)
     finally:
         procs.stop_all()
         shutil.rmtree(work, ignore_errors=True)
-
-    med = statistics.median
-    print(f"\nJWT auth cost: 1 KiB responses, {args.conns} connections, {args.rounds} rounds x {args.duration}s "
-          f"(wrk, 1 thread), one Tollgate (workers: 1); medians; ratios paired per round against /public\n")
-    print("| run | req/s | p50 µs | p99 µs | CPU µs/req | errors | req/s × | CPU/req × |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    base = results["/public"]
-    for path, rows in results.items():
-        ratio = lambda k: med([r[k] / b[k] for r, b in zip(rows, base)])
-        print(f"| {path} | {med([r['rps'] for r in rows]):,.0f} | {med([r['p50'] for r in rows]):,.0f} | "
-              f"{med([r['p99'] for r in rows]):,.0f} | {med([r['cpu_us'] for r in rows]):.2f} | "
-              f"{sum(r['errors'] for r in rows)} | {ratio('rps'):.2f} | {ratio('cpu_us'):.2f} |")
+    ratio_table(results, "/public",
+                f"JWT auth cost: 1 KiB responses, {args.conns} connections, {args.rounds} rounds x {args.duration}s "
+                f"(wrk, 1 thread), one Tollgate (workers: 1); medians; ratios paired per round against /public")
 
 
 if __name__ == "__main__":

@@ -268,3 +268,38 @@ class Load:
         for t in threads:
             t.start()
         return threads
+
+
+def side_by_side(pid, runs, args):
+    """Interleaved rounds over `runs` (name -> fn(seconds) -> wrk output)
+    against the one process `pid`, rotating the order each round; returns
+    name -> per-round results (req/s, latency, CPU per request)."""
+    results = {name: [] for name in runs}
+    order = list(runs)
+    for rnd in range(args.rounds):
+        for name in order[rnd % len(order):] + order[:rnd % len(order)]:
+            runs[name](args.warmup)
+            c0 = cpu_seconds(pid)
+            text = runs[name](args.duration)
+            c1 = cpu_seconds(pid)
+            rps, p50, p99, errors = parse_wrk(text)
+            reqs = rps * args.duration
+            cpu_us = (c1 - c0) / reqs * 1e6 if reqs else float("nan")
+            results[name].append({"rps": rps, "p50": p50, "p99": p99, "cpu_us": cpu_us, "errors": errors})
+            log(f"round {rnd + 1}/{args.rounds} {name:18} req/s={rps:9.0f} p50={p50:7.0f}us "
+                f"p99={p99:7.0f}us cpu/req={cpu_us:6.2f}us errors={errors}")
+    return results
+
+
+def ratio_table(results, base, title):
+    """Prints medians and ratios paired per round against `base`."""
+    import statistics
+    med = statistics.median
+    print(f"\n{title}\n")
+    print("| run | req/s | p50 µs | p99 µs | CPU µs/req | errors | req/s × | CPU/req × |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, rows in results.items():
+        ratio = lambda k: med([r[k] / b[k] for r, b in zip(rows, results[base])])
+        print(f"| {name} | {med([r['rps'] for r in rows]):,.0f} | {med([r['p50'] for r in rows]):,.0f} | "
+              f"{med([r['p99'] for r in rows]):,.0f} | {med([r['cpu_us'] for r in rows]):.2f} | "
+              f"{sum(r['errors'] for r in rows)} | {ratio('rps'):.2f} | {ratio('cpu_us'):.2f} |")

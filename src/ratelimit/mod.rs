@@ -221,6 +221,8 @@ pub struct Policy {
     overrides: HashMap<String, Limiter>,
     /// Redis, for `scope: global`.
     pub global: Option<Arc<global::Redis>>,
+    /// `RateLimit-Policy` and `X-RateLimit-Limit` per bucket shape, made once.
+    fixed_headers: Vec<(Shape, HeaderValue, HeaderValue)>,
     /// When the last shadow-mode line was logged (at most one a second).
     last_log: std::sync::atomic::AtomicU64,
     epoch: std::time::Instant,
@@ -268,6 +270,16 @@ impl Policy {
             headers: spec.headers,
             after_auth: key.iter().any(KeyPart::needs_identity),
             default: Limiter::new(default, max_keys)?,
+            fixed_headers: std::iter::once(default)
+                .chain(map.values().map(|l| l.shape))
+                .filter_map(|shape| {
+                    let w = shape.window.as_secs().max(1);
+                    let policy =
+                        HeaderValue::try_from(format!("\"{name}\";q={};w={w}", shape.count))
+                            .ok()?;
+                    Some((shape, policy, HeaderValue::from(shape.burst)))
+                })
+                .collect(),
             overrides: map,
             global: None,
             last_log: std::sync::atomic::AtomicU64::new(0),
@@ -327,6 +339,16 @@ impl Policy {
         Ok(out)
     }
 
+    /// The local check (this process's bucket), without Redis: what a
+    /// `local` policy decides, and what `on_error: local` falls back to.
+    pub fn check_local(&self, key: &String) -> Verdict {
+        let first = key.split('\u{1f}').next().unwrap_or("");
+        self.overrides
+            .get(first)
+            .unwrap_or(&self.default)
+            .check(key)
+    }
+
     /// Takes one request from the bucket of `key`. The override limiter
     /// is chosen by the key's first part (the tenant, for plans). A global
     /// policy asks Redis; when Redis fails, `on_error` decides (`None`:
@@ -335,7 +357,7 @@ impl Policy {
         let first = key.split('\u{1f}').next().unwrap_or("");
         let limiter = self.overrides.get(first).unwrap_or(&self.default);
         let checked = match &self.global {
-            None => Checked::Verdict(limiter.check(key)),
+            None => Checked::Verdict(self.check_local(key)),
             Some(redis) => {
                 let shape = limiter.shape;
                 match redis
@@ -351,7 +373,7 @@ impl Policy {
                         shape,
                     }),
                     None => match redis.settings.on_error {
-                        global::OnError::Local => Checked::Fallback(limiter.check(key)),
+                        global::OnError::Local => Checked::Fallback(self.check_local(key)),
                         global::OnError::Allow => Checked::Fallback(Verdict {
                             allowed: true,
                             remaining: shape.burst,
@@ -519,31 +541,27 @@ impl RouteLimits {
 /// The RateLimit header fields for a verdict (IETF draft
 /// `RateLimit-Policy` / `RateLimit`, and the common `X-RateLimit-*`).
 pub fn headers(policy: &Policy, v: &Verdict, out: &mut HeaderMap) {
+    static POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+    static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+    static LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+    static REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+    static RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
     let secs = |d: Duration| d.as_secs_f64().ceil() as u64;
-    let w = v.shape.window.as_secs().max(1);
     let t = if v.allowed && v.remaining > 0 {
         0
     } else {
         secs(v.retry_after.max(v.shape.interval()))
     };
-    let pairs = [
-        (
-            "ratelimit-policy",
-            format!("\"{}\";q={};w={}", policy.name, v.shape.count, w),
-        ),
-        (
-            "ratelimit",
-            format!("\"{}\";r={};t={}", policy.name, v.remaining, t),
-        ),
-        ("x-ratelimit-limit", v.burst.to_string()),
-        ("x-ratelimit-remaining", v.remaining.to_string()),
-        ("x-ratelimit-reset", secs(v.reset).to_string()),
-    ];
-    for (name, value) in pairs {
-        if let Ok(value) = HeaderValue::try_from(value) {
-            out.insert(HeaderName::from_static(name), value);
-        }
+    if let Some((_, p, limit)) = policy.fixed_headers.iter().find(|(s, _, _)| *s == v.shape) {
+        out.insert(&POLICY, p.clone());
+        out.insert(&LIMIT, limit.clone());
     }
+    if let Ok(value) = HeaderValue::try_from(format!("\"{}\";r={};t={t}", policy.name, v.remaining))
+    {
+        out.insert(&RATELIMIT, value);
+    }
+    out.insert(&REMAINING, HeaderValue::from(v.remaining));
+    out.insert(&RESET, HeaderValue::from(secs(v.reset)));
 }
 
 #[cfg(test)]
