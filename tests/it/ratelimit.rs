@@ -425,3 +425,41 @@ async fn when_redis_dies_on_error_decides_and_requests_never_wait_long() {
         ) >= 3.0
     );
 }
+
+#[tokio::test]
+async fn claim_and_route_key_parts_make_one_bucket_per_combination() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&config(
+        &up.url(),
+        "  per_plan_route: { key: [\"claim:org.plan\", route], rate: 1/min, burst: 1 }\n",
+        "  - { name: a, match: { path_prefix: /a }, upstream: app, auth: { provider: p }, rate_limit: [per_plan_route] }\n  - { name: b, match: { path_prefix: /b }, upstream: app, auth: { provider: p }, rate_limit: [per_plan_route] }\n",
+    ))
+    .await;
+    let c = client();
+    let signed = |plan: Option<&str>| {
+        let mut claims = json!({"sub": "u", "exp": now() + 600});
+        if let Some(p) = plan {
+            claims["org"] = json!({ "plan": p });
+        }
+        format!("Bearer {}", SigningKey::hmac(SECRET).sign(&claims))
+    };
+    let (gold, silver) = (signed(Some("gold")), signed(Some("silver")));
+    let status = |path: &str, auth: &str| {
+        let (c, url, auth) = (c.clone(), gw.url(path), auth.to_owned());
+        async move { get_with(&c, &url, &[("authorization", &auth)]).await.status }
+    };
+    assert_eq!(status("/a", &gold).await, 200);
+    assert_eq!(status("/a", &gold).await, 429);
+    assert_eq!(
+        status("/b", &gold).await,
+        200,
+        "another route, another bucket"
+    );
+    assert_eq!(
+        status("/a", &silver).await,
+        200,
+        "another claim value, another bucket"
+    );
+    // A token without the claim: the key is missing; the route has auth, so 401.
+    assert_eq!(status("/a", &signed(None)).await, 401);
+}
