@@ -463,3 +463,18 @@ async fn claim_and_route_key_parts_make_one_bucket_per_combination() {
     // A token without the claim: the key is missing; the route has auth, so 401.
     assert_eq!(status("/a", &signed(None)).await, 401);
 }
+
+#[tokio::test]
+async fn headers_describe_the_policy_closest_to_its_limit() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&config(
+        &up.url(),
+        "  wide: { key: client_ip, rate: 10/min, burst: 10 }\n  narrow: { key: route, rate: 3/min, burst: 3 }\n",
+        "  - { name: r, match: { path_prefix: / }, upstream: app, rate_limit: [wide, narrow] }\n",
+    ))
+    .await;
+    let c = client();
+    let g = get(&c, &gw.url("/x")).await;
+    assert_eq!(g.headers["ratelimit-policy"], r#""narrow";q=3;w=60"#);
+    assert_eq!(g.headers["ratelimit"], r#""narrow";r=2;t=0"#);
+}
