@@ -53,6 +53,8 @@ pub struct StartOptions {
 pub struct Gateway {
     /// Bound proxy addresses, in config order.
     pub listen: Vec<SocketAddr>,
+    /// Bound TLS addresses, in config order.
+    pub tls_listen: Vec<SocketAddr>,
     /// Bound admin address.
     pub admin: SocketAddr,
     /// The live snapshot.
@@ -87,6 +89,7 @@ impl Gateway {
         let max_connections = spec.limits.max_connections.min(Semaphore::MAX_PERMITS) as u32;
         snapshot.start_background();
         let live: SharedSnapshot = Arc::new(ArcSwap::from_pointee(snapshot));
+        let reloader_path = config_path.clone();
         let reloader = Arc::new(Reloader::new(config_path, Arc::clone(&live)));
         let (shutdown, rx) = watch::channel(false);
         let limit = Arc::new(Semaphore::new(max_connections as usize));
@@ -103,6 +106,16 @@ impl Gateway {
                 source,
             })?);
             listeners.push(l);
+        }
+        let mut tls_listen = Vec::new();
+        let mut tls_listeners = Vec::new();
+        for addr in &spec.tls_listen {
+            let l = bind(addr.as_str()).await?;
+            tls_listen.push(l.local_addr().map_err(|source| StartError::Bind {
+                addr: addr.to_string(),
+                source,
+            })?);
+            tls_listeners.push(l);
         }
         let admin_listener = bind(spec.admin_listen.as_str()).await?;
         let admin = admin_listener
@@ -121,6 +134,15 @@ impl Gateway {
                 rx.clone(),
             ));
         }
+        for l in tls_listeners {
+            tokio::spawn(server::serve_tls(
+                l,
+                Arc::clone(&live),
+                Arc::clone(&limit),
+                Arc::clone(&inflight),
+                rx.clone(),
+            ));
+        }
         let admin_state = Arc::new(AdminState {
             live: Arc::clone(&live),
             reloader: Arc::clone(&reloader),
@@ -131,7 +153,15 @@ impl Gateway {
         tokio::spawn(admin::serve(admin_listener, admin_state, admin_rx));
         tokio::spawn(sweep(Arc::clone(&live), rx));
         let watcher = if opts.watch_file {
-            Some(reloader.watch()?)
+            let base = reloader_base(&reloader_path);
+            let dirs: Vec<PathBuf> = spec
+                .tls
+                .iter()
+                .flat_map(|t| t.certificates.iter())
+                .flat_map(|c| [c.cert.as_str(), c.key.as_str()])
+                .filter_map(|f| base.join(f).parent().map(std::path::Path::to_path_buf))
+                .collect();
+            Some(reloader.watch(&dirs)?)
         } else {
             None
         };
@@ -141,9 +171,10 @@ impl Gateway {
         {
             tracing::warn!(error = %e, "cannot install the SIGHUP handler");
         }
-        tracing::info!(listen = ?listen, admin = %admin, version = %live.load().version, "tollgate started");
+        tracing::info!(listen = ?listen, tls_listen = ?tls_listen, admin = %admin, version = %live.load().version, "tollgate started");
         Ok(Gateway {
             listen,
+            tls_listen,
             admin,
             live,
             reloader,
@@ -174,6 +205,14 @@ impl Gateway {
         let _ = self.admin_stop.send(true);
         done
     }
+}
+
+/// The directory config-relative files are read from.
+fn reloader_base(config: &std::path::Path) -> PathBuf {
+    config
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), std::path::Path::to_path_buf)
 }
 
 /// Every second: closes expired idle upstream connections, evicts idle

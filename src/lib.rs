@@ -17,4 +17,5 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod routing;
 pub mod snapshot;
+pub mod tls;
 pub mod upstream;

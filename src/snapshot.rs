@@ -42,6 +42,8 @@ pub struct Snapshot {
     pub rate_limits: BTreeMap<String, Arc<crate::ratelimit::Policy>>,
     /// Redis for global rate limits.
     pub redis: Option<Arc<crate::ratelimit::global::Redis>>,
+    /// TLS for `tls_listen` (certificates by SNI).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Request-path settings from `server`.
     pub settings: Settings,
     /// Metric handles for requests that matched no route (route label "").
@@ -155,6 +157,8 @@ pub struct Settings {
     pub access_log: bool,
     /// Requests in progress beyond this are shed (503).
     pub max_inflight_requests: usize,
+    /// Longest TLS handshake.
+    pub tls_handshake_timeout: Duration,
 }
 
 impl Settings {

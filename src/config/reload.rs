@@ -113,7 +113,10 @@ impl Reloader {
 
     /// Watches the file's directory and reloads after changes. The returned
     /// watcher must be kept alive.
-    pub fn watch(self: &Arc<Self>) -> notify::Result<notify::RecommendedWatcher> {
+    pub fn watch(
+        self: &Arc<Self>,
+        extra_dirs: &[std::path::PathBuf],
+    ) -> notify::Result<notify::RecommendedWatcher> {
         let (tx, mut rx) = mpsc::channel::<()>(1);
         let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
             if let Ok(ev) = ev
@@ -128,6 +131,15 @@ impl Reloader {
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         watcher.watch(dir, RecursiveMode::NonRecursive)?;
+        // Directories of files the config names (certificates, keys): a
+        // replaced certificate reloads like an edited config.
+        for d in extra_dirs {
+            if d.as_path() != dir
+                && let Err(e) = watcher.watch(d, RecursiveMode::NonRecursive)
+            {
+                tracing::warn!(dir = %d.display(), error = %e, "cannot watch a certificate directory; reload with SIGHUP or POST /reload");
+            }
+        }
         let me = Arc::clone(self);
         tokio::spawn(async move {
             while rx.recv().await.is_some() {
@@ -188,6 +200,7 @@ fn log_diff(old: &Snapshot, new: &Snapshot, trigger: &str) {
     let (a_s, b_s) = (&old.spec.server, &new.spec.server);
     let restart_only = [
         ("server.listen", a_s.listen != b_s.listen),
+        ("server.tls_listen", a_s.tls_listen != b_s.tls_listen),
         ("server.admin_listen", a_s.admin_listen != b_s.admin_listen),
         ("server.workers", a_s.workers != b_s.workers),
         (

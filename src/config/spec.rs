@@ -202,6 +202,49 @@ pub struct ServerSpec {
     /// Load shedding: requests in progress beyond this get 503 `overloaded` at once. Default `20000`.
     #[serde(default = "default_max_inflight_requests")]
     pub max_inflight_requests: usize,
+    /// Addresses that terminate TLS (HTTP/1.1 and h2 by ALPN). Default none.
+    #[serde(default)]
+    pub tls_listen: Vec<Str>,
+    /// Certificates and settings for `tls_listen`.
+    #[serde(default)]
+    pub tls: Option<TlsSpec>,
+}
+
+/// `server.tls`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSpec {
+    /// `{ cert, key, hosts }`: PEM files; hosts default to the certificate's DNS names.
+    pub certificates: Vec<CertificateSpec>,
+    /// The `cert` of a listed certificate used when SNI is absent or unknown; absent: such handshakes are refused.
+    #[serde(default)]
+    pub default_certificate: Option<Str>,
+    /// `"1.2"` (default) or `"1.3"`.
+    #[serde(default = "default_tls_min")]
+    pub min_version: Str,
+    /// ALPN protocols offered, in order. Default `[h2, "http/1.1"]`.
+    #[serde(default = "default_alpn")]
+    pub alpn: Vec<String>,
+}
+
+fn default_tls_min() -> Str {
+    Str("1.2".into())
+}
+fn default_alpn() -> Vec<String> {
+    vec!["h2".into(), "http/1.1".into()]
+}
+
+/// `server.tls.certificates[i]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateSpec {
+    /// Certificate chain (PEM), leaf first.
+    pub cert: Str,
+    /// Private key (PEM: RSA, ECDSA or Ed25519).
+    pub key: Str,
+    /// Host names served (`*.example.com` allowed); default: the certificate's DNS SANs.
+    #[serde(default)]
+    pub hosts: Vec<Str>,
 }
 
 fn default_max_inflight_requests() -> usize {
@@ -219,6 +262,8 @@ impl Default for ServerSpec {
             limits: LimitsSpec::default(),
             access_log: AccessLogSpec::default(),
             max_inflight_requests: default_max_inflight_requests(),
+            tls_listen: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -311,6 +356,8 @@ pub struct LimitsSpec {
     pub max_connections: usize,
     /// Most concurrent streams on one HTTP/2 connection. Default `100`.
     pub max_concurrent_streams: u32,
+    /// Longest TLS handshake; slower sockets are closed. Default `10s`.
+    pub tls_handshake_timeout: DurationSpec,
 }
 
 impl Default for LimitsSpec {
@@ -329,6 +376,7 @@ impl Default for LimitsSpec {
             send_timeout: DurationSpec(Duration::from_secs(60)),
             max_connections: 50_000,
             max_concurrent_streams: 100,
+            tls_handshake_timeout: DurationSpec(Duration::from_secs(10)),
         }
     }
 }

@@ -73,6 +73,12 @@ pub struct Metrics {
     pub ratelimit_redis_duration: Histogram,
     /// `tollgate_ratelimit_redis_errors_total`.
     pub ratelimit_redis_errors: IntCounter,
+    /// `tollgate_tls_handshakes_total{result,version}`.
+    pub tls_handshakes: IntCounterVec,
+    /// `tollgate_tls_certificate_expiry_timestamp_seconds{name}`.
+    pub tls_certificate_expiry: IntGaugeVec,
+    /// `tollgate_downstream_requests_total{protocol}`.
+    pub downstream_requests: IntCounterVec,
 }
 
 /// Latency buckets in seconds, 0.5 ms to 30 s.
@@ -266,6 +272,21 @@ impl Metrics {
             ratelimit_redis_errors: plain_counter(
                 "tollgate_ratelimit_redis_errors_total",
                 "Redis calls for global rate limits that failed or timed out (on_error decided).",
+            ),
+            tls_handshakes: counter(
+                "tollgate_tls_handshakes_total",
+                "TLS handshakes on tls_listen by result (success, failure, timeout) and version (1.2, 1.3, none).",
+                &["result", "version"],
+            ),
+            tls_certificate_expiry: gauge_vec(
+                "tollgate_tls_certificate_expiry_timestamp_seconds",
+                "Unix time each loaded certificate expires (alert before it does).",
+                &["name"],
+            ),
+            downstream_requests: counter(
+                "tollgate_downstream_requests_total",
+                "Downstream requests by protocol (http1, h2).",
+                &["protocol"],
             ),
             retry_budget_exhausted: counter(
                 "tollgate_retry_budget_exhausted_total",

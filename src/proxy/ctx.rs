@@ -55,6 +55,8 @@ pub struct RequestCtx {
     pub auth_memo: Arc<ConnMemo>,
     /// Counts the request as in progress on the gateway until it finishes.
     pub in_progress: InProgress,
+    /// The request came over TLS.
+    pub https: bool,
     /// The rate-limit verdict the response's RateLimit headers describe.
     pub rate_limit: Option<(Arc<crate::ratelimit::Policy>, crate::ratelimit::Verdict)>,
 }

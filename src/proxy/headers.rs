@@ -159,6 +159,7 @@ pub fn set_forwarding(
     peer_value: &HeaderValue,
     host: Option<&HeaderValue>,
     settings: &Settings,
+    https: bool,
 ) {
     let trusted = !settings.trusted_proxies.is_empty() && settings.is_trusted(peer);
     let xff = if trusted && h.contains_key(&X_FORWARDED_FOR) {
@@ -181,7 +182,8 @@ pub fn set_forwarding(
     }
     // X-Forwarded-Proto / -Host: kept from trusted peers, set otherwise.
     if !trusted || !h.contains_key(&X_FORWARDED_PROTO) {
-        h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        let proto = if https { "https" } else { "http" };
+        h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
     if let Some(host) = host
         && (!trusted || !h.contains_key(&X_FORWARDED_HOST))
@@ -353,6 +355,7 @@ mod tests {
             max_concurrent_streams: 1,
             access_log: false,
             max_inflight_requests: 1000,
+            tls_handshake_timeout: Default::default(),
         }
     }
 
@@ -410,6 +413,7 @@ mod tests {
             &HeaderValue::from_static("8.8.8.8"),
             Some(&host),
             &s,
+            false,
         );
         assert_eq!(h["x-forwarded-for"], "8.8.8.8");
         assert_eq!(h["x-forwarded-host"], "example.com");
@@ -424,6 +428,7 @@ mod tests {
             &HeaderValue::from_static("10.1.1.1"),
             Some(&host),
             &s,
+            false,
         );
         assert_eq!(h2["x-forwarded-for"], "1.1.1.1, 10.1.1.1");
         assert_eq!(h2["forwarded"], "for=1.1.1.1, for=10.1.1.1");

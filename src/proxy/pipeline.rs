@@ -56,6 +56,8 @@ pub struct ConnInfo {
     pub auth_memo: Arc<ConnMemo>,
     /// Requests in progress on this gateway.
     pub inflight: Arc<std::sync::atomic::AtomicUsize>,
+    /// The connection is TLS (`X-Forwarded-Proto: https`).
+    pub https: bool,
 }
 
 /// Runs one request through the pipeline. Never fails: every error becomes
@@ -67,6 +69,7 @@ pub async fn handle(
 ) -> Response<ResponseBody> {
     let snapshot = live.load_full();
     metrics().requests_inflight.inc();
+    protocol_counter(req.version()).inc();
     let mut ctx = context(&req, conn, snapshot);
     let mut resp = match run(req, &mut ctx).await {
         Ok(r) => r,
@@ -88,6 +91,19 @@ pub async fn handle(
     }
     let status = resp.status().as_u16();
     resp.map(|b| b.with_finish(Finish::new(ctx, status)))
+}
+
+/// `tollgate_downstream_requests_total{protocol}`, resolved once.
+fn protocol_counter(v: Version) -> &'static prometheus::IntCounter {
+    static C: std::sync::OnceLock<[prometheus::IntCounter; 2]> = std::sync::OnceLock::new();
+    let [h1, h2] = C.get_or_init(|| {
+        let f = &metrics().downstream_requests;
+        [
+            f.with_label_values(&["http1"]),
+            f.with_label_values(&["h2"]),
+        ]
+    });
+    if v == Version::HTTP_2 { h2 } else { h1 }
 }
 
 fn context(req: &Request<Incoming>, conn: ConnInfo, snapshot: Arc<Snapshot>) -> RequestCtx {
@@ -113,6 +129,7 @@ fn context(req: &Request<Incoming>, conn: ConnInfo, snapshot: Arc<Snapshot>) -> 
         activity: conn.activity,
         auth_memo: conn.auth_memo,
         in_progress: InProgress::new(conn.inflight),
+        https: conn.https,
         rate_limit: None,
         trace: TraceContext::from_headers(h),
         start: Instant::now(),
@@ -336,6 +353,7 @@ async fn forward(
         &ctx.peer_value,
         host.as_ref(),
         settings,
+        ctx.https,
     );
     headers.insert(&X_REQUEST_ID, ctx.request_id.clone());
     ctx.trace.apply(&mut headers);

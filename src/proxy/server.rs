@@ -236,6 +236,42 @@ async fn connection(
         _ = drain.wait_for(|draining| *draining) => None,
     };
     if let Some((h2, prefix)) = sniffed {
+        let conn = Conn {
+            peer,
+            live,
+            permit,
+            inflight,
+            shutdown,
+            settings,
+            https: false,
+        };
+        conn.serve(ClientStream::Tcp(stream), prefix, h2).await;
+    }
+    gauge.dec();
+}
+
+/// A connection ready to serve HTTP.
+struct Conn {
+    peer: SocketAddr,
+    live: SharedSnapshot,
+    permit: OwnedSemaphorePermit,
+    inflight: Arc<AtomicUsize>,
+    shutdown: watch::Receiver<bool>,
+    settings: Settings,
+    https: bool,
+}
+
+impl Conn {
+    async fn serve(self, stream: ClientStream, prefix: Bytes, h2: bool) {
+        let Conn {
+            peer,
+            live,
+            permit,
+            inflight,
+            shutdown,
+            settings,
+            https,
+        } = self;
         let state = ConnState::new(!h2, permit);
         let watch = Watch::new(&settings);
         let io = TokioIo::new(ConnIo {
@@ -257,6 +293,7 @@ async fn connection(
                 activity: Some(ActivityGuard::new(&svc_state)),
                 auth_memo: Arc::clone(&memo),
                 inflight: Arc::clone(&inflight),
+                https,
             };
             async move { Ok::<_, Infallible>(pipeline::handle(req, info, &live).await) }
         });
@@ -269,6 +306,97 @@ async fn connection(
                 .with_upgrades();
             drive(conn, shutdown).await;
         }
+    }
+}
+
+/// Accepts TLS connections on `listener` until `shutdown` turns true; each
+/// handshake uses the live snapshot's certificates.
+pub async fn serve_tls(
+    listener: TcpListener,
+    live: SharedSnapshot,
+    limit: Arc<Semaphore>,
+    inflight: Arc<AtomicUsize>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&limit).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = shutdown.changed() => return,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        tokio::spawn(tls_connection(
+            stream,
+            peer,
+            Arc::clone(&live),
+            permit,
+            Arc::clone(&inflight),
+            shutdown.clone(),
+        ));
+    }
+}
+
+async fn tls_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    live: SharedSnapshot,
+    permit: OwnedSemaphorePermit,
+    inflight: Arc<AtomicUsize>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let gauge = &metrics().connections_active;
+    gauge.inc();
+    let snapshot = live.load_full();
+    let settings = snapshot.settings.clone();
+    let _ = stream.set_nodelay(true);
+    let handshakes = &metrics().tls_handshakes;
+    let Some(config) = snapshot.tls.clone() else {
+        gauge.dec();
+        return;
+    };
+    drop(snapshot);
+    let mut drain = shutdown.clone();
+    let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+    let tls = tokio::select! {
+        r = tokio::time::timeout(settings.tls_handshake_timeout, accept) => r,
+        _ = drain.wait_for(|draining| *draining) => {
+            gauge.dec();
+            return;
+        }
+    };
+    match tls {
+        Ok(Ok(tls)) => {
+            let (_, session) = tls.get_ref();
+            let version = match session.protocol_version() {
+                Some(rustls::ProtocolVersion::TLSv1_3) => "1.3",
+                Some(rustls::ProtocolVersion::TLSv1_2) => "1.2",
+                _ => "other",
+            };
+            let h2 = session.alpn_protocol() == Some(b"h2");
+            handshakes.with_label_values(&["success", version]).inc();
+            let conn = Conn {
+                peer,
+                live,
+                permit,
+                inflight,
+                shutdown,
+                settings,
+                https: true,
+            };
+            conn.serve(ClientStream::Tls(Box::new(tls)), Bytes::new(), h2)
+                .await;
+        }
+        Ok(Err(_)) => handshakes.with_label_values(&["failure", "none"]).inc(),
+        Err(_) => handshakes.with_label_values(&["timeout", "none"]).inc(),
     }
     gauge.dec();
 }
@@ -383,9 +511,69 @@ async fn drive<C: Graceful>(conn: C, mut shutdown: watch::Receiver<bool>) {
 /// which makes hyper close it. Hyper always has a read pending on an idle
 /// or head-reading connection, so the timer is always polled when it
 /// matters.
+/// A client connection: plain TCP, or TLS over it.
+enum ClientStream {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ClientStream::Tcp(s) => s.is_write_vectored(),
+            ClientStream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 struct ConnIo {
     prefix: Bytes,
-    inner: TcpStream,
+    inner: ClientStream,
     state: Arc<ConnState>,
     tick: Pin<Box<tokio::time::Sleep>>,
     watch: Watch,

@@ -18,6 +18,7 @@ use ipnet::IpNet;
 mod auth;
 mod ratelimit;
 mod route;
+mod tls;
 mod upstream;
 
 use route::{match_key, matcher, route};
@@ -66,7 +67,8 @@ pub fn compile(
     let mut errs = Errors::default();
     let settings = settings(&spec, &mut errs);
     let upstreams = upstreams(&spec, previous, &mut errs);
-    let (providers, files_hash) = auth::providers(&spec, previous, base, &mut errs);
+    let (providers, mut files_hash) = auth::providers(&spec, previous, base, &mut errs);
+    let tls = tls::tls(&spec, base, &mut errs, &mut files_hash);
     let redis = ratelimit::redis(&spec, previous, &mut errs);
     let rate_limits = ratelimit::policies(&spec, previous, redis.as_ref(), &mut errs);
     let version = if files_hash == 0 {
@@ -149,6 +151,7 @@ pub fn compile(
         auth: providers,
         rate_limits,
         redis,
+        tls,
         settings,
         unrouted_metrics: RouteMetrics::new(""),
         spec,
@@ -265,5 +268,6 @@ fn settings(spec: &Spec, errs: &mut Errors) -> Settings {
         max_concurrent_streams: l.max_concurrent_streams,
         access_log: s.access_log.enabled,
         max_inflight_requests: s.max_inflight_requests,
+        tls_handshake_timeout: l.tls_handshake_timeout.0,
     }
 }

@@ -1,0 +1,323 @@
+//! TLS termination over real sockets: SNI picks the certificate (exact,
+//! wildcard, default, refusal), ALPN serves h2 and HTTP/1.1, the minimum
+//! version holds, X-Forwarded-Proto is https, certificates are swapped on
+//! reload without dropping open connections, and bad certificates are
+//! refused at load.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+
+use crate::support::tls::TestCa;
+use crate::support::*;
+
+struct Site {
+    ca: TestCa,
+    dir: std::path::PathBuf,
+    config: std::path::PathBuf,
+}
+
+/// Writes three certificates (exact `a.test`, wildcard `*.wild.test`,
+/// default `default.test` + 127.0.0.1) next to a fresh config path.
+fn site() -> Site {
+    let ca = TestCa::new("tollgate test CA");
+    let config = config_path();
+    let dir = config.parent().unwrap().to_owned();
+    for (name, names, ip) in [
+        ("a", vec!["a.test"], false),
+        ("wild", vec!["*.wild.test"], false),
+        ("default", vec!["default.test"], true),
+    ] {
+        let (c, k) = ca.leaf(&names, ip);
+        std::fs::write(dir.join(format!("{name}.pem")), c).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), k).unwrap();
+    }
+    Site { ca, dir, config }
+}
+
+fn yaml(up: &str, tls_extra: &str) -> String {
+    format!(
+        "server:\n  listen: [\"127.0.0.1:0\"]\n  tls_listen: [\"127.0.0.1:0\"]\n  admin_listen: \"127.0.0.1:0\"\n  access_log: {{ enabled: false }}\n  tls:\n    certificates:\n      - {{ cert: a.pem, key: a.key }}\n      - {{ cert: wild.pem, key: wild.key }}\n      - {{ cert: default.pem, key: default.key }}\n{tls_extra}{}",
+        proxy_all(up)
+    )
+}
+
+async fn start(site: &Site, yaml: &str) -> tollgate::app::Gateway {
+    std::fs::write(&site.config, yaml).unwrap();
+    tollgate::app::Gateway::start(
+        site.config.clone(),
+        tollgate::app::StartOptions {
+            watch_file: false,
+            sighup: false,
+        },
+    )
+    .await
+    .unwrap()
+}
+
+type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+
+async fn handshake(
+    addr: SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+    name: &str,
+) -> Result<Tls, std::io::Error> {
+    let tcp = TcpStream::connect(addr).await?;
+    let name = ServerName::try_from(name.to_owned()).unwrap();
+    tokio::time::timeout(
+        IO_WAIT,
+        tokio_rustls::TlsConnector::from(cfg).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| std::io::Error::other("handshake timed out"))?
+}
+
+/// One GET over an established TLS stream, h1 or h2 by ALPN.
+async fn get_over(tls: Tls, path: &str) -> (u16, String, http::Version) {
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let req = Request::get(format!("https://a.test{path}"))
+        .header("host", "a.test")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = if h2 {
+        let (mut tx, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let mut req = req;
+        req.headers_mut().remove("host");
+        tx.send_request(req).await.unwrap()
+    } else {
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let mut req = req;
+        *req.uri_mut() = path.parse().unwrap();
+        tx.send_request(req).await.unwrap()
+    };
+    let status = resp.status().as_u16();
+    let version = resp.version();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned(), version)
+}
+
+#[tokio::test]
+async fn sni_picks_exact_wildcard_and_default_certificates() {
+    let up = Upstream::start("app").await;
+    let site = site();
+    let gw = start(
+        &site,
+        &yaml(&up.url(), "    default_certificate: default.pem\n"),
+    )
+    .await;
+    let addr = gw.tls_listen[0];
+    let cfg = site.ca.client(&["http/1.1"]);
+    // Each handshake verifies the served certificate against the name.
+    for name in ["a.test", "x.wild.test", "default.test"] {
+        let tls = handshake(addr, Arc::clone(&cfg), name).await;
+        assert!(tls.is_ok(), "{name}: {:?}", tls.err());
+    }
+    // No SNI (an IP address): the default certificate, valid for 127.0.0.1.
+    let tls = handshake(addr, Arc::clone(&cfg), "127.0.0.1")
+        .await
+        .unwrap();
+    let (status, body, _) = get_over(tls, "/").await;
+    assert_eq!((status, body.as_str()), (200, "app"));
+    assert_eq!(up.last().headers["x-forwarded-proto"], "https");
+    // An unknown name gets the default, which does not match it.
+    assert!(
+        handshake(addr, Arc::clone(&cfg), "other.test")
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn without_a_default_unknown_names_are_refused() {
+    let up = Upstream::start("app").await;
+    let site = site();
+    let gw = start(&site, &yaml(&up.url(), "")).await;
+    let cfg = site.ca.client(&["http/1.1"]);
+    assert!(
+        handshake(gw.tls_listen[0], Arc::clone(&cfg), "a.test")
+            .await
+            .is_ok()
+    );
+    assert!(handshake(gw.tls_listen[0], cfg, "127.0.0.1").await.is_err());
+    let c = client();
+    let m = get(&c, &format!("http://{}/metrics", gw.admin))
+        .await
+        .text();
+    assert!(
+        metric(
+            &m,
+            r#"tollgate_tls_handshakes_total{result="failure",version="none"}"#
+        ) >= 1.0
+    );
+    assert!(m.contains("tollgate_tls_certificate_expiry_timestamp_seconds{name=\"a.pem\"}"));
+}
+
+#[tokio::test]
+async fn alpn_serves_h2_and_http1_and_min_version_holds() {
+    let up = Upstream::start("app").await;
+    let site = site();
+    let gw = start(&site, &yaml(&up.url(), "    min_version: \"1.3\"\n")).await;
+    let addr = gw.tls_listen[0];
+    let tls = handshake(addr, site.ca.client(&["h2", "http/1.1"]), "a.test")
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (status, body, version) = get_over(tls, "/h2").await;
+    assert_eq!(
+        (status, body.as_str(), version),
+        (200, "app", http::Version::HTTP_2)
+    );
+    let tls = handshake(addr, site.ca.client(&["http/1.1"]), "a.test")
+        .await
+        .unwrap();
+    let (status, _, version) = get_over(tls, "/h1").await;
+    assert_eq!((status, version), (200, http::Version::HTTP_11));
+    // A TLS 1.2-only client is refused under min_version 1.3.
+    let mut roots = rustls::RootCertStore::empty();
+    for c in <rustls_pki_types::CertificateDer as rustls_pki_types::pem::PemObject>::pem_slice_iter(
+        site.ca.pem().as_bytes(),
+    ) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let old = rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS12])
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    assert!(handshake(addr, Arc::new(old), "a.test").await.is_err());
+}
+
+#[tokio::test]
+async fn certificates_swap_on_reload_without_dropping_open_connections() {
+    let up = Upstream::start("app").await;
+    let site = site();
+    let gw = start(&site, &yaml(&up.url(), "")).await;
+    let addr = gw.tls_listen[0];
+    // A keep-alive connection opened before the swap.
+    let tls = handshake(addr, site.ca.client(&["http/1.1"]), "a.test")
+        .await
+        .unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let send = |tx: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>| {
+        tx.send_request(
+            Request::get("/keep")
+                .header("host", "a.test")
+                .body(Empty::new())
+                .unwrap(),
+        )
+    };
+    assert_eq!(send(&mut tx).await.unwrap().status(), 200);
+    // Replace a.test's certificate with one from another CA.
+    let ca2 = TestCa::new("second CA");
+    let (c, k) = ca2.leaf(&["a.test"], false);
+    std::fs::write(site.dir.join("a.pem"), c).unwrap();
+    std::fs::write(site.dir.join("a.key"), k).unwrap();
+    let r = gw.reloader.reload_async("test").await.unwrap();
+    assert!(
+        matches!(r, tollgate::config::reload::Outcome::Applied { .. }),
+        "{r:?}"
+    );
+    assert!(
+        handshake(addr, ca2.client(&["http/1.1"]), "a.test")
+            .await
+            .is_ok()
+    );
+    assert!(
+        handshake(addr, site.ca.client(&["http/1.1"]), "a.test")
+            .await
+            .is_err()
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        send(&mut tx).await.unwrap().status(),
+        200,
+        "the open connection lives on"
+    );
+    // A broken replacement (key of another certificate) is refused.
+    let (_, other_key) = ca2.leaf(&["a.test"], false);
+    std::fs::write(site.dir.join("a.key"), other_key).unwrap();
+    let err = gw.reloader.reload_async("test").await.unwrap_err();
+    let lines = err.lines().join("\n");
+    assert!(
+        lines.contains("a.pem: the private key does not match the certificate"),
+        "{lines}"
+    );
+    assert!(
+        handshake(addr, ca2.client(&["http/1.1"]), "a.test")
+            .await
+            .is_ok(),
+        "old one kept"
+    );
+}
+
+#[tokio::test]
+async fn unreadable_or_mismatched_certificates_are_config_errors() {
+    let site = site();
+    let (_, other_key) = site.ca.leaf(&["x.test"], false);
+    std::fs::write(site.dir.join("bad.key"), other_key).unwrap();
+    let (c, k) = site.ca.expired_leaf("old.test");
+    std::fs::write(site.dir.join("old.pem"), c).unwrap();
+    std::fs::write(site.dir.join("old.key"), k).unwrap();
+    let yaml = "server:\n  tls_listen: [\"127.0.0.1:0\"]\n  tls:\n    certificates:\n      - { cert: a.pem, key: bad.key }\n      - { cert: missing.pem, key: a.key }\n      - { cert: old.pem, key: old.key }\n    default_certificate: nope.pem\n    min_version: \"1.1\"\nroutes: []\n";
+    std::fs::write(&site.config, yaml).unwrap();
+    let err = tollgate::config::load(&site.config, None).err().unwrap();
+    let lines = err.lines().join("\n");
+    for want in [
+        "server.tls.certificates[0]: a.pem: the private key does not match the certificate",
+        "server.tls.certificates[1].cert: cannot read",
+        "server.tls.default_certificate: `nope.pem` is not the cert of a listed certificate",
+        "server.tls.min_version: `1.1`",
+        "server.tls.certificates[2]: old.pem: the certificate has expired",
+    ] {
+        assert!(lines.contains(want), "missing `{want}` in:\n{lines}");
+    }
+}
+
+#[tokio::test]
+async fn a_silent_tls_client_is_closed_after_the_handshake_timeout() {
+    use tokio::io::AsyncReadExt;
+    let up = Upstream::start("app").await;
+    let site = site();
+    let yaml = yaml(&up.url(), "").replace(
+        "  access_log: { enabled: false }\n",
+        "  access_log: { enabled: false }\n  limits: { tls_handshake_timeout: 300ms }\n",
+    );
+    let gw = start(&site, &yaml).await;
+    let mut s = TcpStream::connect(gw.tls_listen[0]).await.unwrap();
+    let t = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(IO_WAIT, s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed without a byte");
+    assert!(
+        t.elapsed() >= Duration::from_millis(250) && t.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        t.elapsed()
+    );
+    let m = get(&client(), &format!("http://{}/metrics", gw.admin))
+        .await
+        .text();
+    assert!(
+        metric(
+            &m,
+            r#"tollgate_tls_handshakes_total{result="timeout",version="none"}"#
+        ) >= 1.0
+    );
+}
