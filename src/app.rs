@@ -125,12 +125,14 @@ impl Gateway {
                 source,
             })?;
 
+        let https_port = tls_listen.first().map_or(443, SocketAddr::port);
         for l in listeners {
             tokio::spawn(server::serve(
                 l,
                 Arc::clone(&live),
                 Arc::clone(&limit),
                 Arc::clone(&inflight),
+                https_port,
                 rx.clone(),
             ));
         }

@@ -159,6 +159,10 @@ pub struct Settings {
     pub max_inflight_requests: usize,
     /// Longest TLS handshake.
     pub tls_handshake_timeout: Duration,
+    /// Plaintext requests get 308 to https (on the first TLS listener's port).
+    pub redirect_https: bool,
+    /// `Strict-Transport-Security` for TLS responses.
+    pub hsts: Option<HeaderValue>,
 }
 
 impl Settings {

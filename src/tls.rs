@@ -131,17 +131,56 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// The server config: TLS 1.2 (unless `min13`) and 1.3, the resolver, ALPN.
-pub fn server_config(resolver: SniResolver, min13: bool, alpn: &[String]) -> Arc<ServerConfig> {
+/// A verifier of client certificates chaining to the CAs in `ca_pem`;
+/// with `required` false, clients without a certificate are let in too.
+pub fn client_verifier(
+    ca_pem: &[u8],
+    required: bool,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem) {
+        let c = c.map_err(|e| format!("not a PEM certificate file: {e}"))?;
+        roots
+            .add(c)
+            .map_err(|e| format!("certificate not usable as a CA: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("no certificate in the file".to_owned());
+    }
+    let b = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots));
+    let b = if required {
+        b
+    } else {
+        b.allow_unauthenticated()
+    };
+    b.build().map_err(|e| e.to_string())
+}
+
+/// The subject of a verified client certificate, as text.
+pub fn subject(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    Some(parsed.subject().to_string())
+}
+
+/// The server config: TLS 1.2 (unless `min13`) and 1.3, the resolver,
+/// ALPN, and client certificates when `client` is set.
+pub fn server_config(
+    resolver: SniResolver,
+    min13: bool,
+    alpn: &[String],
+    client: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+) -> Arc<ServerConfig> {
     let versions: &[&'static rustls::SupportedProtocolVersion] = if min13 {
         &[&rustls::version::TLS13]
     } else {
         &[&rustls::version::TLS13, &rustls::version::TLS12]
     };
     let builder = ServerConfig::builder_with_protocol_versions(versions);
-    let mut cfg = builder
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
+    let builder = match client {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder.with_cert_resolver(Arc::new(resolver));
     cfg.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     Arc::new(cfg)
 }

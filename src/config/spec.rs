@@ -225,6 +225,37 @@ pub struct TlsSpec {
     /// ALPN protocols offered, in order. Default `[h2, "http/1.1"]`.
     #[serde(default = "default_alpn")]
     pub alpn: Vec<String>,
+    /// Client certificates (mTLS): `{ ca, required }`.
+    #[serde(default)]
+    pub client_auth: Option<ClientAuthSpec>,
+    /// The plaintext listeners answer every request with 308 to https.
+    #[serde(default)]
+    pub redirect_http: bool,
+    /// `Strict-Transport-Security` on TLS responses: `{ max_age, include_subdomains }`.
+    #[serde(default)]
+    pub hsts: Option<HstsSpec>,
+}
+
+/// `server.tls.client_auth`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAuthSpec {
+    /// CA certificates (PEM) that client certificates must chain to.
+    pub ca: Str,
+    /// Refuse handshakes without a valid client certificate. Default `true`.
+    #[serde(default = "yes")]
+    pub required: bool,
+}
+
+/// `server.tls.hsts`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HstsSpec {
+    /// `max-age` (durations such as `1y`, `180d`).
+    pub max_age: DurationSpec,
+    /// Add `includeSubDomains`. Default `false`.
+    #[serde(default)]
+    pub include_subdomains: bool,
 }
 
 fn default_tls_min() -> Str {

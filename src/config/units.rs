@@ -32,9 +32,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" => 1.0,
         "m" => 60.0,
         "h" => 3600.0,
+        "d" => 86_400.0,
+        "y" => 365.0 * 86_400.0,
         _ => {
             return Err(format!(
-                "duration `{t}`: unknown unit `{unit}` (use ms, s, m, h)"
+                "duration `{t}`: unknown unit `{unit}` (use ms, s, m, h, d, y)"
             ));
         }
     };

@@ -57,6 +57,10 @@ pub struct RequestCtx {
     pub in_progress: InProgress,
     /// The request came over TLS.
     pub https: bool,
+    /// Subject of the client's verified certificate (mTLS).
+    pub client_subject: Option<HeaderValue>,
+    /// The port TLS is served on (for `redirect_http`).
+    pub https_port: u16,
     /// The rate-limit verdict the response's RateLimit headers describe.
     pub rate_limit: Option<(Arc<crate::ratelimit::Policy>, crate::ratelimit::Verdict)>,
 }

@@ -356,6 +356,8 @@ mod tests {
             access_log: false,
             max_inflight_requests: 1000,
             tls_handshake_timeout: Default::default(),
+            redirect_https: false,
+            hsts: None,
         }
     }
 

@@ -44,6 +44,10 @@ use crate::snapshot::{Action, Route, SharedSnapshot, Snapshot};
 use crate::upstream::retry::{Policy, Reason};
 use crate::upstream::{HashOn, Upstream, UpstreamBody, UpstreamError, balance::hash64};
 
+/// `x-client-cert-subject`: the verified client certificate's subject.
+static X_CLIENT_CERT_SUBJECT: http::HeaderName =
+    http::HeaderName::from_static("x-client-cert-subject");
+
 /// What the connection knows about its requests.
 pub struct ConnInfo {
     /// The TCP peer.
@@ -58,6 +62,10 @@ pub struct ConnInfo {
     pub inflight: Arc<std::sync::atomic::AtomicUsize>,
     /// The connection is TLS (`X-Forwarded-Proto: https`).
     pub https: bool,
+    /// The port TLS is served on (for `redirect_http`).
+    pub https_port: u16,
+    /// Subject of the client's verified certificate (mTLS).
+    pub client_subject: Option<HeaderValue>,
 }
 
 /// Runs one request through the pipeline. Never fails: every error becomes
@@ -88,6 +96,12 @@ pub async fn handle(
         .insert(&X_REQUEST_ID, ctx.request_id.clone());
     if let Some((policy, verdict)) = &ctx.rate_limit {
         crate::ratelimit::headers(policy, verdict, resp.headers_mut());
+    }
+    if ctx.https
+        && let Some(hsts) = &ctx.snapshot.settings.hsts
+    {
+        resp.headers_mut()
+            .insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
     }
     let status = resp.status().as_u16();
     resp.map(|b| b.with_finish(Finish::new(ctx, status)))
@@ -130,6 +144,8 @@ fn context(req: &Request<Incoming>, conn: ConnInfo, snapshot: Arc<Snapshot>) -> 
         auth_memo: conn.auth_memo,
         in_progress: InProgress::new(conn.inflight),
         https: conn.https,
+        client_subject: conn.client_subject,
+        https_port: conn.https_port,
         rate_limit: None,
         trace: TraceContext::from_headers(h),
         start: Instant::now(),
@@ -162,6 +178,9 @@ async fn run(
 
     // 1. admit
     let host = admit(&mut req, settings)?;
+    if !ctx.https && settings.redirect_https {
+        return https_redirect(&req, host.as_ref(), ctx.https_port);
+    }
     if req.uri() == "*" {
         let mut r = Response::new(ResponseBody::full(Bytes::new()));
         r.headers_mut().insert(
@@ -239,6 +258,31 @@ async fn run(
 
     // 6–7. select and forward
     forward(req, ctx, route, upstream, host, normalized).await
+}
+
+/// 308 to the same URL over https (`redirect_http`).
+fn https_redirect(
+    req: &Request<Incoming>,
+    host: Option<&HeaderValue>,
+    port: u16,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let host = host
+        .and_then(|h| h.to_str().ok())
+        .map(host_for_routing)
+        .filter(|h| !h.is_empty())
+        .ok_or(ProxyError::BadRequest("a redirect to https needs a Host"))?;
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = if port == 443 {
+        format!("https://{host}{pq}")
+    } else {
+        format!("https://{host}:{port}{pq}")
+    };
+    let location =
+        HeaderValue::try_from(location).map_err(|_| ProxyError::BadRequest("invalid target"))?;
+    let mut r = Response::new(ResponseBody::full(Bytes::new()));
+    *r.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    r.headers_mut().insert(LOCATION, location);
+    Ok(r)
 }
 
 /// Runs a route's rate limits of one phase; the verdict to describe in
@@ -356,6 +400,11 @@ async fn forward(
         ctx.https,
     );
     headers.insert(&X_REQUEST_ID, ctx.request_id.clone());
+    // Only the gateway says who the client certificate belongs to.
+    headers.remove(&X_CLIENT_CERT_SUBJECT);
+    if let Some(subject) = &ctx.client_subject {
+        headers.insert(&X_CLIENT_CERT_SUBJECT, subject.clone());
+    }
     ctx.trace.apply(&mut headers);
     match (&route.host_rewrite, host) {
         (Some(h), _) => {

@@ -186,6 +186,7 @@ pub async fn serve(
     live: SharedSnapshot,
     limit: Arc<Semaphore>,
     inflight: Arc<AtomicUsize>,
+    https_port: u16,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -210,7 +211,7 @@ pub async fn serve(
             peer,
             Arc::clone(&live),
             permit,
-            Arc::clone(&inflight),
+            (Arc::clone(&inflight), https_port),
             shutdown.clone(),
         ));
     }
@@ -221,7 +222,7 @@ async fn connection(
     peer: SocketAddr,
     live: SharedSnapshot,
     permit: OwnedSemaphorePermit,
-    inflight: Arc<AtomicUsize>,
+    (inflight, https_port): (Arc<AtomicUsize>, u16),
     shutdown: watch::Receiver<bool>,
 ) {
     let gauge = &metrics().connections_active;
@@ -244,6 +245,8 @@ async fn connection(
             shutdown,
             settings,
             https: false,
+            https_port,
+            client_subject: None,
         };
         conn.serve(ClientStream::Tcp(stream), prefix, h2).await;
     }
@@ -259,6 +262,10 @@ struct Conn {
     shutdown: watch::Receiver<bool>,
     settings: Settings,
     https: bool,
+    /// The port TLS is served on (for `redirect_http`).
+    https_port: u16,
+    /// Subject of the verified client certificate (mTLS).
+    client_subject: Option<http::HeaderValue>,
 }
 
 impl Conn {
@@ -271,6 +278,8 @@ impl Conn {
             shutdown,
             settings,
             https,
+            https_port,
+            client_subject,
         } = self;
         let state = ConnState::new(!h2, permit);
         let watch = Watch::new(&settings);
@@ -294,6 +303,8 @@ impl Conn {
                 auth_memo: Arc::clone(&memo),
                 inflight: Arc::clone(&inflight),
                 https,
+                https_port,
+                client_subject: client_subject.clone(),
             };
             async move { Ok::<_, Infallible>(pipeline::handle(req, info, &live).await) }
         });
@@ -382,6 +393,11 @@ async fn tls_connection(
                 _ => "other",
             };
             let h2 = session.alpn_protocol() == Some(b"h2");
+            let client_subject = session
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(crate::tls::subject)
+                .and_then(|s| http::HeaderValue::try_from(s).ok());
             handshakes.with_label_values(&["success", version]).inc();
             let conn = Conn {
                 peer,
@@ -391,6 +407,8 @@ async fn tls_connection(
                 shutdown,
                 settings,
                 https: true,
+                https_port: 0,
+                client_subject,
             };
             conn.serve(ClientStream::Tls(Box::new(tls)), Bytes::new(), h2)
                 .await;

@@ -321,3 +321,163 @@ async fn a_silent_tls_client_is_closed_after_the_handshake_timeout() {
         ) >= 1.0
     );
 }
+
+#[tokio::test]
+async fn redirect_http_and_hsts() {
+    let up = Upstream::start("app").await;
+    let site = site();
+    let gw = start(
+        &site,
+        &yaml(
+            &up.url(),
+            "    redirect_http: true\n    hsts: { max_age: 1y, include_subdomains: true }\n",
+        ),
+    )
+    .await;
+    let resp = raw(
+        gw.listen[0],
+        b"GET /a/b?c=1 HTTP/1.1\r\nHost: a.test:8080\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&resp), 308, "{resp}");
+    let port = gw.tls_listen[0].port();
+    assert!(
+        resp.contains(&format!("location: https://a.test:{port}/a/b?c=1\r\n")),
+        "{resp}"
+    );
+    assert!(
+        !resp.contains("strict-transport-security"),
+        "not on plain http"
+    );
+    assert_eq!(up.count(), 0);
+    let tls = handshake(gw.tls_listen[0], site.ca.client(&["http/1.1"]), "a.test")
+        .await
+        .unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let r = tx
+        .send_request(
+            Request::get("/")
+                .header("host", "a.test")
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["strict-transport-security"],
+        "max-age=31536000; includeSubDomains"
+    );
+}
+
+#[tokio::test]
+async fn client_certificates_required_and_optional() {
+    let up = Upstream::start("app").await;
+    let site = site();
+    let clients = TestCa::new("client CA");
+    std::fs::write(site.dir.join("clients.pem"), clients.pem()).unwrap();
+    let (good_cert, good_key) = clients.leaf(&["alice.clients.test"], false);
+    let stranger = TestCa::new("stranger CA");
+    let (bad_cert, bad_key) = stranger.leaf(&["mallory.test"], false);
+    let with = |cert: &str, key: &str| site.ca.client_with_cert(cert, key);
+    for required in [true, false] {
+        let gw = start(
+            &site,
+            &yaml(
+                &up.url(),
+                &format!("    client_auth: {{ ca: clients.pem, required: {required} }}\n"),
+            ),
+        )
+        .await;
+        let addr = gw.tls_listen[0];
+        // A good client certificate: served, its subject forwarded, and a
+        // forged subject header replaced.
+        let tls = handshake(addr, with(&good_cert, &good_key), "a.test")
+            .await
+            .unwrap();
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let r = tx
+            .send_request(
+                Request::get("/")
+                    .header("host", "a.test")
+                    .header("x-client-cert-subject", "CN=forged")
+                    .body(Empty::<Bytes>::new())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let subject = up.last().headers["x-client-cert-subject"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(!subject.contains("forged"), "{subject}");
+        // A certificate from another CA is always refused.
+        let bad = handshake(addr, with(&bad_cert, &bad_key), "a.test").await;
+        let refused = match bad {
+            Err(_) => true,
+            // TLS 1.3: the server's refusal arrives after the client's
+            // handshake completes, on the first read.
+            Ok(tls) => {
+                let sent =
+                    hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(tls))
+                        .await;
+                match sent {
+                    Err(_) => true,
+                    Ok((mut tx, conn)) => {
+                        tokio::spawn(conn);
+                        tx.send_request(
+                            Request::get("/")
+                                .header("host", "a.test")
+                                .body(Empty::new())
+                                .unwrap(),
+                        )
+                        .await
+                        .is_err()
+                    }
+                }
+            }
+        };
+        assert!(refused, "a stranger's certificate (required: {required})");
+        // No certificate: refused when required, served when optional.
+        let none = handshake(addr, site.ca.client(&["http/1.1"]), "a.test").await;
+        let served = match none {
+            Err(_) => false,
+            Ok(tls) => {
+                match hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(tls))
+                    .await
+                {
+                    Err(_) => false,
+                    Ok((mut tx, conn)) => {
+                        tokio::spawn(conn);
+                        tx.send_request(
+                            Request::get("/")
+                                .header("host", "a.test")
+                                .header("x-client-cert-subject", "CN=forged")
+                                .body(Empty::new())
+                                .unwrap(),
+                        )
+                        .await
+                        .is_ok_and(|r| r.status() == 200)
+                    }
+                }
+            }
+        };
+        assert_eq!(
+            served, !required,
+            "no client certificate (required: {required})"
+        );
+        if !required {
+            assert!(
+                up.last().headers.get("x-client-cert-subject").is_none(),
+                "forged copy removed"
+            );
+        }
+    }
+}

@@ -69,6 +69,12 @@ pub fn compile(
     let upstreams = upstreams(&spec, previous, &mut errs);
     let (providers, mut files_hash) = auth::providers(&spec, previous, base, &mut errs);
     let tls = tls::tls(&spec, base, &mut errs, &mut files_hash);
+    let (redirect_https, hsts) = tls::https_policy(&spec, &mut errs);
+    let settings = Settings {
+        redirect_https,
+        hsts,
+        ..settings
+    };
     let redis = ratelimit::redis(&spec, previous, &mut errs);
     let rate_limits = ratelimit::policies(&spec, previous, redis.as_ref(), &mut errs);
     let version = if files_hash == 0 {
@@ -269,5 +275,7 @@ fn settings(spec: &Spec, errs: &mut Errors) -> Settings {
         access_log: s.access_log.enabled,
         max_inflight_requests: s.max_inflight_requests,
         tls_handshake_timeout: l.tls_handshake_timeout.0,
+        redirect_https: false,
+        hsts: None,
     }
 }

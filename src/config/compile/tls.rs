@@ -117,6 +117,28 @@ pub(super) fn tls(
             }
         },
     };
+    let client = match &t.client_auth {
+        None => None,
+        Some(ca) => match std::fs::read(base.join(ca.ca.as_str())) {
+            Ok(pem) => {
+                *files_hash ^= crate::upstream::balance::hash64(&pem).rotate_left(31);
+                match tls::client_verifier(&pem, ca.required) {
+                    Ok(v) => Some(v),
+                    Err(m) => {
+                        errs.push("server.tls.client_auth.ca", format!("{}: {m}", ca.ca));
+                        None
+                    }
+                }
+            }
+            Err(e) => {
+                errs.push(
+                    "server.tls.client_auth.ca",
+                    format!("cannot read {}: {e}", base.join(ca.ca.as_str()).display()),
+                );
+                None
+            }
+        },
+    };
     if errs.0.len() > before {
         return None;
     }
@@ -124,5 +146,27 @@ pub(super) fn tls(
         SniResolver::new(&loaded, default),
         min13,
         &t.alpn,
+        client,
     ))
+}
+
+/// Whether plaintext requests are redirected, and the HSTS header value,
+/// from `server.tls`.
+pub(super) fn https_policy(spec: &Spec, errs: &mut Errors) -> (bool, Option<http::HeaderValue>) {
+    let Some(t) = &spec.server.tls else {
+        return (false, None);
+    };
+    let port = t.redirect_http;
+    let hsts = t.hsts.as_ref().and_then(|h| {
+        if h.max_age.0.is_zero() {
+            errs.push("server.tls.hsts.max_age", "must be more than zero");
+            return None;
+        }
+        let mut v = format!("max-age={}", h.max_age.0.as_secs());
+        if h.include_subdomains {
+            v.push_str("; includeSubDomains");
+        }
+        http::HeaderValue::try_from(v).ok()
+    });
+    (port, hsts)
 }

@@ -92,6 +92,26 @@ impl TestCa {
         (cert.pem(), key.serialize_pem())
     }
 
+    /// A client config trusting this CA that presents `cert` / `key`.
+    pub fn client_with_cert(&self, cert: &str, key: &str) -> std::sync::Arc<rustls::ClientConfig> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(self.pem().as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.as_bytes())
+            .map(|c| c.unwrap())
+            .collect();
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        let mut cfg = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        std::sync::Arc::new(cfg)
+    }
+
     /// A rustls client config trusting this CA, offering `alpn`.
     pub fn client(&self, alpn: &[&str]) -> std::sync::Arc<rustls::ClientConfig> {
         use rustls_pki_types::CertificateDer;
