@@ -57,6 +57,9 @@ pub struct RequestCtx {
     pub in_progress: InProgress,
     /// The request came over TLS.
     pub https: bool,
+    /// A gRPC call (`content-type: application/grpc…`): gateway errors
+    /// answer in gRPC form.
+    pub grpc: bool,
     /// Subject of the client's verified certificate (mTLS).
     pub client_subject: Option<HeaderValue>,
     /// The port TLS is served on (for `redirect_http`).

@@ -239,6 +239,47 @@ impl ProxyError {
     }
 }
 
+impl ProxyError {
+    /// The error as a gRPC "Trailers-Only" response: HTTP 200 with
+    /// `grpc-status` and `grpc-message` in the headers and no body, which
+    /// gRPC clients read as the call's status.
+    pub fn to_grpc_response(&self) -> Response<Bytes> {
+        let (status, _, _, _) = self.describe();
+        // gRPC status codes (grpc/doc/statuscodes.md).
+        let code: u8 = match (self, status.as_u16()) {
+            (ProxyError::UpstreamTimeout, _) => 4, // DEADLINE_EXCEEDED
+            (ProxyError::RateLimited(_) | ProxyError::PayloadTooLarge(_), _) => 8, // RESOURCE_EXHAUSTED
+            (_, 401) => 16,             // UNAUTHENTICATED
+            (_, 403) => 7,              // PERMISSION_DENIED
+            (_, 404 | 405) => 12,       // UNIMPLEMENTED
+            (_, 502..=504) => 14,       // UNAVAILABLE
+            (_, 400 | 408 | 431) => 13, // INTERNAL
+            _ => 2,                     // UNKNOWN
+        };
+        let mut resp = Response::new(Bytes::new());
+        let h = resp.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert("grpc-status", HeaderValue::from(u16::from(code)));
+        // grpc-message is percent-encoded; our messages are plain ASCII.
+        let message: String = self
+            .message()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_graphic() || c == ' ' {
+                    c
+                } else {
+                    '?'
+                }
+            })
+            .collect::<String>()
+            .replace('%', "%25");
+        if let Ok(v) = HeaderValue::try_from(message) {
+            h.insert("grpc-message", v);
+        }
+        resp
+    }
+}
+
 /// The message of an authentication failure. Fixed texts: never the token.
 fn auth_message(f: Failure) -> &'static str {
     match f {

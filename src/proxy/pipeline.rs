@@ -83,8 +83,12 @@ pub async fn handle(
         Ok(r) => r,
         Err(e) => {
             ctx.reason = e.describe().1;
-            let id = ctx.request_id.to_str().unwrap_or("");
-            e.to_response(id).map(ResponseBody::full)
+            if ctx.grpc {
+                e.to_grpc_response().map(ResponseBody::full)
+            } else {
+                let id = ctx.request_id.to_str().unwrap_or("");
+                e.to_response(id).map(ResponseBody::full)
+            }
         }
     };
     if let Some(route) = ctx.route.and_then(|i| ctx.snapshot.routes.get(i))
@@ -144,6 +148,9 @@ fn context(req: &Request<Incoming>, conn: ConnInfo, snapshot: Arc<Snapshot>) -> 
         auth_memo: conn.auth_memo,
         in_progress: InProgress::new(conn.inflight),
         https: conn.https,
+        grpc: h
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")),
         client_subject: conn.client_subject,
         https_port: conn.https_port,
         rate_limit: None,

@@ -12,6 +12,7 @@ mod auth;
 mod binary;
 mod cli;
 mod errors;
+mod grpc;
 mod hostile;
 mod proxying;
 mod ratelimit;
