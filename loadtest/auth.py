@@ -167,8 +167,8 @@ def main():
         for path in ("/public", "/auth", "/auth-nocache"):
             check(path, token)
         check("/auth", many[-1])
-        results = side_by_side(p.pid, {
-            name: (lambda secs, path=path, lua=lua: wrk(path, args.conns, secs, token, lua))
+        results = side_by_side({
+            name: (p.pid, lambda secs, path=path, lua=lua: wrk(path, args.conns, secs, token, lua))
             for name, (path, lua) in runs.items()
         }, args)
     finally:

@@ -270,17 +270,18 @@ class Load:
         return threads
 
 
-def side_by_side(pid, runs, args):
-    """Interleaved rounds over `runs` (name -> fn(seconds) -> wrk output)
-    against the one process `pid`, rotating the order each round; returns
-    name -> per-round results (req/s, latency, CPU per request)."""
+def side_by_side(runs, args):
+    """Interleaved rounds over `runs` (name -> (pid, fn(seconds) -> wrk
+    output)), rotating the order each round; CPU is that of `pid`'s process
+    tree. Returns name -> per-round results (req/s, latency, CPU/request)."""
     results = {name: [] for name in runs}
     order = list(runs)
     for rnd in range(args.rounds):
         for name in order[rnd % len(order):] + order[:rnd % len(order)]:
-            runs[name](args.warmup)
+            pid, run = runs[name]
+            run(args.warmup)
             c0 = cpu_seconds(pid)
-            text = runs[name](args.duration)
+            text = run(args.duration)
             c1 = cpu_seconds(pid)
             rps, p50, p99, errors = parse_wrk(text)
             reqs = rps * args.duration

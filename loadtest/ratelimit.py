@@ -71,8 +71,8 @@ def main():
         for path in paths:
             wait_ready(PORT, path=path)
         time.sleep(0.5)
-        results = side_by_side(p.pid, {
-            path: (lambda secs, path=path: wrk(path, args.conns, secs)) for path in paths
+        results = side_by_side({
+            path: (p.pid, lambda secs, path=path: wrk(path, args.conns, secs)) for path in paths
         }, args)
         errors = subprocess.run(["curl", "-s", f"http://127.0.0.1:{PORT + 1}/metrics"], capture_output=True,
                                 text=True).stdout

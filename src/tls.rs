@@ -169,6 +169,7 @@ pub fn server_config(
     min13: bool,
     alpn: &[String],
     client: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+    resumption: bool,
 ) -> Arc<ServerConfig> {
     let versions: &[&'static rustls::SupportedProtocolVersion] = if min13 {
         &[&rustls::version::TLS13]
@@ -182,6 +183,10 @@ pub fn server_config(
     };
     let mut cfg = builder.with_cert_resolver(Arc::new(resolver));
     cfg.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    if !resumption {
+        cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        cfg.send_tls13_tickets = 0;
+    }
     Arc::new(cfg)
 }
 

@@ -234,6 +234,9 @@ pub struct TlsSpec {
     /// `Strict-Transport-Security` on TLS responses: `{ max_age, include_subdomains }`.
     #[serde(default)]
     pub hsts: Option<HstsSpec>,
+    /// TLS session resumption (a session cache and TLS 1.3 tickets). Default `true`.
+    #[serde(default = "yes")]
+    pub session_resumption: bool,
 }
 
 /// `server.tls.client_auth`.

@@ -170,7 +170,14 @@ async fn without_a_default_unknown_names_are_refused() {
 async fn alpn_serves_h2_and_http1_and_min_version_holds() {
     let up = Upstream::start("app").await;
     let site = site();
-    let gw = start(&site, &yaml(&up.url(), "    min_version: \"1.3\"\n")).await;
+    let gw = start(
+        &site,
+        &yaml(
+            &up.url(),
+            "    min_version: \"1.3\"\n    session_resumption: false\n",
+        ),
+    )
+    .await;
     let addr = gw.tls_listen[0];
     let tls = handshake(addr, site.ca.client(&["h2", "http/1.1"]), "a.test")
         .await

@@ -147,6 +147,7 @@ pub(super) fn tls(
         min13,
         &t.alpn,
         client,
+        t.session_resumption,
     ))
 }
 
