@@ -19,6 +19,8 @@ pub struct Target<'a> {
     pub uri: &'a Uri,
     /// TLS settings for `https://`.
     pub tls: Option<&'a Arc<ClientConfig>>,
+    /// The name to send as SNI and verify, instead of the URL's host.
+    pub server_name: Option<&'a ServerName<'static>>,
     /// Speak HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1.
     pub h2: bool,
     /// Largest body read; more is an error.
@@ -58,8 +60,11 @@ pub async fn get(t: Target<'_>) -> Result<Response<Bytes>, String> {
         req.headers_mut().insert(header::HOST, host);
     }
     let resp = if https {
-        let name = ServerName::try_from(bare.to_owned())
-            .map_err(|_| format!("{uri}: `{bare}` is not a TLS server name"))?;
+        let name = match t.server_name {
+            Some(n) => n.clone(),
+            None => ServerName::try_from(bare.to_owned())
+                .map_err(|_| format!("{uri}: `{bare}` is not a TLS server name"))?,
+        };
         let tls = t.tls.ok_or_else(|| format!("{uri}: no TLS settings"))?;
         let stream = tokio_rustls::TlsConnector::from(Arc::clone(tls))
             .connect(name, tcp)

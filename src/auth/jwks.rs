@@ -328,6 +328,7 @@ async fn get(uri: &Uri, tls: &Arc<ClientConfig>) -> Result<(Bytes, Option<Durati
     let resp = crate::fetch::get(crate::fetch::Target {
         uri,
         tls: Some(tls),
+        server_name: None,
         h2: false,
         max_body: MAX_DOCUMENT_BYTES,
         agent: concat!("tollgate/", env!("CARGO_PKG_VERSION")),

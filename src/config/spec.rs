@@ -481,6 +481,37 @@ pub struct UpstreamSpec {
     /// Bulkhead: what one upstream may take of the gateway.
     #[serde(default)]
     pub limits: UpstreamLimitsSpec,
+    /// TLS to `https://` endpoints.
+    #[serde(default)]
+    pub tls: Option<UpstreamTlsSpec>,
+}
+
+/// `upstreams.NAME.tls`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsSpec {
+    /// CA certificates (PEM) to verify the upstream with; default: the webpki roots.
+    #[serde(default)]
+    pub ca_file: Option<Str>,
+    /// Name sent as SNI and verified; default: the endpoint's host.
+    #[serde(default)]
+    pub server_name: Option<Str>,
+    /// Client certificate for upstream mTLS: `{ cert, key }`.
+    #[serde(default)]
+    pub client_cert: Option<ClientCertSpec>,
+    /// Skip certificate verification (a warning is logged at every load). Default `false`.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+/// `upstreams.NAME.tls.client_cert`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertSpec {
+    /// Certificate chain (PEM).
+    pub cert: Str,
+    /// Private key (PEM).
+    pub key: Str,
 }
 
 /// `upstreams.NAME.limits`.
@@ -667,6 +698,8 @@ pub enum ProtocolSpec {
     Http1,
     /// HTTP/2 cleartext with prior knowledge; one multiplexed connection per endpoint.
     H2c,
+    /// HTTP/2 over TLS (ALPN h2; `https://` endpoints); one multiplexed connection per endpoint.
+    H2,
 }
 
 /// `upstreams.NAME.pool`.

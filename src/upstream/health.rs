@@ -95,7 +95,9 @@ async fn run(weak: Weak<Upstream>, s: Settings, mut stop: watch::Receiver<()>) {
         streaks.resize(up.endpoints.len(), (0, 0));
         let mut checks = tokio::task::JoinSet::new();
         for (i, ep) in up.endpoints.iter().enumerate() {
-            let uri: Option<Uri> = format!("http://{}{}", ep.id, s.path).parse().ok();
+            let tls = ep.pool.tls().cloned();
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let uri: Option<Uri> = format!("{scheme}://{}{}", ep.id, s.path).parse().ok();
             let (timeout, h2) = (s.timeout, up.is_h2());
             checks.spawn(async move {
                 let Some(uri) = uri else {
@@ -103,7 +105,8 @@ async fn run(weak: Weak<Upstream>, s: Settings, mut stop: watch::Receiver<()>) {
                 };
                 let probe = crate::fetch::get(crate::fetch::Target {
                     uri: &uri,
-                    tls: None,
+                    tls: tls.as_ref().map(|(c, _)| c),
+                    server_name: tls.as_ref().map(|(_, n)| n),
                     h2,
                     max_body: MAX_BODY,
                     agent: "tollgate-health-check",

@@ -76,6 +76,8 @@ pub struct Upstream {
     pub hash_on: Option<HashOn>,
     /// Active health check settings.
     pub health: Option<health::Settings>,
+    /// Hash of the TLS files read (compared on reload with `spec`).
+    pub tls_hash: u64,
     balancer: Balancer,
     h2: bool,
     duration: Histogram,
@@ -132,7 +134,7 @@ pub enum SendFailure {
     /// HTTP/1.1 (our codec).
     #[error("{0}")]
     H1(#[from] h1::H1Error),
-    /// h2c (hyper).
+    /// h2c, h2 or HTTP/1.1 over TLS (hyper).
     #[error("{0}")]
     H2(#[from] hyper::Error),
 }
@@ -152,7 +154,7 @@ impl SendFailure {
 pub enum UpstreamBody {
     /// Read by our HTTP/1.1 codec.
     H1(h1::Body1),
-    /// Read by hyper's h2 client.
+    /// Read by hyper's client (h2c, h2 over TLS, HTTP/1.1 over TLS).
     H2(Incoming),
 }
 
@@ -400,7 +402,10 @@ impl Upstream {
         let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
         let ids: Vec<&str> = endpoints.iter().map(|e| e.id.as_str()).collect();
         let balancer = Balancer::new(spec.balancer, &weights, &ids);
-        let h2 = spec.protocol == crate::config::spec::ProtocolSpec::H2c;
+        let h2 = matches!(
+            spec.protocol,
+            crate::config::spec::ProtocolSpec::H2c | crate::config::spec::ProtocolSpec::H2
+        );
         Self {
             name: name.to_owned(),
             duration: metrics().upstream_duration.with_label_values(&[name]),
@@ -408,6 +413,7 @@ impl Upstream {
             endpoints,
             hash_on,
             health,
+            tls_hash: 0,
             balancer,
             h2,
             background: AtomicBool::new(false),
@@ -616,6 +622,33 @@ impl Upstream {
                                 source: e,
                             });
                         }
+                    }
+                }
+                pool::Conn::Tls1(mut tx) => {
+                    match tokio::time::timeout_at(deadline, tx.try_send_request(req)).await {
+                        Err(_) => {
+                            slot.done(Some(Failure::Timeout));
+                            return Err(timed_out());
+                        }
+                        Ok(Ok(resp)) => {
+                            // Handed out again once this response has been read.
+                            ep.pool.release_tls1(tx);
+                            resp.map(UpstreamBody::H2)
+                        }
+                        Ok(Err(mut e)) => match e.take_message() {
+                            Some(back) if pooled => {
+                                req = back;
+                                continue;
+                            }
+                            _ => {
+                                let e = SendFailure::from(e.into_error());
+                                slot.done(e.body_error().is_none().then_some(Failure::Reset));
+                                return Err(UpstreamError::Send {
+                                    endpoint: ep.id.clone(),
+                                    source: e,
+                                });
+                            }
+                        },
                     }
                 }
                 pool::Conn::H2(mut tx) => {

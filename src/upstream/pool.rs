@@ -54,6 +54,11 @@ pub struct Target {
     pub max_response_header_bytes: usize,
     /// Open HTTP/1.1 connections of the whole upstream, and their cap.
     pub connections: Counter,
+    /// TLS to the endpoint: the client config and the name verified (SNI).
+    pub tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls_pki_types::ServerName<'static>,
+    )>,
 }
 
 /// A shared count with a cap (connections or requests of one upstream).
@@ -104,6 +109,9 @@ pub enum Conn {
     Http1(h1::Conn),
     /// A handle to the shared h2 connection.
     H2(http2::SendRequest<RequestBody>),
+    /// HTTP/1.1 over TLS, through hyper's client (the inline codec is for
+    /// plain TCP).
+    Tls1(hyper::client::conn::http1::SendRequest<RequestBody>),
 }
 
 /// An idle HTTP/1.1 connection and the sweep it was returned in.
@@ -127,6 +135,8 @@ pub struct Pool {
     /// Only the (rare) connecting path takes it; it is an async lock because
     /// it is held across the connect.
     connecting: tokio::sync::Mutex<()>,
+    /// HTTP/1.1-over-TLS senders, ready or still reading a response.
+    idle_tls: Mutex<Vec<hyper::client::conn::http1::SendRequest<RequestBody>>>,
 }
 
 impl Pool {
@@ -139,6 +149,17 @@ impl Pool {
             sweeps: AtomicU64::new(0),
             shared: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
+            idle_tls: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Takes back a HTTP/1.1-over-TLS sender after its response head; it
+    /// is handed out again once its response body has ended (`is_ready`).
+    pub fn release_tls1(&self, tx: hyper::client::conn::http1::SendRequest<RequestBody>) {
+        if let Ok(mut idle) = self.idle_tls.lock()
+            && idle.len() < self.target.max_idle
+        {
+            idle.push(tx);
         }
     }
 
@@ -152,6 +173,14 @@ impl Pool {
                 .as_ref()
                 .filter(|tx| !tx.is_closed())
                 .map(|tx| Conn::H2(tx.clone()));
+        }
+        if self.target.tls.is_some() {
+            let mut idle = self.idle_tls.lock().ok()?;
+            idle.retain(|tx| !tx.is_closed());
+            let i = idle
+                .iter()
+                .rposition(hyper::client::conn::http1::SendRequest::is_ready)?;
+            return Some(Conn::Tls1(idle.swap_remove(i)));
         }
         let mut idle = self.idle.lock().ok()?;
         while let Some(c) = idle.pop() {
@@ -188,15 +217,44 @@ impl Pool {
         .await
         .map_err(|_| ConnectError::Timeout)??;
         stream.set_nodelay(true)?;
+        if let Some((cfg, name)) = &t.tls {
+            let tls = tokio::time::timeout(
+                t.connect_timeout,
+                tokio_rustls::TlsConnector::from(Arc::clone(cfg)).connect(name.clone(), stream),
+            )
+            .await
+            .map_err(|_| ConnectError::Timeout)??;
+            if !self.h2 {
+                let (tx, conn) = hyper::client::conn::http1::Builder::new()
+                    .max_buf_size(t.max_response_header_bytes.max(8192))
+                    .handshake(TokioIo::new(tls))
+                    .await?;
+                tokio::spawn(async move {
+                    // The connection counts against max_connections while it lives.
+                    let _held = held;
+                    let _ = conn.await;
+                });
+                return Ok(Conn::Tls1(tx));
+            }
+            return self.h2_handshake(TokioIo::new(tls)).await;
+        }
         if !self.h2 {
             return Ok(Conn::Http1(h1::Conn::new(stream, held)));
         }
+        self.h2_handshake(TokioIo::new(stream)).await
+    }
+
+    async fn h2_handshake<I>(&self, io: I) -> Result<Conn, ConnectError>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let t = &self.target;
         let (tx, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
             .max_header_list_size(t.max_response_header_bytes as u32)
-            .handshake(TokioIo::new(stream))
+            .handshake(io)
             .await?;
         tokio::spawn(async move {
             let _ = conn.await;
@@ -218,6 +276,16 @@ impl Pool {
                 since: self.sweeps.load(Ordering::Relaxed),
             });
         }
+    }
+
+    /// TLS to the endpoint, when it is `https://`.
+    pub fn tls(
+        &self,
+    ) -> Option<&(
+        Arc<rustls::ClientConfig>,
+        rustls_pki_types::ServerName<'static>,
+    )> {
+        self.target.tls.as_ref()
     }
 
     /// Largest upstream response head accepted.

@@ -488,3 +488,190 @@ async fn client_certificates_required_and_optional() {
         }
     }
 }
+
+/// An HTTPS upstream with a certificate from `ca` for `backend.test`,
+/// answering `https <version>`; with `client_ca`, client certificates from
+/// it are required. Returns its address and a connection counter.
+async fn https_upstream(
+    ca: &TestCa,
+    client_ca: Option<&TestCa>,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicU64>) {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let (cert, key) = ca.leaf(&["backend.test"], false);
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.as_bytes())
+        .map(|c| c.unwrap())
+        .collect();
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let builder = rustls::ServerConfig::builder();
+    let builder = match client_ca {
+        Some(cc) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(cc.pem().as_bytes()) {
+                roots.add(c.unwrap()).unwrap();
+            }
+            builder.with_client_cert_verifier(
+                rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+                    .build()
+                    .unwrap(),
+            )
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder.with_single_cert(chain, key).unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = Arc::clone(&conns);
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let counted = Arc::clone(&counted);
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let svc =
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        let body = format!("https {:?}", req.version());
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(Bytes::from(body)),
+                        ))
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, conns)
+}
+
+fn https_config(dir: &std::path::Path, addr: SocketAddr, tls: &str, protocol: &str) -> String {
+    let _ = dir;
+    format!(
+        "upstreams:\n  app: {{ endpoints: [\"https://{addr}\"], protocol: {protocol}, tls: {tls} }}\nroutes:\n  - {{ name: app, match: {{ path_prefix: / }}, upstream: app }}\n"
+    )
+}
+
+#[tokio::test]
+async fn https_upstreams_are_verified_pooled_and_speak_h2_by_alpn() {
+    let ca = TestCa::new("internal CA");
+    let (addr, conns) = https_upstream(&ca, None).await;
+    let path = config_path();
+    let dir = path.parent().unwrap().to_owned();
+    std::fs::write(dir.join("internal-ca.pem"), ca.pem()).unwrap();
+    let ok_tls = "{ ca_file: internal-ca.pem, server_name: backend.test }";
+    std::fs::write(
+        &path,
+        with_server(&https_config(&dir, addr, ok_tls, "http1")),
+    )
+    .unwrap();
+    let gw = tollgate::app::Gateway::start(
+        path.clone(),
+        tollgate::app::StartOptions {
+            watch_file: false,
+            sighup: false,
+        },
+    )
+    .await
+    .unwrap();
+    let c = client();
+    let url = format!("http://{}/x", gw.listen[0]);
+    for _ in 0..5 {
+        let g = get(&c, &url).await;
+        assert_eq!((g.status, g.text()), (200, "https HTTP/1.1".to_owned()));
+    }
+    assert_eq!(
+        conns.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one pooled TLS connection"
+    );
+    // h2 over TLS by ALPN.
+    std::fs::write(&path, with_server(&https_config(&dir, addr, ok_tls, "h2"))).unwrap();
+    gw.reloader.reload_async("test").await.unwrap();
+    let g = get(&c, &url).await;
+    assert_eq!((g.status, g.text()), (200, "https HTTP/2.0".to_owned()));
+    // The wrong name is refused: 502, never served.
+    let wrong = "{ ca_file: internal-ca.pem, server_name: other.test }";
+    std::fs::write(
+        &path,
+        with_server(&https_config(&dir, addr, wrong, "http1")),
+    )
+    .unwrap();
+    gw.reloader.reload_async("test").await.unwrap();
+    let g = get(&c, &url).await;
+    assert_eq!(g.status, 502, "{}", g.text());
+    // Without the private CA (webpki roots only): refused too.
+    std::fs::write(
+        &path,
+        with_server(&https_config(
+            &dir,
+            addr,
+            "{ server_name: backend.test }",
+            "http1",
+        )),
+    )
+    .unwrap();
+    gw.reloader.reload_async("test").await.unwrap();
+    assert_eq!(get(&c, &url).await.status, 502);
+    // insecure_skip_verify accepts it (with a warning at load).
+    std::fs::write(
+        &path,
+        with_server(&https_config(
+            &dir,
+            addr,
+            "{ insecure_skip_verify: true }",
+            "http1",
+        )),
+    )
+    .unwrap();
+    gw.reloader.reload_async("test").await.unwrap();
+    assert_eq!(get(&c, &url).await.status, 200);
+}
+
+#[tokio::test]
+async fn upstream_mtls_presents_the_gateway_certificate() {
+    let ca = TestCa::new("internal CA");
+    let gw_ca = TestCa::new("gateway client CA");
+    let (addr, _) = https_upstream(&ca, Some(&gw_ca)).await;
+    let path = config_path();
+    let dir = path.parent().unwrap().to_owned();
+    std::fs::write(dir.join("internal-ca.pem"), ca.pem()).unwrap();
+    let (c_pem, k_pem) = gw_ca.leaf(&["gateway.test"], false);
+    std::fs::write(dir.join("gw.pem"), c_pem).unwrap();
+    std::fs::write(dir.join("gw.key"), k_pem).unwrap();
+    let with_cert = "{ ca_file: internal-ca.pem, server_name: backend.test, client_cert: { cert: gw.pem, key: gw.key } }";
+    std::fs::write(
+        &path,
+        with_server(&https_config(&dir, addr, with_cert, "http1")),
+    )
+    .unwrap();
+    let gw = tollgate::app::Gateway::start(
+        path.clone(),
+        tollgate::app::StartOptions {
+            watch_file: false,
+            sighup: false,
+        },
+    )
+    .await
+    .unwrap();
+    let c = client();
+    let url = format!("http://{}/x", gw.listen[0]);
+    assert_eq!(get(&c, &url).await.status, 200);
+    let without = "{ ca_file: internal-ca.pem, server_name: backend.test }";
+    std::fs::write(
+        &path,
+        with_server(&https_config(&dir, addr, without, "http1")),
+    )
+    .unwrap();
+    gw.reloader.reload_async("test").await.unwrap();
+    assert_eq!(
+        get(&c, &url).await.status,
+        502,
+        "the upstream wants a client certificate"
+    );
+}

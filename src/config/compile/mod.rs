@@ -66,7 +66,7 @@ pub fn compile(
 ) -> Result<Snapshot, Errors> {
     let mut errs = Errors::default();
     let settings = settings(&spec, &mut errs);
-    let upstreams = upstreams(&spec, previous, &mut errs);
+    let upstreams = upstreams(&spec, previous, base, &mut errs);
     let (providers, mut files_hash) = auth::providers(&spec, previous, base, &mut errs);
     let tls = tls::tls(&spec, base, &mut errs, &mut files_hash);
     let (redirect_https, hsts) = tls::https_policy(&spec, &mut errs);

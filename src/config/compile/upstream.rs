@@ -18,26 +18,268 @@ use crate::upstream::{breaker, health};
 pub(super) fn upstreams(
     spec: &Spec,
     previous: Option<&Snapshot>,
+    base: &std::path::Path,
     errs: &mut Errors,
 ) -> BTreeMap<String, Arc<Upstream>> {
     let mut out = BTreeMap::new();
     for (name, u) in &spec.upstreams {
         let p = format!("upstreams.{name}");
+        let tls = u
+            .tls
+            .as_ref()
+            .and_then(|t| tls_files(t, base, &format!("{p}.tls"), errs));
+        let tls_hash = tls.as_ref().map_or(0, |f| f.hash);
         if let Some(prev) = previous.and_then(|s| s.upstreams.get(name))
             && prev.spec == *u
+            && prev.tls_hash == tls_hash
         {
             out.insert(name.clone(), Arc::clone(prev));
             continue;
         }
-        if let Some(up) = upstream(name, u, &p, errs) {
+        if let Some(mut up) = upstream(name, u, &p, tls.as_ref(), errs) {
+            up.tls_hash = tls_hash;
             out.insert(name.clone(), Arc::new(up));
         }
     }
     out
 }
 
-fn upstream(name: &str, u: &UpstreamSpec, p: &str, errs: &mut Errors) -> Option<Upstream> {
+/// The files of `upstreams.NAME.tls`, read.
+struct TlsFiles {
+    ca: Option<Vec<u8>>,
+    client: Option<(Vec<u8>, Vec<u8>)>,
+    hash: u64,
+}
+
+fn tls_files(
+    t: &crate::config::spec::UpstreamTlsSpec,
+    base: &std::path::Path,
+    p: &str,
+    errs: &mut Errors,
+) -> Option<TlsFiles> {
+    let mut hash = 1u64;
+    let mut read = |file: &str, field: &str, errs: &mut Errors| match std::fs::read(base.join(file))
+    {
+        Ok(b) => {
+            hash ^= crate::upstream::balance::hash64(&b).rotate_left(hash.count_ones());
+            Some(b)
+        }
+        Err(e) => {
+            errs.push(
+                format!("{p}.{field}"),
+                format!("cannot read {}: {e}", base.join(file).display()),
+            );
+            None
+        }
+    };
+    let ca = match &t.ca_file {
+        Some(f) => Some(read(f.as_str(), "ca_file", errs)?),
+        None => None,
+    };
+    let client = match &t.client_cert {
+        Some(c) => Some((
+            read(c.cert.as_str(), "client_cert.cert", errs)?,
+            read(c.key.as_str(), "client_cert.key", errs)?,
+        )),
+        None => None,
+    };
+    Some(TlsFiles { ca, client, hash })
+}
+
+/// Accepts any server certificate (`insecure_skip_verify`).
+#[derive(Debug)]
+struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &[rustls_pki_types::CertificateDer<'_>],
+        _: &rustls_pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The rustls client config of an upstream.
+fn client_config(
+    t: &crate::config::spec::UpstreamTlsSpec,
+    files: &TlsFiles,
+    h2: bool,
+    name: &str,
+    p: &str,
+    errs: &mut Errors,
+) -> Option<Arc<rustls::ClientConfig>> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .ok()?;
+    let builder = if t.insecure_skip_verify {
+        tracing::warn!(
+            upstream = name,
+            "tls.insecure_skip_verify is on: the upstream's certificate is NOT verified"
+        );
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        match &files.ca {
+            Some(pem) => {
+                for c in CertificateDer::pem_slice_iter(pem) {
+                    match c
+                        .map_err(|e| e.to_string())
+                        .and_then(|c| roots.add(c).map_err(|e| e.to_string()))
+                    {
+                        Ok(()) => {}
+                        Err(e) => {
+                            errs.push(format!("{p}.ca_file"), format!("not a usable CA file: {e}"));
+                            return None;
+                        }
+                    }
+                }
+                if roots.is_empty() {
+                    errs.push(format!("{p}.ca_file"), "no certificate in the file");
+                    return None;
+                }
+            }
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        builder.with_root_certificates(roots)
+    };
+    let mut cfg = match &files.client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain: Result<Vec<CertificateDer<'static>>, _> =
+                CertificateDer::pem_slice_iter(cert).collect();
+            let key = PrivateKeyDer::from_pem_slice(key);
+            match (chain, key) {
+                (Ok(chain), Ok(key)) if !chain.is_empty() => {
+                    match builder.with_client_auth_cert(chain, key) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            errs.push(format!("{p}.client_cert"), format!("unusable: {e}"));
+                            return None;
+                        }
+                    }
+                }
+                _ => {
+                    errs.push(format!("{p}.client_cert"), "not a PEM certificate and key");
+                    return None;
+                }
+            }
+        }
+    };
+    cfg.alpn_protocols = vec![if h2 {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
+    }];
+    Some(Arc::new(cfg))
+}
+
+fn upstream(
+    name: &str,
+    u: &UpstreamSpec,
+    p: &str,
+    tls_files: Option<&TlsFiles>,
+    errs: &mut Errors,
+) -> Option<Upstream> {
     let before = errs.0.len();
+    let https: Vec<bool> = u
+        .endpoints
+        .iter()
+        .map(|e| e.url.as_str().starts_with("https://"))
+        .collect();
+    let tls_on = https.first().copied().unwrap_or(false);
+    if https.iter().any(|h| *h != tls_on) {
+        errs.push(
+            format!("{p}.endpoints"),
+            "mix of http:// and https:// endpoints; use one scheme per upstream",
+        );
+    }
+    let h2 = matches!(
+        u.protocol,
+        crate::config::spec::ProtocolSpec::H2c | crate::config::spec::ProtocolSpec::H2
+    );
+    match u.protocol {
+        crate::config::spec::ProtocolSpec::H2 if !tls_on => errs.push(
+            format!("{p}.protocol"),
+            "h2 is HTTP/2 over TLS: use https:// endpoints (or h2c for cleartext)",
+        ),
+        crate::config::spec::ProtocolSpec::H2c if tls_on => errs.push(
+            format!("{p}.protocol"),
+            "h2c is cleartext: use http:// endpoints (or h2 over TLS)",
+        ),
+        _ => {}
+    }
+    if u.tls.is_some() && !tls_on {
+        errs.push(format!("{p}.tls"), "tls settings need https:// endpoints");
+    }
+    let tls_config = if tls_on {
+        let spec = u
+            .tls
+            .clone()
+            .unwrap_or(crate::config::spec::UpstreamTlsSpec {
+                ca_file: None,
+                server_name: None,
+                client_cert: None,
+                insecure_skip_verify: false,
+            });
+        let empty = TlsFiles {
+            ca: None,
+            client: None,
+            hash: 0,
+        };
+        client_config(
+            &spec,
+            tls_files.unwrap_or(&empty),
+            h2,
+            name,
+            &format!("{p}.tls"),
+            errs,
+        )
+    } else {
+        None
+    };
+    let server_name = u
+        .tls
+        .as_ref()
+        .and_then(|t| t.server_name.as_ref())
+        .map(|n| n.as_str().to_owned());
     if !super::is_name(name) {
         errs.push(p, "upstream names use letters, digits, `-`, `_` and `.`");
     }
@@ -69,8 +311,9 @@ fn upstream(name: &str, u: &UpstreamSpec, p: &str, errs: &mut Errors) -> Option<
                 format!("must be from 1 to 1000, got {}", e.weight),
             );
         }
-        match parse_endpoint_url(e.url.as_str()) {
+        match parse_endpoint(e.url.as_str()) {
             Ok((host, port)) => {
+                let target_host = host.clone();
                 let target = Target {
                     host,
                     port,
@@ -79,12 +322,25 @@ fn upstream(name: &str, u: &UpstreamSpec, p: &str, errs: &mut Errors) -> Option<
                     idle_timeout: u.pool.idle_timeout.0,
                     max_response_header_bytes: MAX_UPSTREAM_RESPONSE_HEADER_BYTES,
                     connections: connections.clone(),
+                    tls: match (
+                        &tls_config,
+                        rustls_pki_types::ServerName::try_from(
+                            server_name.clone().unwrap_or_else(|| target_host.clone()),
+                        ),
+                    ) {
+                        (Some(cfg), Ok(n)) => Some((Arc::clone(cfg), n.to_owned())),
+                        (Some(_), Err(_)) => {
+                            errs.push(format!("{ep}.url"), "not a valid TLS server name");
+                            None
+                        }
+                        (None, _) => None,
+                    },
                 };
                 let params = EndpointParams {
                     upstream: name,
                     target,
                     weight: e.weight.max(1),
-                    h2: u.protocol == crate::config::spec::ProtocolSpec::H2c,
+                    h2,
                     breaker: breaker.clone(),
                     health_checked: u.health_check.is_some(),
                 };
@@ -247,13 +503,22 @@ fn parse_percent(text: &str) -> Result<f64, String> {
 
 /// `http://host[:port][/]` → (host, port).
 pub fn parse_endpoint_url(url: &str) -> Result<(String, u16), String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        if url.starts_with("https://") {
-            format!("`{url}`: https upstreams are not supported yet; use http://")
-        } else {
-            format!("`{url}` must start with http://")
-        }
-    })?;
+    if url.starts_with("https://") {
+        return Err(format!("`{url}` is https; see parse_endpoint"));
+    }
+    parse_endpoint(url)
+}
+
+/// `http://host[:port][/]` or `https://host[:port][/]` → (host, port).
+fn parse_endpoint(url: &str) -> Result<(String, u16), String> {
+    let (rest, default_port) = match url.strip_prefix("https://") {
+        Some(r) => (r, 443),
+        None => (
+            url.strip_prefix("http://")
+                .ok_or_else(|| format!("`{url}` must start with http:// or https://"))?,
+            80,
+        ),
+    };
     let authority = rest.strip_suffix('/').unwrap_or(rest);
     if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
         return Err(format!(
@@ -268,7 +533,7 @@ pub fn parse_endpoint_url(url: &str) -> Result<(String, u16), String> {
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned();
-    Ok((host, uri.port_u16().unwrap_or(80)))
+    Ok((host, uri.port_u16().unwrap_or(default_port)))
 }
 
 fn parse_hash_on(text: &str) -> Result<HashOn, String> {
