@@ -675,3 +675,54 @@ async fn upstream_mtls_presents_the_gateway_certificate() {
         "the upstream wants a client certificate"
     );
 }
+
+#[tokio::test]
+async fn replacing_a_certificate_in_its_own_directory_is_picked_up_by_the_watcher() {
+    let up = Upstream::start("app").await;
+    let ca = TestCa::new("first CA");
+    let config = config_path();
+    let certs = config.parent().unwrap().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let (c, k) = ca.leaf(&["a.test"], false);
+    std::fs::write(certs.join("a.pem"), c).unwrap();
+    std::fs::write(certs.join("a.key"), k).unwrap();
+    let yaml = format!(
+        "server:\n  listen: [\"127.0.0.1:0\"]\n  tls_listen: [\"127.0.0.1:0\"]\n  admin_listen: \"127.0.0.1:0\"\n  access_log: {{ enabled: false }}\n  tls:\n    certificates: [{{ cert: certs/a.pem, key: certs/a.key }}]\n{}",
+        proxy_all(&up.url())
+    );
+    std::fs::write(&config, yaml).unwrap();
+    let gw = tollgate::app::Gateway::start(
+        config,
+        tollgate::app::StartOptions {
+            watch_file: true,
+            sighup: false,
+        },
+    )
+    .await
+    .unwrap();
+    let addr = gw.tls_listen[0];
+    assert!(
+        handshake(addr, ca.client(&["http/1.1"]), "a.test")
+            .await
+            .is_ok()
+    );
+    // cert-manager style: write new files, rename into place.
+    let ca2 = TestCa::new("second CA");
+    let (c, k) = ca2.leaf(&["a.test"], false);
+    std::fs::write(certs.join("a.key.tmp"), k).unwrap();
+    std::fs::write(certs.join("a.pem.tmp"), c).unwrap();
+    std::fs::rename(certs.join("a.key.tmp"), certs.join("a.key")).unwrap();
+    std::fs::rename(certs.join("a.pem.tmp"), certs.join("a.pem")).unwrap();
+    let mut swapped = false;
+    for _ in 0..100 {
+        if handshake(addr, ca2.client(&["http/1.1"]), "a.test")
+            .await
+            .is_ok()
+        {
+            swapped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(swapped, "the new certificate is served without a restart");
+}
