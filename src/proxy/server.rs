@@ -187,7 +187,29 @@ pub async fn serve(
     limit: Arc<Semaphore>,
     inflight: Arc<AtomicUsize>,
     https_port: u16,
+    shutdown: watch::Receiver<bool>,
+) {
+    let rx = shutdown.clone();
+    accept_loop(listener, limit, shutdown, |stream, peer, permit| {
+        tokio::spawn(connection(
+            stream,
+            peer,
+            Arc::clone(&live),
+            permit,
+            (Arc::clone(&inflight), https_port),
+            rx.clone(),
+        ));
+    })
+    .await;
+}
+
+/// Accepts connections under the connection limit until `shutdown` turns
+/// true, handing each to `spawn`.
+async fn accept_loop(
+    listener: TcpListener,
+    limit: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
+    spawn: impl Fn(TcpStream, SocketAddr, OwnedSemaphorePermit),
 ) {
     loop {
         let permit = tokio::select! {
@@ -206,14 +228,7 @@ pub async fn serve(
             },
             _ = shutdown.changed() => return,
         };
-        tokio::spawn(connection(
-            stream,
-            peer,
-            Arc::clone(&live),
-            permit,
-            (Arc::clone(&inflight), https_port),
-            shutdown.clone(),
-        ));
+        spawn(stream, peer, permit);
     }
 }
 
@@ -327,33 +342,20 @@ pub async fn serve_tls(
     live: SharedSnapshot,
     limit: Arc<Semaphore>,
     inflight: Arc<AtomicUsize>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    loop {
-        let permit = tokio::select! {
-            p = Arc::clone(&limit).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = shutdown.changed() => return,
-        };
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
+    let rx = shutdown.clone();
+    accept_loop(listener, limit, shutdown, |stream, peer, permit| {
         tokio::spawn(tls_connection(
             stream,
             peer,
             Arc::clone(&live),
             permit,
             Arc::clone(&inflight),
-            shutdown.clone(),
+            rx.clone(),
         ));
-    }
+    })
+    .await;
 }
 
 async fn tls_connection(

@@ -624,40 +624,33 @@ impl Upstream {
                         }
                     }
                 }
-                pool::Conn::Tls1(mut tx) => {
-                    match tokio::time::timeout_at(deadline, tx.try_send_request(req)).await {
+                // hyper's client: h2 (shared connection) or HTTP/1.1 over TLS.
+                via @ (pool::Conn::Tls1(_) | pool::Conn::H2(_)) => {
+                    let (sent, back_to_pool) = match via {
+                        pool::Conn::Tls1(mut tx) => {
+                            let r =
+                                tokio::time::timeout_at(deadline, tx.try_send_request(req)).await;
+                            (r, Some(tx))
+                        }
+                        pool::Conn::H2(mut tx) => (
+                            tokio::time::timeout_at(deadline, tx.try_send_request(req)).await,
+                            None,
+                        ),
+                        pool::Conn::Http1(_) => continue,
+                    };
+                    match sent {
                         Err(_) => {
                             slot.done(Some(Failure::Timeout));
                             return Err(timed_out());
                         }
                         Ok(Ok(resp)) => {
-                            // Handed out again once this response has been read.
-                            ep.pool.release_tls1(tx);
+                            // An HTTP/1.1 sender is handed out again once
+                            // this response has been read.
+                            if let Some(tx) = back_to_pool {
+                                ep.pool.release_tls1(tx);
+                            }
                             resp.map(UpstreamBody::H2)
                         }
-                        Ok(Err(mut e)) => match e.take_message() {
-                            Some(back) if pooled => {
-                                req = back;
-                                continue;
-                            }
-                            _ => {
-                                let e = SendFailure::from(e.into_error());
-                                slot.done(e.body_error().is_none().then_some(Failure::Reset));
-                                return Err(UpstreamError::Send {
-                                    endpoint: ep.id.clone(),
-                                    source: e,
-                                });
-                            }
-                        },
-                    }
-                }
-                pool::Conn::H2(mut tx) => {
-                    match tokio::time::timeout_at(deadline, tx.try_send_request(req)).await {
-                        Err(_) => {
-                            slot.done(Some(Failure::Timeout));
-                            return Err(timed_out());
-                        }
-                        Ok(Ok(resp)) => resp.map(UpstreamBody::H2),
                         Ok(Err(mut e)) => match e.take_message() {
                             Some(back) if pooled => {
                                 req = back;

@@ -50,15 +50,6 @@ fn one_provider(up: &str, name: &str, provider: &str) -> String {
     )
 }
 
-/// Starts the gateway on a config file already written (no file watch).
-async fn start_file(path: std::path::PathBuf) -> tollgate::app::Gateway {
-    let opts = tollgate::app::StartOptions {
-        watch_file: false,
-        sighup: false,
-    };
-    tollgate::app::Gateway::start(path, opts).await.unwrap()
-}
-
 fn remote(jwks_url: &str) -> String {
     format!("      jwks_uri: \"{jwks_url}\"\n      jwks_min_refresh_interval: 30s\n")
 }
@@ -496,7 +487,7 @@ routes:
         up.url()
     ));
     std::fs::write(&config, yaml).unwrap();
-    let gw = start_file(config.clone()).await;
+    let gw = start_path(config.clone(), false).await;
     let c = client();
     let plain = json!({"sub": "s", "exp": now() + 600});
     for (path, key) in [("/ec", &ec), ("/ed", &ed), ("/hs", &hs)] {
@@ -632,7 +623,7 @@ routes:
     let dir = path.parent().unwrap().to_owned();
     std::fs::write(dir.join("keys.json"), jwks(&[&a]).to_string()).unwrap();
     std::fs::write(&path, with_server(&config(""))).unwrap();
-    let gw = start_file(path.clone()).await;
+    let gw = start_path(path.clone(), false).await;
     let c = client();
     let url = |p: &str| format!("http://{}{p}", gw.listen[0]);
     let claims = json!({"sub": "s", "exp": now() + 600});
@@ -712,7 +703,7 @@ routes:
         url = server.https_url()
     );
     std::fs::write(&path, with_server(&yaml)).unwrap();
-    let gw = start_file(path).await;
+    let gw = start_path(path, false).await;
     let c = client();
     let t = key.sign(&json!({"sub": "s", "exp": now() + 600}));
     let url = |p: &str| format!("http://{}{p}", gw.listen[0]);

@@ -51,15 +51,7 @@ fn yaml(up: &str, tls_extra: &str) -> String {
 
 async fn start(site: &Site, yaml: &str) -> tollgate::app::Gateway {
     std::fs::write(&site.config, yaml).unwrap();
-    tollgate::app::Gateway::start(
-        site.config.clone(),
-        tollgate::app::StartOptions {
-            watch_file: false,
-            sighup: false,
-        },
-    )
-    .await
-    .unwrap()
+    start_path(site.config.clone(), false).await
 }
 
 type Tls = tokio_rustls::client::TlsStream<TcpStream>;
@@ -570,15 +562,7 @@ async fn https_upstreams_are_verified_pooled_and_speak_h2_by_alpn() {
         with_server(&https_config(&dir, addr, ok_tls, "http1")),
     )
     .unwrap();
-    let gw = tollgate::app::Gateway::start(
-        path.clone(),
-        tollgate::app::StartOptions {
-            watch_file: false,
-            sighup: false,
-        },
-    )
-    .await
-    .unwrap();
+    let gw = start_path(path.clone(), false).await;
     let c = client();
     let url = format!("http://{}/x", gw.listen[0]);
     for _ in 0..5 {
@@ -650,15 +634,7 @@ async fn upstream_mtls_presents_the_gateway_certificate() {
         with_server(&https_config(&dir, addr, with_cert, "http1")),
     )
     .unwrap();
-    let gw = tollgate::app::Gateway::start(
-        path.clone(),
-        tollgate::app::StartOptions {
-            watch_file: false,
-            sighup: false,
-        },
-    )
-    .await
-    .unwrap();
+    let gw = start_path(path.clone(), false).await;
     let c = client();
     let url = format!("http://{}/x", gw.listen[0]);
     assert_eq!(get(&c, &url).await.status, 200);
@@ -691,15 +667,7 @@ async fn replacing_a_certificate_in_its_own_directory_is_picked_up_by_the_watche
         proxy_all(&up.url())
     );
     std::fs::write(&config, yaml).unwrap();
-    let gw = tollgate::app::Gateway::start(
-        config,
-        tollgate::app::StartOptions {
-            watch_file: true,
-            sighup: false,
-        },
-    )
-    .await
-    .unwrap();
+    let gw = start_path(config, true).await;
     let addr = gw.tls_listen[0];
     assert!(
         handshake(addr, ca.client(&["http/1.1"]), "a.test")

@@ -661,3 +661,12 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// Starts the gateway on a config file already written.
+pub async fn start_path(path: PathBuf, watch_file: bool) -> tollgate::app::Gateway {
+    let opts = StartOptions {
+        watch_file,
+        sighup: false,
+    };
+    Gateway::start(path, opts).await.unwrap()
+}
