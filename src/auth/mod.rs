@@ -481,6 +481,44 @@ impl ConnMemo {
     }
 }
 
+/// Removes every header and cookie a token may come from
+/// (`forward_token: false`): `Authorization`, `header:` sources, and the
+/// `cookie:` sources' cookies (other cookies are kept).
+fn strip_token_headers(sources: &[Source], headers: &mut HeaderMap) {
+    headers.remove(AUTHORIZATION);
+    let mut cookies = Vec::new();
+    for s in sources {
+        match s {
+            Source::Header(name) => {
+                headers.remove(name);
+            }
+            Source::Cookie(name) => cookies.push(name.as_str()),
+            Source::Query(_) => {}
+        }
+    }
+    if cookies.is_empty() || !headers.contains_key(http::header::COOKIE) {
+        return;
+    }
+    let kept: Vec<String> = headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|kv| {
+            let name = kv.split_once('=').map_or(*kv, |(k, _)| k);
+            !kv.is_empty() && !cookies.contains(&name)
+        })
+        .map(str::to_owned)
+        .collect();
+    headers.remove(http::header::COOKIE);
+    if !kept.is_empty()
+        && let Ok(v) = HeaderValue::try_from(kept.join("; "))
+    {
+        headers.insert(http::header::COOKIE, v);
+    }
+}
+
 /// A route's `auth`: the provider, whether a token is optional, and the
 /// claim values it requires.
 pub struct RouteAuth {
@@ -590,9 +628,19 @@ impl RouteAuth {
             }
         }
         if !p.forward_token {
-            headers.remove(AUTHORIZATION);
+            strip_token_headers(&p.sources, headers);
         }
         Ok(identity)
+    }
+
+    /// Query parameters that carry tokens and must not go upstream
+    /// (`forward_token: false` with `query:` sources).
+    pub fn query_to_strip(&self) -> impl Iterator<Item = &str> {
+        let p = &self.provider;
+        p.sources.iter().filter_map(move |s| match s {
+            Source::Query(name) if !p.forward_token => Some(name.as_str()),
+            _ => None,
+        })
     }
 
     fn authorized(&self, id: &Identity) -> bool {

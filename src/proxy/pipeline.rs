@@ -231,6 +231,7 @@ async fn run(
             .check(req.headers_mut(), uri.query(), &ctx.auth_memo)
             .await
             .map_err(ProxyError::Auth)?;
+        strip_query_tokens(&mut req, policy);
     }
 
     // 4. limits keyed on the identity
@@ -265,6 +266,42 @@ async fn run(
 
     // 6–7. select and forward
     forward(req, ctx, route, upstream, host, normalized).await
+}
+
+/// Removes query parameters that carried a token (`forward_token: false`).
+fn strip_query_tokens(req: &mut Request<Incoming>, policy: &crate::auth::RouteAuth) {
+    let mut names = policy.query_to_strip().peekable();
+    if names.peek().is_none() {
+        return;
+    }
+    let names: Vec<&str> = names.collect();
+    let Some(query) = req.uri().query() else {
+        return;
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|kv| {
+            let k = kv.split_once('=').map_or(*kv, |(k, _)| k);
+            !names
+                .iter()
+                .any(|n| crate::routing::matchers::decode(k) == *n)
+        })
+        .collect();
+    if kept.len() == query.split('&').count() {
+        return;
+    }
+    let pq = if kept.is_empty() {
+        req.uri().path().to_owned()
+    } else {
+        format!("{}?{}", req.uri().path(), kept.join("&"))
+    };
+    let mut parts = req.uri().clone().into_parts();
+    if let Ok(pq) = PathAndQuery::try_from(pq) {
+        parts.path_and_query = Some(pq);
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
 }
 
 /// 308 to the same URL over https (`redirect_http`).

@@ -789,3 +789,34 @@ async fn custom_header_source_and_forward_token_false() {
     .await;
     assert_eq!(g.status, 401, "two different tokens");
 }
+
+#[tokio::test]
+async fn forward_token_false_strips_the_token_from_every_source() {
+    let up = Upstream::start("app").await;
+    let secret = "strip-token-test-secret-of-32-bytes!!";
+    let key = SigningKey::hmac(secret);
+    let yaml = one_provider(
+        &up.url(),
+        "p",
+        &format!(
+            "{{ algorithms: [HS256], secret: \"{secret}\", token_from: [\"header:authorization\", \"cookie:access_token\", \"query:access_token\"], forward_token: false }}"
+        ),
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let c = client();
+    let t = key.sign(&json!({"sub": "s", "exp": now() + 60}));
+    let g = get_with(
+        &c,
+        &gw.url(&format!("/x?a=1&access_token={t}&b=2")),
+        &[
+            ("authorization", &bearer(&t)),
+            ("cookie", &format!("x=1; access_token={t}; y=2")),
+        ],
+    )
+    .await;
+    assert_eq!(g.status, 200, "{}", g.text());
+    let seen = up.last();
+    assert_eq!(seen.uri, "/x?a=1&b=2");
+    assert_eq!(seen.headers["cookie"], "x=1; y=2");
+    assert!(seen.headers.get("authorization").is_none());
+}
