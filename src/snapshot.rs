@@ -44,6 +44,8 @@ pub struct Snapshot {
     pub redis: Option<Arc<crate::ratelimit::global::Redis>>,
     /// TLS for `tls_listen` (certificates by SNI).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The response cache's store.
+    pub cache: Option<Arc<crate::cache::store::Store>>,
     /// Request-path settings from `server`.
     pub settings: Settings,
     /// Metric handles for requests that matched no route (route label "").
@@ -198,6 +200,8 @@ pub struct Route {
     pub retry: Option<crate::upstream::retry::Policy>,
     /// Rate-limit policies.
     pub limits: Option<crate::ratelimit::RouteLimits>,
+    /// Response cache.
+    pub cache: Option<crate::cache::store::RouteCache>,
     /// Metric handles.
     pub metrics: RouteMetrics,
 }

@@ -1,7 +1,14 @@
-//! The response cache (issue 6, not built yet). What exists today is the
-//! RFC 9111 policy, as pure functions with unit tests: `Cache-Control`
-//! parsing, whether a response may be stored by a shared cache and for how
-//! long, and what a request asks of the cache. Nothing in the request path
-//! uses it yet, and no config key turns a cache on.
+//! The response cache (pipeline stages 5 and 8): a shared in-memory store
+//! (moka, weighed by bytes) that routes opt into with `cache:`. GET and
+//! HEAD are served from fresh entries (HEAD from a stored GET) with `Age`
+//! and `Cache-Status`; cacheable responses are stored as they stream
+//! through, within `max_object_size`. The storage rules are RFC 9111's for
+//! a shared cache, in `policy`.
+//!
+//! Not built yet: request coalescing, stale-while-revalidate and
+//! stale-if-error, revalidation with validators, `Vary` variants
+//! (responses with `Vary` are not stored; nor are `no-cache` responses,
+//! which would need revalidation), and the purge API.
 
 pub mod policy;
+pub mod store;

@@ -34,6 +34,43 @@ pub struct Spec {
     /// Redis for `scope: global` rate limits.
     #[serde(default)]
     pub redis: Option<RedisSpec>,
+    /// The response cache (routes opt in with `cache`).
+    #[serde(default)]
+    pub cache: Option<CacheSpec>,
+}
+
+/// `cache:`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSpec {
+    /// Total weight of stored bodies and headers. Default `256MiB`.
+    pub max_size: ByteSize,
+    /// Larger responses stream through uncached. Default `1MiB`.
+    pub max_object_size: ByteSize,
+}
+
+impl Default for CacheSpec {
+    fn default() -> Self {
+        Self {
+            max_size: ByteSize(256 << 20),
+            max_object_size: ByteSize(1 << 20),
+        }
+    }
+}
+
+/// `routes[i].cache`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteCacheSpec {
+    /// Freshness when the upstream gives none (200, 203, 204, 300, 301, 308 only).
+    #[serde(default)]
+    pub default_ttl: Option<DurationSpec>,
+    /// Extra key parts beyond host, path and query: `tenant`, `header:NAME`, `cookie:NAME`, `claim:NAME`.
+    #[serde(default)]
+    pub key: Vec<String>,
+    /// Cache responses to requests with `Authorization`; needs `tenant` or a claim in `key`.
+    #[serde(default)]
+    pub cache_authorized: bool,
 }
 
 /// `redis:`.
@@ -769,6 +806,9 @@ pub struct RouteSpec {
     /// Rate-limit policies (names from `rate_limits`); every one must allow.
     #[serde(default)]
     pub rate_limit: Vec<String>,
+    /// Serve GET/HEAD from the response cache (needs the top-level `cache:`).
+    #[serde(default)]
+    pub cache: Option<RouteCacheSpec>,
 }
 
 /// `routes[i].retry`.

@@ -79,6 +79,10 @@ pub struct Metrics {
     pub tls_certificate_expiry: IntGaugeVec,
     /// `tollgate_downstream_requests_total{protocol}`.
     pub downstream_requests: IntCounterVec,
+    /// `tollgate_cache_requests_total{route,result}`.
+    pub cache_requests: IntCounterVec,
+    /// `tollgate_cache_stores_total`.
+    pub cache_stores: IntCounter,
 }
 
 /// Latency buckets in seconds, 0.5 ms to 30 s.
@@ -282,6 +286,15 @@ impl Metrics {
                 "tollgate_tls_certificate_expiry_timestamp_seconds",
                 "Unix time each loaded certificate expires (alert before it does).",
                 &["name"],
+            ),
+            cache_requests: counter(
+                "tollgate_cache_requests_total",
+                "Requests on cached routes by result (hit, miss, bypass).",
+                &["route", "result"],
+            ),
+            cache_stores: plain_counter(
+                "tollgate_cache_stores_total",
+                "Responses stored in the response cache.",
             ),
             downstream_requests: counter(
                 "tollgate_downstream_requests_total",

@@ -24,6 +24,16 @@ pub struct ResponseBody {
     bytes: u64,
     finish: Option<Box<Finish>>,
     _inflight: Option<InflightGuard>,
+    tee: Option<Tee>,
+}
+
+/// A copy of the body kept for the cache; handed to `sink` when the body
+/// ends complete within `max` bytes, dropped otherwise.
+struct Tee {
+    chunks: Vec<Bytes>,
+    size: usize,
+    max: usize,
+    sink: Box<dyn FnOnce(Bytes) + Send>,
 }
 
 impl ResponseBody {
@@ -34,6 +44,7 @@ impl ResponseBody {
             bytes: 0,
             finish: None,
             _inflight: None,
+            tee: None,
         }
     }
 
@@ -44,13 +55,38 @@ impl ResponseBody {
             bytes: 0,
             finish: None,
             _inflight: inflight,
+            tee: None,
         }
+    }
+
+    /// Copies the body (up to `max` bytes) and hands it to `sink` once it
+    /// has ended complete.
+    pub fn tee(mut self, max: usize, sink: Box<dyn FnOnce(Bytes) + Send>) -> Self {
+        self.tee = Some(Tee {
+            chunks: Vec::new(),
+            size: 0,
+            max,
+            sink,
+        });
+        self
     }
 
     /// Attaches the finish stage.
     pub fn with_finish(mut self, f: Box<Finish>) -> Self {
         self.finish = Some(f);
         self
+    }
+
+    /// Hands the complete copy to the cache.
+    fn store_copy(&mut self) {
+        if let Some(t) = self.tee.take() {
+            let body = if t.chunks.len() == 1 {
+                t.chunks.into_iter().next().unwrap_or_default()
+            } else {
+                t.chunks.concat().into()
+            };
+            (t.sink)(body);
+        }
     }
 
     fn done(&mut self, end: End) {
@@ -67,6 +103,9 @@ impl Drop for ResponseBody {
             Kind::Full(rest) => rest.is_none(),
             Kind::Upstream(b) => b.is_end_stream(),
         };
+        if complete {
+            self.store_copy();
+        }
         self.done(if complete {
             End::Complete
         } else {
@@ -92,9 +131,27 @@ impl Body for ResponseBody {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
                     this.bytes += d.len() as u64;
+                    if let Some(t) = &mut this.tee {
+                        if t.size + d.len() > t.max {
+                            this.tee = None;
+                        } else {
+                            t.size += d.len();
+                            t.chunks.push(d.clone());
+                        }
+                    }
+                    // hyper stops polling a body that says it has ended.
+                    if this.is_end_stream() {
+                        this.store_copy();
+                    }
+                } else {
+                    // Trailers are not stored: neither is the response.
+                    this.tee = None;
                 }
             }
-            Poll::Ready(None) => this.done(End::Complete),
+            Poll::Ready(None) => {
+                this.store_copy();
+                this.done(End::Complete);
+            }
             Poll::Ready(Some(Err(_))) => this.done(End::UpstreamFailed),
             Poll::Pending => {}
         }

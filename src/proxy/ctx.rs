@@ -64,6 +64,9 @@ pub struct RequestCtx {
     pub client_subject: Option<HeaderValue>,
     /// The port TLS is served on (for `redirect_http`).
     pub https_port: u16,
+    /// A cache miss to store: the key, and the request headers the storage
+    /// rules read (Authorization, Cookie, Cache-Control).
+    pub cache_plan: Option<(String, http::HeaderMap)>,
     /// The rate-limit verdict the response's RateLimit headers describe.
     pub rate_limit: Option<(Arc<crate::ratelimit::Policy>, crate::ratelimit::Verdict)>,
 }

@@ -54,6 +54,8 @@ pub enum ProxyError {
     /// A rate-limit policy refused the request; retry after this many
     /// seconds.
     RateLimited(u64),
+    /// `Cache-Control: only-if-cached` and nothing fresh is stored.
+    NotCached,
     /// A global rate limit could not be checked (Redis down) and
     /// `on_error: deny`.
     RateLimitUnavailable,
@@ -126,6 +128,7 @@ impl ProxyError {
                 (S::FORBIDDEN, "insufficient_scope", Party::Downstream, false)
             }
             E::Overloaded(_) => (S::SERVICE_UNAVAILABLE, "overloaded", Party::Gateway, false),
+            E::NotCached => (S::GATEWAY_TIMEOUT, "not_cached", Party::Downstream, false),
             E::RateLimitUnavailable => (
                 S::SERVICE_UNAVAILABLE,
                 "rate_limit_unavailable",
@@ -165,6 +168,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => "the upstream did not respond in time".to_owned(),
             ProxyError::Auth(f) => auth_message(*f).to_owned(),
             ProxyError::RateLimited(_) => "too many requests; slow down".to_owned(),
+            ProxyError::NotCached => "only-if-cached: no fresh stored response".to_owned(),
             ProxyError::RateLimitUnavailable => {
                 "the shared rate limit cannot be checked right now".to_owned()
             }
@@ -323,6 +327,7 @@ mod tests {
             (ProxyError::UpstreamTimeout, 504, "upstream_timeout"),
             (ProxyError::Overloaded("global"), 503, "overloaded"),
             (ProxyError::RateLimited(1), 429, "rate_limited"),
+            (ProxyError::NotCached, 504, "not_cached"),
             (
                 ProxyError::RateLimitUnavailable,
                 503,

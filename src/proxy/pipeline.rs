@@ -154,6 +154,7 @@ fn context(req: &Request<Incoming>, conn: ConnInfo, snapshot: Arc<Snapshot>) -> 
         client_subject: conn.client_subject,
         https_port: conn.https_port,
         rate_limit: None,
+        cache_plan: None,
         trace: TraceContext::from_headers(h),
         start: Instant::now(),
         method: req.method().clone(),
@@ -265,8 +266,77 @@ async fn run(
     };
 
     // 6–7. select and forward
+    // 5. cache lookup
+    if let Some(rc) = &route.cache {
+        let path = normalized.as_deref().unwrap_or(req.uri().path());
+        let pq = match req.uri().query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_owned(),
+        };
+        if let Some(hit) = cache_lookup(rc, &req, ctx, &route_host, &pq)? {
+            return Ok(hit);
+        }
+    }
     forward(req, ctx, route, upstream, host, normalized).await
 }
+
+/// A fresh stored response for the request, or `None` (a miss, which
+/// plans storing for a GET). `only-if-cached` misses get 504.
+fn cache_lookup(
+    rc: &crate::cache::store::RouteCache,
+    req: &Request<Incoming>,
+    ctx: &mut RequestCtx,
+    host: &str,
+    pq: &str,
+) -> Result<Option<Response<ResponseBody>>, ProxyError> {
+    use crate::cache::policy::{Lookup, lookup};
+    let [hit, miss, bypass] = &rc.counters;
+    let wish = lookup(req.method(), req.headers());
+    if wish == Lookup::Bypass {
+        bypass.inc();
+        return Ok(None);
+    }
+    let key = rc.key(host, pq, req.headers(), ctx.identity.as_deref());
+    if wish != Lookup::Revalidate
+        && let Some(e) = rc.store.get(&key)
+    {
+        hit.inc();
+        let body = if req.method() == Method::HEAD {
+            Bytes::new()
+        } else {
+            e.body.clone()
+        };
+        let mut r = Response::new(ResponseBody::full(body));
+        *r.status_mut() = e.status;
+        *r.headers_mut() = e.headers.clone();
+        r.headers_mut()
+            .insert(http::header::AGE, HeaderValue::from(e.age()));
+        r.headers_mut()
+            .insert(&CACHE_STATUS, HeaderValue::from_static("tollgate; hit"));
+        return Ok(Some(r));
+    }
+    miss.inc();
+    if wish == Lookup::OnlyIfCached {
+        return Err(ProxyError::NotCached);
+    }
+    if req.method() == Method::GET {
+        let mut facts = HeaderMap::new();
+        for name in [
+            http::header::AUTHORIZATION,
+            http::header::COOKIE,
+            http::header::CACHE_CONTROL,
+        ] {
+            for v in req.headers().get_all(&name) {
+                facts.append(name.clone(), v.clone());
+            }
+        }
+        ctx.cache_plan = Some((key, facts));
+    }
+    Ok(None)
+}
+
+/// `Cache-Status` (RFC 9211).
+static CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
 
 /// Removes query parameters that carried a token (`forward_token: false`).
 fn strip_query_tokens(req: &mut Request<Incoming>, policy: &crate::auth::RouteAuth) {
@@ -600,11 +670,67 @@ async fn forward(
         return Ok(r);
     }
     headers::remove_hop_by_hop(resp.headers_mut());
-    let (parts, body) = resp.into_parts();
-    Ok(Response::from_parts(
-        parts,
-        ResponseBody::upstream(body, Some(guard)),
-    ))
+    let (mut parts, body) = resp.into_parts();
+    let mut body = ResponseBody::upstream(body, Some(guard));
+    // 8. store: a cacheable response is copied as it streams through.
+    if let (Some((key, facts)), Some(rc)) = (ctx.cache_plan.take(), &route.cache) {
+        let decision = crate::cache::policy::storable(
+            &Method::GET,
+            &facts,
+            parts.status,
+            &parts.headers,
+            &rc.allow,
+        );
+        let length = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let stored = match decision {
+            crate::cache::policy::Storable::Yes { ttl, .. }
+                if !ttl.is_zero()
+                    && !parts.headers.contains_key(http::header::VARY)
+                    && length.is_none_or(|n| n <= rc.store.max_object) =>
+            {
+                let store = Arc::clone(&rc.store);
+                let (status, headers) = (parts.status, parts.headers.clone());
+                let initial_age = parts
+                    .headers
+                    .get(http::header::AGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map_or(std::time::Duration::ZERO, std::time::Duration::from_secs);
+                body = body.tee(
+                    rc.store.max_object,
+                    Box::new(move |bytes| {
+                        metrics().cache_stores.inc();
+                        store.put(
+                            key,
+                            crate::cache::store::Entry {
+                                status,
+                                headers,
+                                body: bytes,
+                                stored: std::time::Instant::now(),
+                                initial_age,
+                                ttl,
+                            },
+                        );
+                    }),
+                );
+                true
+            }
+            _ => false,
+        };
+        parts.headers.insert(
+            &CACHE_STATUS,
+            HeaderValue::from_static(if stored {
+                "tollgate; fwd=miss; stored"
+            } else {
+                "tollgate; fwd=miss"
+            }),
+        );
+    }
+    Ok(Response::from_parts(parts, body))
 }
 
 fn keep_only_upgrade_hop_headers(h: &mut HeaderMap) {

@@ -10,6 +10,7 @@
 
 mod auth;
 mod binary;
+mod cache;
 mod cli;
 mod errors;
 mod grpc;

@@ -76,6 +76,7 @@ pub fn compile(
         ..settings
     };
     let redis = ratelimit::redis(&spec, previous, &mut errs);
+    let cache_store = cache_store(&spec, previous, &mut errs);
     let rate_limits = ratelimit::policies(&spec, previous, redis.as_ref(), &mut errs);
     let version = if files_hash == 0 {
         version
@@ -140,9 +141,19 @@ pub fn compile(
             &spec,
             &mut errs,
         );
+        let cache = r.cache.as_ref().and_then(|c| {
+            route_cache(
+                &r.name,
+                c,
+                &format!("{p}.cache"),
+                cache_store.as_ref(),
+                &mut errs,
+            )
+        });
         if let Some(mut route) = route(r, &p, &upstreams, &mut errs) {
             route.auth = auth;
             route.limits = limits;
+            route.cache = cache;
             routes.push(route);
         }
     }
@@ -158,10 +169,85 @@ pub fn compile(
         rate_limits,
         redis,
         tls,
+        cache: cache_store,
         settings,
         unrouted_metrics: RouteMetrics::new(""),
         spec,
     })
+}
+
+/// `cache:`, carried over (with its entries) while unchanged.
+fn cache_store(
+    spec: &Spec,
+    previous: Option<&Snapshot>,
+    errs: &mut Errors,
+) -> Option<std::sync::Arc<crate::cache::store::Store>> {
+    let c = spec.cache.as_ref()?;
+    if c.max_object_size.0 == 0 || c.max_object_size.0 > c.max_size.0 {
+        errs.push(
+            "cache.max_object_size",
+            "must be more than 0 and at most max_size",
+        );
+        return None;
+    }
+    let settings = (c.max_size.0, c.max_object_size.0);
+    if let Some(prev) = previous.and_then(|s| s.cache.as_ref())
+        && prev.settings == settings
+    {
+        return Some(std::sync::Arc::clone(prev));
+    }
+    Some(std::sync::Arc::new(crate::cache::store::Store::new(
+        c.max_size.0,
+        c.max_object_size.0,
+    )))
+}
+
+/// A route's `cache`.
+fn route_cache(
+    route: &str,
+    c: &crate::config::spec::RouteCacheSpec,
+    p: &str,
+    store: Option<&std::sync::Arc<crate::cache::store::Store>>,
+    errs: &mut Errors,
+) -> Option<crate::cache::store::RouteCache> {
+    use crate::cache::store::{KeyPart, RouteCache};
+    let Some(store) = store else {
+        errs.push(p, "a route cache needs the top-level `cache:` section");
+        return None;
+    };
+    let mut key = Vec::new();
+    for (i, k) in c.key.iter().enumerate() {
+        match KeyPart::parse(k) {
+            Ok(part) => key.push(part),
+            Err(m) => errs.push(format!("{p}.key[{i}]"), m),
+        }
+    }
+    let per_tenant = key
+        .iter()
+        .any(|k| matches!(k, KeyPart::Tenant | KeyPart::Claim(_)));
+    if c.cache_authorized && !per_tenant {
+        errs.push(
+            format!("{p}.cache_authorized"),
+            "needs tenant or a claim in key, so one user's response is never served to another",
+        );
+    }
+    let allow = crate::cache::policy::Allowances {
+        default_ttl: c.default_ttl.map(|d| d.0),
+        authorized_per_tenant: c.cache_authorized && per_tenant,
+        key_cookies: key
+            .iter()
+            .filter_map(|k| match k {
+                KeyPart::Cookie(n) => Some(n.clone()),
+                _ => None,
+            })
+            .collect(),
+    };
+    Some(RouteCache::new(
+        route,
+        std::sync::Arc::clone(store),
+        key,
+        allow,
+    ))
 }
 
 fn settings(spec: &Spec, errs: &mut Errors) -> Settings {

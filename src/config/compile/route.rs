@@ -321,6 +321,7 @@ pub(super) fn route(
         response_headers,
         auth: None,
         limits: None,
+        cache: None,
         retry,
     })
 }

@@ -1,0 +1,195 @@
+//! The in-memory response store (moka, weighed by bytes) and a route's
+//! cache settings: how the key is built and what the route allows.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, StatusCode};
+use prometheus::IntCounter;
+
+use super::policy::Allowances;
+use crate::auth::{Identity, claim_at};
+use crate::observability::metrics::metrics;
+
+/// One stored response.
+#[derive(Debug)]
+pub struct Entry {
+    /// Status.
+    pub status: StatusCode,
+    /// End-to-end headers as received.
+    pub headers: HeaderMap,
+    /// The whole body.
+    pub body: Bytes,
+    /// When it was stored.
+    pub stored: Instant,
+    /// Age it already had (upstream `Age`).
+    pub initial_age: Duration,
+    /// Freshness left when stored.
+    pub ttl: Duration,
+}
+
+impl Entry {
+    /// The `Age` to send now, in seconds.
+    pub fn age(&self) -> u64 {
+        (self.initial_age + self.stored.elapsed()).as_secs()
+    }
+
+    /// True while fresh.
+    pub fn fresh(&self) -> bool {
+        self.stored.elapsed() < self.ttl
+    }
+}
+
+struct UntilStale;
+
+impl moka::Expiry<String, Arc<Entry>> for UntilStale {
+    fn expire_after_create(&self, _: &String, e: &Arc<Entry>, _: Instant) -> Option<Duration> {
+        Some(e.ttl)
+    }
+}
+
+/// The store shared by every cached route.
+pub struct Store {
+    cache: moka::sync::Cache<String, Arc<Entry>>,
+    /// Larger responses are not stored.
+    pub max_object: usize,
+    /// The settings it was built from (compared on reload).
+    pub settings: (u64, u64),
+}
+
+impl Store {
+    /// A store of at most `max_size` bytes.
+    pub fn new(max_size: u64, max_object: u64) -> Self {
+        Self {
+            cache: moka::sync::Cache::builder()
+                .max_capacity(max_size)
+                .weigher(|k: &String, e: &Arc<Entry>| {
+                    let headers: usize = e
+                        .headers
+                        .iter()
+                        .map(|(n, v)| n.as_str().len() + v.len() + 32)
+                        .sum();
+                    u32::try_from(k.len() + headers + e.body.len() + 128).unwrap_or(u32::MAX)
+                })
+                .expire_after(UntilStale)
+                .build(),
+            max_object: usize::try_from(max_object).unwrap_or(usize::MAX),
+            settings: (max_size, max_object),
+        }
+    }
+
+    /// A fresh entry for `key`.
+    pub fn get(&self, key: &str) -> Option<Arc<Entry>> {
+        self.cache.get(key).filter(|e| e.fresh())
+    }
+
+    /// Stores an entry.
+    pub fn put(&self, key: String, entry: Entry) {
+        self.cache.insert(key, Arc::new(entry));
+    }
+}
+
+/// One extra key part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyPart {
+    /// The verified token's tenant.
+    Tenant,
+    /// A request header's value.
+    Header(HeaderName),
+    /// A cookie's value.
+    Cookie(String),
+    /// A claim of the verified token.
+    Claim(Vec<String>),
+}
+
+impl KeyPart {
+    /// Parses `tenant`, `header:NAME`, `cookie:NAME` or `claim:NAME`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text.split_once(':') {
+            None if text == "tenant" => Ok(KeyPart::Tenant),
+            Some(("header", n)) => HeaderName::try_from(n.trim())
+                .map(KeyPart::Header)
+                .map_err(|_| format!("`{n}` is not a header name")),
+            Some(("cookie", n)) if !n.trim().is_empty() => Ok(KeyPart::Cookie(n.trim().to_owned())),
+            Some(("claim", p)) if p.split('.').all(|s| !s.is_empty()) => {
+                Ok(KeyPart::Claim(p.split('.').map(str::to_owned).collect()))
+            }
+            _ => Err(format!(
+                "`{text}`: use tenant, header:NAME, cookie:NAME or claim:NAME"
+            )),
+        }
+    }
+}
+
+/// A route's cache.
+pub struct RouteCache {
+    /// The shared store.
+    pub store: Arc<Store>,
+    /// Extra key parts.
+    pub key: Vec<KeyPart>,
+    /// What the route allows beyond the defaults.
+    pub allow: Allowances,
+    /// hit, miss, bypass counters.
+    pub counters: [IntCounter; 3],
+}
+
+impl RouteCache {
+    /// The cache of route `route`.
+    pub fn new(route: &str, store: Arc<Store>, key: Vec<KeyPart>, allow: Allowances) -> Self {
+        let f = &metrics().cache_requests;
+        Self {
+            store,
+            key,
+            allow,
+            counters: ["hit", "miss", "bypass"].map(|r| f.with_label_values(&[route, r])),
+        }
+    }
+
+    /// The key: host, path and query, then the extra parts (absent parts
+    /// count as empty, so requests without them share one variant).
+    pub fn key(
+        &self,
+        host: &str,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        id: Option<&Identity>,
+    ) -> String {
+        let mut k = String::with_capacity(host.len() + path_and_query.len() + 16);
+        k.push_str(host);
+        k.push('\u{1f}');
+        k.push_str(path_and_query);
+        for part in &self.key {
+            k.push('\u{1f}');
+            match part {
+                KeyPart::Tenant => k.push_str(id.and_then(|i| i.tenant.as_deref()).unwrap_or("")),
+                KeyPart::Header(n) => {
+                    for v in headers.get_all(n) {
+                        k.push_str(&String::from_utf8_lossy(v.as_bytes()));
+                        k.push(',');
+                    }
+                }
+                KeyPart::Cookie(name) => {
+                    let v = headers
+                        .get_all(http::header::COOKIE)
+                        .iter()
+                        .filter_map(|v| v.to_str().ok())
+                        .flat_map(|v| v.split(';'))
+                        .find_map(|kv| {
+                            kv.trim()
+                                .split_once('=')
+                                .filter(|(k, _)| k == name)
+                                .map(|(_, v)| v.to_owned())
+                        });
+                    k.push_str(v.as_deref().unwrap_or(""));
+                }
+                KeyPart::Claim(path) => {
+                    if let Some(v) = id.and_then(|i| claim_at(&i.claims, path)) {
+                        k.push_str(&v.to_string());
+                    }
+                }
+            }
+        }
+        k
+    }
+}

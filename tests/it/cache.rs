@@ -1,0 +1,232 @@
+//! The response cache over real sockets: hits with Age and Cache-Status,
+//! HEAD from GET, the storage rules (private, Set-Cookie, credentials,
+//! error statuses, size), per-tenant keys, request directives, and a hit
+//! still counting against rate limits.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::support::jwt::{SigningKey, now};
+use crate::support::*;
+
+const SECRET: &str = "cache-test-secret-of-at-least-32-bytes";
+
+/// An origin that answers `/<anything>?cc=..&status=..&cookie=1&size=N`
+/// with that Cache-Control, status, a Set-Cookie, and an N-byte body
+/// (default: the hit number), counting hits.
+async fn origin() -> (String, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicU64::new(0));
+    let h = Arc::clone(&hits);
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let h = Arc::clone(&h);
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let n = h.fetch_add(1, Ordering::SeqCst) + 1;
+                    async move {
+                        let q = req.uri().query().unwrap_or("").to_owned();
+                        let get = |k: &str| {
+                            q.split('&')
+                                .filter_map(|kv| kv.split_once('='))
+                                .find(|(key, _)| *key == k)
+                                .map(|(_, v)| v.replace("%3D", "=").replace("%2C", ","))
+                        };
+                        let body = match get("size").and_then(|s| s.parse::<usize>().ok()) {
+                            Some(size) => Bytes::from(vec![b'x'; size]),
+                            None => Bytes::from(format!("response {n}")),
+                        };
+                        let mut r = Response::new(Full::new(body));
+                        if let Some(cc) = get("cc") {
+                            r.headers_mut().insert("cache-control", cc.parse().unwrap());
+                        }
+                        if let Some(s) = get("status") {
+                            *r.status_mut() =
+                                http::StatusCode::from_u16(s.parse().unwrap()).unwrap();
+                        }
+                        if get("cookie").is_some() {
+                            r.headers_mut().insert("set-cookie", "s=1".parse().unwrap());
+                        }
+                        Ok::<_, Infallible>(r)
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    (format!("http://{addr}"), hits)
+}
+
+fn config(up: &str, route_cache: &str) -> String {
+    format!(
+        "cache: {{ max_size: 1MiB, max_object_size: 1KiB }}\nupstreams:\n  app: {{ endpoints: [\"{up}\"] }}\nauth:\n  providers:\n    p: {{ algorithms: [HS256], secret: \"{SECRET}\", tenant_claim: tenant }}\nrate_limits:\n  two: {{ key: client_ip, rate: 1/min, burst: 2 }}\nroutes:\n  - {{ name: limited, match: {{ path_prefix: /limited }}, upstream: app, rate_limit: [two], cache: {{}} }}\n  - {{ name: tenants, match: {{ path_prefix: /tenants }}, upstream: app, auth: {{ provider: p }}, cache: {{ key: [tenant], cache_authorized: true }} }}\n  - {{ name: app, match: {{ path_prefix: / }}, upstream: app, cache: {route_cache} }}\n"
+    )
+}
+
+#[tokio::test]
+async fn a_stored_response_is_served_with_age_and_head_from_get() {
+    let (up, hits) = origin().await;
+    let gw = TestGateway::start(&config(&up, "{}")).await;
+    let c = client();
+    let url = gw.url("/a?cc=max-age%3D60");
+    let first = get(&c, &url).await;
+    assert_eq!((first.status, first.text()), (200, "response 1".to_owned()));
+    assert_eq!(first.headers["cache-status"], "tollgate; fwd=miss; stored");
+    let second = get(&c, &url).await;
+    assert_eq!(
+        (second.status, second.text()),
+        (200, "response 1".to_owned())
+    );
+    assert_eq!(second.headers["cache-status"], "tollgate; hit");
+    assert_eq!(second.headers["age"], "0");
+    assert_eq!(second.headers["cache-control"], "max-age=60");
+    // HEAD from the stored GET.
+    let head = send(
+        &c,
+        Request::head(&url).body(Full::new(Bytes::new())).unwrap(),
+    )
+    .await;
+    assert_eq!((head.status, head.body.len()), (200, 0));
+    assert_eq!(head.headers["cache-status"], "tollgate; hit");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    // Another query is another key.
+    assert_eq!(
+        get(&c, &gw.url("/a?cc=max-age%3D60&v=2")).await.text(),
+        "response 2"
+    );
+    // Request no-cache goes to the origin (and stores the new answer).
+    let g = get_with(&c, &url, &[("cache-control", "no-cache")]).await;
+    assert_eq!(g.text(), "response 3");
+    assert_eq!(get(&c, &url).await.text(), "response 3");
+    let m = get(&c, &gw.admin_url("/metrics")).await.text();
+    assert!(
+        metric(
+            &m,
+            r#"tollgate_cache_requests_total{result="hit",route="app"}"#
+        ) >= 3.0
+    );
+}
+
+#[tokio::test]
+async fn what_must_not_be_stored_is_not() {
+    let (up, hits) = origin().await;
+    let gw = TestGateway::start(&config(&up, "{ default_ttl: 60s }")).await;
+    let c = client();
+    let twice = |path: &'static str, headers: &'static [(&'static str, &'static str)]| {
+        let (c, url) = (c.clone(), gw.url(path));
+        async move {
+            let a = get_with(&c, &url, headers).await.text();
+            let b = get_with(&c, &url, headers).await.text();
+            a != b
+        }
+    };
+    assert!(
+        twice("/p?cc=private%2C%20max-age%3D60", &[]).await,
+        "private"
+    );
+    assert!(
+        twice("/c?cc=max-age%3D60&cookie=1", &[]).await,
+        "set-cookie"
+    );
+    assert!(twice("/n?cc=no-store", &[]).await, "no-store");
+    assert!(
+        twice("/e?status=404", &[]).await,
+        "404 without explicit freshness"
+    );
+    assert!(
+        !twice("/e2?status=404&cc=max-age%3D60", &[]).await,
+        "404 with freshness is stored"
+    );
+    assert!(!twice("/d", &[]).await, "200 with default_ttl is stored");
+    assert!(
+        twice("/z?status=503&cc=max-age%3D60", &[]).await,
+        "503 never"
+    );
+    assert!(
+        twice("/auth?cc=max-age%3D60", &[("authorization", "Bearer x")]).await,
+        "authorization"
+    );
+    assert!(
+        !twice(
+            "/pub?cc=public%2C%20max-age%3D60",
+            &[("authorization", "Bearer x")]
+        )
+        .await,
+        "public with authorization"
+    );
+    assert!(
+        twice("/ck?cc=max-age%3D60", &[("cookie", "session=1")]).await,
+        "cookie (web cache deception)"
+    );
+    let before = hits.load(Ordering::SeqCst);
+    for _ in 0..2 {
+        let g = get(&c, &gw.url("/big?cc=max-age%3D60&size=4000")).await;
+        assert_eq!(g.body.len(), 4000);
+        assert_eq!(g.headers["cache-status"], "tollgate; fwd=miss");
+    }
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        before + 2,
+        "over max_object_size"
+    );
+    assert!(hits.load(Ordering::SeqCst) > 10);
+    // only-if-cached on a miss: 504.
+    let g = get_with(
+        &c,
+        &gw.url("/never?cc=max-age%3D60"),
+        &[("cache-control", "only-if-cached")],
+    )
+    .await;
+    assert_eq!(g.status, 504);
+    assert_eq!(g.json()["error"], "not_cached");
+}
+
+#[tokio::test]
+async fn tenants_get_their_own_entries_and_hits_still_count_against_limits() {
+    let (up, hits) = origin().await;
+    let gw = TestGateway::start(&config(&up, "{}")).await;
+    let c = client();
+    let token = |t: &str| {
+        format!(
+            "Bearer {}",
+            SigningKey::hmac(SECRET).sign(&json!({"sub": "u", "tenant": t, "exp": now() + 600}))
+        )
+    };
+    let (acme, other) = (token("acme"), token("other"));
+    let url = gw.url("/tenants/x?cc=max-age%3D60");
+    let a1 = get_with(&c, &url, &[("authorization", &acme)]).await.text();
+    let a2 = get_with(&c, &url, &[("authorization", &acme)]).await.text();
+    let o1 = get_with(&c, &url, &[("authorization", &other)])
+        .await
+        .text();
+    assert_eq!(a1, a2, "acme's entry");
+    assert_ne!(a1, o1, "never another tenant's");
+    // A hit still takes from the bucket: the third request is 429.
+    let url = gw.url("/limited?cc=max-age%3D60");
+    assert_eq!(get(&c, &url).await.status, 200);
+    let hit = get(&c, &url).await;
+    assert_eq!(hit.headers["cache-status"], "tollgate; hit");
+    let g = get(&c, &url).await;
+    assert_eq!(g.status, 429);
+    assert!(g.headers.get("cache-status").is_none());
+    let before = hits.load(Ordering::SeqCst);
+    assert_eq!(
+        get(&c, &url).await.status,
+        429,
+        "a 429 is never stored or served as a hit"
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), before);
+}
