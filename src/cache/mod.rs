@@ -5,7 +5,10 @@
 //! through, within `max_object_size`. The storage rules are RFC 9111's for
 //! a shared cache, in `policy`.
 //!
-//! Not built yet: request coalescing, stale-while-revalidate and
+//! Concurrent misses for one key are coalesced: one request goes to the
+//! origin, the others wait for its entry.
+//!
+//! Not built yet: stale-while-revalidate and
 //! stale-if-error, revalidation with validators, `Vary` variants
 //! (responses with `Vary` are not stored; nor are `no-cache` responses,
 //! which would need revalidation), and the purge API.

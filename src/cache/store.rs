@@ -52,6 +52,8 @@ impl moka::Expiry<String, Arc<Entry>> for UntilStale {
 /// The store shared by every cached route.
 pub struct Store {
     cache: moka::sync::Cache<String, Arc<Entry>>,
+    /// Keys being fetched from the origin right now (request coalescing).
+    inflight: std::sync::Mutex<std::collections::HashMap<String, tokio::sync::watch::Receiver<()>>>,
     /// Larger responses are not stored.
     pub max_object: usize,
     /// The settings it was built from (compared on reload).
@@ -74,6 +76,7 @@ impl Store {
                 })
                 .expire_after(UntilStale)
                 .build(),
+            inflight: std::sync::Mutex::default(),
             max_object: usize::try_from(max_object).unwrap_or(usize::MAX),
             settings: (max_size, max_object),
         }
@@ -82,6 +85,24 @@ impl Store {
     /// A fresh entry for `key`.
     pub fn get(&self, key: &str) -> Option<Arc<Entry>> {
         self.cache.get(key).filter(|e| e.fresh())
+    }
+
+    /// Joins the fetch of `key`: `Lead` when no request is fetching it
+    /// (this one will; others wait for it), or `Wait` with what to await.
+    pub fn join(self: &Arc<Self>, key: &str) -> Join {
+        let Ok(mut map) = self.inflight.lock() else {
+            return Join::Lead(None);
+        };
+        if let Some(rx) = map.get(key) {
+            return Join::Wait(rx.clone());
+        }
+        let (tx, rx) = tokio::sync::watch::channel(());
+        map.insert(key.to_owned(), rx);
+        Join::Lead(Some(Flight {
+            store: Arc::clone(self),
+            key: key.to_owned(),
+            _done: tx,
+        }))
     }
 
     /// Stores an entry.
@@ -191,5 +212,31 @@ impl RouteCache {
             }
         }
         k
+    }
+}
+
+/// A request's part in fetching a key.
+pub enum Join {
+    /// This request fetches; waiters wake when the guard drops (stored,
+    /// found not storable, or failed).
+    Lead(Option<Flight>),
+    /// Another request is fetching: wait until `changed()` returns (the
+    /// leader's guard dropped; no wake-up can be missed), then look again.
+    Wait(tokio::sync::watch::Receiver<()>),
+}
+
+/// The leading request's hold on a key being fetched.
+pub struct Flight {
+    store: Arc<Store>,
+    key: String,
+    /// Dropped with the guard, which wakes every waiter.
+    _done: tokio::sync::watch::Sender<()>,
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.store.inflight.lock() {
+            map.remove(&self.key);
+        }
     }
 }

@@ -66,7 +66,7 @@ pub struct RequestCtx {
     pub https_port: u16,
     /// A cache miss to store: the key, and the request headers the storage
     /// rules read (Authorization, Cookie, Cache-Control).
-    pub cache_plan: Option<(String, http::HeaderMap)>,
+    pub cache_plan: Option<(String, http::HeaderMap, Option<crate::cache::store::Flight>)>,
     /// The rate-limit verdict the response's RateLimit headers describe.
     pub rate_limit: Option<(Arc<crate::ratelimit::Policy>, crate::ratelimit::Verdict)>,
 }

@@ -273,7 +273,7 @@ async fn run(
             Some(q) => format!("{path}?{q}"),
             None => path.to_owned(),
         };
-        if let Some(hit) = cache_lookup(rc, &req, ctx, &route_host, &pq)? {
+        if let Some(hit) = cache_lookup(rc, &req, ctx, &route_host, &pq, route.timeout).await? {
             return Ok(hit);
         }
     }
@@ -282,14 +282,16 @@ async fn run(
 
 /// A fresh stored response for the request, or `None` (a miss, which
 /// plans storing for a GET). `only-if-cached` misses get 504.
-fn cache_lookup(
+async fn cache_lookup(
     rc: &crate::cache::store::RouteCache,
     req: &Request<Incoming>,
     ctx: &mut RequestCtx,
     host: &str,
     pq: &str,
+    timeout: std::time::Duration,
 ) -> Result<Option<Response<ResponseBody>>, ProxyError> {
     use crate::cache::policy::{Lookup, lookup};
+    use crate::cache::store::Join;
     let [hit, miss, bypass] = &rc.counters;
     let wish = lookup(req.method(), req.headers());
     if wish == Lookup::Bypass {
@@ -297,9 +299,29 @@ fn cache_lookup(
         return Ok(None);
     }
     let key = rc.key(host, pq, req.headers(), ctx.identity.as_deref());
-    if wish != Lookup::Revalidate
-        && let Some(e) = rc.store.get(&key)
-    {
+    let mut found = if wish == Lookup::Revalidate {
+        None
+    } else {
+        rc.store.get(&key)
+    };
+    // Request coalescing: one request per key goes to the origin; the
+    // others wait for its answer (at most the route timeout) and look again.
+    let mut flight = None;
+    if found.is_none() && wish == Lookup::Normal {
+        match rc.store.join(&key) {
+            Join::Lead(f) => flight = f,
+            Join::Wait(mut done) => {
+                let _ = tokio::time::timeout(timeout, done.changed()).await;
+                found = rc.store.get(&key);
+                if found.is_none()
+                    && let Join::Lead(f) = rc.store.join(&key)
+                {
+                    flight = f;
+                }
+            }
+        }
+    }
+    if let Some(e) = found {
         hit.inc();
         let body = if req.method() == Method::HEAD {
             Bytes::new()
@@ -330,7 +352,7 @@ fn cache_lookup(
                 facts.append(name.clone(), v.clone());
             }
         }
-        ctx.cache_plan = Some((key, facts));
+        ctx.cache_plan = Some((key, facts, flight));
     }
     Ok(None)
 }
@@ -673,7 +695,7 @@ async fn forward(
     let (mut parts, body) = resp.into_parts();
     let mut body = ResponseBody::upstream(body, Some(guard));
     // 8. store: a cacheable response is copied as it streams through.
-    if let (Some((key, facts)), Some(rc)) = (ctx.cache_plan.take(), &route.cache) {
+    if let (Some((key, facts, flight)), Some(rc)) = (ctx.cache_plan.take(), &route.cache) {
         let decision = crate::cache::policy::storable(
             &Method::GET,
             &facts,
@@ -703,6 +725,9 @@ async fn forward(
                 body = body.tee(
                     rc.store.max_object,
                     Box::new(move |bytes| {
+                        // Waiters wake once the entry is in (or when this
+                        // copy is dropped unstored).
+                        let _flight = flight;
                         metrics().cache_stores.inc();
                         store.put(
                             key,

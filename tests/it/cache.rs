@@ -43,6 +43,9 @@ async fn origin() -> (String, Arc<AtomicU64>) {
                                 .find(|(key, _)| *key == k)
                                 .map(|(_, v)| v.replace("%3D", "=").replace("%2C", ","))
                         };
+                        if let Some(ms) = get("delay").and_then(|d| d.parse::<u64>().ok()) {
+                            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                        }
                         let body = match get("size").and_then(|s| s.parse::<usize>().ok()) {
                             Some(size) => Bytes::from(vec![b'x'; size]),
                             None => Bytes::from(format!("response {n}")),
@@ -229,4 +232,26 @@ async fn tenants_get_their_own_entries_and_hits_still_count_against_limits() {
         "a 429 is never stored or served as a hit"
     );
     assert_eq!(hits.load(Ordering::SeqCst), before);
+}
+
+#[tokio::test]
+async fn concurrent_misses_for_one_key_reach_the_origin_once() {
+    let (up, hits) = origin().await;
+    let gw = TestGateway::start(&config(&up, "{}")).await;
+    let c = client();
+    let all = spawn_gets(&c, &gw.url("/slow?cc=max-age%3D60&delay=300"), 20);
+    for h in all {
+        assert_eq!(h.await.unwrap(), 200);
+    }
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "one origin request for 20 clients"
+    );
+    // Not storable: the waiters go to the origin themselves afterwards.
+    let all = spawn_gets(&c, &gw.url("/private?cc=private&delay=100"), 5);
+    for h in all {
+        assert_eq!(h.await.unwrap(), 200);
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 6);
 }
