@@ -8,8 +8,9 @@
 //! Concurrent misses for one key are coalesced: one request goes to the
 //! origin, the others wait for its entry.
 //!
-//! Not built yet: stale-while-revalidate and
-//! stale-if-error, revalidation with validators, `Vary` variants
+//! A stale entry stands in for a failing upstream within `stale_if_error`.
+//!
+//! Not built yet: stale-while-revalidate, revalidation with validators, `Vary` variants
 //! (responses with `Vary` are not stored; nor are `no-cache` responses,
 //! which would need revalidation), and the purge API.
 

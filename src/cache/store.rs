@@ -27,6 +27,8 @@ pub struct Entry {
     pub initial_age: Duration,
     /// Freshness left when stored.
     pub ttl: Duration,
+    /// How long past `ttl` it may stand in for a failing upstream.
+    pub stale_if_error: Duration,
 }
 
 impl Entry {
@@ -39,13 +41,18 @@ impl Entry {
     pub fn fresh(&self) -> bool {
         self.stored.elapsed() < self.ttl
     }
+
+    /// True while stale but still usable when the upstream fails.
+    pub fn usable_on_error(&self) -> bool {
+        self.stored.elapsed() < self.ttl + self.stale_if_error
+    }
 }
 
 struct UntilStale;
 
 impl moka::Expiry<String, Arc<Entry>> for UntilStale {
     fn expire_after_create(&self, _: &String, e: &Arc<Entry>, _: Instant) -> Option<Duration> {
-        Some(e.ttl)
+        Some(e.ttl + e.stale_if_error)
     }
 }
 
@@ -85,6 +92,14 @@ impl Store {
     /// A fresh entry for `key`.
     pub fn get(&self, key: &str) -> Option<Arc<Entry>> {
         self.cache.get(key).filter(|e| e.fresh())
+    }
+
+    /// An entry past its freshness that may still stand in for a failing
+    /// upstream (`stale-if-error`).
+    pub fn get_stale(&self, key: &str) -> Option<Arc<Entry>> {
+        self.cache
+            .get(key)
+            .filter(|e| !e.fresh() && e.usable_on_error())
     }
 
     /// Joins the fetch of `key`: `Lead` when no request is fetching it
@@ -151,19 +166,28 @@ pub struct RouteCache {
     pub key: Vec<KeyPart>,
     /// What the route allows beyond the defaults.
     pub allow: Allowances,
-    /// hit, miss, bypass counters.
-    pub counters: [IntCounter; 3],
+    /// `stale_if_error` of the route.
+    pub stale_if_error: Duration,
+    /// hit, miss, bypass, stale (served on error) counters.
+    pub counters: [IntCounter; 4],
 }
 
 impl RouteCache {
     /// The cache of route `route`.
-    pub fn new(route: &str, store: Arc<Store>, key: Vec<KeyPart>, allow: Allowances) -> Self {
+    pub fn new(
+        route: &str,
+        store: Arc<Store>,
+        key: Vec<KeyPart>,
+        allow: Allowances,
+        stale_if_error: Duration,
+    ) -> Self {
         let f = &metrics().cache_requests;
         Self {
             store,
             key,
             allow,
-            counters: ["hit", "miss", "bypass"].map(|r| f.with_label_values(&[route, r])),
+            stale_if_error,
+            counters: ["hit", "miss", "bypass", "stale"].map(|r| f.with_label_values(&[route, r])),
         }
     }
 

@@ -71,6 +71,9 @@ pub struct RouteCacheSpec {
     /// Cache responses to requests with `Authorization`; needs `tenant` or a claim in `key`.
     #[serde(default)]
     pub cache_authorized: bool,
+    /// Serve a stale entry this long past its freshness when the upstream fails (connect error, timeout, 5xx); a response's own `stale-if-error` wins.
+    #[serde(default)]
+    pub stale_if_error: Option<DurationSpec>,
 }
 
 /// `redis:`.

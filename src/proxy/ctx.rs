@@ -67,6 +67,8 @@ pub struct RequestCtx {
     /// A cache miss to store: the key, and the request headers the storage
     /// rules read (Authorization, Cookie, Cache-Control).
     pub cache_plan: Option<(String, http::HeaderMap, Option<crate::cache::store::Flight>)>,
+    /// A stale cache entry that may stand in if the upstream fails.
+    pub stale: Option<Arc<crate::cache::store::Entry>>,
     /// The rate-limit verdict the response's RateLimit headers describe.
     pub rate_limit: Option<(Arc<crate::ratelimit::Policy>, crate::ratelimit::Verdict)>,
 }

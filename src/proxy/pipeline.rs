@@ -155,6 +155,7 @@ fn context(req: &Request<Incoming>, conn: ConnInfo, snapshot: Arc<Snapshot>) -> 
         https_port: conn.https_port,
         rate_limit: None,
         cache_plan: None,
+        stale: None,
         trace: TraceContext::from_headers(h),
         start: Instant::now(),
         method: req.method().clone(),
@@ -277,7 +278,16 @@ async fn run(
             return Ok(hit);
         }
     }
-    forward(req, ctx, route, upstream, host, normalized).await
+    let head_only = req.method() == Method::HEAD;
+    match forward(req, ctx, route, upstream, host, normalized).await {
+        // stale-if-error: a failing upstream (connect error, reset,
+        // timeout, unavailable) is covered by the stale entry.
+        Err(e) if e.describe().2 == super::error::Party::Upstream => match ctx.stale.take() {
+            Some(entry) => Ok(stale_response(route, &entry, head_only)),
+            None => Err(e),
+        },
+        other => other,
+    }
 }
 
 /// A fresh stored response for the request, or `None` (a miss, which
@@ -292,7 +302,7 @@ async fn cache_lookup(
 ) -> Result<Option<Response<ResponseBody>>, ProxyError> {
     use crate::cache::policy::{Lookup, lookup};
     use crate::cache::store::Join;
-    let [hit, miss, bypass] = &rc.counters;
+    let [hit, miss, bypass, _] = &rc.counters;
     let wish = lookup(req.method(), req.headers());
     if wish == Lookup::Bypass {
         bypass.inc();
@@ -341,6 +351,9 @@ async fn cache_lookup(
     if wish == Lookup::OnlyIfCached {
         return Err(ProxyError::NotCached);
     }
+    if wish == Lookup::Normal {
+        ctx.stale = rc.store.get_stale(&key);
+    }
     if req.method() == Method::GET {
         let mut facts = HeaderMap::new();
         for name in [
@@ -355,6 +368,36 @@ async fn cache_lookup(
         ctx.cache_plan = Some((key, facts, flight));
     }
     Ok(None)
+}
+
+fn parts_is_head(m: &Method) -> bool {
+    *m == Method::HEAD
+}
+
+/// A stale entry served because the upstream failed.
+fn stale_response(
+    route: &Route,
+    e: &crate::cache::store::Entry,
+    head_only: bool,
+) -> Response<ResponseBody> {
+    if let Some(rc) = &route.cache {
+        rc.counters[3].inc();
+    }
+    let body = if head_only {
+        Bytes::new()
+    } else {
+        e.body.clone()
+    };
+    let mut r = Response::new(ResponseBody::full(body));
+    *r.status_mut() = e.status;
+    *r.headers_mut() = e.headers.clone();
+    r.headers_mut()
+        .insert(http::header::AGE, HeaderValue::from(e.age()));
+    r.headers_mut().insert(
+        &CACHE_STATUS,
+        HeaderValue::from_static("tollgate; hit; detail=stale-if-error"),
+    );
+    r
 }
 
 /// `Cache-Status` (RFC 9211).
@@ -691,6 +734,11 @@ async fn forward(
         keep_only_upgrade_hop_headers(r.headers_mut());
         return Ok(r);
     }
+    if resp.status().is_server_error()
+        && let Some(entry) = ctx.stale.take()
+    {
+        return Ok(stale_response(route, &entry, parts_is_head(&ctx.method)));
+    }
     headers::remove_hop_by_hop(resp.headers_mut());
     let (mut parts, body) = resp.into_parts();
     let mut body = ResponseBody::upstream(body, Some(guard));
@@ -709,12 +757,16 @@ async fn forward(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
         let stored = match decision {
-            crate::cache::policy::Storable::Yes { ttl, .. }
-                if !ttl.is_zero()
-                    && !parts.headers.contains_key(http::header::VARY)
-                    && length.is_none_or(|n| n <= rc.store.max_object) =>
+            crate::cache::policy::Storable::Yes {
+                ttl,
+                stale_if_error,
+                ..
+            } if !ttl.is_zero()
+                && !parts.headers.contains_key(http::header::VARY)
+                && length.is_none_or(|n| n <= rc.store.max_object) =>
             {
                 let store = Arc::clone(&rc.store);
+                let stale_if_error = stale_if_error.unwrap_or(rc.stale_if_error);
                 let (status, headers) = (parts.status, parts.headers.clone());
                 let initial_age = parts
                     .headers
@@ -738,6 +790,7 @@ async fn forward(
                                 stored: std::time::Instant::now(),
                                 initial_age,
                                 ttl,
+                                stale_if_error,
                             },
                         );
                     }),

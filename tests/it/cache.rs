@@ -255,3 +255,34 @@ async fn concurrent_misses_for_one_key_reach_the_origin_once() {
     }
     assert_eq!(hits.load(Ordering::SeqCst), 6);
 }
+
+#[tokio::test]
+async fn stale_entries_stand_in_when_the_upstream_fails() {
+    let up = Upstream::start("app").await;
+    let yaml = format!(
+        "cache: {{}}\nupstreams:\n  app: {{ endpoints: [\"{}\"] }}\nroutes:\n  - {{ name: sie, match: {{ path_prefix: /sie }}, upstream: app, cache: {{ default_ttl: 1s, stale_if_error: 5m }} }}\n  - {{ name: plain, match: {{ path_prefix: / }}, upstream: app, cache: {{ default_ttl: 1s }} }}\n",
+        up.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let c = client();
+    for path in ["/sie/a", "/plain/a"] {
+        let g = get(&c, &gw.url(path)).await;
+        assert_eq!(g.headers["cache-status"], "tollgate; fwd=miss; stored");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    up.set_fail(503);
+    let g = get(&c, &gw.url("/sie/a")).await;
+    assert_eq!((g.status, g.text()), (200, "app".to_owned()));
+    assert_eq!(
+        g.headers["cache-status"],
+        "tollgate; hit; detail=stale-if-error"
+    );
+    assert!(g.headers["age"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    let g = get(&c, &gw.url("/plain/a")).await;
+    assert_eq!(g.status, 503, "no stale-if-error on this route");
+    // The upstream gone entirely: still covered.
+    up.stop();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let g = get(&c, &gw.url("/sie/a")).await;
+    assert_eq!((g.status, g.text()), (200, "app".to_owned()));
+}

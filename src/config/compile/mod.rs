@@ -247,6 +247,7 @@ fn route_cache(
         std::sync::Arc::clone(store),
         key,
         allow,
+        c.stale_if_error.map_or(std::time::Duration::ZERO, |d| d.0),
     ))
 }
 
