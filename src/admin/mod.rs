@@ -9,6 +9,7 @@
 //! | `GET /config` | effective config as JSON with its version |
 //! | `POST /reload` | 200 `{version}` or 422 `{errors}` |
 //! | `GET /routes/explain?method=&host=&path=` | which route and why |
+//! | `POST /cache/purge?host=&path=` | drops cached entries under that host and path prefix (both absent: all) |
 //! | `GET /upstreams` | every upstream and endpoint: health, breaker, in-flight, EWMA latency and error rate |
 
 use std::convert::Infallible;
@@ -133,6 +134,28 @@ async fn handle(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byt
                 &json!({ "errors": e.lines() }),
             ),
         },
+        (&Method::POST, "/cache/purge") => {
+            let q = req.uri().query().unwrap_or("");
+            let get = |name: &str| {
+                q.split('&')
+                    .filter_map(|kv| kv.split_once('='))
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| decode(v).into_owned())
+                    .unwrap_or_default()
+            };
+            let snap = state.live.load_full();
+            match &snap.cache {
+                None => json_reply(
+                    StatusCode::NOT_FOUND,
+                    &json!({ "error": "no cache is configured" }),
+                ),
+                Some(store) => {
+                    let host = get("host").to_ascii_lowercase();
+                    let purged = store.purge(&host, &get("path"));
+                    json_reply(StatusCode::OK, &json!({ "purged": purged }))
+                }
+            }
+        }
         (&Method::GET, "/upstreams") => {
             let snap = state.live.load_full();
             json_reply(
@@ -164,7 +187,7 @@ async fn handle(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byt
         (
             _,
             "/healthz" | "/readyz" | "/metrics" | "/config" | "/reload" | "/routes/explain"
-            | "/upstreams",
+            | "/upstreams" | "/cache/purge",
         ) => json_reply(
             StatusCode::METHOD_NOT_ALLOWED,
             &json!({ "error": "method not allowed" }),

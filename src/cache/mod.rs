@@ -12,7 +12,7 @@
 //!
 //! Not built yet: stale-while-revalidate, revalidation with validators, `Vary` variants
 //! (responses with `Vary` are not stored; nor are `no-cache` responses,
-//! which would need revalidation), and the purge API.
+//! which would need revalidation).
 
 pub mod policy;
 pub mod store;

@@ -120,6 +120,31 @@ impl Store {
         }))
     }
 
+    /// Removes every entry whose key starts with `host` and `path_prefix`
+    /// (all queries and extra key parts under it); both empty: everything.
+    /// Returns how many entries went.
+    pub fn purge(&self, host: &str, path_prefix: &str) -> usize {
+        if host.is_empty() && path_prefix.is_empty() {
+            // The count is updated by pending maintenance; run it first.
+            self.cache.run_pending_tasks();
+            let n = self.cache.entry_count() as usize;
+            self.cache.invalidate_all();
+            self.cache.run_pending_tasks();
+            return n;
+        }
+        let prefix = format!("{host}\u{1f}{path_prefix}");
+        let keys: Vec<Arc<String>> = self
+            .cache
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, _)| k)
+            .collect();
+        for k in &keys {
+            self.cache.invalidate(k.as_str());
+        }
+        keys.len()
+    }
+
     /// Stores an entry.
     pub fn put(&self, key: String, entry: Entry) {
         self.cache.insert(key, Arc::new(entry));

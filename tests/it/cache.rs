@@ -286,3 +286,49 @@ async fn stale_entries_stand_in_when_the_upstream_fails() {
     let g = get(&c, &gw.url("/sie/a")).await;
     assert_eq!((g.status, g.text()), (200, "app".to_owned()));
 }
+
+#[tokio::test]
+async fn the_admin_purge_drops_entries_under_a_prefix() {
+    let (up, _) = origin().await;
+    let gw = TestGateway::start(&config(&up, "{}")).await;
+    let c = client();
+    for p in [
+        "/catalog/a?cc=max-age%3D60",
+        "/catalog/b?cc=max-age%3D60",
+        "/other?cc=max-age%3D60",
+    ] {
+        get(&c, &gw.url(p)).await;
+        assert_eq!(
+            get(&c, &gw.url(p)).await.headers["cache-status"],
+            "tollgate; hit"
+        );
+    }
+    let r = post(
+        &c,
+        &gw.admin_url("/cache/purge?host=127.0.0.1&path=/catalog"),
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["purged"], 2);
+    let status = |p: &'static str| {
+        let (c, url) = (c.clone(), gw.url(p));
+        async move {
+            get(&c, &url).await.headers["cache-status"]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    assert_eq!(
+        status("/catalog/a?cc=max-age%3D60").await,
+        "tollgate; fwd=miss; stored"
+    );
+    assert_eq!(status("/other?cc=max-age%3D60").await, "tollgate; hit");
+    let r = post(&c, &gw.admin_url("/cache/purge"), "").await;
+    assert!(r.json()["purged"].as_u64().unwrap() >= 2);
+    assert_eq!(
+        status("/other?cc=max-age%3D60").await,
+        "tollgate; fwd=miss; stored"
+    );
+}
