@@ -10,9 +10,10 @@
 //!
 //! A stale entry stands in for a failing upstream within `stale_if_error`.
 //!
-//! Not built yet: stale-while-revalidate, revalidation with validators, `Vary` variants
-//! (responses with `Vary` are not stored; nor are `no-cache` responses,
-//! which would need revalidation).
+//! Responses with `Vary` are stored per variant.
+//!
+//! Not built yet: stale-while-revalidate, and revalidation with validators
+//! (so `no-cache` responses are not stored).
 
 pub mod policy;
 pub mod store;

@@ -59,6 +59,8 @@ impl moka::Expiry<String, Arc<Entry>> for UntilStale {
 /// The store shared by every cached route.
 pub struct Store {
     cache: moka::sync::Cache<String, Arc<Entry>>,
+    /// Primary key → the request headers its responses vary on.
+    vary: moka::sync::Cache<String, Arc<Vec<HeaderName>>>,
     /// Keys being fetched from the origin right now (request coalescing).
     inflight: std::sync::Mutex<std::collections::HashMap<String, tokio::sync::watch::Receiver<()>>>,
     /// Larger responses are not stored.
@@ -82,6 +84,10 @@ impl Store {
                     u32::try_from(k.len() + headers + e.body.len() + 128).unwrap_or(u32::MAX)
                 })
                 .expire_after(UntilStale)
+                .build(),
+            vary: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(Duration::from_secs(3600))
                 .build(),
             inflight: std::sync::Mutex::default(),
             max_object: usize::try_from(max_object).unwrap_or(usize::MAX),
@@ -129,10 +135,20 @@ impl Store {
             self.cache.run_pending_tasks();
             let n = self.cache.entry_count() as usize;
             self.cache.invalidate_all();
+            self.vary.invalidate_all();
             self.cache.run_pending_tasks();
             return n;
         }
         let prefix = format!("{host}\u{1f}{path_prefix}");
+        let varied: Vec<Arc<String>> = self
+            .vary
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, _)| k)
+            .collect();
+        for k in &varied {
+            self.vary.invalidate(k.as_str());
+        }
         let keys: Vec<Arc<String>> = self
             .cache
             .iter()
@@ -145,10 +161,78 @@ impl Store {
         keys.len()
     }
 
+    /// The key to look up for a request: the primary key, or, when stored
+    /// responses for it vary, the variant for this request's values.
+    pub fn lookup_key(&self, primary: &str, request: &HeaderMap) -> String {
+        match self.vary.get(primary) {
+            Some(names) => variant_key(primary, &names, request),
+            None => primary.to_owned(),
+        }
+    }
+
+    /// Records that `primary`'s responses vary on `names`; returns the
+    /// variant key for `request`.
+    pub fn vary_on(&self, primary: &str, names: Vec<HeaderName>, request: &HeaderMap) -> String {
+        let key = variant_key(primary, &names, request);
+        self.vary.insert(primary.to_owned(), Arc::new(names));
+        key
+    }
+
+    /// Forgets that `primary` varies (its latest response does not).
+    pub fn no_vary(&self, primary: &str) {
+        self.vary.invalidate(primary);
+    }
+
     /// Stores an entry.
     pub fn put(&self, key: String, entry: Entry) {
         self.cache.insert(key, Arc::new(entry));
     }
+}
+
+/// The variant key: the primary key and each varying header's normalized
+/// value (whitespace around commas and at the ends removed, so
+/// `gzip,br` and `gzip, br` are one variant).
+fn variant_key(primary: &str, names: &[HeaderName], request: &HeaderMap) -> String {
+    let mut k = String::from(primary);
+    for n in names {
+        k.push('\u{1e}');
+        let values: Vec<String> = request
+            .get_all(n)
+            .iter()
+            .map(|v| {
+                String::from_utf8_lossy(v.as_bytes())
+                    .split(',')
+                    .map(str::trim)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .collect();
+        k.push_str(&values.join(","));
+    }
+    k
+}
+
+/// The header names a `Vary` lists (lower case, sorted, unique); `None`
+/// for `Vary: *`.
+pub fn vary_names(response: &HeaderMap) -> Option<Vec<HeaderName>> {
+    let mut names = Vec::new();
+    for v in response.get_all(http::header::VARY) {
+        for n in v
+            .to_str()
+            .ok()?
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+        {
+            if n == "*" {
+                return None;
+            }
+            names.push(HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()).ok()?);
+        }
+    }
+    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    names.dedup();
+    Some(names)
 }
 
 /// One extra key part.

@@ -309,10 +309,11 @@ async fn cache_lookup(
         return Ok(None);
     }
     let key = rc.key(host, pq, req.headers(), ctx.identity.as_deref());
+    let variant = rc.store.lookup_key(&key, req.headers());
     let mut found = if wish == Lookup::Revalidate {
         None
     } else {
-        rc.store.get(&key)
+        rc.store.get(&variant)
     };
     // Request coalescing: one request per key goes to the origin; the
     // others wait for its answer (at most the route timeout) and look again.
@@ -322,7 +323,7 @@ async fn cache_lookup(
             Join::Lead(f) => flight = f,
             Join::Wait(mut done) => {
                 let _ = tokio::time::timeout(timeout, done.changed()).await;
-                found = rc.store.get(&key);
+                found = rc.store.get(&rc.store.lookup_key(&key, req.headers()));
                 if found.is_none()
                     && let Join::Lead(f) = rc.store.join(&key)
                 {
@@ -352,20 +353,11 @@ async fn cache_lookup(
         return Err(ProxyError::NotCached);
     }
     if wish == Lookup::Normal {
-        ctx.stale = rc.store.get_stale(&key);
+        ctx.stale = rc.store.get_stale(&variant);
     }
     if req.method() == Method::GET {
-        let mut facts = HeaderMap::new();
-        for name in [
-            http::header::AUTHORIZATION,
-            http::header::COOKIE,
-            http::header::CACHE_CONTROL,
-        ] {
-            for v in req.headers().get_all(&name) {
-                facts.append(name.clone(), v.clone());
-            }
-        }
-        ctx.cache_plan = Some((key, facts, flight));
+        // The storage rules and `Vary` read the request's headers.
+        ctx.cache_plan = Some((key, req.headers().clone(), flight));
     }
     Ok(None)
 }
@@ -756,15 +748,22 @@ async fn forward(
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
-        let stored = match decision {
-            crate::cache::policy::Storable::Yes {
-                ttl,
-                stale_if_error,
-                ..
-            } if !ttl.is_zero()
-                && !parts.headers.contains_key(http::header::VARY)
-                && length.is_none_or(|n| n <= rc.store.max_object) =>
-            {
+        let vary = crate::cache::store::vary_names(&parts.headers);
+        let stored = match (decision, vary) {
+            (
+                crate::cache::policy::Storable::Yes {
+                    ttl,
+                    stale_if_error,
+                    ..
+                },
+                Some(vary),
+            ) if !ttl.is_zero() && length.is_none_or(|n| n <= rc.store.max_object) => {
+                let key = if vary.is_empty() {
+                    rc.store.no_vary(&key);
+                    key
+                } else {
+                    rc.store.vary_on(&key, vary, &facts)
+                };
                 let store = Arc::clone(&rc.store);
                 let stale_if_error = stale_if_error.unwrap_or(rc.stale_if_error);
                 let (status, headers) = (parts.status, parts.headers.clone());

@@ -58,6 +58,9 @@ async fn origin() -> (String, Arc<AtomicU64>) {
                             *r.status_mut() =
                                 http::StatusCode::from_u16(s.parse().unwrap()).unwrap();
                         }
+                        if let Some(v) = get("vary") {
+                            r.headers_mut().insert("vary", v.parse().unwrap());
+                        }
                         if get("cookie").is_some() {
                             r.headers_mut().insert("set-cookie", "s=1".parse().unwrap());
                         }
@@ -331,4 +334,35 @@ async fn the_admin_purge_drops_entries_under_a_prefix() {
         status("/other?cc=max-age%3D60").await,
         "tollgate; fwd=miss; stored"
     );
+}
+
+#[tokio::test]
+async fn responses_that_vary_are_stored_per_variant() {
+    let (up, hits) = origin().await;
+    let gw = TestGateway::start(&config(&up, "{}")).await;
+    let c = client();
+    let url = gw.url("/v?cc=max-age%3D60&vary=accept-language");
+    let lang = |l: &'static str| {
+        let (c, url) = (c.clone(), url.clone());
+        async move {
+            let g = get_with(&c, &url, &[("accept-language", l)]).await;
+            (
+                g.text(),
+                g.headers["cache-status"].to_str().unwrap().to_owned(),
+            )
+        }
+    };
+    let (en, first) = lang("en").await;
+    assert_eq!(first, "tollgate; fwd=miss; stored");
+    let (en2, status) = lang("en").await;
+    assert_eq!(
+        (en2.as_str(), status.as_str()),
+        (en.as_str(), "tollgate; hit")
+    );
+    let (de, status) = lang("de").await;
+    assert_ne!(de, en);
+    assert_eq!(status, "tollgate; fwd=miss; stored");
+    assert_eq!(lang("de").await.0, de);
+    assert_eq!(lang("en").await.0, en, "both variants kept");
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
 }
