@@ -9,7 +9,8 @@
 //! | `GET /config` | effective config as JSON with its version |
 //! | `POST /reload` | 200 `{version}` or 422 `{errors}` |
 //! | `GET /routes/explain?method=&host=&path=` | which route and why |
-//! | `POST /cache/purge?host=&path=` | drops cached entries under that host and path prefix (both absent: all) |
+//! | `POST /cache/purge` | `{"route": R, "prefix": P}` or `{"all": true}`: drops cached entries; `{"purged": N}` |
+//! | `GET /cache/stats` | entries and bytes in the response cache |
 //! | `GET /upstreams` | every upstream and endpoint: health, breaker, in-flight, EWMA latency and error rate |
 
 use std::convert::Infallible;
@@ -135,14 +136,59 @@ async fn handle(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byt
             ),
         },
         (&Method::POST, "/cache/purge") => {
-            let q = req.uri().query().unwrap_or("");
-            let get = |name: &str| {
-                q.split('&')
-                    .filter_map(|kv| kv.split_once('='))
-                    .find(|(k, _)| *k == name)
-                    .map(|(_, v)| decode(v).into_owned())
-                    .unwrap_or_default()
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Purge {
+                route: Option<String>,
+                prefix: Option<String>,
+                #[serde(default)]
+                all: bool,
+            }
+            let snap = state.live.load_full();
+            let Some(store) = snap.cache.clone() else {
+                return json_reply(
+                    StatusCode::NOT_FOUND,
+                    &json!({ "error": "no cache is configured" }),
+                );
             };
+            let body = match http_body_util::BodyExt::collect(http_body_util::Limited::new(
+                req.into_body(),
+                64 << 10,
+            ))
+            .await
+            {
+                Ok(b) => b.to_bytes(),
+                Err(_) => {
+                    return json_reply(
+                        StatusCode::BAD_REQUEST,
+                        &json!({ "error": "body too large or unreadable" }),
+                    );
+                }
+            };
+            let purge: Purge = match serde_json::from_slice(&body) {
+                Ok(p) => p,
+                Err(e) => {
+                    return json_reply(
+                        StatusCode::BAD_REQUEST,
+                        &json!({ "error": format!("expected {{\"route\": ..., \"prefix\": ...}} or {{\"all\": true}}: {e}") }),
+                    );
+                }
+            };
+            let purged = match (purge.all, purge.route) {
+                (true, None) => store.purge(None),
+                (false, Some(route)) => {
+                    store.purge(Some((&route, purge.prefix.as_deref().unwrap_or(""))))
+                }
+                _ => {
+                    return json_reply(
+                        StatusCode::BAD_REQUEST,
+                        &json!({ "error": "give either route (with an optional prefix) or all: true" }),
+                    );
+                }
+            };
+            json_reply(StatusCode::OK, &json!({ "purged": purged }))
+        }
+        (&Method::GET, "/cache/stats") => {
             let snap = state.live.load_full();
             match &snap.cache {
                 None => json_reply(
@@ -150,9 +196,11 @@ async fn handle(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byt
                     &json!({ "error": "no cache is configured" }),
                 ),
                 Some(store) => {
-                    let host = get("host").to_ascii_lowercase();
-                    let purged = store.purge(&host, &get("path"));
-                    json_reply(StatusCode::OK, &json!({ "purged": purged }))
+                    let (entries, bytes) = store.stats();
+                    json_reply(
+                        StatusCode::OK,
+                        &json!({ "entries": entries, "bytes": bytes, "max_bytes": store.settings.0, "max_object_bytes": store.settings.1 }),
+                    )
                 }
             }
         }
@@ -187,7 +235,7 @@ async fn handle(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byt
         (
             _,
             "/healthz" | "/readyz" | "/metrics" | "/config" | "/reload" | "/routes/explain"
-            | "/upstreams" | "/cache/purge",
+            | "/upstreams" | "/cache/purge" | "/cache/stats",
         ) => json_reply(
             StatusCode::METHOD_NOT_ALLOWED,
             &json!({ "error": "method not allowed" }),

@@ -126,11 +126,11 @@ impl Store {
         }))
     }
 
-    /// Removes every entry whose key starts with `host` and `path_prefix`
-    /// (all queries and extra key parts under it); both empty: everything.
-    /// Returns how many entries went.
-    pub fn purge(&self, host: &str, path_prefix: &str) -> usize {
-        if host.is_empty() && path_prefix.is_empty() {
+    /// Removes every entry of `route` whose path starts with `path_prefix`
+    /// (any host, query and extra key parts); `None`: everything. Returns
+    /// how many entries went.
+    pub fn purge(&self, scope: Option<(&str, &str)>) -> usize {
+        let Some((route, path_prefix)) = scope else {
             // The count is updated by pending maintenance; run it first.
             self.cache.run_pending_tasks();
             let n = self.cache.entry_count() as usize;
@@ -138,12 +138,19 @@ impl Store {
             self.vary.invalidate_all();
             self.cache.run_pending_tasks();
             return n;
-        }
-        let prefix = format!("{host}\u{1f}{path_prefix}");
+        };
+        let matches = |k: &str| {
+            let mut parts = k.splitn(3, '\u{1f}');
+            parts.next() == Some(route)
+                && parts.next().is_some()
+                && parts
+                    .next()
+                    .is_some_and(|rest| rest.starts_with(path_prefix))
+        };
         let varied: Vec<Arc<String>> = self
             .vary
             .iter()
-            .filter(|(k, _)| k.starts_with(&prefix))
+            .filter(|(k, _)| matches(k))
             .map(|(k, _)| k)
             .collect();
         for k in &varied {
@@ -152,7 +159,7 @@ impl Store {
         let keys: Vec<Arc<String>> = self
             .cache
             .iter()
-            .filter(|(k, _)| k.starts_with(&prefix))
+            .filter(|(k, _)| matches(k))
             .map(|(k, _)| k)
             .collect();
         for k in &keys {
@@ -176,6 +183,32 @@ impl Store {
         let key = variant_key(primary, &names, request);
         self.vary.insert(primary.to_owned(), Arc::new(names));
         key
+    }
+
+    /// Drops the entries for one URL (every variant and extra key part):
+    /// after a successful unsafe request to it.
+    pub fn invalidate_url(&self, route: &str, host: &str, path_and_query: &str) {
+        let prefix = format!("{route}\u{1f}{host}\u{1f}{path_and_query}");
+        let exact = |k: &str| {
+            k.strip_prefix(&prefix)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['\u{1f}', '\u{1e}']))
+        };
+        let keys: Vec<Arc<String>> = self
+            .cache
+            .iter()
+            .filter(|(k, _)| exact(k))
+            .map(|(k, _)| k)
+            .collect();
+        for k in &keys {
+            self.cache.invalidate(k.as_str());
+        }
+        self.vary.invalidate(&prefix);
+    }
+
+    /// Entries and their total weight in bytes (for `/cache/stats`).
+    pub fn stats(&self) -> (u64, u64) {
+        self.cache.run_pending_tasks();
+        (self.cache.entry_count(), self.cache.weighted_size())
     }
 
     /// Forgets that `primary` varies (its latest response does not).
@@ -271,6 +304,8 @@ impl KeyPart {
 pub struct RouteCache {
     /// The shared store.
     pub store: Arc<Store>,
+    /// The route's name (the first key part).
+    pub route: String,
     /// Extra key parts.
     pub key: Vec<KeyPart>,
     /// What the route allows beyond the defaults.
@@ -292,6 +327,7 @@ impl RouteCache {
     ) -> Self {
         let f = &metrics().cache_requests;
         Self {
+            route: route.to_owned(),
             store,
             key,
             allow,
@@ -309,7 +345,10 @@ impl RouteCache {
         headers: &HeaderMap,
         id: Option<&Identity>,
     ) -> String {
-        let mut k = String::with_capacity(host.len() + path_and_query.len() + 16);
+        let mut k =
+            String::with_capacity(self.route.len() + host.len() + path_and_query.len() + 16);
+        k.push_str(&self.route);
+        k.push('\u{1f}');
         k.push_str(host);
         k.push('\u{1f}');
         k.push_str(path_and_query);

@@ -266,19 +266,31 @@ async fn run(
         Action::Split(s) => s.pick().ok_or(ProxyError::UpstreamUnavailable(1))?,
     };
 
-    // 6–7. select and forward
     // 5. cache lookup
+    let mut unsafe_url = None;
     if let Some(rc) = &route.cache {
+        // Headers some backends honour to serve another URL or method:
+        // never on a cached route, so no one can store one URL's body
+        // under another's key.
+        for name in CACHE_UNSAFE_HEADERS.iter() {
+            req.headers_mut().remove(name);
+        }
         let path = normalized.as_deref().unwrap_or(req.uri().path());
         let pq = match req.uri().query() {
             Some(q) => format!("{path}?{q}"),
             None => path.to_owned(),
         };
-        if let Some(hit) = cache_lookup(rc, &req, ctx, &route_host, &pq, route.timeout).await? {
-            return Ok(hit);
+        if req.method().is_safe() {
+            if let Some(hit) = cache_lookup(rc, &req, ctx, &route_host, &pq, route.timeout).await? {
+                return Ok(hit);
+            }
+        } else {
+            unsafe_url = Some(pq);
         }
     }
+    // 6–7. select and forward
     let head_only = req.method() == Method::HEAD;
+    let cache_host = unsafe_url.as_ref().map(|_| route_host.to_string());
     match forward(req, ctx, route, upstream, host, normalized).await {
         // stale-if-error: a failing upstream (connect error, reset,
         // timeout, unavailable) is covered by the stale entry.
@@ -286,8 +298,46 @@ async fn run(
             Some(entry) => Ok(stale_response(route, &entry, head_only)),
             None => Err(e),
         },
+        Ok(resp) => {
+            // A successful unsafe request invalidates what is stored for
+            // its URL, and for Location / Content-Location on this host.
+            if let (Some(pq), Some(rc), Some(route_host)) = (unsafe_url, &route.cache, cache_host)
+                && (resp.status().is_success() || resp.status().is_redirection())
+            {
+                rc.store.invalidate_url(&rc.route, &route_host, &pq);
+                for name in [LOCATION, http::header::CONTENT_LOCATION] {
+                    if let Some(target) = resp
+                        .headers()
+                        .get(&name)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| same_host_path(v, &route_host))
+                    {
+                        rc.store.invalidate_url(&rc.route, &route_host, &target);
+                    }
+                }
+            }
+            Ok(resp)
+        }
         other => other,
     }
+}
+
+/// Request headers removed on cached routes.
+static CACHE_UNSAFE_HEADERS: [http::HeaderName; 3] = [
+    http::HeaderName::from_static("x-original-url"),
+    http::HeaderName::from_static("x-rewrite-url"),
+    http::HeaderName::from_static("x-http-method-override"),
+];
+
+/// The path (and query) of `target` when it is on `host` (or relative).
+fn same_host_path(target: &str, host: &str) -> Option<String> {
+    if target.starts_with('/') {
+        return Some(target.to_owned());
+    }
+    let uri: Uri = target.parse().ok()?;
+    let h = uri.host()?;
+    h.eq_ignore_ascii_case(host)
+        .then(|| uri.path_and_query().map_or("/", |p| p.as_str()).to_owned())
 }
 
 /// A fresh stored response for the request, or `None` (a miss, which
@@ -344,8 +394,10 @@ async fn cache_lookup(
         *r.headers_mut() = e.headers.clone();
         r.headers_mut()
             .insert(http::header::AGE, HeaderValue::from(e.age()));
-        r.headers_mut()
-            .insert(&CACHE_STATUS, HeaderValue::from_static("tollgate; hit"));
+        let ttl = e.ttl.saturating_sub(e.stored.elapsed()).as_secs();
+        if let Ok(v) = HeaderValue::try_from(format!("tollgate; hit; ttl={ttl}")) {
+            r.headers_mut().insert(&CACHE_STATUS, v);
+        }
         return Ok(Some(r));
     }
     miss.inc();
@@ -387,7 +439,7 @@ fn stale_response(
         .insert(http::header::AGE, HeaderValue::from(e.age()));
     r.headers_mut().insert(
         &CACHE_STATUS,
-        HeaderValue::from_static("tollgate; hit; detail=stale-if-error"),
+        HeaderValue::from_static("tollgate; fwd=stale"),
     );
     r
 }
