@@ -227,6 +227,12 @@ async fn sweep(live: SharedSnapshot, mut shutdown: watch::Receiver<bool>) {
                 for u in snap.upstreams.values() {
                     u.evict_expired(SWEEP_INTERVAL);
                 }
+                if let Some(store) = &snap.cache {
+                    let (entries, bytes) = store.stats();
+                    let m = crate::observability::metrics::metrics();
+                    m.cache_entries.set(entries as i64);
+                    m.cache_bytes.set(bytes as i64);
+                }
                 for p in snap.rate_limits.values() {
                     p.sweep();
                     crate::observability::metrics::metrics()

@@ -84,6 +84,11 @@ impl Store {
                     u32::try_from(k.len() + headers + e.body.len() + 128).unwrap_or(u32::MAX)
                 })
                 .expire_after(UntilStale)
+                .eviction_listener(|_, _, cause| {
+                    if cause == moka::notification::RemovalCause::Size {
+                        metrics().cache_evictions.inc();
+                    }
+                })
                 .build(),
             vary: moka::sync::Cache::builder()
                 .max_capacity(100_000)
@@ -312,8 +317,9 @@ pub struct RouteCache {
     pub allow: Allowances,
     /// `stale_if_error` of the route.
     pub stale_if_error: Duration,
-    /// hit, miss, bypass, stale (served on error) counters.
-    pub counters: [IntCounter; 4],
+    /// hit, miss, bypass, stale (served on error), coalesced (served from
+    /// another request's fetch) counters.
+    pub counters: [IntCounter; 5],
 }
 
 impl RouteCache {
@@ -332,7 +338,8 @@ impl RouteCache {
             key,
             allow,
             stale_if_error,
-            counters: ["hit", "miss", "bypass", "stale"].map(|r| f.with_label_values(&[route, r])),
+            counters: ["hit", "miss", "bypass", "stale", "coalesced"]
+                .map(|r| f.with_label_values(&[route, r])),
         }
     }
 

@@ -83,6 +83,12 @@ pub struct Metrics {
     pub cache_requests: IntCounterVec,
     /// `tollgate_cache_stores_total`.
     pub cache_stores: IntCounter,
+    /// `tollgate_cache_evictions_total`.
+    pub cache_evictions: IntCounter,
+    /// `tollgate_cache_entries`.
+    pub cache_entries: IntGauge,
+    /// `tollgate_cache_bytes`.
+    pub cache_bytes: IntGauge,
 }
 
 /// Latency buckets in seconds, 0.5 ms to 30 s.
@@ -295,6 +301,18 @@ impl Metrics {
             cache_stores: plain_counter(
                 "tollgate_cache_stores_total",
                 "Responses stored in the response cache.",
+            ),
+            cache_evictions: plain_counter(
+                "tollgate_cache_evictions_total",
+                "Cached responses evicted to stay within max_size.",
+            ),
+            cache_entries: gauge(
+                "tollgate_cache_entries",
+                "Responses in the cache (refreshed every second).",
+            ),
+            cache_bytes: gauge(
+                "tollgate_cache_bytes",
+                "Weight of the cached responses in bytes (refreshed every second).",
             ),
             downstream_requests: counter(
                 "tollgate_downstream_requests_total",

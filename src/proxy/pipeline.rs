@@ -352,7 +352,8 @@ async fn cache_lookup(
 ) -> Result<Option<Response<ResponseBody>>, ProxyError> {
     use crate::cache::policy::{Lookup, lookup};
     use crate::cache::store::Join;
-    let [hit, miss, bypass, _] = &rc.counters;
+    let [hit, miss, bypass, _, coalesced] = &rc.counters;
+    let mut waited = false;
     let wish = lookup(req.method(), req.headers());
     if wish == Lookup::Bypass {
         bypass.inc();
@@ -372,6 +373,7 @@ async fn cache_lookup(
         match rc.store.join(&key) {
             Join::Lead(f) => flight = f,
             Join::Wait(mut done) => {
+                waited = true;
                 let _ = tokio::time::timeout(timeout, done.changed()).await;
                 found = rc.store.get(&rc.store.lookup_key(&key, req.headers()));
                 if found.is_none()
@@ -383,7 +385,32 @@ async fn cache_lookup(
         }
     }
     if let Some(e) = found {
-        hit.inc();
+        if waited {
+            coalesced.inc();
+        } else {
+            hit.inc();
+        }
+        // A conditional request the entry satisfies gets 304.
+        if not_modified(req.headers(), &e) {
+            let mut r = Response::new(ResponseBody::full(Bytes::new()));
+            *r.status_mut() = StatusCode::NOT_MODIFIED;
+            for name in [
+                http::header::ETAG,
+                http::header::LAST_MODIFIED,
+                http::header::CACHE_CONTROL,
+                http::header::EXPIRES,
+                http::header::VARY,
+            ] {
+                if let Some(v) = e.headers.get(&name) {
+                    r.headers_mut().insert(name, v.clone());
+                }
+            }
+            r.headers_mut()
+                .insert(http::header::AGE, HeaderValue::from(e.age()));
+            r.headers_mut()
+                .insert(&CACHE_STATUS, HeaderValue::from_static("tollgate; hit"));
+            return Ok(Some(r));
+        }
         let body = if req.method() == Method::HEAD {
             Bytes::new()
         } else {
@@ -442,6 +469,39 @@ fn stale_response(
         HeaderValue::from_static("tollgate; fwd=stale"),
     );
     r
+}
+
+/// True when a conditional request is satisfied by the stored entry:
+/// `If-None-Match` against its `ETag` (weak comparison), or, without
+/// `If-None-Match`, `If-Modified-Since` not before its `Last-Modified`.
+fn not_modified(req: &HeaderMap, e: &crate::cache::store::Entry) -> bool {
+    if e.status != StatusCode::OK {
+        return false;
+    }
+    let weak = |t: &str| t.trim().trim_start_matches("W/").to_owned();
+    if let Some(inm) = req
+        .get(http::header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    {
+        let Some(etag) = e
+            .headers
+            .get(http::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return false;
+        };
+        return inm.trim() == "*" || inm.split(',').any(|t| weak(t) == weak(etag));
+    }
+    let since = req
+        .get(http::header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok());
+    let modified = e
+        .headers
+        .get(http::header::LAST_MODIFIED)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok());
+    matches!((since, modified), (Some(s), Some(m)) if m <= s)
 }
 
 /// `Cache-Status` (RFC 9211).

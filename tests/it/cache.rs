@@ -58,6 +58,13 @@ async fn origin() -> (String, Arc<AtomicU64>) {
                             *r.status_mut() =
                                 http::StatusCode::from_u16(s.parse().unwrap()).unwrap();
                         }
+                        if get("validators").is_some() {
+                            r.headers_mut().insert("etag", "\"v1\"".parse().unwrap());
+                            r.headers_mut().insert(
+                                "last-modified",
+                                "Wed, 25 Nov 2026 10:00:00 GMT".parse().unwrap(),
+                            );
+                        }
                         if let Some(v) = get("vary") {
                             r.headers_mut().insert("vary", v.parse().unwrap());
                         }
@@ -426,4 +433,37 @@ async fn unsafe_requests_invalidate_and_unkeyed_headers_cannot_poison() {
     let _ = get_with(&c, &bad, &[("x-rewrite-url", "/admin")]).await;
     let m = get(&c, &gw.admin_url("/metrics")).await.text();
     assert!(metric(&m, r#"tollgate_cache_stores_total"#) >= 3.0);
+}
+
+#[tokio::test]
+async fn conditional_requests_get_304_from_a_fresh_entry() {
+    let (up, hits) = origin().await;
+    let gw = TestGateway::start(&config(&up, "{}")).await;
+    let c = client();
+    let url = gw.url("/cond?cc=max-age%3D60&validators=1");
+    assert_eq!(get(&c, &url).await.status, 200);
+    let g = get_with(&c, &url, &[("if-none-match", "\"x\", W/\"v1\"")]).await;
+    assert_eq!((g.status, g.body.len()), (304, 0));
+    assert_eq!(g.headers["etag"], "\"v1\"");
+    let g = get_with(&c, &url, &[("if-none-match", "\"other\"")]).await;
+    assert_eq!(g.status, 200);
+    let g = get_with(
+        &c,
+        &url,
+        &[("if-modified-since", "Wed, 25 Nov 2026 11:00:00 GMT")],
+    )
+    .await;
+    assert_eq!(g.status, 304);
+    let g = get_with(
+        &c,
+        &url,
+        &[("if-modified-since", "Wed, 25 Nov 2026 09:00:00 GMT")],
+    )
+    .await;
+    assert_eq!(g.status, 200);
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let m = get(&c, &gw.admin_url("/metrics")).await.text();
+    assert!(metric(&m, "tollgate_cache_entries") >= 1.0);
+    assert!(metric(&m, "tollgate_cache_bytes") > 0.0);
 }
