@@ -29,6 +29,8 @@ pub struct Entry {
     pub ttl: Duration,
     /// How long past `ttl` it may stand in for a failing upstream.
     pub stale_if_error: Duration,
+    /// How long past `ttl` it is served while a refresh runs.
+    pub stale_while_revalidate: Duration,
 }
 
 impl Entry {
@@ -52,7 +54,7 @@ struct UntilStale;
 
 impl moka::Expiry<String, Arc<Entry>> for UntilStale {
     fn expire_after_create(&self, _: &String, e: &Arc<Entry>, _: Instant) -> Option<Duration> {
-        Some(e.ttl + e.stale_if_error)
+        Some(e.ttl + e.stale_if_error.max(e.stale_while_revalidate))
     }
 }
 
@@ -103,6 +105,13 @@ impl Store {
     /// A fresh entry for `key`.
     pub fn get(&self, key: &str) -> Option<Arc<Entry>> {
         self.cache.get(key).filter(|e| e.fresh())
+    }
+
+    /// An entry past its freshness but within `stale_while_revalidate`.
+    pub fn get_revalidating(&self, key: &str) -> Option<Arc<Entry>> {
+        self.cache
+            .get(key)
+            .filter(|e| !e.fresh() && e.stored.elapsed() < e.ttl + e.stale_while_revalidate)
     }
 
     /// An entry past its freshness that may still stand in for a failing
@@ -317,6 +326,8 @@ pub struct RouteCache {
     pub allow: Allowances,
     /// `stale_if_error` of the route.
     pub stale_if_error: Duration,
+    /// `stale_while_revalidate` of the route.
+    pub stale_while_revalidate: Duration,
     /// hit, miss, bypass, stale (served on error), coalesced (served from
     /// another request's fetch) counters.
     pub counters: [IntCounter; 5],
@@ -329,7 +340,7 @@ impl RouteCache {
         store: Arc<Store>,
         key: Vec<KeyPart>,
         allow: Allowances,
-        stale_if_error: Duration,
+        (stale_if_error, stale_while_revalidate): (Duration, Duration),
     ) -> Self {
         let f = &metrics().cache_requests;
         Self {
@@ -338,6 +349,7 @@ impl RouteCache {
             key,
             allow,
             stale_if_error,
+            stale_while_revalidate,
             counters: ["hit", "miss", "bypass", "stale", "coalesced"]
                 .map(|r| f.with_label_values(&[route, r])),
         }

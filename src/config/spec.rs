@@ -74,6 +74,9 @@ pub struct RouteCacheSpec {
     /// Serve a stale entry this long past its freshness when the upstream fails (connect error, timeout, 5xx); a response's own `stale-if-error` wins.
     #[serde(default)]
     pub stale_if_error: Option<DurationSpec>,
+    /// Serve a stale entry this long past its freshness at once while one background request refreshes it; a response's own `stale-while-revalidate` wins.
+    #[serde(default)]
+    pub stale_while_revalidate: Option<DurationSpec>,
 }
 
 /// `redis:`.

@@ -89,6 +89,48 @@ impl InProgress {
     }
 }
 
+impl InProgress {
+    /// One more request in progress on the same gateway.
+    pub fn another(&self) -> Self {
+        Self::new(Arc::clone(&self.counter))
+    }
+}
+
+impl RequestCtx {
+    /// A context for a background request made on this request's behalf
+    /// (a cache refresh): the same identity and forwarding facts, no
+    /// connection activity, its own in-progress count.
+    pub fn for_background(&self) -> RequestCtx {
+        RequestCtx {
+            snapshot: Arc::clone(&self.snapshot),
+            request_id: self.request_id.clone(),
+            trace: self.trace.clone(),
+            client: self.client,
+            peer: self.peer,
+            peer_value: self.peer_value.clone(),
+            start: Instant::now(),
+            method: self.method.clone(),
+            route: self.route,
+            upstream: None,
+            upstream_duration: None,
+            reason: "",
+            bytes_in: None,
+            log_target: None,
+            activity: None,
+            identity: self.identity.clone(),
+            auth_memo: Arc::clone(&self.auth_memo),
+            in_progress: self.in_progress.another(),
+            https: self.https,
+            grpc: self.grpc,
+            client_subject: self.client_subject.clone(),
+            https_port: self.https_port,
+            cache_plan: None,
+            stale: None,
+            rate_limit: None,
+        }
+    }
+}
+
 impl Drop for InProgress {
     fn drop(&mut self) {
         self.counter.fetch_sub(1, Ordering::AcqRel);

@@ -282,6 +282,29 @@ async fn run(
         };
         if req.method().is_safe() {
             if let Some(hit) = cache_lookup(rc, &req, ctx, &route_host, &pq, route.timeout).await? {
+                // stale-while-revalidate: the stale answer goes out now and
+                // this request's twin refreshes the entry in the background.
+                if let Some(plan) = ctx.cache_plan.take() {
+                    let mut bg = ctx.for_background();
+                    bg.cache_plan = Some(plan);
+                    let snapshot = Arc::clone(&ctx.snapshot);
+                    let upstream = Arc::clone(upstream);
+                    let id = ctx.route;
+                    tokio::spawn(async move {
+                        let Some(route) = id.and_then(|i| snapshot.routes.get(i)) else {
+                            return;
+                        };
+                        if let Ok(resp) =
+                            forward(req, &mut bg, route, &upstream, host, normalized).await
+                        {
+                            // Reading the body to its end stores it.
+                            let mut body = resp.into_body();
+                            while let Some(Ok(_)) = http_body_util::BodyExt::frame(&mut body).await
+                            {
+                            }
+                        }
+                    });
+                }
                 return Ok(hit);
             }
         } else {
@@ -366,6 +389,25 @@ async fn cache_lookup(
     } else {
         rc.store.get(&variant)
     };
+    // stale-while-revalidate: a stale entry inside its window is served
+    // now; the request that leads the key's fetch refreshes it in the
+    // background, the others do not wait for it.
+    if found.is_none()
+        && wish == Lookup::Normal
+        && let Some(e) = rc.store.get_revalidating(&variant)
+    {
+        if req.method() == Method::GET
+            && let Join::Lead(Some(f)) = rc.store.join(&key)
+        {
+            ctx.cache_plan = Some((key, req.headers().clone(), Some(f)));
+        }
+        rc.counters[3].inc();
+        return Ok(Some(stale_entry_response(
+            &e,
+            req.method() == Method::HEAD,
+            "tollgate; fwd=stale; detail=revalidating",
+        )));
+    }
     // Request coalescing: one request per key goes to the origin; the
     // others wait for its answer (at most the route timeout) and look again.
     let mut flight = None;
@@ -443,6 +485,27 @@ async fn cache_lookup(
 
 fn parts_is_head(m: &Method) -> bool {
     *m == Method::HEAD
+}
+
+/// A stale entry as a response, with `Age` and `cache_status`.
+fn stale_entry_response(
+    e: &crate::cache::store::Entry,
+    head_only: bool,
+    cache_status: &'static str,
+) -> Response<ResponseBody> {
+    let body = if head_only {
+        Bytes::new()
+    } else {
+        e.body.clone()
+    };
+    let mut r = Response::new(ResponseBody::full(body));
+    *r.status_mut() = e.status;
+    *r.headers_mut() = e.headers.clone();
+    r.headers_mut()
+        .insert(http::header::AGE, HeaderValue::from(e.age()));
+    r.headers_mut()
+        .insert(&CACHE_STATUS, HeaderValue::from_static(cache_status));
+    r
 }
 
 /// A stale entry served because the upstream failed.
@@ -866,7 +929,7 @@ async fn forward(
                 crate::cache::policy::Storable::Yes {
                     ttl,
                     stale_if_error,
-                    ..
+                    stale_while_revalidate,
                 },
                 Some(vary),
             ) if !ttl.is_zero() && length.is_none_or(|n| n <= rc.store.max_object) => {
@@ -878,6 +941,8 @@ async fn forward(
                 };
                 let store = Arc::clone(&rc.store);
                 let stale_if_error = stale_if_error.unwrap_or(rc.stale_if_error);
+                let stale_while_revalidate =
+                    stale_while_revalidate.unwrap_or(rc.stale_while_revalidate);
                 let (status, headers) = (parts.status, parts.headers.clone());
                 let initial_age = parts
                     .headers
@@ -902,6 +967,7 @@ async fn forward(
                                 initial_age,
                                 ttl,
                                 stale_if_error,
+                                stale_while_revalidate,
                             },
                         );
                     }),

@@ -467,3 +467,73 @@ async fn conditional_requests_get_304_from_a_fresh_entry() {
     assert!(metric(&m, "tollgate_cache_entries") >= 1.0);
     assert!(metric(&m, "tollgate_cache_bytes") > 0.0);
 }
+
+#[tokio::test]
+async fn stale_while_revalidate_serves_stale_at_once_and_refreshes_once() {
+    let (up, hits) = origin().await;
+    let yaml = format!(
+        "cache: {{}}\nupstreams:\n  app: {{ endpoints: [\"{up}\"] }}\nroutes:\n  - {{ name: swr, match: {{ path_prefix: / }}, upstream: app, cache: {{ default_ttl: 1s, stale_while_revalidate: 30s }} }}\n"
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let c = client();
+    let url = gw.url("/s?delay=200");
+    assert_eq!(get(&c, &url).await.text(), "response 1");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    // Stale: answered at once (the origin takes 200ms), one refresh starts.
+    let t = std::time::Instant::now();
+    let all = spawn_gets(&c, &url, 5);
+    for h in all {
+        assert_eq!(h.await.unwrap(), 200);
+    }
+    assert!(
+        t.elapsed() < std::time::Duration::from_millis(200),
+        "{:?}",
+        t.elapsed()
+    );
+    let g = get(&c, &url).await;
+    assert_eq!(
+        g.headers["cache-status"],
+        "tollgate; fwd=stale; detail=revalidating"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let g = get(&c, &url).await;
+    assert_eq!(
+        g.text(),
+        "response 2",
+        "refreshed in the background; origin hits {}",
+        hits.load(Ordering::SeqCst)
+    );
+    assert!(
+        g.headers["cache-status"]
+            .to_str()
+            .unwrap()
+            .starts_with("tollgate; hit")
+    );
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        2,
+        "one refresh for six stale answers"
+    );
+}
+
+#[tokio::test]
+async fn stale_while_revalidate_from_the_response_is_honoured() {
+    let (up, hits) = origin().await;
+    let yaml = format!(
+        "cache: {{}}\nupstreams:\n  app: {{ endpoints: [\"{up}\"] }}\nroutes:\n  - {{ name: swr, match: {{ path_prefix: / }}, upstream: app, cache: {{}} }}\n"
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let c = client();
+    let url = gw.url("/s?cc=max-age%3D1%2Cstale-while-revalidate%3D30");
+    assert_eq!(get(&c, &url).await.text(), "response 1");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let g = get(&c, &url).await;
+    assert_eq!(g.text(), "response 1");
+    assert_eq!(
+        g.headers["cache-status"],
+        "tollgate; fwd=stale; detail=revalidating"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(get(&c, &url).await.text(), "response 2");
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+}

@@ -247,7 +247,11 @@ fn route_cache(
         std::sync::Arc::clone(store),
         key,
         allow,
-        c.stale_if_error.map_or(std::time::Duration::ZERO, |d| d.0),
+        (
+            c.stale_if_error.map_or(std::time::Duration::ZERO, |d| d.0),
+            c.stale_while_revalidate
+                .map_or(std::time::Duration::ZERO, |d| d.0),
+        ),
     ))
 }
 
