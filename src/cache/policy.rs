@@ -184,6 +184,8 @@ pub fn storable(
         .or_else(|| expires_lifetime(response));
     let lifetime = match explicit {
         Some(l) => l,
+        // Stored only to be revalidated before each use.
+        None if default_ttl_status(status) && resp.no_cache => Duration::ZERO,
         None if default_ttl_status(status) => match allow.default_ttl {
             Some(d) => d,
             None => return Storable::No("no-freshness"),
@@ -204,7 +206,7 @@ pub fn storable(
         ttl,
         stale_while_revalidate: resp
             .stale_while_revalidate
-            .filter(|_| !resp.must_revalidate)
+            .filter(|_| !resp.must_revalidate && !resp.no_cache)
             .map(Duration::from_secs),
         stale_if_error: resp
             .stale_if_error
@@ -365,6 +367,25 @@ mod tests {
                 &[("cache-control", "max-age=30, no-cache")]
             )),
             0
+        );
+        // `no-cache` alone: stored to be revalidated, never served stale
+        // while revalidating, and an error page still needs freshness.
+        let bare = store(
+            &[],
+            200,
+            &[("cache-control", "no-cache, stale-while-revalidate=60")],
+        );
+        assert_eq!(
+            bare,
+            Storable::Yes {
+                ttl: Duration::ZERO,
+                stale_while_revalidate: None,
+                stale_if_error: None
+            }
+        );
+        assert_eq!(
+            store(&[], 404, &[("cache-control", "no-cache")]),
+            Storable::No("no-freshness")
         );
     }
 

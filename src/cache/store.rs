@@ -48,13 +48,33 @@ impl Entry {
     pub fn usable_on_error(&self) -> bool {
         self.stored.elapsed() < self.ttl + self.stale_if_error
     }
+
+    /// True when it carries `ETag` or `Last-Modified`, so the upstream can
+    /// be asked whether it is still current.
+    pub fn has_validators(&self) -> bool {
+        has_validators(&self.headers)
+    }
 }
+
+/// True when `headers` carry `ETag` or `Last-Modified`.
+pub fn has_validators(headers: &HeaderMap) -> bool {
+    headers.contains_key(http::header::ETAG) || headers.contains_key(http::header::LAST_MODIFIED)
+}
+
+/// How long past its freshness an entry with validators is kept for
+/// revalidation (NGINX's `proxy_cache_path ... inactive=` default).
+pub const REVALIDATE_KEEP: Duration = Duration::from_secs(600);
 
 struct UntilStale;
 
 impl moka::Expiry<String, Arc<Entry>> for UntilStale {
     fn expire_after_create(&self, _: &String, e: &Arc<Entry>, _: Instant) -> Option<Duration> {
-        Some(e.ttl + e.stale_if_error.max(e.stale_while_revalidate))
+        let keep = if e.has_validators() {
+            REVALIDATE_KEEP
+        } else {
+            Duration::ZERO
+        };
+        Some(e.ttl + e.stale_if_error.max(e.stale_while_revalidate).max(keep))
     }
 }
 
@@ -105,6 +125,26 @@ impl Store {
     /// A fresh entry for `key`.
     pub fn get(&self, key: &str) -> Option<Arc<Entry>> {
         self.cache.get(key).filter(|e| e.fresh())
+    }
+
+    /// An entry that is fresh, or was stored at or after `since` (by the
+    /// fetch a coalesced request waited for: usable once even when the
+    /// response must be revalidated on every use).
+    pub fn get_validated_since(&self, key: &str, since: Instant) -> Option<Arc<Entry>> {
+        self.cache
+            .get(key)
+            .filter(|e| e.fresh() || e.stored >= since)
+    }
+
+    /// An entry the upstream can be asked about (`ETag` or
+    /// `Last-Modified`), fresh or stale.
+    pub fn get_revalidatable(&self, key: &str) -> Option<Arc<Entry>> {
+        self.cache.get(key).filter(|e| e.has_validators())
+    }
+
+    /// Drops one entry.
+    pub fn remove(&self, key: &str) {
+        self.cache.invalidate(key);
     }
 
     /// An entry past its freshness but within `stale_while_revalidate`.
@@ -328,9 +368,10 @@ pub struct RouteCache {
     pub stale_if_error: Duration,
     /// `stale_while_revalidate` of the route.
     pub stale_while_revalidate: Duration,
-    /// hit, miss, bypass, stale (served on error), coalesced (served from
-    /// another request's fetch) counters.
-    pub counters: [IntCounter; 5],
+    /// hit, miss, bypass, stale (served stale), coalesced (served from
+    /// another request's fetch), revalidated (a 304 from the upstream
+    /// refreshed it) counters.
+    pub counters: [IntCounter; 6],
 }
 
 impl RouteCache {
@@ -350,7 +391,7 @@ impl RouteCache {
             allow,
             stale_if_error,
             stale_while_revalidate,
-            counters: ["hit", "miss", "bypass", "stale", "coalesced"]
+            counters: ["hit", "miss", "bypass", "stale", "coalesced", "revalidated"]
                 .map(|r| f.with_label_values(&[route, r])),
         }
     }

@@ -69,6 +69,9 @@ pub struct RequestCtx {
     pub cache_plan: Option<(String, http::HeaderMap, Option<crate::cache::store::Flight>)>,
     /// A stale cache entry that may stand in if the upstream fails.
     pub stale: Option<Arc<crate::cache::store::Entry>>,
+    /// A stored entry with validators: the upstream request becomes
+    /// conditional, and a 304 refreshes and serves it.
+    pub revalidate: Option<Arc<crate::cache::store::Entry>>,
     /// The rate-limit verdict the response's RateLimit headers describe.
     pub rate_limit: Option<(Arc<crate::ratelimit::Policy>, crate::ratelimit::Verdict)>,
 }
@@ -126,6 +129,7 @@ impl RequestCtx {
             https_port: self.https_port,
             cache_plan: None,
             stale: None,
+            revalidate: None,
             rate_limit: None,
         }
     }

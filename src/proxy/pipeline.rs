@@ -156,6 +156,7 @@ fn context(req: &Request<Incoming>, conn: ConnInfo, snapshot: Arc<Snapshot>) -> 
         rate_limit: None,
         cache_plan: None,
         stale: None,
+        revalidate: None,
         trace: TraceContext::from_headers(h),
         start: Instant::now(),
         method: req.method().clone(),
@@ -287,6 +288,7 @@ async fn run(
                 if let Some(plan) = ctx.cache_plan.take() {
                     let mut bg = ctx.for_background();
                     bg.cache_plan = Some(plan);
+                    bg.revalidate = ctx.revalidate.take();
                     let snapshot = Arc::clone(&ctx.snapshot);
                     let upstream = Arc::clone(upstream);
                     let id = ctx.route;
@@ -318,7 +320,7 @@ async fn run(
         // stale-if-error: a failing upstream (connect error, reset,
         // timeout, unavailable) is covered by the stale entry.
         Err(e) if e.describe().2 == super::error::Party::Upstream => match ctx.stale.take() {
-            Some(entry) => Ok(stale_response(route, &entry, head_only)),
+            Some(entry) => Ok(stale_response(route, &entry, head_only, None)),
             None => Err(e),
         },
         Ok(resp) => {
@@ -344,6 +346,15 @@ async fn run(
         other => other,
     }
 }
+
+/// Request headers that make a request conditional.
+static CONDITIONAL_HEADERS: [http::HeaderName; 5] = [
+    http::header::IF_NONE_MATCH,
+    http::header::IF_MODIFIED_SINCE,
+    http::header::IF_MATCH,
+    http::header::IF_UNMODIFIED_SINCE,
+    http::header::IF_RANGE,
+];
 
 /// Request headers removed on cached routes.
 static CACHE_UNSAFE_HEADERS: [http::HeaderName; 3] = [
@@ -375,7 +386,7 @@ async fn cache_lookup(
 ) -> Result<Option<Response<ResponseBody>>, ProxyError> {
     use crate::cache::policy::{Lookup, lookup};
     use crate::cache::store::Join;
-    let [hit, miss, bypass, _, coalesced] = &rc.counters;
+    let [hit, miss, bypass, _, coalesced, _] = &rc.counters;
     let mut waited = false;
     let wish = lookup(req.method(), req.headers());
     if wish == Lookup::Bypass {
@@ -383,7 +394,7 @@ async fn cache_lookup(
         return Ok(None);
     }
     let key = rc.key(host, pq, req.headers(), ctx.identity.as_deref());
-    let variant = rc.store.lookup_key(&key, req.headers());
+    let mut variant = rc.store.lookup_key(&key, req.headers());
     let mut found = if wish == Lookup::Revalidate {
         None
     } else {
@@ -400,12 +411,13 @@ async fn cache_lookup(
             && let Join::Lead(Some(f)) = rc.store.join(&key)
         {
             ctx.cache_plan = Some((key, req.headers().clone(), Some(f)));
+            ctx.revalidate = Some(Arc::clone(&e)).filter(|e| e.has_validators());
         }
         rc.counters[3].inc();
-        return Ok(Some(stale_entry_response(
+        return Ok(Some(entry_response(
             &e,
             req.method() == Method::HEAD,
-            "tollgate; fwd=stale; detail=revalidating",
+            HeaderValue::from_static("tollgate; fwd=stale; detail=revalidating"),
         )));
     }
     // Request coalescing: one request per key goes to the origin; the
@@ -416,8 +428,12 @@ async fn cache_lookup(
             Join::Lead(f) => flight = f,
             Join::Wait(mut done) => {
                 waited = true;
+                let since = std::time::Instant::now();
                 let _ = tokio::time::timeout(timeout, done.changed()).await;
-                found = rc.store.get(&rc.store.lookup_key(&key, req.headers()));
+                // What the fetch stored (or revalidated) is used even when
+                // it must be revalidated on every use: it just was.
+                variant = rc.store.lookup_key(&key, req.headers());
+                found = rc.store.get_validated_since(&variant, since);
                 if found.is_none()
                     && let Join::Lead(f) = rc.store.join(&key)
                 {
@@ -453,21 +469,14 @@ async fn cache_lookup(
                 .insert(&CACHE_STATUS, HeaderValue::from_static("tollgate; hit"));
             return Ok(Some(r));
         }
-        let body = if req.method() == Method::HEAD {
-            Bytes::new()
-        } else {
-            e.body.clone()
-        };
-        let mut r = Response::new(ResponseBody::full(body));
-        *r.status_mut() = e.status;
-        *r.headers_mut() = e.headers.clone();
-        r.headers_mut()
-            .insert(http::header::AGE, HeaderValue::from(e.age()));
         let ttl = e.ttl.saturating_sub(e.stored.elapsed()).as_secs();
-        if let Ok(v) = HeaderValue::try_from(format!("tollgate; hit; ttl={ttl}")) {
-            r.headers_mut().insert(&CACHE_STATUS, v);
-        }
-        return Ok(Some(r));
+        let status = HeaderValue::try_from(format!("tollgate; hit; ttl={ttl}"))
+            .unwrap_or(HeaderValue::from_static("tollgate; hit"));
+        return Ok(Some(entry_response(
+            &e,
+            req.method() == Method::HEAD,
+            status,
+        )));
     }
     miss.inc();
     if wish == Lookup::OnlyIfCached {
@@ -477,6 +486,9 @@ async fn cache_lookup(
         ctx.stale = rc.store.get_stale(&variant);
     }
     if req.method() == Method::GET {
+        // A stored entry with validators turns the fetch into a
+        // conditional request (see `forward`).
+        ctx.revalidate = rc.store.get_revalidatable(&variant);
         // The storage rules and `Vary` read the request's headers.
         ctx.cache_plan = Some((key, req.headers().clone(), flight));
     }
@@ -487,11 +499,11 @@ fn parts_is_head(m: &Method) -> bool {
     *m == Method::HEAD
 }
 
-/// A stale entry as a response, with `Age` and `cache_status`.
-fn stale_entry_response(
+/// A stored entry as a response, with `Age` and `cache_status`.
+fn entry_response(
     e: &crate::cache::store::Entry,
     head_only: bool,
-    cache_status: &'static str,
+    cache_status: HeaderValue,
 ) -> Response<ResponseBody> {
     let body = if head_only {
         Bytes::new()
@@ -503,35 +515,27 @@ fn stale_entry_response(
     *r.headers_mut() = e.headers.clone();
     r.headers_mut()
         .insert(http::header::AGE, HeaderValue::from(e.age()));
-    r.headers_mut()
-        .insert(&CACHE_STATUS, HeaderValue::from_static(cache_status));
+    r.headers_mut().insert(&CACHE_STATUS, cache_status);
     r
 }
 
-/// A stale entry served because the upstream failed.
+/// A stale entry served because the upstream failed (`fwd_status`: the
+/// status it answered with, when it answered).
 fn stale_response(
     route: &Route,
     e: &crate::cache::store::Entry,
     head_only: bool,
+    fwd_status: Option<StatusCode>,
 ) -> Response<ResponseBody> {
     if let Some(rc) = &route.cache {
         rc.counters[3].inc();
     }
-    let body = if head_only {
-        Bytes::new()
-    } else {
-        e.body.clone()
+    let status = match fwd_status {
+        Some(s) => HeaderValue::try_from(format!("tollgate; fwd=stale; fwd-status={}", s.as_u16()))
+            .unwrap_or(HeaderValue::from_static("tollgate; fwd=stale")),
+        None => HeaderValue::from_static("tollgate; fwd=stale"),
     };
-    let mut r = Response::new(ResponseBody::full(body));
-    *r.status_mut() = e.status;
-    *r.headers_mut() = e.headers.clone();
-    r.headers_mut()
-        .insert(http::header::AGE, HeaderValue::from(e.age()));
-    r.headers_mut().insert(
-        &CACHE_STATUS,
-        HeaderValue::from_static("tollgate; fwd=stale"),
-    );
-    r
+    entry_response(e, head_only, status)
 }
 
 /// True when a conditional request is satisfied by the stored entry:
@@ -769,6 +773,20 @@ async fn forward(
     if !route.request_headers.is_empty() {
         route.request_headers.apply(&mut headers);
     }
+    // Revalidation: ask the upstream whether the stored entry is still
+    // current, unless the client asks its own conditional question.
+    if let Some(e) = &ctx.revalidate {
+        if CONDITIONAL_HEADERS.iter().any(|h| headers.contains_key(h)) {
+            ctx.revalidate = None;
+        } else {
+            if let Some(etag) = e.headers.get(http::header::ETAG) {
+                headers.insert(http::header::IF_NONE_MATCH, etag.clone());
+            }
+            if let Some(lm) = e.headers.get(http::header::LAST_MODIFIED) {
+                headers.insert(http::header::IF_MODIFIED_SINCE, lm.clone());
+            }
+        }
+    }
     // A retrying route keeps the head and a copy of a small body.
     let policy = route.retry.as_ref().filter(|_| upgrade.is_none());
     let replay = policy.map(|_| {
@@ -904,13 +922,28 @@ async fn forward(
     if resp.status().is_server_error()
         && let Some(entry) = ctx.stale.take()
     {
-        return Ok(stale_response(route, &entry, parts_is_head(&ctx.method)));
+        return Ok(stale_response(
+            route,
+            &entry,
+            parts_is_head(&ctx.method),
+            Some(resp.status()),
+        ));
     }
     headers::remove_hop_by_hop(resp.headers_mut());
     let (mut parts, body) = resp.into_parts();
     let mut body = ResponseBody::upstream(body, Some(guard));
     // 8. store: a cacheable response is copied as it streams through.
+    let revalidated = ctx.revalidate.take();
     if let (Some((key, facts, flight)), Some(rc)) = (ctx.cache_plan.take(), &route.cache) {
+        // 304 to our conditional request: the stored body is current.
+        if let Some(old) = revalidated
+            .as_ref()
+            .filter(|_| parts.status == StatusCode::NOT_MODIFIED)
+        {
+            // Read the (empty) body to its end so the connection is reused.
+            while let Some(Ok(_)) = http_body_util::BodyExt::frame(&mut body).await {}
+            return Ok(refresh(rc, key, &facts, flight, old, &parts.headers));
+        }
         let decision = crate::cache::policy::storable(
             &Method::GET,
             &facts,
@@ -932,7 +965,9 @@ async fn forward(
                     stale_while_revalidate,
                 },
                 Some(vary),
-            ) if !ttl.is_zero() && length.is_none_or(|n| n <= rc.store.max_object) => {
+            ) if (!ttl.is_zero() || crate::cache::store::has_validators(&parts.headers))
+                && length.is_none_or(|n| n <= rc.store.max_object) =>
+            {
                 let key = if vary.is_empty() {
                     rc.store.no_vary(&key);
                     key
@@ -944,12 +979,7 @@ async fn forward(
                 let stale_while_revalidate =
                     stale_while_revalidate.unwrap_or(rc.stale_while_revalidate);
                 let (status, headers) = (parts.status, parts.headers.clone());
-                let initial_age = parts
-                    .headers
-                    .get(http::header::AGE)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map_or(std::time::Duration::ZERO, std::time::Duration::from_secs);
+                let initial_age = age_header(&parts.headers);
                 body = body.tee(
                     rc.store.max_object,
                     Box::new(move |bytes| {
@@ -976,16 +1006,120 @@ async fn forward(
             }
             _ => false,
         };
-        parts.headers.insert(
-            &CACHE_STATUS,
-            HeaderValue::from_static(if stored {
-                "tollgate; fwd=miss; stored"
-            } else {
-                "tollgate; fwd=miss"
-            }),
-        );
+        let status = match (&revalidated, stored) {
+            (None, true) => HeaderValue::from_static("tollgate; fwd=miss; stored"),
+            (None, false) => HeaderValue::from_static("tollgate; fwd=miss"),
+            // The stored entry was stale (or the request asked for a
+            // check) and the upstream sent a new answer.
+            (Some(old), stored) => HeaderValue::try_from(format!(
+                "tollgate; fwd={}; fwd-status={}{}",
+                if old.fresh() { "request" } else { "stale" },
+                parts.status.as_u16(),
+                if stored { "; stored" } else { "" }
+            ))
+            .unwrap_or(HeaderValue::from_static("tollgate; fwd=stale")),
+        };
+        parts.headers.insert(&CACHE_STATUS, status);
     }
     Ok(Response::from_parts(parts, body))
+}
+
+/// The `Age` a response arrived with.
+fn age_header(h: &HeaderMap) -> std::time::Duration {
+    h.get(http::header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(std::time::Duration::ZERO, std::time::Duration::from_secs)
+}
+
+/// Stored header fields a 304 does not replace (RFC 9111 §3.2): they
+/// describe the stored body, not the response's metadata.
+static KEPT_ON_UPDATE: [http::HeaderName; 4] = [
+    http::header::CONTENT_LENGTH,
+    http::header::CONTENT_ENCODING,
+    http::header::CONTENT_RANGE,
+    http::header::TRANSFER_ENCODING,
+];
+
+/// The upstream answered 304 to the conditional request for `old`: its
+/// stored headers are updated from the 304's (RFC 9111 §3.2), it is
+/// stored again with the freshness they now give (or dropped when they
+/// forbid storing), and this request is served from it.
+fn refresh(
+    rc: &crate::cache::store::RouteCache,
+    key: String,
+    facts: &HeaderMap,
+    flight: Option<crate::cache::store::Flight>,
+    old: &crate::cache::store::Entry,
+    update: &HeaderMap,
+) -> Response<ResponseBody> {
+    use crate::cache::policy::{Storable, storable};
+    let mut headers = old.headers.clone();
+    for name in update.keys() {
+        if KEPT_ON_UPDATE.contains(name) || *name == http::header::AGE {
+            continue;
+        }
+        headers.remove(name);
+        for v in update.get_all(name) {
+            headers.append(name.clone(), v.clone());
+        }
+    }
+    rc.counters[5].inc();
+    let decision = storable(&Method::GET, facts, old.status, &headers, &rc.allow);
+    let vary = crate::cache::store::vary_names(&headers);
+    let (ttl, stale_if_error, stale_while_revalidate, store_as) = match (decision, vary) {
+        (
+            Storable::Yes {
+                ttl,
+                stale_if_error,
+                stale_while_revalidate,
+            },
+            Some(vary),
+        ) if !ttl.is_zero() || crate::cache::store::has_validators(&headers) => {
+            let k = if vary.is_empty() {
+                rc.store.no_vary(&key);
+                key
+            } else {
+                rc.store.vary_on(&key, vary, facts)
+            };
+            (
+                ttl,
+                stale_if_error.unwrap_or(rc.stale_if_error),
+                stale_while_revalidate.unwrap_or(rc.stale_while_revalidate),
+                Some(k),
+            )
+        }
+        _ => {
+            // No longer storable: what was stored goes.
+            rc.store.remove(&rc.store.lookup_key(&key, facts));
+            let zero = std::time::Duration::ZERO;
+            (zero, zero, zero, None)
+        }
+    };
+    let entry = crate::cache::store::Entry {
+        status: old.status,
+        headers,
+        body: old.body.clone(),
+        stored: std::time::Instant::now(),
+        initial_age: age_header(update),
+        ttl,
+        stale_if_error,
+        stale_while_revalidate,
+    };
+    let fwd = if old.fresh() { "request" } else { "stale" };
+    let status = HeaderValue::try_from(format!(
+        "tollgate; fwd={fwd}; fwd-status=304{}",
+        if store_as.is_some() { "; stored" } else { "" }
+    ))
+    .unwrap_or(HeaderValue::from_static("tollgate; fwd=stale"));
+    let resp = entry_response(&entry, false, status);
+    if let Some(k) = store_as {
+        metrics().cache_stores.inc();
+        rc.store.put(k, entry);
+    }
+    // Waiters wake once the refreshed entry is in.
+    drop(flight);
+    resp
 }
 
 fn keep_only_upgrade_hop_headers(h: &mut HeaderMap) {

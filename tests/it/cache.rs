@@ -37,6 +37,10 @@ async fn origin() -> (String, Arc<AtomicU64>) {
                     let n = h.fetch_add(1, Ordering::SeqCst) + 1;
                     async move {
                         let q = req.uri().query().unwrap_or("").to_owned();
+                        let inm = req
+                            .headers()
+                            .get("if-none-match")
+                            .map(|v| v.to_str().unwrap().to_owned());
                         let get = |k: &str| {
                             q.split('&')
                                 .filter_map(|kv| kv.split_once('='))
@@ -58,12 +62,24 @@ async fn origin() -> (String, Arc<AtomicU64>) {
                             *r.status_mut() =
                                 http::StatusCode::from_u16(s.parse().unwrap()).unwrap();
                         }
-                        if get("validators").is_some() {
-                            r.headers_mut().insert("etag", "\"v1\"".parse().unwrap());
+                        // `validators`: a fixed ETag and Last-Modified;
+                        // `etag=hit`: a new ETag on every hit. A matching
+                        // If-None-Match gets 304 with no body.
+                        let etag = if get("validators").is_some() {
                             r.headers_mut().insert(
                                 "last-modified",
                                 "Wed, 25 Nov 2026 10:00:00 GMT".parse().unwrap(),
                             );
+                            Some("\"v1\"".to_owned())
+                        } else {
+                            get("etag").map(|_| format!("\"v{n}\""))
+                        };
+                        if let Some(t) = &etag {
+                            r.headers_mut().insert("etag", t.parse().unwrap());
+                            if inm.as_ref() == Some(t) {
+                                *r.status_mut() = http::StatusCode::NOT_MODIFIED;
+                                *r.body_mut() = Full::new(Bytes::new());
+                            }
                         }
                         if let Some(v) = get("vary") {
                             r.headers_mut().insert("vary", v.parse().unwrap());
@@ -297,7 +313,10 @@ async fn stale_entries_stand_in_when_the_upstream_fails() {
     up.set_fail(503);
     let g = get(&c, &gw.url("/sie/a")).await;
     assert_eq!((g.status, g.text()), (200, "app".to_owned()));
-    assert_eq!(g.headers["cache-status"], "tollgate; fwd=stale");
+    assert_eq!(
+        g.headers["cache-status"],
+        "tollgate; fwd=stale; fwd-status=503"
+    );
     assert!(g.headers["age"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
     let g = get(&c, &gw.url("/plain/a")).await;
     assert_eq!(g.status, 503, "no stale-if-error on this route");
@@ -536,4 +555,113 @@ async fn stale_while_revalidate_from_the_response_is_honoured() {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(get(&c, &url).await.text(), "response 2");
     assert_eq!(hits.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn stale_entries_are_revalidated_and_a_304_refreshes_them() {
+    let (up, hits) = origin().await;
+    let yaml = format!(
+        "cache: {{}}\nupstreams:\n  app: {{ endpoints: [\"{up}\"] }}\nroutes:\n  - {{ name: reval, match: {{ path_prefix: / }}, upstream: app, cache: {{}} }}\n"
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let c = client();
+    let url = gw.url("/reval?cc=max-age%3D1&validators=1");
+    let first = get(&c, &url).await;
+    assert_eq!(first.text(), "response 1");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    // Stale: the upstream is asked with If-None-Match and answers 304;
+    // the stored body goes out with the refreshed headers.
+    let g = get(&c, &url).await;
+    assert_eq!(g.status, 200);
+    assert_eq!(g.text(), "response 1");
+    assert_eq!(
+        g.headers["cache-status"],
+        "tollgate; fwd=stale; fwd-status=304; stored"
+    );
+    assert_eq!(g.headers["etag"], "\"v1\"");
+    assert_eq!(g.headers["content-length"], "10");
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+    // Fresh again for max-age.
+    let g = get(&c, &url).await;
+    assert!(
+        g.headers["cache-status"]
+            .to_str()
+            .unwrap()
+            .starts_with("tollgate; hit"),
+        "{:?}",
+        g.headers
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+    // A request that asks for a check revalidates a fresh entry too.
+    let g = get_with(&c, &url, &[("cache-control", "no-cache")]).await;
+    assert_eq!(g.text(), "response 1");
+    assert_eq!(
+        g.headers["cache-status"],
+        "tollgate; fwd=request; fwd-status=304; stored"
+    );
+    // The client's own conditional request is passed on as it is.
+    let g = get_with(
+        &c,
+        &url,
+        &[("cache-control", "no-cache"), ("if-none-match", "\"v0\"")],
+    )
+    .await;
+    assert_eq!(g.status, 200);
+    assert_eq!(g.text(), "response 4");
+    let m = get(&c, &gw.admin_url("/metrics")).await.text();
+    assert_eq!(
+        metric(
+            &m,
+            r#"tollgate_cache_requests_total{result="revalidated",route="reval"}"#
+        ),
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn a_changed_answer_to_revalidation_replaces_the_entry() {
+    let (up, hits) = origin().await;
+    let gw = TestGateway::start(&config(&up, "{}")).await;
+    let c = client();
+    let url = gw.url("/changes?cc=max-age%3D1&etag=hit");
+    assert_eq!(get(&c, &url).await.text(), "response 1");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let g = get(&c, &url).await;
+    assert_eq!(g.text(), "response 2");
+    assert_eq!(g.headers["etag"], "\"v2\"");
+    assert_eq!(
+        g.headers["cache-status"],
+        "tollgate; fwd=stale; fwd-status=200; stored"
+    );
+    let g = get(&c, &url).await;
+    assert_eq!(g.text(), "response 2");
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn no_cache_responses_are_stored_and_revalidated_on_every_use() {
+    let (up, hits) = origin().await;
+    let gw = TestGateway::start(&config(&up, "{}")).await;
+    let c = client();
+    let url = gw.url("/nc?cc=no-cache&validators=1&delay=200");
+    let g = get(&c, &url).await;
+    assert_eq!(g.headers["cache-status"], "tollgate; fwd=miss; stored");
+    for n in 2..=3 {
+        let g = get(&c, &url).await;
+        assert_eq!(g.text(), "response 1");
+        assert_eq!(
+            g.headers["cache-status"],
+            "tollgate; fwd=stale; fwd-status=304; stored"
+        );
+        assert_eq!(hits.load(Ordering::SeqCst), n);
+    }
+    // Concurrent uses share one revalidation.
+    let all = spawn_gets(&c, &url, 20);
+    for h in all {
+        assert_eq!(h.await.unwrap(), 200);
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 4);
+    // Without validators there is nothing to revalidate: not stored.
+    let g = get(&c, &gw.url("/nc2?cc=no-cache")).await;
+    assert_eq!(g.headers["cache-status"], "tollgate; fwd=miss");
 }
