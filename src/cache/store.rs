@@ -84,7 +84,8 @@ pub struct Store {
     /// Primary key → the request headers its responses vary on.
     vary: moka::sync::Cache<String, Arc<Vec<HeaderName>>>,
     /// Keys being fetched from the origin right now (request coalescing).
-    inflight: std::sync::Mutex<std::collections::HashMap<String, tokio::sync::watch::Receiver<()>>>,
+    inflight:
+        std::sync::Mutex<std::collections::HashMap<String, tokio::sync::watch::Receiver<bool>>>,
     /// Larger responses are not stored.
     pub max_object: usize,
     /// The settings it was built from (compared on reload).
@@ -171,12 +172,12 @@ impl Store {
         if let Some(rx) = map.get(key) {
             return Join::Wait(rx.clone());
         }
-        let (tx, rx) = tokio::sync::watch::channel(());
+        let (tx, rx) = tokio::sync::watch::channel(false);
         map.insert(key.to_owned(), rx);
         Join::Lead(Some(Flight {
             store: Arc::clone(self),
             key: key.to_owned(),
-            _done: tx,
+            done: tx,
         }))
     }
 
@@ -449,12 +450,14 @@ impl RouteCache {
 
 /// A request's part in fetching a key.
 pub enum Join {
-    /// This request fetches; waiters wake when the guard drops (stored,
-    /// found not storable, or failed).
+    /// This request fetches; waiters wake when the guard drops.
     Lead(Option<Flight>),
     /// Another request is fetching: wait until `changed()` returns (the
     /// leader's guard dropped; no wake-up can be missed), then look again.
-    Wait(tokio::sync::watch::Receiver<()>),
+    /// The value is `true` when the fetch settled (stored, or found not
+    /// storable) and `false` when it was abandoned (its client left, or
+    /// the upstream failed): then one waiter takes over.
+    Wait(tokio::sync::watch::Receiver<bool>),
 }
 
 /// The leading request's hold on a key being fetched.
@@ -462,7 +465,15 @@ pub struct Flight {
     store: Arc<Store>,
     key: String,
     /// Dropped with the guard, which wakes every waiter.
-    _done: tokio::sync::watch::Sender<()>,
+    done: tokio::sync::watch::Sender<bool>,
+}
+
+impl Flight {
+    /// The fetch is over with an answer: stored, or not storable (the
+    /// waiters then go to the upstream themselves).
+    pub fn settle(self) {
+        self.done.send_replace(true);
+    }
 }
 
 impl Drop for Flight {

@@ -28,12 +28,13 @@ pub struct ResponseBody {
 }
 
 /// A copy of the body kept for the cache; handed to `sink` when the body
-/// ends complete within `max` bytes, dropped otherwise.
+/// ends complete within `max` bytes, `None` when it grows past `max` or
+/// carries trailers, dropped unheard when the transfer breaks off.
 struct Tee {
     chunks: Vec<Bytes>,
     size: usize,
     max: usize,
-    sink: Box<dyn FnOnce(Bytes) + Send>,
+    sink: Box<dyn FnOnce(Option<Bytes>) + Send>,
 }
 
 impl ResponseBody {
@@ -61,7 +62,7 @@ impl ResponseBody {
 
     /// Copies the body (up to `max` bytes) and hands it to `sink` once it
     /// has ended complete.
-    pub fn tee(mut self, max: usize, sink: Box<dyn FnOnce(Bytes) + Send>) -> Self {
+    pub fn tee(mut self, max: usize, sink: Box<dyn FnOnce(Option<Bytes>) + Send>) -> Self {
         self.tee = Some(Tee {
             chunks: Vec::new(),
             size: 0,
@@ -85,7 +86,15 @@ impl ResponseBody {
             } else {
                 t.chunks.concat().into()
             };
-            (t.sink)(body);
+            (t.sink)(Some(body));
+        }
+    }
+
+    /// The copy cannot be stored (too large, or trailers): the sink hears
+    /// so at once. (Dropped unheard, when the transfer breaks off.)
+    fn drop_copy(&mut self) {
+        if let Some(t) = self.tee.take() {
+            (t.sink)(None);
         }
     }
 
@@ -131,13 +140,17 @@ impl Body for ResponseBody {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
                     this.bytes += d.len() as u64;
-                    if let Some(t) = &mut this.tee {
-                        if t.size + d.len() > t.max {
-                            this.tee = None;
-                        } else {
+                    let too_large = match &mut this.tee {
+                        Some(t) if t.size + d.len() > t.max => true,
+                        Some(t) => {
                             t.size += d.len();
                             t.chunks.push(d.clone());
+                            false
                         }
+                        None => false,
+                    };
+                    if too_large {
+                        this.drop_copy();
                     }
                     // hyper stops polling a body that says it has ended.
                     if this.is_end_stream() {
@@ -145,7 +158,7 @@ impl Body for ResponseBody {
                     }
                 } else {
                     // Trailers are not stored: neither is the response.
-                    this.tee = None;
+                    this.drop_copy();
                 }
             }
             Poll::Ready(None) => {

@@ -421,23 +421,38 @@ async fn cache_lookup(
         )));
     }
     // Request coalescing: one request per key goes to the origin; the
-    // others wait for its answer (at most the route timeout) and look again.
+    // others wait for its answer (at most the route timeout in all) and
+    // look again. When the fetch was abandoned (its client left, or the
+    // upstream failed), one waiter takes it over and the rest wait on.
     let mut flight = None;
     if found.is_none() && wish == Lookup::Normal {
-        match rc.store.join(&key) {
-            Join::Lead(f) => flight = f,
-            Join::Wait(mut done) => {
-                waited = true;
-                let since = std::time::Instant::now();
-                let _ = tokio::time::timeout(timeout, done.changed()).await;
-                // What the fetch stored (or revalidated) is used even when
-                // it must be revalidated on every use: it just was.
-                variant = rc.store.lookup_key(&key, req.headers());
-                found = rc.store.get_validated_since(&variant, since);
-                if found.is_none()
-                    && let Join::Lead(f) = rc.store.join(&key)
-                {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match rc.store.join(&key) {
+                Join::Lead(f) => {
                     flight = f;
+                    break;
+                }
+                Join::Wait(mut done) => {
+                    waited = true;
+                    let since = std::time::Instant::now();
+                    let _ = tokio::time::timeout_at(deadline, done.changed()).await;
+                    // What the fetch stored (or revalidated) is used even
+                    // when it must be revalidated on every use: it just was.
+                    variant = rc.store.lookup_key(&key, req.headers());
+                    found = rc.store.get_validated_since(&variant, since);
+                    let settled = *done.borrow();
+                    if found.is_some() || tokio::time::Instant::now() >= deadline {
+                        break;
+                    }
+                    if settled {
+                        // Not storable: go to the upstream (leading the
+                        // next fetch when no one else has started one).
+                        if let Join::Lead(f) = rc.store.join(&key) {
+                            flight = f;
+                        }
+                        break;
+                    }
                 }
             }
         }
@@ -983,9 +998,15 @@ async fn forward(
                 body = body.tee(
                     rc.store.max_object,
                     Box::new(move |bytes| {
-                        // Waiters wake once the entry is in (or when this
-                        // copy is dropped unstored).
-                        let _flight = flight;
+                        // Waiters wake once the entry is in, or go to the
+                        // upstream themselves when it cannot be stored;
+                        // a transfer broken off lets one of them take over.
+                        let Some(bytes) = bytes else {
+                            if let Some(f) = flight {
+                                f.settle();
+                            }
+                            return;
+                        };
                         metrics().cache_stores.inc();
                         store.put(
                             key,
@@ -1000,11 +1021,19 @@ async fn forward(
                                 stale_while_revalidate,
                             },
                         );
+                        if let Some(f) = flight {
+                            f.settle();
+                        }
                     }),
                 );
                 true
             }
-            _ => false,
+            _ => {
+                if let Some(f) = flight {
+                    f.settle();
+                }
+                false
+            }
         };
         let status = match (&revalidated, stored) {
             (None, true) => HeaderValue::from_static("tollgate; fwd=miss; stored"),
@@ -1118,7 +1147,9 @@ fn refresh(
         rc.store.put(k, entry);
     }
     // Waiters wake once the refreshed entry is in.
-    drop(flight);
+    if let Some(f) = flight {
+        f.settle();
+    }
     resp
 }
 

@@ -279,14 +279,14 @@ async fn concurrent_misses_for_one_key_reach_the_origin_once() {
     let (up, hits) = origin().await;
     let gw = TestGateway::start(&config(&up, "{}")).await;
     let c = client();
-    let all = spawn_gets(&c, &gw.url("/slow?cc=max-age%3D60&delay=300"), 20);
+    let all = spawn_gets(&c, &gw.url("/slow?cc=max-age%3D60&delay=300"), 100);
     for h in all {
         assert_eq!(h.await.unwrap(), 200);
     }
     assert_eq!(
         hits.load(Ordering::SeqCst),
         1,
-        "one origin request for 20 clients"
+        "one origin request for 100 clients"
     );
     // Not storable: the waiters go to the origin themselves afterwards.
     let all = spawn_gets(&c, &gw.url("/private?cc=private&delay=100"), 5);
@@ -664,4 +664,42 @@ async fn no_cache_responses_are_stored_and_revalidated_on_every_use() {
     // Without validators there is nothing to revalidate: not stored.
     let g = get(&c, &gw.url("/nc2?cc=no-cache")).await;
     assert_eq!(g.headers["cache-status"], "tollgate; fwd=miss");
+}
+
+#[tokio::test]
+async fn clients_that_leave_do_not_cost_the_others_their_coalesced_fetch() {
+    use tokio::io::AsyncWriteExt;
+    let (up, hits) = origin().await;
+    let gw = TestGateway::start(&config(&up, "{}")).await;
+    let c = client();
+    let path = "/leave?cc=max-age%3D60&delay=300";
+    // The leader's client leaves while its fetch runs: one waiter takes
+    // the fetch over, the rest keep waiting for it.
+    let mut leader = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    leader
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let waiters = spawn_gets(&c, &gw.url(path), 10);
+    // A waiter that leaves changes nothing for the rest.
+    let quitter = spawn_gets(&c, &gw.url(path), 1);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    quitter[0].abort();
+    drop(leader);
+    for h in waiters {
+        assert_eq!(h.await.unwrap(), 200);
+    }
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        2,
+        "the abandoned fetch and the one that took over"
+    );
+    let g = get(&c, &gw.url(path)).await;
+    assert!(
+        g.headers["cache-status"]
+            .to_str()
+            .unwrap()
+            .starts_with("tollgate; hit")
+    );
 }
