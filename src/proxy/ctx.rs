@@ -72,6 +72,10 @@ pub struct RequestCtx {
     /// A stored entry with validators: the upstream request becomes
     /// conditional, and a 304 refreshes and serves it.
     pub revalidate: Option<Arc<crate::cache::store::Entry>>,
+    /// The request reached the cache step of a cached route.
+    pub cache_reached: bool,
+    /// The request asked the cache to stay out (`no-store`).
+    pub cache_bypass: bool,
     /// The rate-limit verdict the response's RateLimit headers describe.
     pub rate_limit: Option<(Arc<crate::ratelimit::Policy>, crate::ratelimit::Verdict)>,
 }
@@ -130,6 +134,8 @@ impl RequestCtx {
             cache_plan: None,
             stale: None,
             revalidate: None,
+            cache_reached: false,
+            cache_bypass: false,
             rate_limit: None,
         }
     }

@@ -91,10 +91,27 @@ pub async fn handle(
             }
         }
     };
-    if let Some(route) = ctx.route.and_then(|i| ctx.snapshot.routes.get(i))
-        && !route.response_headers.is_empty()
-    {
-        route.response_headers.apply(resp.headers_mut());
+    if let Some(route) = ctx.route.and_then(|i| ctx.snapshot.routes.get(i)) {
+        if !route.response_headers.is_empty() {
+            route.response_headers.apply(resp.headers_mut());
+        }
+        // Every response on a cached route says what the cache did.
+        if route.cache.is_some() && !resp.headers().contains_key(&CACHE_STATUS) {
+            // Refused before the cache step (auth, rate limits): bypassed.
+            let bypass = !ctx.cache_reached || ctx.cache_bypass || !ctx.method.is_safe();
+            let fwd = if bypass { "bypass" } else { "miss" };
+            let status = if ctx.reason.is_empty() {
+                HeaderValue::from_static(if bypass {
+                    "tollgate; fwd=bypass"
+                } else {
+                    "tollgate; fwd=miss"
+                })
+            } else {
+                HeaderValue::try_from(format!("tollgate; fwd={fwd}; detail={}", ctx.reason))
+                    .unwrap_or(HeaderValue::from_static("tollgate; fwd=miss"))
+            };
+            resp.headers_mut().insert(&CACHE_STATUS, status);
+        }
     }
     resp.headers_mut()
         .insert(&X_REQUEST_ID, ctx.request_id.clone());
@@ -157,6 +174,8 @@ fn context(req: &Request<Incoming>, conn: ConnInfo, snapshot: Arc<Snapshot>) -> 
         cache_plan: None,
         stale: None,
         revalidate: None,
+        cache_reached: false,
+        cache_bypass: false,
         trace: TraceContext::from_headers(h),
         start: Instant::now(),
         method: req.method().clone(),
@@ -270,6 +289,7 @@ async fn run(
     // 5. cache lookup
     let mut unsafe_url = None;
     if let Some(rc) = &route.cache {
+        ctx.cache_reached = true;
         // Headers some backends honour to serve another URL or method:
         // never on a cached route, so no one can store one URL's body
         // under another's key.
@@ -391,6 +411,7 @@ async fn cache_lookup(
     let wish = lookup(req.method(), req.headers());
     if wish == Lookup::Bypass {
         bypass.inc();
+        ctx.cache_bypass = true;
         return Ok(None);
     }
     let key = rc.key(host, pq, req.headers(), ctx.identity.as_deref());

@@ -264,7 +264,10 @@ async fn tenants_get_their_own_entries_and_hits_still_count_against_limits() {
     );
     let g = get(&c, &url).await;
     assert_eq!(g.status, 429);
-    assert!(g.headers.get("cache-status").is_none());
+    assert_eq!(
+        g.headers["cache-status"],
+        "tollgate; fwd=bypass; detail=rate_limited"
+    );
     let before = hits.load(Ordering::SeqCst);
     assert_eq!(
         get(&c, &url).await.status,
@@ -702,4 +705,73 @@ async fn clients_that_leave_do_not_cost_the_others_their_coalesced_fetch() {
             .unwrap()
             .starts_with("tollgate; hit")
     );
+}
+
+#[tokio::test]
+async fn every_response_on_a_cached_route_carries_cache_status() {
+    let (up, _) = origin().await;
+    let yaml = format!(
+        "cache: {{}}\nupstreams:\n  app: {{ endpoints: [\"{up}\"] }}\n  gone: {{ endpoints: [\"http://127.0.0.1:1\"] }}\nroutes:\n  - {{ name: down, match: {{ path_prefix: /down }}, upstream: gone, cache: {{}} }}\n  - {{ name: app, match: {{ path_prefix: / }}, upstream: app, cache: {{}} }}\n"
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let c = client();
+    let status = |g: &Got| g.headers["cache-status"].to_str().unwrap().to_owned();
+    let g = post(&c, &gw.url("/p?cc=max-age%3D60"), "x").await;
+    assert_eq!(status(&g), "tollgate; fwd=bypass");
+    let g = get_with(
+        &c,
+        &gw.url("/n?cc=max-age%3D60"),
+        &[("cache-control", "no-store")],
+    )
+    .await;
+    assert_eq!(status(&g), "tollgate; fwd=bypass");
+    let head = send(
+        &c,
+        Request::head(gw.url("/h?cc=max-age%3D60"))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status(&head), "tollgate; fwd=miss");
+    let g = get(&c, &gw.url("/down")).await;
+    assert_eq!(g.status, 502);
+    assert_eq!(status(&g), "tollgate; fwd=miss; detail=upstream_refused");
+}
+
+#[tokio::test]
+async fn the_store_stays_within_max_size_by_evicting() {
+    let (up, _) = origin().await;
+    let yaml = format!(
+        "cache: {{ max_size: 64KiB, max_object_size: 16KiB }}\nupstreams:\n  app: {{ endpoints: [\"{up}\"] }}\nroutes:\n  - {{ name: app, match: {{ path_prefix: / }}, upstream: app, cache: {{}} }}\n"
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let c = client();
+    let m = get(&c, &gw.admin_url("/metrics")).await.text();
+    let evictions_before = metric(&m, "tollgate_cache_evictions_total");
+    // 32 objects of 8 KiB: four times what fits.
+    for i in 0..32 {
+        let g = get(&c, &gw.url(&format!("/e{i}?cc=max-age%3D600&size=8192"))).await;
+        assert_eq!(g.body.len(), 8192);
+        assert_eq!(g.headers["cache-status"], "tollgate; fwd=miss; stored");
+    }
+    let stats = get(&c, &gw.admin_url("/cache/stats")).await.json();
+    assert!(stats["bytes"].as_u64().unwrap() <= 64 * 1024, "{stats}");
+    assert!(stats["entries"].as_u64().unwrap() < 32, "{stats}");
+    let m = get(&c, &gw.admin_url("/metrics")).await.text();
+    assert!(metric(&m, "tollgate_cache_evictions_total") > evictions_before);
+    // What stayed is served from the store (moka's TinyLFU admission
+    // decides which objects those are).
+    let mut hit = 0;
+    for i in 0..32 {
+        let g = get(&c, &gw.url(&format!("/e{i}?cc=max-age%3D600&size=8192"))).await;
+        assert_eq!(g.body.len(), 8192);
+        if g.headers["cache-status"]
+            .to_str()
+            .unwrap()
+            .starts_with("tollgate; hit")
+        {
+            hit += 1;
+        }
+    }
+    assert!(hit > 0);
 }
