@@ -31,6 +31,20 @@ pub struct Entry {
     pub stale_if_error: Duration,
     /// How long past `ttl` it is served while a refresh runs.
     pub stale_while_revalidate: Duration,
+    /// `Age` and `Cache-Status` of a hit, made once per second of age
+    /// (hits in between share them, instead of formatting their own).
+    pub hit_headers: std::sync::Mutex<Option<HitHeaders>>,
+}
+
+/// The headers of a hit at one second of an entry's life.
+#[derive(Debug, Clone)]
+pub struct HitHeaders {
+    /// Whole seconds since the entry was stored.
+    pub second: u64,
+    /// `Age`.
+    pub age: http::HeaderValue,
+    /// `Cache-Status: tollgate; hit; ttl=N`.
+    pub status: http::HeaderValue,
 }
 
 impl Entry {
@@ -42,6 +56,27 @@ impl Entry {
     /// True while fresh.
     pub fn fresh(&self) -> bool {
         self.stored.elapsed() < self.ttl
+    }
+
+    /// `Age` and `Cache-Status` for a hit `elapsed` after storing.
+    pub fn hit_headers(&self, elapsed: Duration) -> HitHeaders {
+        let second = elapsed.as_secs();
+        let mut memo = self
+            .hit_headers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(h) = memo.as_ref().filter(|h| h.second == second) {
+            return h.clone();
+        }
+        let ttl = self.ttl.saturating_sub(elapsed).as_secs();
+        let h = HitHeaders {
+            second,
+            age: http::HeaderValue::from((self.initial_age + elapsed).as_secs()),
+            status: http::HeaderValue::try_from(format!("tollgate; hit; ttl={ttl}"))
+                .unwrap_or(http::HeaderValue::from_static("tollgate; hit")),
+        };
+        *memo = Some(h.clone());
+        h
     }
 
     /// True while stale but still usable when the upstream fails.
@@ -225,10 +260,14 @@ impl Store {
 
     /// The key to look up for a request: the primary key, or, when stored
     /// responses for it vary, the variant for this request's values.
-    pub fn lookup_key(&self, primary: &str, request: &HeaderMap) -> String {
+    pub fn lookup_key<'k>(
+        &self,
+        primary: &'k str,
+        request: &HeaderMap,
+    ) -> std::borrow::Cow<'k, str> {
         match self.vary.get(primary) {
-            Some(names) => variant_key(primary, &names, request),
-            None => primary.to_owned(),
+            Some(names) => std::borrow::Cow::Owned(variant_key(primary, &names, request)),
+            None => std::borrow::Cow::Borrowed(primary),
         }
     }
 

@@ -295,7 +295,7 @@ impl Metrics {
             ),
             cache_requests: counter(
                 "tollgate_cache_requests_total",
-                "Requests on cached routes by result (hit, miss, bypass).",
+                "Requests on cached routes by result (hit, miss, bypass, stale, revalidated, coalesced).",
                 &["route", "result"],
             ),
             cache_stores: plain_counter(

@@ -297,9 +297,13 @@ async fn run(
             req.headers_mut().remove(name);
         }
         let path = normalized.as_deref().unwrap_or(req.uri().path());
-        let pq = match req.uri().query() {
-            Some(q) => format!("{path}?{q}"),
-            None => path.to_owned(),
+        // The request target as sent, unless normalizing changed its path.
+        let pq: std::borrow::Cow<'_, str> = match (&normalized, req.uri().path_and_query()) {
+            (None, Some(pq)) => pq.as_str().into(),
+            _ => match req.uri().query() {
+                Some(q) => format!("{path}?{q}").into(),
+                None => path.to_owned().into(),
+            },
         };
         if req.method().is_safe() {
             if let Some(hit) = cache_lookup(rc, &req, ctx, &route_host, &pq, route.timeout).await? {
@@ -330,7 +334,7 @@ async fn run(
                 return Ok(hit);
             }
         } else {
-            unsafe_url = Some(pq);
+            unsafe_url = Some(pq.into_owned());
         }
     }
     // 6–7. select and forward
@@ -505,13 +509,12 @@ async fn cache_lookup(
                 .insert(&CACHE_STATUS, HeaderValue::from_static("tollgate; hit"));
             return Ok(Some(r));
         }
-        let ttl = e.ttl.saturating_sub(e.stored.elapsed()).as_secs();
-        let status = HeaderValue::try_from(format!("tollgate; hit; ttl={ttl}"))
-            .unwrap_or(HeaderValue::from_static("tollgate; hit"));
-        return Ok(Some(entry_response(
+        let hit = e.hit_headers(e.stored.elapsed());
+        return Ok(Some(entry_response_aged(
             &e,
             req.method() == Method::HEAD,
-            status,
+            hit.age,
+            hit.status,
         )));
     }
     miss.inc();
@@ -541,6 +544,16 @@ fn entry_response(
     head_only: bool,
     cache_status: HeaderValue,
 ) -> Response<ResponseBody> {
+    entry_response_aged(e, head_only, HeaderValue::from(e.age()), cache_status)
+}
+
+/// A stored entry as a response, with the given `Age` and `cache_status`.
+fn entry_response_aged(
+    e: &crate::cache::store::Entry,
+    head_only: bool,
+    age: HeaderValue,
+    cache_status: HeaderValue,
+) -> Response<ResponseBody> {
     let body = if head_only {
         Bytes::new()
     } else {
@@ -549,8 +562,7 @@ fn entry_response(
     let mut r = Response::new(ResponseBody::full(body));
     *r.status_mut() = e.status;
     *r.headers_mut() = e.headers.clone();
-    r.headers_mut()
-        .insert(http::header::AGE, HeaderValue::from(e.age()));
+    r.headers_mut().insert(http::header::AGE, age);
     r.headers_mut().insert(&CACHE_STATUS, cache_status);
     r
 }
@@ -1040,6 +1052,7 @@ async fn forward(
                                 ttl,
                                 stale_if_error,
                                 stale_while_revalidate,
+                                hit_headers: Default::default(),
                             },
                         );
                         if let Some(f) = flight {
@@ -1155,6 +1168,7 @@ fn refresh(
         ttl,
         stale_if_error,
         stale_while_revalidate,
+        hit_headers: Default::default(),
     };
     let fwd = if old.fresh() { "request" } else { "stale" };
     let status = HeaderValue::try_from(format!(
