@@ -105,6 +105,14 @@ fn config(up: &str, route_cache: &str) -> String {
     )
 }
 
+/// One cached route `name` over the origin, with `route_cache` as its
+/// `cache:` settings.
+fn one_route(up: &str, name: &str, route_cache: &str) -> String {
+    format!(
+        "cache: {{}}\nupstreams:\n  app: {{ endpoints: [\"{up}\"] }}\nroutes:\n  - {{ name: {name}, match: {{ path_prefix: / }}, upstream: app, cache: {route_cache} }}\n"
+    )
+}
+
 #[tokio::test]
 async fn a_stored_response_is_served_with_age_and_head_from_get() {
     let (up, hits) = origin().await;
@@ -493,10 +501,12 @@ async fn conditional_requests_get_304_from_a_fresh_entry() {
 #[tokio::test]
 async fn stale_while_revalidate_serves_stale_at_once_and_refreshes_once() {
     let (up, hits) = origin().await;
-    let yaml = format!(
-        "cache: {{}}\nupstreams:\n  app: {{ endpoints: [\"{up}\"] }}\nroutes:\n  - {{ name: swr, match: {{ path_prefix: / }}, upstream: app, cache: {{ default_ttl: 1s, stale_while_revalidate: 30s }} }}\n"
-    );
-    let gw = TestGateway::start(&yaml).await;
+    let gw = TestGateway::start(&one_route(
+        &up,
+        "swr",
+        "{ default_ttl: 1s, stale_while_revalidate: 30s }",
+    ))
+    .await;
     let c = client();
     let url = gw.url("/s?delay=200");
     assert_eq!(get(&c, &url).await.text(), "response 1");
@@ -541,10 +551,7 @@ async fn stale_while_revalidate_serves_stale_at_once_and_refreshes_once() {
 #[tokio::test]
 async fn stale_while_revalidate_from_the_response_is_honoured() {
     let (up, hits) = origin().await;
-    let yaml = format!(
-        "cache: {{}}\nupstreams:\n  app: {{ endpoints: [\"{up}\"] }}\nroutes:\n  - {{ name: swr, match: {{ path_prefix: / }}, upstream: app, cache: {{}} }}\n"
-    );
-    let gw = TestGateway::start(&yaml).await;
+    let gw = TestGateway::start(&one_route(&up, "swr", "{}")).await;
     let c = client();
     let url = gw.url("/s?cc=max-age%3D1%2Cstale-while-revalidate%3D30");
     assert_eq!(get(&c, &url).await.text(), "response 1");
@@ -563,10 +570,7 @@ async fn stale_while_revalidate_from_the_response_is_honoured() {
 #[tokio::test]
 async fn stale_entries_are_revalidated_and_a_304_refreshes_them() {
     let (up, hits) = origin().await;
-    let yaml = format!(
-        "cache: {{}}\nupstreams:\n  app: {{ endpoints: [\"{up}\"] }}\nroutes:\n  - {{ name: reval, match: {{ path_prefix: / }}, upstream: app, cache: {{}} }}\n"
-    );
-    let gw = TestGateway::start(&yaml).await;
+    let gw = TestGateway::start(&one_route(&up, "reval", "{}")).await;
     let c = client();
     let url = gw.url("/reval?cc=max-age%3D1&validators=1");
     let first = get(&c, &url).await;
