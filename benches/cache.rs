@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use tollgate::cache::key::RouteCache;
 use tollgate::cache::policy::{Allowances, CacheControl, lookup, storable};
-use tollgate::cache::store::{Entry, RouteCache, Store};
+use tollgate::cache::store::{Entry, Store};
 
 fn response_headers() -> HeaderMap {
     let mut h = HeaderMap::new();

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod body;
 pub mod cache;
 pub mod config;
+pub mod cookies;
 pub mod fetch;
 pub mod observability;
 pub mod proxy;

@@ -201,7 +201,7 @@ pub struct Route {
     /// Rate-limit policies.
     pub limits: Option<crate::ratelimit::RouteLimits>,
     /// Response cache.
-    pub cache: Option<crate::cache::store::RouteCache>,
+    pub cache: Option<crate::cache::key::RouteCache>,
     /// Metric handles.
     pub metrics: RouteMetrics,
 }

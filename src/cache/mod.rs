@@ -12,8 +12,16 @@
 //!
 //! Responses with `Vary` are stored per variant.
 //!
-//! Not built yet: stale-while-revalidate, and revalidation with validators
-//! (so `no-cache` responses are not stored).
+//! Stale entries are served while a background refresh runs
+//! (stale-while-revalidate) and stand in for a failing upstream
+//! (stale-if-error); entries with validators are revalidated with
+//! conditional requests.
+//!
+//! Modules: `policy` (RFC 9111), `key` (a route's key), `store` (moka),
+//! `coalesce` (one origin request per key). The pipeline side is
+//! `crate::proxy::cache`.
 
+pub mod coalesce;
+pub mod key;
 pub mod policy;
 pub mod store;

@@ -218,13 +218,8 @@ pub fn storable(
 /// True when every cookie the request sends is part of the key.
 fn cookies_in_key(request: &HeaderMap, allow: &Allowances) -> bool {
     !allow.key_cookies.is_empty()
-        && request
-            .get_all(COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|kv| kv.trim().split_once('=').map(|(k, _)| k.trim()))
-            .all(|name| allow.key_cookies.iter().any(|k| k == name))
+        && crate::cookies::pairs(request)
+            .all(|(name, _)| allow.key_cookies.iter().any(|k| k == name))
 }
 
 /// `Expires - Date` (RFC 9111 §4.2.1); an invalid `Expires` means stale.

@@ -66,7 +66,11 @@ pub struct RequestCtx {
     pub https_port: u16,
     /// A cache miss to store: the key, and the request headers the storage
     /// rules read (Authorization, Cookie, Cache-Control).
-    pub cache_plan: Option<(String, http::HeaderMap, Option<crate::cache::store::Flight>)>,
+    pub cache_plan: Option<(
+        String,
+        http::HeaderMap,
+        Option<crate::cache::coalesce::Flight>,
+    )>,
     /// A stale cache entry that may stand in if the upstream fails.
     pub stale: Option<Arc<crate::cache::store::Entry>>,
     /// A stored entry with validators: the upstream request becomes

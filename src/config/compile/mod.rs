@@ -209,8 +209,8 @@ fn route_cache(
     p: &str,
     store: Option<&std::sync::Arc<crate::cache::store::Store>>,
     errs: &mut Errors,
-) -> Option<crate::cache::store::RouteCache> {
-    use crate::cache::store::{KeyPart, RouteCache};
+) -> Option<crate::cache::key::RouteCache> {
+    use crate::cache::key::{KeyPart, RouteCache};
     let Some(store) = store else {
         errs.push(p, "a route cache needs the top-level `cache:` section");
         return None;

@@ -1,0 +1,526 @@
+//! The cache stages of the pipeline (ARCHITECTURE stages 5 and 8): the
+//! lookup (hits, stale answers, coalescing), the conditional request that
+//! revalidates a stored entry, the store step that copies a cacheable
+//! response as it streams, the refresh a 304 makes, and `Cache-Status`.
+//! The RFC 9111 rules themselves are in `crate::cache::policy`.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::HeaderValue;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+
+use super::body::ResponseBody;
+use super::ctx::RequestCtx;
+use super::error::ProxyError;
+use crate::observability::metrics::metrics;
+use crate::snapshot::Route;
+
+/// Request headers that make a request conditional.
+static CONDITIONAL_HEADERS: [http::HeaderName; 5] = [
+    http::header::IF_NONE_MATCH,
+    http::header::IF_MODIFIED_SINCE,
+    http::header::IF_MATCH,
+    http::header::IF_UNMODIFIED_SINCE,
+    http::header::IF_RANGE,
+];
+
+/// Request headers removed on cached routes.
+pub(super) static CACHE_UNSAFE_HEADERS: [http::HeaderName; 3] = [
+    http::HeaderName::from_static("x-original-url"),
+    http::HeaderName::from_static("x-rewrite-url"),
+    http::HeaderName::from_static("x-http-method-override"),
+];
+
+/// The path (and query) of `target` when it is on `host` (or relative).
+pub(super) fn same_host_path(target: &str, host: &str) -> Option<String> {
+    if target.starts_with('/') {
+        return Some(target.to_owned());
+    }
+    let uri: Uri = target.parse().ok()?;
+    let h = uri.host()?;
+    h.eq_ignore_ascii_case(host)
+        .then(|| uri.path_and_query().map_or("/", |p| p.as_str()).to_owned())
+}
+
+/// A fresh stored response for the request, or `None` (a miss, which
+/// plans storing for a GET). `only-if-cached` misses get 504.
+pub(super) async fn cache_lookup(
+    rc: &crate::cache::key::RouteCache,
+    req: &Request<Incoming>,
+    ctx: &mut RequestCtx,
+    host: &str,
+    pq: &str,
+    timeout: std::time::Duration,
+) -> Result<Option<Response<ResponseBody>>, ProxyError> {
+    use crate::cache::coalesce::Join;
+    use crate::cache::policy::{Lookup, lookup};
+    let [hit, miss, bypass, _, coalesced, _] = &rc.counters;
+    let mut waited = false;
+    let wish = lookup(req.method(), req.headers());
+    if wish == Lookup::Bypass {
+        bypass.inc();
+        ctx.cache_bypass = true;
+        return Ok(None);
+    }
+    let key = rc.key(host, pq, req.headers(), ctx.identity.as_deref());
+    let mut variant = rc.store.lookup_key(&key, req.headers());
+    let mut found = if wish == Lookup::Revalidate {
+        None
+    } else {
+        rc.store.get(&variant)
+    };
+    // stale-while-revalidate: a stale entry inside its window is served
+    // now; the request that leads the key's fetch refreshes it in the
+    // background, the others do not wait for it.
+    if found.is_none()
+        && wish == Lookup::Normal
+        && let Some(e) = rc.store.get_revalidating(&variant)
+    {
+        if req.method() == Method::GET
+            && let Join::Lead(Some(f)) = rc.store.join(&key)
+        {
+            ctx.cache_plan = Some((key, req.headers().clone(), Some(f)));
+            ctx.revalidate = Some(Arc::clone(&e)).filter(|e| e.has_validators());
+        }
+        rc.counters[3].inc();
+        return Ok(Some(entry_response(
+            &e,
+            req.method() == Method::HEAD,
+            HeaderValue::from_static("tollgate; fwd=stale; detail=revalidating"),
+        )));
+    }
+    // Request coalescing: one request per key goes to the origin; the
+    // others wait for its answer (at most the route timeout in all) and
+    // look again. When the fetch was abandoned (its client left, or the
+    // upstream failed), one waiter takes it over and the rest wait on.
+    let mut flight = None;
+    if found.is_none() && wish == Lookup::Normal {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match rc.store.join(&key) {
+                Join::Lead(f) => {
+                    flight = f;
+                    break;
+                }
+                Join::Wait(mut done) => {
+                    waited = true;
+                    let since = std::time::Instant::now();
+                    let _ = tokio::time::timeout_at(deadline, done.changed()).await;
+                    // What the fetch stored (or revalidated) is used even
+                    // when it must be revalidated on every use: it just was.
+                    variant = rc.store.lookup_key(&key, req.headers());
+                    found = rc.store.get_validated_since(&variant, since);
+                    let settled = *done.borrow();
+                    if found.is_some() || tokio::time::Instant::now() >= deadline {
+                        break;
+                    }
+                    if settled {
+                        // Not storable: go to the upstream (leading the
+                        // next fetch when no one else has started one).
+                        if let Join::Lead(f) = rc.store.join(&key) {
+                            flight = f;
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    if let Some(e) = found {
+        if waited {
+            coalesced.inc();
+        } else {
+            hit.inc();
+        }
+        // A conditional request the entry satisfies gets 304.
+        if not_modified(req.headers(), &e) {
+            let mut r = Response::new(ResponseBody::full(Bytes::new()));
+            *r.status_mut() = StatusCode::NOT_MODIFIED;
+            for name in [
+                http::header::ETAG,
+                http::header::LAST_MODIFIED,
+                http::header::CACHE_CONTROL,
+                http::header::EXPIRES,
+                http::header::VARY,
+            ] {
+                if let Some(v) = e.headers.get(&name) {
+                    r.headers_mut().insert(name, v.clone());
+                }
+            }
+            r.headers_mut()
+                .insert(http::header::AGE, HeaderValue::from(e.age()));
+            r.headers_mut()
+                .insert(&CACHE_STATUS, HeaderValue::from_static("tollgate; hit"));
+            return Ok(Some(r));
+        }
+        let hit = e.hit_headers(e.stored.elapsed());
+        return Ok(Some(entry_response_aged(
+            &e,
+            req.method() == Method::HEAD,
+            hit.age,
+            hit.status,
+        )));
+    }
+    miss.inc();
+    if wish == Lookup::OnlyIfCached {
+        return Err(ProxyError::NotCached);
+    }
+    if wish == Lookup::Normal {
+        ctx.stale = rc.store.get_stale(&variant);
+    }
+    if req.method() == Method::GET {
+        // A stored entry with validators turns the fetch into a
+        // conditional request (see `forward`).
+        ctx.revalidate = rc.store.get_revalidatable(&variant);
+        // The storage rules and `Vary` read the request's headers.
+        ctx.cache_plan = Some((key, req.headers().clone(), flight));
+    }
+    Ok(None)
+}
+
+pub(super) fn parts_is_head(m: &Method) -> bool {
+    *m == Method::HEAD
+}
+
+/// A stored entry as a response, with `Age` and `cache_status`.
+fn entry_response(
+    e: &crate::cache::store::Entry,
+    head_only: bool,
+    cache_status: HeaderValue,
+) -> Response<ResponseBody> {
+    entry_response_aged(e, head_only, HeaderValue::from(e.age()), cache_status)
+}
+
+/// A stored entry as a response, with the given `Age` and `cache_status`.
+fn entry_response_aged(
+    e: &crate::cache::store::Entry,
+    head_only: bool,
+    age: HeaderValue,
+    cache_status: HeaderValue,
+) -> Response<ResponseBody> {
+    let body = if head_only {
+        Bytes::new()
+    } else {
+        e.body.clone()
+    };
+    let mut r = Response::new(ResponseBody::full(body));
+    *r.status_mut() = e.status;
+    *r.headers_mut() = e.headers.clone();
+    r.headers_mut().insert(http::header::AGE, age);
+    r.headers_mut().insert(&CACHE_STATUS, cache_status);
+    r
+}
+
+/// A stale entry served because the upstream failed (`fwd_status`: the
+/// status it answered with, when it answered).
+pub(super) fn stale_response(
+    route: &Route,
+    e: &crate::cache::store::Entry,
+    head_only: bool,
+    fwd_status: Option<StatusCode>,
+) -> Response<ResponseBody> {
+    if let Some(rc) = &route.cache {
+        rc.counters[3].inc();
+    }
+    let status = match fwd_status {
+        Some(s) => HeaderValue::try_from(format!("tollgate; fwd=stale; fwd-status={}", s.as_u16()))
+            .unwrap_or(HeaderValue::from_static("tollgate; fwd=stale")),
+        None => HeaderValue::from_static("tollgate; fwd=stale"),
+    };
+    entry_response(e, head_only, status)
+}
+
+/// True when a conditional request is satisfied by the stored entry:
+/// `If-None-Match` against its `ETag` (weak comparison), or, without
+/// `If-None-Match`, `If-Modified-Since` not before its `Last-Modified`.
+fn not_modified(req: &HeaderMap, e: &crate::cache::store::Entry) -> bool {
+    if e.status != StatusCode::OK {
+        return false;
+    }
+    let weak = |t: &str| t.trim().trim_start_matches("W/").to_owned();
+    if let Some(inm) = req
+        .get(http::header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    {
+        let Some(etag) = e
+            .headers
+            .get(http::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return false;
+        };
+        return inm.trim() == "*" || inm.split(',').any(|t| weak(t) == weak(etag));
+    }
+    let since = req
+        .get(http::header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok());
+    let modified = e
+        .headers
+        .get(http::header::LAST_MODIFIED)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok());
+    matches!((since, modified), (Some(s), Some(m)) if m <= s)
+}
+
+/// `Cache-Status` (RFC 9211).
+pub(super) static CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
+
+/// Makes the upstream request conditional on the stored entry being
+/// revalidated (`If-None-Match` / `If-Modified-Since` from its validators),
+/// unless the client asks its own conditional question: then there is no
+/// revalidation, and the answer goes back to the client as it is.
+pub(super) fn add_validators(
+    revalidate: &mut Option<Arc<crate::cache::store::Entry>>,
+    headers: &mut HeaderMap,
+) {
+    let Some(e) = revalidate else {
+        return;
+    };
+    if CONDITIONAL_HEADERS.iter().any(|h| headers.contains_key(h)) {
+        *revalidate = None;
+        return;
+    }
+    if let Some(etag) = e.headers.get(http::header::ETAG) {
+        headers.insert(http::header::IF_NONE_MATCH, etag.clone());
+    }
+    if let Some(lm) = e.headers.get(http::header::LAST_MODIFIED) {
+        headers.insert(http::header::IF_MODIFIED_SINCE, lm.clone());
+    }
+}
+
+/// `Cache-Status` for a response on a cached route that no cache stage
+/// labelled: a bypass (unsafe method, `no-store`, or refused before the
+/// cache step, such as a 429), or a miss the gateway answered itself,
+/// with the error's reason as `detail`.
+pub(super) fn fallback_status(ctx: &RequestCtx) -> HeaderValue {
+    let bypass = !ctx.cache_reached || ctx.cache_bypass || !ctx.method.is_safe();
+    if ctx.reason.is_empty() {
+        return HeaderValue::from_static(if bypass {
+            "tollgate; fwd=bypass"
+        } else {
+            "tollgate; fwd=miss"
+        });
+    }
+    let fwd = if bypass { "bypass" } else { "miss" };
+    HeaderValue::try_from(format!("tollgate; fwd={fwd}; detail={}", ctx.reason))
+        .unwrap_or(HeaderValue::from_static("tollgate; fwd=miss"))
+}
+
+/// Stage 8, store: a response the lookup planned to store is copied as it
+/// streams to the client (or, for a 304 to the revalidation, the stored
+/// entry is refreshed and served), and labelled with `Cache-Status`.
+pub(super) async fn store_step(
+    ctx: &mut RequestCtx,
+    route: &Route,
+    mut parts: http::response::Parts,
+    mut body: ResponseBody,
+) -> Response<ResponseBody> {
+    let revalidated = ctx.revalidate.take();
+    if let (Some((key, facts, flight)), Some(rc)) = (ctx.cache_plan.take(), &route.cache) {
+        // 304 to our conditional request: the stored body is current.
+        if let Some(old) = revalidated
+            .as_ref()
+            .filter(|_| parts.status == StatusCode::NOT_MODIFIED)
+        {
+            // Read the (empty) body to its end so the connection is reused.
+            while let Some(Ok(_)) = http_body_util::BodyExt::frame(&mut body).await {}
+            return refresh(rc, key, &facts, flight, old, &parts.headers);
+        }
+        let decision = crate::cache::policy::storable(
+            &Method::GET,
+            &facts,
+            parts.status,
+            &parts.headers,
+            &rc.allow,
+        );
+        let length = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let vary = crate::cache::key::vary_names(&parts.headers);
+        let stored = match (decision, vary) {
+            (
+                crate::cache::policy::Storable::Yes {
+                    ttl,
+                    stale_if_error,
+                    stale_while_revalidate,
+                },
+                Some(vary),
+            ) if (!ttl.is_zero() || crate::cache::store::has_validators(&parts.headers))
+                && length.is_none_or(|n| n <= rc.store.max_object) =>
+            {
+                let key = if vary.is_empty() {
+                    rc.store.no_vary(&key);
+                    key
+                } else {
+                    rc.store.vary_on(&key, vary, &facts)
+                };
+                let store = Arc::clone(&rc.store);
+                let stale_if_error = stale_if_error.unwrap_or(rc.stale_if_error);
+                let stale_while_revalidate =
+                    stale_while_revalidate.unwrap_or(rc.stale_while_revalidate);
+                let (status, headers) = (parts.status, parts.headers.clone());
+                let initial_age = age_header(&parts.headers);
+                body = body.tee(
+                    rc.store.max_object,
+                    Box::new(move |bytes| {
+                        // Waiters wake once the entry is in, or go to the
+                        // upstream themselves when it cannot be stored;
+                        // a transfer broken off lets one of them take over.
+                        let Some(bytes) = bytes else {
+                            if let Some(f) = flight {
+                                f.settle();
+                            }
+                            return;
+                        };
+                        metrics().cache_stores.inc();
+                        store.put(
+                            key,
+                            crate::cache::store::Entry {
+                                status,
+                                headers,
+                                body: bytes,
+                                stored: std::time::Instant::now(),
+                                initial_age,
+                                ttl,
+                                stale_if_error,
+                                stale_while_revalidate,
+                                hit_headers: Default::default(),
+                            },
+                        );
+                        if let Some(f) = flight {
+                            f.settle();
+                        }
+                    }),
+                );
+                true
+            }
+            _ => {
+                if let Some(f) = flight {
+                    f.settle();
+                }
+                false
+            }
+        };
+        let status = match (&revalidated, stored) {
+            (None, true) => HeaderValue::from_static("tollgate; fwd=miss; stored"),
+            (None, false) => HeaderValue::from_static("tollgate; fwd=miss"),
+            // The stored entry was stale (or the request asked for a
+            // check) and the upstream sent a new answer.
+            (Some(old), stored) => HeaderValue::try_from(format!(
+                "tollgate; fwd={}; fwd-status={}{}",
+                if old.fresh() { "request" } else { "stale" },
+                parts.status.as_u16(),
+                if stored { "; stored" } else { "" }
+            ))
+            .unwrap_or(HeaderValue::from_static("tollgate; fwd=stale")),
+        };
+        parts.headers.insert(&CACHE_STATUS, status);
+    }
+    Response::from_parts(parts, body)
+}
+
+/// The `Age` a response arrived with.
+fn age_header(h: &HeaderMap) -> std::time::Duration {
+    h.get(http::header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(std::time::Duration::ZERO, std::time::Duration::from_secs)
+}
+
+/// Stored header fields a 304 does not replace (RFC 9111 §3.2): they
+/// describe the stored body, not the response's metadata.
+static KEPT_ON_UPDATE: [http::HeaderName; 4] = [
+    http::header::CONTENT_LENGTH,
+    http::header::CONTENT_ENCODING,
+    http::header::CONTENT_RANGE,
+    http::header::TRANSFER_ENCODING,
+];
+
+/// The upstream answered 304 to the conditional request for `old`: its
+/// stored headers are updated from the 304's (RFC 9111 §3.2), it is
+/// stored again with the freshness they now give (or dropped when they
+/// forbid storing), and this request is served from it.
+fn refresh(
+    rc: &crate::cache::key::RouteCache,
+    key: String,
+    facts: &HeaderMap,
+    flight: Option<crate::cache::coalesce::Flight>,
+    old: &crate::cache::store::Entry,
+    update: &HeaderMap,
+) -> Response<ResponseBody> {
+    use crate::cache::policy::{Storable, storable};
+    let mut headers = old.headers.clone();
+    for name in update.keys() {
+        if KEPT_ON_UPDATE.contains(name) || *name == http::header::AGE {
+            continue;
+        }
+        headers.remove(name);
+        for v in update.get_all(name) {
+            headers.append(name.clone(), v.clone());
+        }
+    }
+    rc.counters[5].inc();
+    let decision = storable(&Method::GET, facts, old.status, &headers, &rc.allow);
+    let vary = crate::cache::key::vary_names(&headers);
+    let (ttl, stale_if_error, stale_while_revalidate, store_as) = match (decision, vary) {
+        (
+            Storable::Yes {
+                ttl,
+                stale_if_error,
+                stale_while_revalidate,
+            },
+            Some(vary),
+        ) if !ttl.is_zero() || crate::cache::store::has_validators(&headers) => {
+            let k = if vary.is_empty() {
+                rc.store.no_vary(&key);
+                key
+            } else {
+                rc.store.vary_on(&key, vary, facts)
+            };
+            (
+                ttl,
+                stale_if_error.unwrap_or(rc.stale_if_error),
+                stale_while_revalidate.unwrap_or(rc.stale_while_revalidate),
+                Some(k),
+            )
+        }
+        _ => {
+            // No longer storable: what was stored goes.
+            rc.store.remove(&rc.store.lookup_key(&key, facts));
+            let zero = std::time::Duration::ZERO;
+            (zero, zero, zero, None)
+        }
+    };
+    let entry = crate::cache::store::Entry {
+        status: old.status,
+        headers,
+        body: old.body.clone(),
+        stored: std::time::Instant::now(),
+        initial_age: age_header(update),
+        ttl,
+        stale_if_error,
+        stale_while_revalidate,
+        hit_headers: Default::default(),
+    };
+    let fwd = if old.fresh() { "request" } else { "stale" };
+    let status = HeaderValue::try_from(format!(
+        "tollgate; fwd={fwd}; fwd-status=304{}",
+        if store_as.is_some() { "; stored" } else { "" }
+    ))
+    .unwrap_or(HeaderValue::from_static("tollgate; fwd=stale"));
+    let resp = entry_response(&entry, false, status);
+    if let Some(k) = store_as {
+        metrics().cache_stores.inc();
+        rc.store.put(k, entry);
+    }
+    // Waiters wake once the refreshed entry is in.
+    if let Some(f) = flight {
+        f.settle();
+    }
+    resp
+}
