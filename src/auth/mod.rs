@@ -109,8 +109,11 @@ pub struct Rules {
     pub issuer: Option<String>,
     /// Accepted algorithms.
     pub algorithms: Vec<Algorithm>,
-    /// jsonwebtoken's validation, every field set.
-    pub validation: Validation,
+    /// jsonwebtoken's validation for each accepted algorithm, every field
+    /// set. One per algorithm: jsonwebtoken checks every algorithm of a
+    /// `Validation` against the key's family, so a provider that accepts
+    /// RS256 and ES256 would refuse both with one shared `Validation`.
+    validations: Vec<(Algorithm, Validation)>,
 }
 
 impl Rules {
@@ -122,7 +125,6 @@ impl Rules {
         leeway: Duration,
     ) -> Self {
         let mut v = Validation::new(algorithms.first().copied().unwrap_or(Algorithm::RS256));
-        v.algorithms = algorithms.clone();
         v.leeway = leeway.as_secs();
         v.reject_tokens_expiring_in_less_than = 0;
         v.validate_exp = true;
@@ -146,11 +148,28 @@ impl Rules {
             required.push("aud");
         }
         v.set_required_spec_claims(&required);
+        let validations = algorithms
+            .iter()
+            .map(|a| {
+                let mut one = v.clone();
+                one.algorithms = vec![*a];
+                (*a, one)
+            })
+            .collect();
         Self {
             issuer,
             algorithms,
-            validation: v,
+            validations,
         }
+    }
+
+    /// The validation for tokens signed with `alg` (`None` when `alg` is
+    /// not accepted).
+    pub fn validation(&self, alg: Algorithm) -> Option<&Validation> {
+        self.validations
+            .iter()
+            .find(|(a, _)| *a == alg)
+            .map(|(_, v)| v)
     }
 }
 
@@ -296,9 +315,12 @@ impl Provider {
                 Failure::Invalid("the token has an unsupported critical header")
             }
         })?;
-        if !self.rules.algorithms.contains(&header.alg) {
-            return Err(Failure::Invalid("the token's algorithm is not accepted"));
-        }
+        // The token is verified with the one algorithm its header names,
+        // after that algorithm is checked against the allowlist.
+        let validation = self
+            .rules
+            .validation(header.alg)
+            .ok_or(Failure::Invalid("the token's algorithm is not accepted"))?;
         let mut set = self.keys.keys().ok_or(Failure::Unavailable)?;
         let mut found = matches!(
             set.find(header.kid.as_deref(), header.alg),
@@ -322,11 +344,7 @@ impl Provider {
         };
         let mut last = Failure::Invalid("the token's signature is invalid");
         for key in keys {
-            match jsonwebtoken::decode::<Map<String, Value>>(
-                token,
-                &key.key,
-                &self.rules.validation,
-            ) {
+            match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation) {
                 Ok(data) => return self.identity(data.claims),
                 Err(e) => {
                     last = failure(e.kind());
@@ -412,25 +430,15 @@ fn scalar_text(v: &Value) -> Option<String> {
     }
 }
 
-/// A claim as header text: strings as they are, numbers and booleans
-/// printed, arrays of those joined with `,`, objects as JSON.
+/// A claim as header text: a string as it is, a number printed. An
+/// array, object, boolean or null is no header value (joining an array
+/// would let `["a,b"]` and `["a","b"]` read the same upstream), so the
+/// header is left out.
 fn claim_text(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
-        Value::Number(_) | Value::Bool(_) => Some(v.to_string()),
-        Value::Array(items) => Some(
-            items
-                .iter()
-                .filter_map(|i| match i {
-                    Value::String(s) => Some(s.clone()),
-                    Value::Number(_) | Value::Bool(_) => Some(i.to_string()),
-                    _ => None,
-                })
-                .collect::<Vec<_>>()
-                .join(","),
-        ),
-        Value::Object(_) => Some(v.to_string()),
-        Value::Null => None,
+        Value::Number(n) => Some(n.to_string()),
+        Value::Array(_) | Value::Object(_) | Value::Bool(_) | Value::Null => None,
     }
 }
 
@@ -670,7 +678,8 @@ mod tests {
         );
         assert_eq!(
             claim_at(&claims, &path("roles")).and_then(claim_text),
-            Some("a,b".into())
+            None,
+            "an array is no header value"
         );
         assert!(claim_at(&claims, &path("org.name")).is_none());
     }
@@ -683,15 +692,52 @@ mod tests {
             vec![Algorithm::RS256],
             Duration::from_secs(30),
         );
-        let v = &r.validation;
+        let Some(v) = r.validation(Algorithm::RS256) else {
+            unreachable!("RS256 is accepted")
+        };
+        assert!(r.validation(Algorithm::ES256).is_none());
         assert!(v.validate_exp && v.validate_nbf && v.validate_aud);
         assert_eq!(v.leeway, 30);
         for c in ["exp", "iss", "aud"] {
             assert!(v.required_spec_claims.contains(c), "{c}");
         }
         let open = Rules::new(None, &[], vec![Algorithm::ES256], Duration::ZERO);
-        assert!(!open.validation.validate_aud);
-        assert!(open.validation.required_spec_claims.contains("exp"));
-        assert!(!open.validation.required_spec_claims.contains("iss"));
+        let Some(v) = open.validation(Algorithm::ES256) else {
+            unreachable!("ES256 is accepted")
+        };
+        assert!(!v.validate_aud);
+        assert!(v.required_spec_claims.contains("exp"));
+        assert!(!v.required_spec_claims.contains("iss"));
+    }
+
+    #[test]
+    fn each_accepted_algorithm_gets_a_validation_of_its_own() {
+        let r = Rules::new(
+            None,
+            &[],
+            vec![Algorithm::RS256, Algorithm::ES256],
+            Duration::ZERO,
+        );
+        for a in [Algorithm::RS256, Algorithm::ES256] {
+            let Some(v) = r.validation(a) else {
+                unreachable!("{a:?} is accepted")
+            };
+            assert_eq!(v.algorithms, vec![a]);
+        }
+    }
+
+    #[test]
+    fn only_strings_and_numbers_are_header_values() {
+        use serde_json::json;
+        assert_eq!(claim_text(&json!("acme")).as_deref(), Some("acme"));
+        assert_eq!(claim_text(&json!(42)).as_deref(), Some("42"));
+        for v in [
+            json!(["acme", "globex"]),
+            json!({"a": 1}),
+            json!(true),
+            json!(null),
+        ] {
+            assert_eq!(claim_text(&v), None, "{v}");
+        }
     }
 }

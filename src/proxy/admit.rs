@@ -36,6 +36,16 @@ pub fn admit(
     if req.version() <= Version::HTTP_11 {
         framing(req.headers())?;
     }
+    // A raw backslash is no path character (RFC 3986 §3.3), and some
+    // origins read it as `/`: the gateway and the origin would see two
+    // different paths.
+    if req
+        .uri()
+        .path_and_query()
+        .is_some_and(|pq| pq.as_str().as_bytes().contains(&b'\\'))
+    {
+        return Err(ProxyError::BadRequest("a backslash in the request target"));
+    }
     let host = host(req)?;
     if underscores != UnderscorePolicy::Allow
         && req.headers().keys().any(|k| k.as_str().contains('_'))
@@ -62,6 +72,19 @@ pub fn admit(
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max_body) {
         return Err(ProxyError::PayloadTooLarge(max_body));
+    }
+    // Forwarded in canonical form: `010` goes upstream as `10`, so no hop
+    // can read the digits another way. (hyper has already refused a value
+    // that is not all digits, and collapsed repeated identical lines into
+    // one, as RFC 9110 §8.6 permits.)
+    if let Some(n) = declared
+        && req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .is_some_and(|v| v.len() > 1 && v.as_bytes()[0] == b'0')
+    {
+        req.headers_mut()
+            .insert(CONTENT_LENGTH, HeaderValue::from(n));
     }
     Ok(host)
 }

@@ -78,8 +78,14 @@ pub struct RequestCtx {
     pub revalidate: Option<Arc<crate::cache::store::Entry>>,
     /// The request reached the cache step of a cached route.
     pub cache_reached: bool,
-    /// The request asked the cache to stay out (`no-store`).
+    /// The request asked the cache to stay out (`no-store`), or carries a
+    /// body on a GET/HEAD.
     pub cache_bypass: bool,
+    /// Why the cache stayed out, for `Cache-Status` (`request-body`).
+    pub cache_detail: Option<&'static str>,
+    /// The client asks to switch to this protocol (`Upgrade`, with
+    /// `Connection: upgrade`), read before the hop-by-hop fields go.
+    pub upgrade: Option<HeaderValue>,
     /// The rate-limit verdict the response's RateLimit headers describe.
     pub rate_limit: Option<(Arc<crate::ratelimit::Policy>, crate::ratelimit::Verdict)>,
 }
@@ -140,6 +146,8 @@ impl RequestCtx {
             revalidate: None,
             cache_reached: false,
             cache_bypass: false,
+            cache_detail: None,
+            upgrade: None,
             rate_limit: None,
         }
     }

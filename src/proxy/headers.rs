@@ -18,11 +18,19 @@ static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 /// `traceparent`.
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
-/// Other X-Forwarded-* headers, removed when the peer is not trusted.
-static X_FORWARDED_OTHER: [HeaderName; 3] = [
+/// `x-real-ip`: the client address the gateway determined (NGINX's
+/// `$remote_addr` convention, which Traefik follows too).
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+/// Other headers that name the client or the original request, removed when
+/// the peer is not trusted: some origins read them as the client address
+/// (`True-Client-IP`, `CF-Connecting-IP`, `X-Client-IP`) or the scheme.
+static X_FORWARDED_OTHER: [HeaderName; 6] = [
     HeaderName::from_static("x-forwarded-port"),
     HeaderName::from_static("x-forwarded-scheme"),
     HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("cf-connecting-ip"),
+    HeaderName::from_static("x-client-ip"),
 ];
 
 /// Hop-by-hop fields that are removed in both directions (RFC 9110 §7.6.1,
@@ -64,7 +72,8 @@ fn is_plain_connection_token(t: &str) -> bool {
         .any(|k| t.eq_ignore_ascii_case(k))
 }
 
-/// Removes hop-by-hop headers: every field named in `Connection`, then
+/// Removes hop-by-hop headers: every field named in `Connection` (but
+/// `Host`, which is never hop-by-hop and which the gateway forwards), then
 /// `Connection` itself and the fixed list. `TE: trailers` is kept (gRPC
 /// needs it and it is meaningful end to end); other `TE` values go.
 ///
@@ -84,11 +93,9 @@ pub fn remove_hop_by_hop(h: &mut HeaderMap) {
     if present & connection_bit != 0 {
         let mut named: Vec<HeaderName> = Vec::new();
         for v in h.get_all(CONNECTION).iter().filter_map(|v| v.to_str().ok()) {
-            for t in v
-                .split(',')
-                .map(str::trim)
-                .filter(|t| !t.is_empty() && !is_plain_connection_token(t))
-            {
+            for t in v.split(',').map(str::trim).filter(|t| {
+                !t.is_empty() && !is_plain_connection_token(t) && !t.eq_ignore_ascii_case("host")
+            }) {
                 if let Ok(n) = HeaderName::from_bytes(t.as_bytes()) {
                     named.push(n);
                 }
@@ -110,6 +117,26 @@ pub fn remove_hop_by_hop(h: &mut HeaderMap) {
             .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
     {
         h.remove(TE);
+    }
+}
+
+/// Joins several `cookie` fields into one, separated by `; ` (RFC 9113
+/// §8.2.3): an h2 client may split its cookies into many fields, which an
+/// HTTP/1.1 origin must receive as a single `Cookie` header.
+pub fn join_cookies(h: &mut HeaderMap) {
+    let mut values = h.get_all(http::header::COOKIE).iter();
+    if values.next().is_none() || values.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for v in h.get_all(http::header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        h.insert(http::header::COOKIE, v);
     }
 }
 
@@ -152,15 +179,25 @@ fn parse_xff_item(item: &str) -> Option<IpAddr> {
 }
 
 /// Rewrites the forwarding headers for a request from `peer` (`peer_value`
-/// is its text, formatted once per connection) for `host`.
+/// is its text, formatted once per connection) for `host`; `client` is
+/// the client address determined from trusted hops (`X-Real-IP`).
 pub fn set_forwarding(
     h: &mut HeaderMap,
     peer: IpAddr,
     peer_value: &HeaderValue,
+    client: IpAddr,
     host: Option<&HeaderValue>,
     settings: &Settings,
     https: bool,
 ) {
+    let real_ip = if client == peer {
+        Some(peer_value.clone())
+    } else {
+        HeaderValue::try_from(client.to_string()).ok()
+    };
+    if let Some(v) = real_ip {
+        h.insert(&X_REAL_IP, v);
+    }
     let trusted = !settings.trusted_proxies.is_empty() && settings.is_trusted(peer);
     let xff = if trusted && h.contains_key(&X_FORWARDED_FOR) {
         let prior: Vec<&str> = h
@@ -382,6 +419,25 @@ mod tests {
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+        // Host is never hop-by-hop, whatever Connection says.
+        let mut h = HeaderMap::new();
+        h.insert("connection", "Host".parse().unwrap());
+        h.insert("host", "a".parse().unwrap());
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn several_cookie_fields_become_one() {
+        let mut h = HeaderMap::new();
+        h.append("cookie", "a=1".parse().unwrap());
+        join_cookies(&mut h);
+        assert_eq!(h["cookie"], "a=1");
+        h.append("cookie", "b=2".parse().unwrap());
+        h.append("cookie", "c=3".parse().unwrap());
+        join_cookies(&mut h);
+        assert_eq!(h.get_all("cookie").iter().count(), 1);
+        assert_eq!(h["cookie"], "a=1; b=2; c=3");
     }
 
     #[test]
@@ -408,11 +464,20 @@ mod tests {
         h.insert("x-forwarded-for", "1.1.1.1".parse().unwrap());
         h.insert("forwarded", "for=1.1.1.1".parse().unwrap());
         h.insert("x-forwarded-port", "1".parse().unwrap());
+        for n in [
+            "x-real-ip",
+            "true-client-ip",
+            "cf-connecting-ip",
+            "x-client-ip",
+        ] {
+            h.insert(n, "1.1.1.1".parse().unwrap());
+        }
         let host = HeaderValue::from_static("example.com");
         set_forwarding(
             &mut h,
             "8.8.8.8".parse().unwrap(),
             &HeaderValue::from_static("8.8.8.8"),
+            "8.8.8.8".parse().unwrap(),
             Some(&host),
             &s,
             false,
@@ -421,19 +486,27 @@ mod tests {
         assert_eq!(h["x-forwarded-host"], "example.com");
         assert!(!h.contains_key("forwarded"));
         assert!(!h.contains_key("x-forwarded-port"));
+        assert_eq!(h["x-real-ip"], "8.8.8.8");
+        for n in ["true-client-ip", "cf-connecting-ip", "x-client-ip"] {
+            assert!(!h.contains_key(n), "{n}");
+        }
         let mut h2 = HeaderMap::new();
         h2.insert("x-forwarded-for", "1.1.1.1".parse().unwrap());
         h2.insert("forwarded", "for=1.1.1.1".parse().unwrap());
+        h2.insert("true-client-ip", "1.1.1.1".parse().unwrap());
         set_forwarding(
             &mut h2,
             "10.1.1.1".parse().unwrap(),
             &HeaderValue::from_static("10.1.1.1"),
+            "1.1.1.1".parse().unwrap(),
             Some(&host),
             &s,
             false,
         );
         assert_eq!(h2["x-forwarded-for"], "1.1.1.1, 10.1.1.1");
         assert_eq!(h2["forwarded"], "for=1.1.1.1, for=10.1.1.1");
+        assert_eq!(h2["x-real-ip"], "1.1.1.1");
+        assert_eq!(h2["true-client-ip"], "1.1.1.1");
     }
 
     #[test]

@@ -74,14 +74,22 @@ pub struct ConnInfo {
 /// Runs one request through the pipeline. Never fails: every error becomes
 /// a response.
 pub async fn handle(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     conn: ConnInfo,
     live: &SharedSnapshot,
 ) -> Response<ResponseBody> {
     let snapshot = live.load_full();
     metrics().requests_inflight.inc();
     protocol_counter(req.version()).inc();
+    // The client's hop-by-hop fields and those its `Connection` names go
+    // before any stage reads the request, so every header the gateway sets
+    // later (request id, identity claims, forwarding, trace context,
+    // configured headers) is added after them: no client header can remove,
+    // duplicate or override one of the gateway's.
+    let upgrade = upgrade_protocol(&req);
+    headers::remove_hop_by_hop(req.headers_mut());
     let mut ctx = context(&req, conn, snapshot);
+    ctx.upgrade = upgrade;
     let mut resp = match run(req, &mut ctx).await {
         Ok(r) => r,
         Err(e) => {
@@ -167,6 +175,8 @@ fn context(req: &Request<Incoming>, conn: ConnInfo, snapshot: Arc<Snapshot>) -> 
         revalidate: None,
         cache_reached: false,
         cache_bypass: false,
+        cache_detail: None,
+        upgrade: None,
         trace: TraceContext::from_headers(h),
         start: Instant::now(),
         method: req.method().clone(),
@@ -296,7 +306,14 @@ async fn run(
                 None => path.to_owned().into(),
             },
         };
-        if req.method().is_safe() {
+        if req.method().is_safe() && !http_body::Body::is_end_stream(req.body()) {
+            // A GET or HEAD with a body (the "fat GET"): an origin may let
+            // the body shape its answer, which the key does not cover, so
+            // the request is neither served from the cache nor stored.
+            rc.counters[2].inc();
+            ctx.cache_bypass = true;
+            ctx.cache_detail = Some("request-body");
+        } else if req.method().is_safe() {
             if let Some(hit) = cache_lookup(rc, &req, ctx, &route_host, &pq, route.timeout).await? {
                 // stale-while-revalidate: the stale answer goes out now and
                 // this request's twin refreshes the entry in the background.
@@ -471,18 +488,18 @@ async fn rate_limit(
     }
 }
 
-fn wants_upgrade(req: &Request<Incoming>) -> bool {
-    req.version() == Version::HTTP_11
-        && req
-            .headers()
-            .get(UPGRADE)
-            .is_some_and(|u| !u.as_bytes().eq_ignore_ascii_case(b"h2c"))
+/// The protocol an HTTP/1.1 request asks to switch to (not h2c).
+fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
+    let proto = req.headers().get(UPGRADE)?;
+    (req.version() == Version::HTTP_11
+        && !proto.as_bytes().eq_ignore_ascii_case(b"h2c")
         && req.headers().get_all(CONNECTION).iter().any(|v| {
             v.to_str().is_ok_and(|s| {
                 s.split(',')
                     .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
             })
-        })
+        }))
+    .then(|| proto.clone())
 }
 
 /// The URI sent upstream: origin-form, the normalized and rewritten path,
@@ -518,21 +535,25 @@ async fn forward(
     normalized: Option<String>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let settings = &ctx.snapshot.settings;
-    let upgrade = wants_upgrade(&req).then(|| {
-        let proto = req.headers().get(UPGRADE).cloned();
-        (hyper::upgrade::on(&mut req), proto)
-    });
+    let upgrade = ctx
+        .upgrade
+        .take()
+        .map(|proto| (hyper::upgrade::on(&mut req), proto));
     let key = hash_key(upstream, &req, ctx, normalized.as_deref());
     let uri = upstream_uri(req.uri(), normalized.as_deref(), route)?;
     let (parts, incoming) = req.into_parts();
+    // The client's hop-by-hop fields went in `handle`.
     let mut headers = parts.headers;
-    headers::remove_hop_by_hop(&mut headers);
+    if parts.version == Version::HTTP_2 {
+        headers::join_cookies(&mut headers);
+    }
     // hyper answers 100-continue itself when the body is first read.
     headers.remove(EXPECT);
     headers::set_forwarding(
         &mut headers,
         ctx.peer,
         &ctx.peer_value,
+        ctx.client,
         host.as_ref(),
         settings,
         ctx.https,
@@ -554,7 +575,7 @@ async fn forward(
         }
         _ => {}
     }
-    if let Some((_, Some(proto))) = &upgrade {
+    if let Some((_, proto)) = &upgrade {
         headers.insert(UPGRADE, proto.clone());
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
@@ -644,11 +665,13 @@ async fn forward(
         p.count(reason);
         retries += 1;
         _retrying = Some(slot);
-        let wait = p.backoff(retries);
-        if tokio::time::Instant::now() + wait >= deadline {
+        // The route timeout bounds every try and every wait: the backoff
+        // is cut short at the deadline, and 504 comes only once it passed.
+        tokio::time::sleep_until((tokio::time::Instant::now() + p.backoff(retries)).min(deadline))
+            .await;
+        if tokio::time::Instant::now() >= deadline {
             return Err(ProxyError::UpstreamTimeout);
         }
-        tokio::time::sleep(wait).await;
         out = Request::new(body);
         *out.method_mut() = method.clone();
         *out.uri_mut() = uri.clone();

@@ -62,6 +62,15 @@ pub struct Settings {
     pub non_idempotent: bool,
 }
 
+impl Settings {
+    /// True when status `c` is in `on`.
+    fn lists(&self, c: u16) -> bool {
+        self.statuses
+            .iter()
+            .any(|(lo, hi)| (*lo..=*hi).contains(&c))
+    }
+}
+
 /// Counts a request in progress on the route (for the budget).
 pub struct Active(Arc<AtomicUsize>);
 
@@ -104,8 +113,10 @@ impl Policy {
         let listed = match reason {
             Reason::ConnectError => s.on_connect_error,
             Reason::Reset => s.on_reset,
-            Reason::Timeout => s.on_timeout,
-            Reason::Status(c) => s.statuses.iter().any(|(lo, hi)| (*lo..=*hi).contains(&c)),
+            // A per-try timeout is the gateway's own 504: `on: [504]`
+            // retries it, as Envoy's `gateway-error` does.
+            Reason::Timeout => s.on_timeout || s.lists(504),
+            Reason::Status(c) => s.lists(c),
         };
         // Nothing was sent after a connect error: always safe.
         listed && (reason == Reason::ConnectError || s.non_idempotent || method.is_idempotent())
@@ -183,7 +194,15 @@ mod tests {
             p.wants(Reason::ConnectError, &Method::POST),
             "nothing was sent"
         );
+        assert!(
+            p.wants(Reason::Timeout, &Method::GET),
+            "504 is listed: a per-try timeout is a gateway timeout"
+        );
+        let mut p = policy(0.2, 3);
+        p.settings.statuses = vec![(502, 503)];
         assert!(!p.wants(Reason::Timeout, &Method::GET));
+        p.settings.on_timeout = true;
+        assert!(p.wants(Reason::Timeout, &Method::GET));
     }
 
     #[test]

@@ -820,3 +820,140 @@ async fn forward_token_false_strips_the_token_from_every_source() {
     assert_eq!(seen.headers["cookie"], "x=1; y=2");
     assert!(seen.headers.get("authorization").is_none());
 }
+
+/// A provider `mixed` accepting `algorithms`, keys from a JWKS server, and
+/// claims `tenant` / `groups` forwarded.
+async fn mixed_provider(
+    algorithms: &str,
+    keys: &[&SigningKey],
+) -> (Upstream, JwksServer, TestGateway) {
+    let up = Upstream::start("app").await;
+    let jwks_server = JwksServer::start(jwks(keys)).await;
+    let gw = TestGateway::start(&one_provider(
+        &up.url(),
+        "mixed",
+        &format!(
+            "{{ jwks_uri: \"{}\", algorithms: {algorithms}, forward_claims: {{ tenant: x-tenant-id, groups: x-groups, admin: x-admin, org: x-org, none: x-none }} }}",
+            jwks_server.url()
+        ),
+    ))
+    .await;
+    wait_ready(&gw).await;
+    (up, jwks_server, gw)
+}
+
+#[tokio::test]
+async fn a_provider_with_two_key_families_accepts_both_and_refuses_the_rest() {
+    let rsa = SigningKey::rsa("r1");
+    let ec = SigningKey::ec("e1");
+    let (up, _j, gw) = mixed_provider("[RS256, ES256]", &[&rsa, &ec]).await;
+    let c = client();
+    for key in [&rsa, &ec] {
+        let t = key.sign(&claims(ISS, AUD));
+        let g = get_with(&c, &gw.url("/x"), &[("authorization", &bearer(&t))]).await;
+        assert_eq!(g.status, 200, "{:?}: {}", key.alg, g.text());
+    }
+    assert_eq!(up.count(), 2);
+    // An algorithm outside the list, even with a key of an accepted family.
+    let ps = SigningKey::rsa_with("r1", Algorithm::PS256);
+    let ps = SigningKey {
+        enc: rsa.enc.clone(),
+        ..ps
+    };
+    let g = get_with(
+        &c,
+        &gw.url("/x"),
+        &[("authorization", &bearer(&ps.sign(&claims(ISS, AUD))))],
+    )
+    .await;
+    assert_invalid(&g, "the token's algorithm is not accepted");
+    // A token whose header names ES256 but carries an RSA signature.
+    let forged = sign_raw(
+        &rsa,
+        &json!({"alg": "ES256", "kid": "e1", "typ": "JWT"}),
+        &claims(ISS, AUD),
+    );
+    let g = get_with(&c, &gw.url("/x"), &[("authorization", &bearer(&forged))]).await;
+    assert_eq!(g.status, 401, "{}", g.text());
+    // HS256 signed with the RSA public key (algorithm confusion).
+    let hs = SigningKey::hmac(&rsa.public_pem);
+    let g = get_with(
+        &c,
+        &gw.url("/x"),
+        &[("authorization", &bearer(&hs.sign(&claims(ISS, AUD))))],
+    )
+    .await;
+    assert_invalid(&g, "the token's algorithm is not accepted");
+    assert_eq!(up.count(), 2);
+}
+
+#[tokio::test]
+async fn a_provider_with_ps256_and_eddsa_accepts_both() {
+    let ps = SigningKey::rsa_with("p1", Algorithm::PS256);
+    let ed = SigningKey::ed("d1");
+    let (up, _j, gw) = mixed_provider("[PS256, EdDSA]", &[&ps, &ed]).await;
+    let c = client();
+    for key in [&ps, &ed] {
+        let t = key.sign(&claims(ISS, AUD));
+        let g = get_with(&c, &gw.url("/x"), &[("authorization", &bearer(&t))]).await;
+        assert_eq!(g.status, 200, "{:?}: {}", key.alg, g.text());
+    }
+    // RS256 with the PS256 key's own RSA key is still refused.
+    let rs = SigningKey {
+        enc: ps.enc.clone(),
+        ..SigningKey::rsa_with("p1", Algorithm::RS256)
+    };
+    let g = get_with(
+        &c,
+        &gw.url("/x"),
+        &[("authorization", &bearer(&rs.sign(&claims(ISS, AUD))))],
+    )
+    .await;
+    assert_invalid(&g, "the token's algorithm is not accepted");
+    assert_eq!(up.count(), 2);
+}
+
+#[tokio::test]
+async fn only_string_and_number_claims_become_headers() {
+    let key = SigningKey::rsa("r1");
+    let (up, _j, gw) = mixed_provider("[RS256]", &[&key]).await;
+    let mut c = claims(ISS, AUD);
+    c["tenant"] = json!(["acme", "globex"]);
+    c["groups"] = json!({"a": 1});
+    c["admin"] = json!(true);
+    c["none"] = json!(null);
+    c["org"] = json!(42);
+    let g = get_with(
+        &client(),
+        &gw.url("/x"),
+        &[
+            ("authorization", &bearer(&key.sign(&c))),
+            ("x-tenant-id", "forged"),
+            ("x-admin", "true"),
+        ],
+    )
+    .await;
+    assert_eq!(g.status, 200, "{}", g.text());
+    let seen = up.last();
+    for h in ["x-tenant-id", "x-groups", "x-admin", "x-none"] {
+        assert!(
+            !seen.headers.contains_key(h),
+            "{h}: {:?}",
+            seen.headers.get(h)
+        );
+    }
+    assert_eq!(seen.headers["x-org"], "42");
+    // A control character in a string claim: never forwarded either.
+    let mut c = claims(ISS, AUD);
+    c["tenant"] = json!("acme\r\nx-evil: 1");
+    let g = get_with(
+        &client(),
+        &gw.url("/x"),
+        &[("authorization", &bearer(&key.sign(&c)))],
+    )
+    .await;
+    assert_eq!(g.status, 200);
+    let seen = up.last();
+    assert!(!seen.headers.contains_key("x-tenant-id"));
+    assert!(!seen.headers.contains_key("x-evil"));
+}

@@ -779,3 +779,78 @@ async fn the_store_stays_within_max_size_by_evicting() {
     }
     assert!(hit > 0);
 }
+
+/// The value of header `name` in a raw HTTP/1.1 response.
+fn raw_header<'a>(resp: &'a str, name: &str) -> Option<&'a str> {
+    resp.split("\r\n\r\n").next()?.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+#[tokio::test]
+async fn a_get_or_head_with_a_body_is_neither_served_from_nor_stored_in_the_cache() {
+    let (up, hits) = origin().await;
+    let gw = TestGateway::start(&one_route(&up, "fat", "{}")).await;
+    let c = client();
+    let path = "/fat?cc=max-age%3D60";
+    // The Host the client below sends, so both share one cache key.
+    let host = gw.addr;
+    let fat = |method: &str, framing: &str| {
+        format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{framing}")
+    };
+    let with_length = fat("GET", "Content-Length: 4\r\n\r\nbody");
+    let chunked = fat(
+        "GET",
+        "Transfer-Encoding: chunked\r\n\r\n4\r\nbody\r\n0\r\n\r\n",
+    );
+    // A fat GET on an empty cache: forwarded, not stored.
+    let r = raw(gw.addr, with_length.as_bytes()).await;
+    assert_eq!(raw_status(&r), 200, "{r}");
+    assert_eq!(
+        raw_header(&r, "cache-status"),
+        Some("tollgate; fwd=bypass; detail=request-body")
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    let g = get(&c, &gw.url(path)).await;
+    assert_eq!(g.headers["cache-status"], "tollgate; fwd=miss; stored");
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        get(&c, &gw.url(path)).await.headers["cache-status"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .nth(1)
+            .map(str::trim),
+        Some("hit")
+    );
+    // With an entry stored: a fat GET (either framing) or HEAD still goes
+    // to the origin, and its answer never replaces the entry.
+    for (i, req) in [
+        with_length.clone(),
+        chunked,
+        fat("HEAD", "Content-Length: 4\r\n\r\nbody"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let r = raw(gw.addr, req.as_bytes()).await;
+        assert_eq!(raw_status(&r), 200, "{r}");
+        assert_eq!(
+            raw_header(&r, "cache-status"),
+            Some("tollgate; fwd=bypass; detail=request-body"),
+            "{r}"
+        );
+        assert_eq!(hits.load(Ordering::SeqCst), 3 + i as u64);
+    }
+    let g = get(&c, &gw.url(path)).await;
+    assert_eq!(g.text(), "response 2", "the entry is the plain GET's");
+    assert_eq!(hits.load(Ordering::SeqCst), 5);
+    // An empty body (Content-Length: 0) is no body.
+    let r = raw(gw.addr, fat("GET", "Content-Length: 0\r\n\r\n").as_bytes()).await;
+    assert!(
+        raw_header(&r, "cache-status").unwrap().contains("hit"),
+        "{r}"
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 5);
+}

@@ -241,7 +241,7 @@ fn h2_request(authority: &str, extra: &[(&str, &str)]) -> Vec<u8> {
 
 /// Reads h2 frames for stream 1 until a response HEADERS or RST_STREAM;
 /// returns the frame type (0x1 HEADERS, 0x3 RST_STREAM, 0x7 GOAWAY) and payload.
-async fn h2_answer(addr: std::net::SocketAddr, request: &[u8]) -> (u8, Vec<u8>) {
+pub(crate) async fn h2_answer(addr: std::net::SocketAddr, request: &[u8]) -> (u8, Vec<u8>) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(request).await.unwrap();
     tokio::time::timeout(IO_WAIT, async {

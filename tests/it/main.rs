@@ -12,6 +12,7 @@ mod auth;
 mod binary;
 mod cache;
 mod cli;
+mod edge;
 mod errors;
 mod grpc;
 mod hostile;

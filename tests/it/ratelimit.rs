@@ -478,3 +478,66 @@ async fn headers_describe_the_policy_closest_to_its_limit() {
     assert_eq!(g.headers["ratelimit-policy"], r#""narrow";q=3;w=60"#);
     assert_eq!(g.headers["ratelimit"], r#""narrow";r=2;t=0"#);
 }
+
+#[tokio::test]
+async fn a_tenant_claim_that_is_not_a_string_or_number_is_no_tenant() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&config(
+        &up.url(),
+        "  tenants: { key: tenant, rate: 1/min, burst: 1 }\n  shared: { key: tenant, rate: 1/min, burst: 1, missing_key: shared }\n",
+        "  - { name: reject, match: { path_prefix: /reject }, upstream: app, auth: { provider: p }, rate_limit: [tenants] }\n  - { name: shared, match: { path_prefix: /shared }, upstream: app, auth: { provider: p }, rate_limit: [shared] }\n",
+    ))
+    .await;
+    let c = client();
+    let with_tenant = |tenant: serde_json::Value| {
+        format!(
+            "Bearer {}",
+            SigningKey::hmac(SECRET)
+                .sign(&json!({"sub": "u", "tenant": tenant, "exp": now() + 600}))
+        )
+    };
+    // A number is a tenant (its own bucket).
+    let n = with_tenant(json!(7));
+    assert_eq!(
+        get_with(&c, &gw.url("/reject"), &[("authorization", &n)])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        get_with(&c, &gw.url("/reject"), &[("authorization", &n)])
+            .await
+            .status,
+        429
+    );
+    // Arrays, objects, booleans and null are no tenant: missing_key decides
+    // (reject: 401 on an authenticated route; shared: one bucket for all).
+    for t in [
+        json!(["acme", "globex"]),
+        json!({"id": "acme"}),
+        json!(true),
+        json!(null),
+    ] {
+        let g = get_with(
+            &c,
+            &gw.url("/reject"),
+            &[("authorization", &with_tenant(t.clone()))],
+        )
+        .await;
+        assert_eq!(g.status, 401, "{t}: {}", g.text());
+    }
+    let a = with_tenant(json!(["acme"]));
+    let b = with_tenant(json!({"id": "globex"}));
+    assert_eq!(
+        get_with(&c, &gw.url("/shared"), &[("authorization", &a)])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        get_with(&c, &gw.url("/shared"), &[("authorization", &b)])
+            .await
+            .status,
+        429
+    );
+}

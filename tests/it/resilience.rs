@@ -405,10 +405,10 @@ async fn per_try_timeout_moves_on_to_another_endpoint() {
     let (slow, fast) = (Upstream::start("slow").await, Upstream::start("fast").await);
     slow.set_fail(200);
     slow.fail_delay_ms
-        .store(3000, std::sync::atomic::Ordering::Relaxed);
+        .store(8000, std::sync::atomic::Ordering::Relaxed);
     let gw = TestGateway::start(&retry_config(
         &[slow.url(), fast.url()],
-        "{ attempts: 1, on: [timeout], per_try_timeout: 200ms, backoff: { base: 1ms, max: 1ms } }",
+        "{ attempts: 1, on: [timeout], per_try_timeout: 1s, backoff: { base: 1ms, max: 1ms } }",
     ))
     .await;
     let c = client();
@@ -418,7 +418,7 @@ async fn per_try_timeout_moves_on_to_another_endpoint() {
         let g = get(&c, &gw.url("/x")).await;
         assert_eq!((g.status, g.text()), (200, "fast".to_owned()));
         assert!(
-            t.elapsed() < Duration::from_millis(1500),
+            t.elapsed() < Duration::from_millis(6000),
             "{:?}",
             t.elapsed()
         );
@@ -554,28 +554,90 @@ async fn the_route_timeout_holds_during_backoff() {
     a.set_fail(503);
     b.set_fail(503);
     let config = format!(
-        "upstreams:\n  app: {{ endpoints: [\"{}\", \"{}\"] }}\nroutes:\n  - {{ name: app, match: {{ path_prefix: / }}, upstream: app, timeout: 400ms, retry: {{ attempts: 3, on: [503], backoff: {{ base: 2s, max: 2s }} }} }}\n",
+        "upstreams:\n  app: {{ endpoints: [\"{}\", \"{}\"] }}\nroutes:\n  - {{ name: deadline_backoff, match: {{ path_prefix: / }}, upstream: app, timeout: 400ms, retry: {{ attempts: 3, on: [503], backoff: {{ base: 2s, max: 2s }} }} }}\n",
+        a.url(),
+        b.url()
+    );
+    let gw = TestGateway::start(&config).await;
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        let status = get(&client(), &gw.url("/x")).await.status;
+        let took = t.elapsed();
+        // A backoff is cut short at the deadline: 504 when the deadline
+        // passed (never earlier), or the last 503 when the tries ran out.
+        assert!(status == 504 || status == 503, "{status}");
+        if status == 504 {
+            assert!(took >= Duration::from_millis(400), "504 early: {took:?}");
+        }
+        assert!(
+            took < Duration::from_millis(1900),
+            "backoff not cut: {took:?}"
+        );
+        statuses.push(status);
+    }
+    assert!(statuses.contains(&504), "{statuses:?}");
+}
+
+#[tokio::test]
+async fn a_per_try_timeout_is_retried_by_504_in_on() {
+    let (slow, fast) = (Upstream::start("slow").await, Upstream::start("fast").await);
+    slow.set_fail(200);
+    slow.fail_delay_ms
+        .store(8000, std::sync::atomic::Ordering::Relaxed);
+    // A route name of its own: the retry counter is process-wide.
+    let gw = TestGateway::start(
+        &retry_config(
+            &[slow.url(), fast.url()],
+            "{ attempts: 1, on: [504], per_try_timeout: 1s, backoff: { base: 1ms, max: 1ms } }",
+        )
+        .replace("name: app,", "name: gateway_timeout,"),
+    )
+    .await;
+    let c = client();
+    for _ in 0..2 {
+        let g = get(&c, &gw.url("/x")).await;
+        assert_eq!((g.status, g.text()), (200, "fast".to_owned()));
+    }
+    assert!(slow.count() >= 1);
+    let m = metrics_text(&gw).await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"tollgate_retries_total{reason="timeout",route="gateway_timeout"}"#
+        ),
+        slow.count() as f64
+    );
+}
+
+#[tokio::test]
+async fn tries_go_on_until_the_route_deadline_and_504_comes_no_earlier() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    for u in [&a, &b] {
+        u.set_fail(200);
+        u.fail_delay_ms
+            .store(5000, std::sync::atomic::Ordering::Relaxed);
+    }
+    let config = format!(
+        "upstreams:\n  app: {{ endpoints: [\"{}\", \"{}\"] }}\nroutes:\n  - {{ name: deadline_tries, match: {{ path_prefix: / }}, upstream: app, timeout: 700ms, retry: {{ attempts: 10, on: [timeout], per_try_timeout: 300ms, backoff: {{ base: 1ms, max: 1ms }} }} }}\n",
         a.url(),
         b.url()
     );
     let gw = TestGateway::start(&config).await;
     let t = std::time::Instant::now();
-    let mut statuses = Vec::new();
-    for _ in 0..5 {
-        statuses.push(get(&client(), &gw.url("/x")).await.status);
-    }
-    // A backoff that would pass the deadline is not slept: 504 at once,
-    // or a 503 kept when the random wait fits (then the next try fails).
+    let g = get(&client(), &gw.url("/x")).await;
+    let took = t.elapsed();
+    assert_eq!(g.status, 504, "{}", g.text());
+    assert_eq!(g.json()["error"], "upstream_timeout");
     assert!(
-        statuses.iter().all(|s| *s == 504 || *s == 503),
-        "{statuses:?}"
+        took >= Duration::from_millis(700),
+        "504 before the deadline: {took:?}"
     );
-    assert!(statuses.contains(&504), "{statuses:?}");
-    assert!(
-        t.elapsed() < Duration::from_millis(5 * 450),
-        "{:?}",
-        t.elapsed()
-    );
+    assert!(took < Duration::from_millis(4000), "{took:?}");
+    // Tries at about 0, 300 and 600 ms, the last with what remains as its
+    // limit (two on a machine slow enough to pass 700 ms first); never more.
+    let tries = a.count() + b.count();
+    assert!((2..=3).contains(&tries), "tries made: {tries}");
 }
 
 #[tokio::test]

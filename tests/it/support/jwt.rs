@@ -79,6 +79,14 @@ impl SigningKey {
         )
     }
 
+    /// An RSA key that signs with `alg` (RS* or PS*).
+    pub fn rsa_with(kid: &str, alg: Algorithm) -> Self {
+        let mut k = Self::rsa(kid);
+        k.alg = alg;
+        k.jwk["alg"] = json!(format!("{alg:?}"));
+        k
+    }
+
     pub fn ec(kid: &str) -> Self {
         use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
         let kp = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
