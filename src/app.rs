@@ -15,6 +15,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::admin::{self, AdminState};
 use crate::config::reload::Reloader;
 use crate::config::{self, LoadError};
+use crate::observability::access_log;
 use crate::proxy::server;
 use crate::snapshot::SharedSnapshot;
 
@@ -67,6 +68,8 @@ pub struct Gateway {
     limit: Arc<Semaphore>,
     max_connections: u32,
     grace: Duration,
+    /// Requests in progress; cut when the grace runs out.
+    requests: Arc<crate::proxy::ctx::Requests>,
     _watcher: Option<notify::RecommendedWatcher>,
 }
 
@@ -78,6 +81,10 @@ async fn bind(addr: &str) -> Result<TcpListener, StartError> {
             source,
         })
 }
+
+/// How long connections get to close after the shutdown grace cut them,
+/// and the access log to be written out.
+const CUT_WAIT: Duration = Duration::from_secs(2);
 
 impl Gateway {
     /// Loads `config`, binds every listener and starts serving.
@@ -96,7 +103,7 @@ impl Gateway {
         let draining = Arc::new(AtomicBool::new(false));
 
         // Requests in progress on this gateway (load shedding).
-        let inflight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let inflight = Arc::new(crate::proxy::ctx::Requests::default());
         let mut listen = Vec::new();
         let mut listeners = Vec::new();
         for addr in &spec.listen {
@@ -186,6 +193,7 @@ impl Gateway {
             limit,
             max_connections,
             grace,
+            requests: inflight,
             _watcher: watcher,
         })
     }
@@ -202,9 +210,15 @@ impl Gateway {
         if done {
             tracing::info!("drained; all connections closed");
         } else {
-            tracing::warn!(grace = ?self.grace, "shutdown grace passed with connections still open");
+            tracing::warn!(grace = ?self.grace, "shutdown grace passed with connections still open: cutting them");
+            // Connections are dropped with their requests, which are
+            // logged and counted as `shutdown_grace_expired`.
+            self.requests.cut();
+            let all = Arc::clone(&self.limit).acquire_many_owned(self.max_connections);
+            let _ = tokio::time::timeout(CUT_WAIT, all).await;
         }
         let _ = self.admin_stop.send(true);
+        let _ = tokio::task::spawn_blocking(|| access_log::flush(CUT_WAIT)).await;
         done
     }
 }

@@ -73,59 +73,73 @@ fn init_logs(cli: &Cli) {
     }
 }
 
-#[expect(clippy::print_stdout, reason = "the CLI's answer goes to stdout")]
+/// Writes the CLI's answer to stdout. A reader that went away (`| head`,
+/// a closed pipe) ends the command quietly, never with a panic, which is
+/// what `println!` would do.
+fn answer(text: &str) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
+    }
+}
+
+/// Writes error lines to stderr, quietly when no one reads them.
+fn complain(lines: impl IntoIterator<Item = String>) {
+    use std::io::Write;
+    let mut err = std::io::stderr().lock();
+    for line in lines {
+        if writeln!(err, "{line}").is_err() {
+            return;
+        }
+    }
+}
+
 fn validate(cli: &Cli) -> ExitCode {
     match config::load(&cli.config, None) {
         Ok(s) => {
             let routes = s.routes.len();
             let upstreams = s.upstreams.len();
             let endpoints: usize = s.upstreams.values().map(|u| u.endpoints.len()).sum();
-            println!(
+            answer(&format!(
                 "OK {}: {routes} routes, {upstreams} upstreams, {endpoints} endpoints, {} auth providers (version {})",
                 cli.config.display(),
                 s.auth.len(),
                 s.version
-            );
-            ExitCode::SUCCESS
+            ))
         }
         Err(e) => {
-            for line in e.lines() {
-                eprintln!("{line}");
-            }
+            complain(e.lines());
             ExitCode::FAILURE
         }
     }
 }
 
-#[expect(clippy::print_stdout, reason = "the CLI's answer goes to stdout")]
 fn explain(cli: &Cli, method: &str, url: &str) -> ExitCode {
     let snap = match config::load(&cli.config, None) {
         Ok(s) => s,
         Err(e) => {
-            for line in e.lines() {
-                eprintln!("{line}");
-            }
+            complain(e.lines());
             return ExitCode::FAILURE;
         }
     };
     let Ok(uri) = url.parse::<http::Uri>() else {
-        eprintln!("`{url}` is not a URL");
+        complain([format!("`{url}` is not a URL")]);
         return ExitCode::FAILURE;
     };
     let host = uri.authority().map(|a| a.as_str()).unwrap_or("");
     let pq = uri.path_and_query().map_or("/", |p| p.as_str());
     let out = snap.explain(method, host, pq);
-    println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
-    ExitCode::SUCCESS
+    answer(&serde_json::to_string_pretty(&out).unwrap_or_default())
 }
 
 fn run(cli: &Cli) -> ExitCode {
     let workers = match config::load(&cli.config, None) {
         Ok(s) => s.spec.server.workers,
         Err(e) => {
-            for line in e.lines() {
-                eprintln!("{line}");
-            }
+            complain(e.lines());
             return ExitCode::FAILURE;
         }
     };
@@ -142,11 +156,11 @@ fn run(cli: &Cli) -> ExitCode {
     let rt = match rt.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
+            complain([format!("cannot start the runtime: {e}")]);
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(async {
+    let code = rt.block_on(async {
         let gw = match Gateway::start(
             cli.config.clone(),
             StartOptions {
@@ -172,7 +186,13 @@ fn run(cli: &Cli) -> ExitCode {
         tracing::info!("shutdown signal received; draining");
         gw.shutdown().await;
         ExitCode::SUCCESS
-    })
+    });
+    // Requests still held by tasks (h2 streams whose connection was cut)
+    // are finished as the runtime drops them; their log lines are written
+    // out before the process ends.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    tollgate::observability::access_log::flush(std::time::Duration::from_secs(2));
+    code
 }
 
 fn main() -> ExitCode {

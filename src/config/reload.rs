@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
+use super::spec::ServerSpec;
 use super::{LoadError, load};
 use crate::observability::metrics::metrics;
 use crate::snapshot::{SharedSnapshot, Snapshot};
@@ -41,6 +42,9 @@ pub enum Outcome {
 pub struct Reloader {
     path: PathBuf,
     live: SharedSnapshot,
+    // The `server:` settings the process started with: the ones read at
+    // start only are compared with these, not with the previous file.
+    started: ServerSpec,
     // Serializes reloads so that "compile against the live snapshot, then
     // store" is never interleaved with another reload.
     lock: Mutex<()>,
@@ -49,9 +53,11 @@ pub struct Reloader {
 impl Reloader {
     /// A reloader for `path` writing to `live`.
     pub fn new(path: PathBuf, live: SharedSnapshot) -> Self {
+        let started = live.load().spec.server.clone();
         Self {
             path,
             live,
+            started,
             lock: Mutex::new(()),
         }
     }
@@ -75,6 +81,13 @@ impl Reloader {
             }),
             Ok(new) => {
                 log_diff(&old, &new, trigger);
+                for field in restart_only_changes(&self.started, &new.spec.server) {
+                    tracing::warn!(
+                        trigger,
+                        field,
+                        "differs from the value the gateway started with, which is read at start only: restart to apply it"
+                    );
+                }
                 let version = new.version.clone();
                 m.config_info.with_label_values(&[&version]).set(1);
                 let _ = m.config_info.remove_label_values(&[&old.version]);
@@ -172,6 +185,29 @@ fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
+/// The settings read at start only whose value in `new` differs from the
+/// one the process runs with (`started`).
+fn restart_only_changes(started: &ServerSpec, new: &ServerSpec) -> Vec<&'static str> {
+    let (a, b) = (started, new);
+    [
+        ("server.listen", a.listen != b.listen),
+        ("server.tls_listen", a.tls_listen != b.tls_listen),
+        ("server.admin_listen", a.admin_listen != b.admin_listen),
+        ("server.workers", a.workers != b.workers),
+        (
+            "server.limits.max_connections",
+            a.limits.max_connections != b.limits.max_connections,
+        ),
+        (
+            "server.shutdown_grace",
+            a.shutdown_grace != b.shutdown_grace,
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(field, changed)| changed.then_some(field))
+    .collect()
+}
+
 /// Logs routes added, removed and changed.
 fn log_diff(old: &Snapshot, new: &Snapshot, trigger: &str) {
     let render = |s: &Snapshot| -> Vec<(String, String)> {
@@ -197,30 +233,6 @@ fn log_diff(old: &Snapshot, new: &Snapshot, trigger: &str) {
         .filter(|(n, body)| a.iter().any(|(m, old)| m == n && old != body))
         .map(|(n, _)| n.as_str())
         .collect();
-    let (a_s, b_s) = (&old.spec.server, &new.spec.server);
-    let restart_only = [
-        ("server.listen", a_s.listen != b_s.listen),
-        ("server.tls_listen", a_s.tls_listen != b_s.tls_listen),
-        ("server.admin_listen", a_s.admin_listen != b_s.admin_listen),
-        ("server.workers", a_s.workers != b_s.workers),
-        (
-            "server.limits.max_connections",
-            a_s.limits.max_connections != b_s.limits.max_connections,
-        ),
-        (
-            "server.shutdown_grace",
-            a_s.shutdown_grace != b_s.shutdown_grace,
-        ),
-    ];
-    for (field, changed) in restart_only {
-        if changed {
-            tracing::warn!(
-                trigger,
-                field,
-                "changed in the file but read at start only: restart to apply it"
-            );
-        }
-    }
     let reused = new
         .upstreams
         .iter()
@@ -236,4 +248,37 @@ fn log_diff(old: &Snapshot, new: &Snapshot, trigger: &str) {
         upstreams_kept_warm = reused,
         "config reloaded"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(yaml: &str) -> ServerSpec {
+        let text = format!(
+            "server: {yaml}\nroutes:\n  - {{ name: a, match: {{ path: /a }}, respond: {{ body: a }} }}\n"
+        );
+        super::super::parse("t.yaml", &text).unwrap().0.server
+    }
+
+    #[test]
+    fn start_only_settings_are_compared_with_what_the_process_runs() {
+        let started = server("{ listen: [\"127.0.0.1:8080\"], shutdown_grace: 5s }");
+        // A first reload moves the port: a restart is needed.
+        let moved = server("{ listen: [\"127.0.0.1:9090\"], shutdown_grace: 5s }");
+        assert_eq!(restart_only_changes(&started, &moved), ["server.listen"]);
+        // A second reload keeps 9090 and changes something else: still
+        // not what the process runs, so still a restart (the previous
+        // file's value would say nothing changed).
+        assert_eq!(restart_only_changes(&started, &moved), ["server.listen"]);
+        // Back to the port it runs on: nothing to restart for (the
+        // previous file's value would say it changed).
+        let back = server("{ listen: [\"127.0.0.1:8080\"], shutdown_grace: 5s }");
+        assert!(restart_only_changes(&started, &back).is_empty());
+        let grace = server("{ listen: [\"127.0.0.1:8080\"], shutdown_grace: 9s }");
+        assert_eq!(
+            restart_only_changes(&started, &grace),
+            ["server.shutdown_grace"]
+        );
+    }
 }

@@ -57,10 +57,20 @@ pub struct Entry<'a> {
     pub sub: Option<&'a str>,
 }
 
-fn sender() -> &'static SyncSender<String> {
-    static TX: OnceLock<SyncSender<String>> = OnceLock::new();
+/// What the writer thread is handed.
+enum Msg {
+    /// One line, newline included.
+    Line(String),
+    /// Write out everything queued before this, then answer.
+    Flush(SyncSender<()>),
+}
+
+/// The writer thread's queue, made with the first line.
+static TX: OnceLock<SyncSender<Msg>> = OnceLock::new();
+
+fn sender() -> &'static SyncSender<Msg> {
     TX.get_or_init(|| {
-        let (tx, rx) = sync_channel::<String>(QUEUE);
+        let (tx, rx) = sync_channel::<Msg>(QUEUE);
         let _ = std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || drain(rx));
@@ -92,16 +102,54 @@ pub fn rfc3339(t: std::time::SystemTime) -> String {
     )
 }
 
-fn drain(rx: Receiver<String>) {
-    let stdout = std::io::stdout();
-    let mut out = BufWriter::with_capacity(64 << 10, stdout.lock());
-    while let Ok(line) = rx.recv() {
-        let _ = out.write_all(line.as_bytes());
+fn drain(rx: Receiver<Msg>) {
+    // Not `stdout().lock()` for the thread's life: others (a test harness,
+    // an embedding program) must still be able to write to stdout.
+    let mut out = BufWriter::with_capacity(64 << 10, std::io::stdout());
+    let handle = |out: &mut BufWriter<_>, msg: Msg| match msg {
+        Msg::Line(line) => {
+            let _ = out.write_all(line.as_bytes());
+        }
+        Msg::Flush(done) => {
+            let _ = out.flush();
+            let _ = done.try_send(());
+        }
+    };
+    while let Ok(msg) = rx.recv() {
+        handle(&mut out, msg);
         // Flush once the queue is empty, so bursts are written in one go.
         while let Ok(more) = rx.try_recv() {
-            let _ = out.write_all(more.as_bytes());
+            handle(&mut out, more);
         }
         let _ = out.flush();
+    }
+}
+
+/// Writes out every line queued so far, waiting at most `within` (called
+/// at shutdown, so the last requests' lines are not lost with the
+/// process). Blocking.
+pub fn flush(within: std::time::Duration) {
+    let Some(writer) = TX.get() else {
+        return;
+    };
+    let (tx, rx) = sync_channel(1);
+    if send_within(writer, Msg::Flush(tx), within) {
+        let _ = rx.recv_timeout(within);
+    }
+}
+
+/// `SyncSender::send` bounded in time (the queue may be full).
+fn send_within(tx: &SyncSender<Msg>, mut msg: Msg, within: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        match tx.try_send(msg) {
+            Ok(()) => return true,
+            Err(TrySendError::Full(m)) if std::time::Instant::now() < deadline => {
+                msg = m;
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Err(_) => return false,
+        }
     }
 }
 
@@ -111,7 +159,7 @@ pub fn log(entry: &Entry<'_>) {
         return;
     };
     line.push('\n');
-    if let Err(TrySendError::Full(_)) = sender().try_send(line) {
+    if let Err(TrySendError::Full(_)) = sender().try_send(Msg::Line(line)) {
         metrics().access_log_dropped.inc();
     }
 }

@@ -90,19 +90,61 @@ pub struct RequestCtx {
     pub rate_limit: Option<(Arc<crate::ratelimit::Policy>, crate::ratelimit::Verdict)>,
 }
 
+/// The requests in progress on one gateway (for load shedding), and
+/// whether its shutdown grace ran out (requests ended then are logged as
+/// `shutdown_grace_expired`).
+#[derive(Default)]
+pub struct Requests {
+    count: std::sync::atomic::AtomicUsize,
+    cut: std::sync::atomic::AtomicBool,
+    cut_signal: tokio::sync::Notify,
+}
+
+impl Requests {
+    /// The shutdown grace ran out: what is still open is cut.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::Release);
+        self.cut_signal.notify_waiters();
+    }
+
+    /// True once the shutdown grace ran out.
+    pub fn is_cut(&self) -> bool {
+        self.cut.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the shutdown grace ran out.
+    pub async fn cut_happened(&self) {
+        loop {
+            let notified = self.cut_signal.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the flag is read: a `cut` in between wakes it.
+            notified.as_mut().enable();
+            if self.is_cut() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
 /// One request in progress on the gateway (for load shedding); counted
 /// from the request head to the end of the response.
 pub struct InProgress {
-    counter: Arc<std::sync::atomic::AtomicUsize>,
+    counter: Arc<Requests>,
     /// Requests in progress when this one arrived, itself included.
     pub count: usize,
 }
 
 impl InProgress {
     /// Counts one more request on `counter`.
-    pub fn new(counter: Arc<std::sync::atomic::AtomicUsize>) -> Self {
-        let count = counter.fetch_add(1, Ordering::AcqRel) + 1;
+    pub fn new(counter: Arc<Requests>) -> Self {
+        let count = counter.count.fetch_add(1, Ordering::AcqRel) + 1;
         Self { counter, count }
+    }
+
+    /// True once the gateway's shutdown grace ran out.
+    pub fn cut(&self) -> bool {
+        self.counter.is_cut()
     }
 }
 
@@ -155,7 +197,7 @@ impl RequestCtx {
 
 impl Drop for InProgress {
     fn drop(&mut self) {
-        self.counter.fetch_sub(1, Ordering::AcqRel);
+        self.counter.count.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -168,6 +210,9 @@ pub enum End {
     ClientGone,
     /// The upstream body failed mid-stream (the client got a cut response).
     UpstreamFailed,
+    /// No response was made: the client went away (or reset its h2
+    /// stream) while the request was still being handled.
+    ClientClosed,
 }
 
 impl End {
@@ -177,6 +222,55 @@ impl End {
             End::Complete => "",
             End::ClientGone => "downstream_disconnect",
             End::UpstreamFailed => "upstream_body_error",
+            End::ClientClosed => "client_closed_request",
+        }
+    }
+}
+
+/// A request that has no response yet: if it is dropped unanswered (the
+/// client went away, its h2 stream was reset, or the shutdown grace ran
+/// out), the finish stage still runs once, with status 499 (NGINX's
+/// "client closed request"), or 503 when the gateway cut it.
+pub struct Pending(Option<RequestCtx>);
+
+impl Pending {
+    /// Guards `ctx` until the response is made.
+    pub fn new(ctx: RequestCtx) -> Self {
+        Self(Some(ctx))
+    }
+
+    /// The context, to hand to the finish stage with the response.
+    pub fn answered(mut self) -> Option<RequestCtx> {
+        self.0.take()
+    }
+}
+
+impl std::ops::Deref for Pending {
+    type Target = RequestCtx;
+    #[expect(
+        clippy::expect_used,
+        reason = "the context is only taken by `answered`, which consumes the guard"
+    )]
+    fn deref(&self) -> &RequestCtx {
+        self.0.as_ref().expect("a pending request has its context")
+    }
+}
+
+impl std::ops::DerefMut for Pending {
+    #[expect(
+        clippy::expect_used,
+        reason = "the context is only taken by `answered`, which consumes the guard"
+    )]
+    fn deref_mut(&mut self) -> &mut RequestCtx {
+        self.0.as_mut().expect("a pending request has its context")
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(ctx) = self.0.take() {
+            let status = if ctx.in_progress.cut() { 503 } else { 499 };
+            Finish::new(ctx, status).run(0, End::ClientClosed);
         }
     }
 }
@@ -197,6 +291,9 @@ impl Finish {
     /// Records metrics and writes the access log line.
     pub fn run(self: Box<Self>, bytes_out: u64, end: End) {
         let c = &self.ctx;
+        // Whatever ended a request after the shutdown grace ran out was
+        // the gateway cutting it.
+        let cut = end != End::Complete && c.in_progress.cut();
         let elapsed = c.start.elapsed();
         let m = match c.route.and_then(|i| c.snapshot.routes.get(i)) {
             Some(r) => &r.metrics,
@@ -214,7 +311,9 @@ impl Finish {
                 .upstream
                 .as_ref()
                 .map_or(("", ""), |(u, e)| (u.name.as_str(), e.id.as_str()));
-            let reason = if c.reason.is_empty() {
+            let reason = if cut {
+                "shutdown_grace_expired"
+            } else if c.reason.is_empty() {
                 end.reason()
             } else {
                 c.reason

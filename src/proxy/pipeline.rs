@@ -34,7 +34,7 @@ use super::body::ResponseBody;
 use super::cache::{
     CACHE_STATUS, CACHE_UNSAFE_HEADERS, cache_lookup, parts_is_head, same_host_path, stale_response,
 };
-use super::ctx::{Finish, InProgress, RequestCtx};
+use super::ctx::{Finish, InProgress, Pending, RequestCtx, Requests};
 use super::error::ProxyError;
 use super::headers::{self, TraceContext, X_REQUEST_ID};
 use super::server::ActivityGuard;
@@ -62,7 +62,7 @@ pub struct ConnInfo {
     /// The connection's last verified token.
     pub auth_memo: Arc<ConnMemo>,
     /// Requests in progress on this gateway.
-    pub inflight: Arc<std::sync::atomic::AtomicUsize>,
+    pub inflight: Arc<Requests>,
     /// The connection is TLS (`X-Forwarded-Proto: https`).
     pub https: bool,
     /// The port TLS is served on (for `redirect_http`).
@@ -88,7 +88,8 @@ pub async fn handle(
     // duplicate or override one of the gateway's.
     let upgrade = upgrade_protocol(&req);
     headers::remove_hop_by_hop(req.headers_mut());
-    let mut ctx = context(&req, conn, snapshot);
+    // Accounted exactly once even if this future is dropped unanswered.
+    let mut ctx = Pending::new(context(&req, conn, snapshot));
     ctx.upgrade = upgrade;
     let mut resp = match run(req, &mut ctx).await {
         Ok(r) => r,
@@ -124,7 +125,10 @@ pub async fn handle(
             .insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
     }
     let status = resp.status().as_u16();
-    resp.map(|b| b.with_finish(Finish::new(ctx, status)))
+    match ctx.answered() {
+        Some(ctx) => resp.map(|b| b.with_finish(Finish::new(ctx, status))),
+        None => resp,
+    }
 }
 
 /// `tollgate_downstream_requests_total{protocol}`, resolved once.

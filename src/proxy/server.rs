@@ -24,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
+use super::ctx::Requests;
 use super::pipeline::{self, ConnInfo};
 use crate::observability::metrics::metrics;
 use crate::snapshot::{Settings, SharedSnapshot};
@@ -185,7 +186,7 @@ pub async fn serve(
     listener: TcpListener,
     live: SharedSnapshot,
     limit: Arc<Semaphore>,
-    inflight: Arc<AtomicUsize>,
+    inflight: Arc<Requests>,
     https_port: u16,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -237,7 +238,7 @@ async fn connection(
     peer: SocketAddr,
     live: SharedSnapshot,
     permit: OwnedSemaphorePermit,
-    (inflight, https_port): (Arc<AtomicUsize>, u16),
+    (inflight, https_port): (Arc<Requests>, u16),
     shutdown: watch::Receiver<bool>,
 ) {
     let gauge = &metrics().connections_active;
@@ -273,7 +274,7 @@ struct Conn {
     peer: SocketAddr,
     live: SharedSnapshot,
     permit: OwnedSemaphorePermit,
-    inflight: Arc<AtomicUsize>,
+    inflight: Arc<Requests>,
     shutdown: watch::Receiver<bool>,
     settings: Settings,
     https: bool,
@@ -309,6 +310,7 @@ impl Conn {
         let peer_value = http::HeaderValue::try_from(peer.ip().to_string())
             .unwrap_or(http::HeaderValue::from_static("unknown"));
         let memo = Arc::new(crate::auth::ConnMemo::default());
+        let requests = Arc::clone(&inflight);
         let svc = service_fn(move |req| {
             let live = Arc::clone(&live);
             let info = ConnInfo {
@@ -325,12 +327,12 @@ impl Conn {
         });
         if h2 {
             let conn = h2_builder(&settings).serve_connection(io, svc);
-            drive(conn, shutdown).await;
+            drive(conn, shutdown, &requests).await;
         } else {
             let conn = h1_builder(&settings)
                 .serve_connection(io, svc)
                 .with_upgrades();
-            drive(conn, shutdown).await;
+            drive(conn, shutdown, &requests).await;
         }
     }
 }
@@ -341,7 +343,7 @@ pub async fn serve_tls(
     listener: TcpListener,
     live: SharedSnapshot,
     limit: Arc<Semaphore>,
-    inflight: Arc<AtomicUsize>,
+    inflight: Arc<Requests>,
     shutdown: watch::Receiver<bool>,
 ) {
     let rx = shutdown.clone();
@@ -363,7 +365,7 @@ async fn tls_connection(
     peer: SocketAddr,
     live: SharedSnapshot,
     permit: OwnedSemaphorePermit,
-    inflight: Arc<AtomicUsize>,
+    inflight: Arc<Requests>,
     shutdown: watch::Receiver<bool>,
 ) {
     let gauge = &metrics().connections_active;
@@ -507,19 +509,21 @@ where
 
 /// Runs a connection to its end, draining it when shutdown is signalled.
 /// (Idle and head timeouts are enforced by its socket, `ConnIo`.)
-async fn drive<C: Graceful>(conn: C, mut shutdown: watch::Receiver<bool>) {
+async fn drive<C: Graceful>(conn: C, mut shutdown: watch::Receiver<bool>, requests: &Requests) {
     let mut conn = std::pin::pin!(conn);
-    if *shutdown.borrow() {
-        conn.as_mut().begin_shutdown();
-        let _ = conn.await;
-        return;
+    if !*shutdown.borrow() {
+        tokio::select! {
+            _ = &mut conn => return,
+            _ = shutdown.changed() => {}
+        }
     }
+    conn.as_mut().begin_shutdown();
+    // Once the shutdown grace runs out the connection is dropped: its
+    // requests and response bodies go with it, and their finish stage
+    // logs and counts them as cut.
     tokio::select! {
         _ = &mut conn => {}
-        _ = shutdown.changed() => {
-            conn.as_mut().begin_shutdown();
-            let _ = conn.await;
-        }
+        _ = requests.cut_happened() => {}
     }
 }
 

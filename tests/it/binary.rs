@@ -242,3 +242,92 @@ async fn access_log_names_tenant_and_sub_never_the_token() {
         "a log line holds the token"
     );
 }
+
+/// Requests still open when `shutdown_grace` runs out are cut, and each is
+/// logged once (and counted) as `shutdown_grace_expired`: unanswered ones
+/// with 503, a response cut mid-body with the status it had sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_cut_by_the_shutdown_grace_are_still_logged() {
+    use tokio::io::AsyncWriteExt;
+    let up = Upstream::start("app").await;
+    let server = "server:\n  listen: [\"127.0.0.1:0\"]\n  admin_listen: \"127.0.0.1:0\"\n  shutdown_grace: 300ms\n";
+    let mut gw = Binary::start(&format!(
+        "{server}upstreams:\n  app: {{ endpoints: [\"{}\"] }}\nroutes:\n  - {{ name: app, match: {{ path_prefix: / }}, upstream: app, timeout: 120s }}\n",
+        up.url()
+    ));
+    // h1, waiting for the upstream.
+    let c = client();
+    let h1 = tokio::spawn({
+        let url = gw.url("/slow/60000");
+        async move { c.get(url.parse().unwrap()).await.map(|r| r.status()) }
+    });
+    // h2, waiting for the upstream.
+    let h2c: hyper_util::client::legacy::Client<_, http_body_util::Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let h2 = tokio::spawn({
+        let url = gw.url("/slow/60000?h2");
+        async move { h2c.get(url.parse().unwrap()).await.map(|r| r.status()) }
+    });
+    // A large response the client never reads: cut mid-body.
+    let mut reader = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    reader
+        .write_all(b"GET /bytes/200000000 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut arrived = false;
+    for _ in 0..500 {
+        if up.count() >= 3 {
+            arrived = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(arrived, "the three requests reached the upstream");
+    gw.signal("TERM");
+    let mut exited = None;
+    for _ in 0..500 {
+        if let Some(status) = gw.child.try_wait().unwrap() {
+            exited = Some(status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(exited.is_some(), "the gateway exited after its grace");
+    // The clients saw their connections end, not an answer.
+    assert!(h1.await.unwrap().is_err());
+    assert!(h2.await.unwrap().is_err());
+    drop(reader);
+    // The reader thread has the last lines once stdout closed.
+    let mut lines = Vec::new();
+    for _ in 0..250 {
+        lines = gw.stdout.lock().unwrap().clone();
+        if lines.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut entries: Vec<(String, u64, String)> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|j| {
+            (
+                j["path"].as_str().unwrap_or("").to_owned(),
+                j["status"].as_u64().unwrap_or(0),
+                j["reason"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    entries.sort();
+    let cut = "shutdown_grace_expired".to_owned();
+    assert_eq!(
+        entries,
+        vec![
+            ("/bytes/200000000".to_owned(), 200, cut.clone()),
+            ("/slow/60000".to_owned(), 503, cut.clone()),
+            ("/slow/60000".to_owned(), 503, cut),
+        ],
+        "{lines:?}"
+    );
+}

@@ -141,3 +141,62 @@ fn duplicate_names_and_match_definitions_are_rejected() {
         "{stderr}"
     );
 }
+
+#[test]
+fn validate_refuses_configs_without_routes() {
+    for text in ["", "# only a comment\n", "{}\n", "routes: []\n"] {
+        let path = config_path();
+        std::fs::write(&path, text).unwrap();
+        let file = path.display().to_string();
+        let (code, stdout, stderr) = tollgate(&["validate", "-c", &file]);
+        assert_eq!(code, 1, "{text:?}: {stdout}{stderr}");
+        assert!(stderr.contains("routes: no routes"), "{text:?}: {stderr}");
+    }
+}
+
+#[test]
+fn validate_refuses_an_endpoint_port_outside_1_to_65535() {
+    let path = config_path();
+    std::fs::write(
+        &path,
+        "upstreams:\n  app: { endpoints: [\"http://127.0.0.1:99999\"] }\nroutes:\n  - { name: a, match: { path_prefix: / }, upstream: app }\n",
+    )
+    .unwrap();
+    let file = path.display().to_string();
+    let (code, _, stderr) = tollgate(&["validate", "-c", &file]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains(&format!(
+            "{file}:2:22: upstreams.app.endpoints[0]: `http://127.0.0.1:99999`: port `99999` is not in 1-65535"
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    for args in [
+        &[
+            "explain",
+            "-c",
+            "config/demo.yaml",
+            "GET",
+            "http://localhost/ping",
+        ][..],
+        &["validate", "-c", "config/demo.yaml"],
+    ] {
+        // A pipe whose reader is gone before the command writes: every
+        // write fails with EPIPE, as with `tollgate explain ... | head -0`.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+    }
+}

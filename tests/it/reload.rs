@@ -213,3 +213,58 @@ async fn drain_waits_for_open_tunnels() {
         "drained once the tunnel closed"
     );
 }
+
+#[tokio::test]
+async fn an_empty_or_truncated_file_never_wipes_the_routes() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start_with(&config(&up, false), true).await;
+    let c = client();
+    assert_eq!(get(&c, &gw.url("/app")).await.text(), "app");
+    for text in [
+        "",
+        "\n",
+        "# only a comment\n",
+        "{}\n",
+        "server: {}\n",
+        "routes: []\n",
+    ] {
+        // Written as it is (no `server:` block added): what an editor
+        // leaves half-way through a save.
+        std::fs::write(&gw.config, text).unwrap();
+        let r = post(&c, &gw.admin_url("/reload"), "").await;
+        assert_eq!(r.status, 422, "{text:?}: {}", r.text());
+        let errors = r.json()["errors"].to_string();
+        assert!(errors.contains("no routes"), "{text:?}: {errors}");
+        assert_eq!(get(&c, &gw.url("/app")).await.text(), "app", "{text:?}");
+    }
+    // The file watcher sees the same truncation and refuses it too (the
+    // failure counter is process-wide, so it only bounds the wait).
+    let failures = |m: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix("tollgate_config_reloads_total{result=\"failure\"} "))
+            .map_or(0, |v| v.parse().unwrap())
+    };
+    let before = failures(&get(&c, &gw.admin_url("/metrics")).await.text());
+    std::fs::write(&gw.config, "").unwrap();
+    for _ in 0..100 {
+        if failures(&get(&c, &gw.admin_url("/metrics")).await.text()) > before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(get(&c, &gw.url("/app")).await.text(), "app");
+    gw.write_config(&config(&up, true));
+    let mut ok = false;
+    for _ in 0..100 {
+        if get(&c, &gw.url("/extra")).await.status == 200 {
+            ok = true;
+            break;
+        }
+        assert_eq!(get(&c, &gw.url("/app")).await.text(), "app");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        ok,
+        "the watcher applied the good config after the empty one"
+    );
+}

@@ -157,6 +157,14 @@ pub fn compile(
             routes.push(route);
         }
     }
+    // An empty file, a comments-only file, `{}`: what an editor leaves
+    // half-way through a save. Serving it would answer 404 to everything.
+    if spec.routes.is_empty() {
+        errs.push(
+            "routes",
+            "no routes: a config must define at least one route (an empty or truncated file is refused, and a running gateway keeps its config)",
+        );
+    }
     if !errs.0.is_empty() {
         return Err(errs);
     }

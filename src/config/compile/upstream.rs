@@ -533,7 +533,21 @@ fn parse_endpoint(url: &str) -> Result<(String, u16), String> {
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned();
-    Ok((host, uri.port_u16().unwrap_or(default_port)))
+    // `port_u16` (and `port`) say `None` both without a port and for one
+    // they cannot read (`:99999`): the text after the host decides, and
+    // only a missing port falls back to the scheme's.
+    let after_host = match authority.rfind(']') {
+        Some(i) => &authority[i + 1..],
+        None => authority.rfind(':').map_or("", |i| &authority[i..]),
+    };
+    let port = match after_host.strip_prefix(':') {
+        None => default_port,
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 => n,
+            _ => return Err(format!("`{url}`: port `{p}` is not in 1-65535")),
+        },
+    };
+    Ok((host, port))
 }
 
 fn parse_hash_on(text: &str) -> Result<HashOn, String> {
@@ -549,5 +563,29 @@ fn parse_hash_on(text: &str) -> Result<HashOn, String> {
         _ => Err(format!(
             "`{text}`: use header:NAME, cookie:NAME, client_ip or path"
         )),
+    }
+}
+
+#[cfg(test)]
+mod endpoint_tests {
+    use super::parse_endpoint;
+
+    #[test]
+    fn ports_outside_1_to_65535_are_errors_not_a_fallback() {
+        assert_eq!(parse_endpoint("http://a"), Ok(("a".into(), 80)));
+        assert_eq!(parse_endpoint("https://a/"), Ok(("a".into(), 443)));
+        assert_eq!(
+            parse_endpoint("http://[::1]:65535"),
+            Ok(("::1".into(), 65535))
+        );
+        for bad in [
+            "http://a:99999",
+            "http://a:0",
+            "http://a:65536",
+            "https://a:123456",
+        ] {
+            let e = parse_endpoint(bad).unwrap_err();
+            assert!(e.contains("is not in 1-65535"), "{bad}: {e}");
+        }
     }
 }
