@@ -1,7 +1,7 @@
 //! Rate limiting over real sockets: buckets per key kind, 429 and the
 //! RateLimit headers, overrides, missing and repeated keys, the order
-//! around authentication, reload keeping state, eviction, shadow mode and
-//! accuracy.
+//! around authentication, reload keeping state, eviction and shadow mode.
+//! (The accuracy tests are in `tests/timing/`, a test binary of their own.)
 
 use std::time::Duration;
 
@@ -252,42 +252,6 @@ async fn keys_are_capped_and_shadow_mode_rejects_nothing() {
     );
 }
 
-#[tokio::test]
-async fn a_client_at_three_times_the_rate_gets_rate_times_time_plus_burst() {
-    let up = Upstream::start("app").await;
-    let gw = TestGateway::start(&config(
-        &up.url(),
-        "  per_ip: { key: client_ip, rate: 100/s, burst: 50 }\n",
-        "  - { name: r, match: { path_prefix: / }, upstream: app, rate_limit: [per_ip] }\n",
-    ))
-    .await;
-    let c = client();
-    let secs = 3.0;
-    let start = std::time::Instant::now();
-    let mut tasks = Vec::new();
-    // 300 requests/s offered for 3 s, paced.
-    for i in 0..900u32 {
-        let due = start + Duration::from_secs_f64(f64::from(i) / 300.0);
-        let (c, url) = (c.clone(), gw.url("/x"));
-        tasks.push(tokio::spawn(async move {
-            tokio::time::sleep_until(due.into()).await;
-            get(&c, &url).await.status
-        }));
-    }
-    let mut ok = 0;
-    for t in tasks {
-        ok += usize::from(t.await.unwrap() == 200);
-    }
-    let elapsed = start.elapsed().as_secs_f64().max(secs);
-    let expected = 100.0 * elapsed + 50.0;
-    let err = (ok as f64 - expected).abs() / expected;
-    assert!(
-        err <= 0.02,
-        "allowed {ok}, expected {expected:.0} (error {:.1}%)",
-        err * 100.0
-    );
-}
-
 fn global_config(up: &str, redis: &str, on_error: &str, rate: &str, burst: u32) -> String {
     format!(
         "upstreams:\n  app: {{ endpoints: [\"{up}\"] }}\nredis: {{ url: \"{redis}\", timeout: 100ms, on_error: {on_error} }}\nrate_limits:\n  shared: {{ key: client_ip, rate: {rate}, burst: {burst}, scope: global }}\nroutes:\n  - {{ name: r, match: {{ path_prefix: / }}, upstream: app, rate_limit: [shared] }}\n"
@@ -301,10 +265,12 @@ async fn wait_for_redis(gw_url: &str) {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(tollgate_redis),
+    ignore = "needs redis-server (apt-get install redis-server)"
+)]
 async fn global_limits_are_kept_in_redis() {
-    let Some(redis) = RedisServer::start().await else {
-        return;
-    };
+    let redis = RedisServer::start().await;
     let up = Upstream::start("app").await;
     let gw = TestGateway::start(&global_config(&up.url(), &redis.url(), "deny", "1/min", 3)).await;
     wait_for_redis(&gw.url("/")).await;
@@ -337,47 +303,12 @@ async fn global_limits_are_kept_in_redis() {
 }
 
 #[tokio::test]
-async fn two_gateway_processes_share_one_rate() {
-    let Some(redis) = RedisServer::start().await else {
-        return;
-    };
-    let up = Upstream::start("app").await;
-    let yaml = global_config(&up.url(), &redis.url(), "deny", "50/s", 10);
-    let (a, b) = (Binary::start(&yaml), Binary::start(&yaml));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let c = client();
-    let secs = 4.0;
-    let start = std::time::Instant::now() + Duration::from_millis(50);
-    let mut tasks = Vec::new();
-    // Each process gets 100 requests/s: 4x the shared rate in total.
-    for i in 0..800u32 {
-        let due = start + Duration::from_secs_f64(f64::from(i / 2) / 100.0);
-        let url = if i % 2 == 0 { a.url("/x") } else { b.url("/x") };
-        let c = c.clone();
-        tasks.push(tokio::spawn(async move {
-            tokio::time::sleep_until(due.into()).await;
-            get(&c, &url).await.status
-        }));
-    }
-    let mut ok = 0;
-    for t in tasks {
-        ok += usize::from(t.await.unwrap() == 200);
-    }
-    let elapsed = (std::time::Instant::now() - start).as_secs_f64().max(secs);
-    let expected = 50.0 * elapsed + 10.0;
-    let err = (ok as f64 - expected).abs() / expected;
-    assert!(
-        err <= 0.05,
-        "allowed {ok} across both, expected {expected:.0} (error {:.1}%)",
-        err * 100.0
-    );
-}
-
-#[tokio::test]
+#[cfg_attr(
+    not(tollgate_redis),
+    ignore = "needs redis-server (apt-get install redis-server)"
+)]
 async fn when_redis_dies_on_error_decides_and_requests_never_wait_long() {
-    let Some(mut redis) = RedisServer::start().await else {
-        return;
-    };
+    let mut redis = RedisServer::start().await;
     let up = Upstream::start("app").await;
     let local =
         TestGateway::start(&global_config(&up.url(), &redis.url(), "local", "1/min", 2)).await;
