@@ -9,7 +9,8 @@
 
 FROM rust:1-slim-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY vendor ./vendor
 COPY src ./src
 COPY benches ./benches
 COPY examples ./examples
@@ -22,7 +23,9 @@ RUN apt-get update \
  && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin tollgate \
  && mkdir -p /etc/tollgate
 COPY --from=build /src/target/release/tollgate /usr/local/bin/tollgate
-COPY config/tollgate.yaml /etc/tollgate/tollgate.yaml
+# The default config and every file it names (tests/it/binary.rs checks
+# that the config starts from these files alone).
+COPY config/tollgate.yaml config/jwks.example.json /etc/tollgate/
 USER tollgate
 EXPOSE 8080 9901
 HEALTHCHECK --interval=10s --timeout=2s --start-period=5s --retries=3 \

@@ -331,3 +331,98 @@ async fn requests_cut_by_the_shutdown_grace_are_still_logged() {
         "{lines:?}"
     );
 }
+
+/// The `COPY` lines of the Dockerfile: (sources, destination), without
+/// those from another stage.
+fn dockerfile_copies() -> Vec<(Vec<String>, String)> {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile")).unwrap();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("COPY "))
+        .filter(|l| !l.starts_with("--from"))
+        .map(|l| {
+            let mut words: Vec<String> = l.split_whitespace().map(str::to_owned).collect();
+            let dest = words.pop().unwrap();
+            (words, dest)
+        })
+        .collect()
+}
+
+/// The image's default command works: the baked-in config and every file
+/// it names are in the image. The files the Dockerfile copies to
+/// /etc/tollgate are laid out the same way in a fresh directory, and the
+/// gateway starts from there and answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_image_config_starts_from_the_files_the_image_holds() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let etc = config_path().parent().unwrap().join("etc-tollgate");
+    std::fs::create_dir_all(&etc).unwrap();
+    let mut copied = 0;
+    for (sources, dest) in dockerfile_copies() {
+        let Some(rest) = dest.strip_prefix("/etc/tollgate/") else {
+            continue;
+        };
+        for src in &sources {
+            let name = if rest.is_empty() {
+                std::path::Path::new(src)
+                    .file_name()
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+            } else {
+                rest
+            };
+            std::fs::copy(root.join(src), etc.join(name)).unwrap();
+            copied += 1;
+        }
+    }
+    assert!(
+        copied >= 1,
+        "the Dockerfile copies a config to /etc/tollgate"
+    );
+    let config = etc.join("tollgate.yaml");
+    // What `tollgate run -c /etc/tollgate/tollgate.yaml` reads first.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["validate", "-c", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And it serves (ports moved to ephemeral ones, the rest as shipped).
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("\"0.0.0.0:8080\"", "\"127.0.0.1:0\"")
+        .replace("\"127.0.0.1:9901\"", "\"127.0.0.1:0\"");
+    std::fs::write(&config, text).unwrap();
+    let gw = start_path(config, false).await;
+    let admin = gw.admin;
+    let g = get(&client(), &format!("http://{admin}/healthz")).await;
+    assert_eq!(g.status, 200);
+    gw.shutdown().await;
+}
+
+/// Everything `cargo build` reads is copied into the build stage.
+#[test]
+fn the_image_build_stage_has_every_build_input() {
+    let sources: Vec<String> = dockerfile_copies()
+        .into_iter()
+        .filter(|(_, dest)| !dest.starts_with("/etc/"))
+        .flat_map(|(s, _)| s)
+        .collect();
+    for needed in [
+        "Cargo.toml",
+        "Cargo.lock",
+        "build.rs",
+        "src",
+        "vendor",
+        "benches",
+        "examples",
+    ] {
+        assert!(
+            sources.iter().any(|s| s == needed),
+            "the Dockerfile does not copy {needed}: {sources:?}"
+        );
+    }
+}
