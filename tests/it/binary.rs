@@ -262,10 +262,7 @@ async fn requests_cut_by_the_shutdown_grace_are_still_logged() {
         async move { c.get(url.parse().unwrap()).await.map(|r| r.status()) }
     });
     // h2, waiting for the upstream.
-    let h2c: hyper_util::client::legacy::Client<_, http_body_util::Full<Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .http2_only(true)
-            .build_http();
+    let h2c = h2c_client();
     let h2 = tokio::spawn({
         let url = gw.url("/slow/60000?h2");
         async move { h2c.get(url.parse().unwrap()).await.map(|r| r.status()) }

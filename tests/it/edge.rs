@@ -86,10 +86,7 @@ async fn h2_trailers_with_a_pseudo_header_reset_the_stream() {
 async fn h2_cookie_fields_reach_an_http1_upstream_as_one_header() {
     let up = Upstream::start("app").await;
     let gw = TestGateway::start(&proxy_all(&up.url())).await;
-    let h2: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .http2_only(true)
-            .build_http();
+    let h2 = h2c_client();
     let r = send(
         &h2,
         http::Request::get(gw.url("/x"))

@@ -209,10 +209,7 @@ async fn websocket_upgrade_passes_through_both_ways() {
 async fn h2c_prior_knowledge_and_http10_are_served_on_the_same_port() {
     let up = Upstream::start("app").await;
     let gw = TestGateway::start(&proxy_all(&up.url())).await;
-    let h2: hyper_util::client::legacy::Client<_, http_body_util::Full<Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .http2_only(true)
-            .build_http();
+    let h2 = h2c_client();
     let r = send(
         &h2,
         http::Request::get(gw.url("/x"))

@@ -356,6 +356,13 @@ pub fn client() -> TestClient {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
+/// A client that speaks h2c (prior knowledge) only.
+pub fn h2c_client() -> TestClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
 /// A response with its body collected.
 pub struct Got {
     pub status: u16,
