@@ -24,13 +24,44 @@ pub use spec::Spec;
 use crate::snapshot::Snapshot;
 use crate::upstream::balance::hash64;
 
-/// Largest config file read (a guard against pointing at the wrong file).
-const MAX_CONFIG_BYTES: u64 = 16 << 20;
+/// Largest config file read: hand-written configs are far smaller, and a
+/// bound here keeps a wrong or hostile file from exhausting memory.
+pub const MAX_CONFIG_BYTES: usize = 4 << 20;
+
+/// Deepest nesting of mappings and sequences in a config (the deepest the
+/// schema uses is about 8).
+pub const MAX_CONFIG_DEPTH: usize = 32;
+
+/// The YAML parser's limits, every one set here rather than left to the
+/// library's defaults: nesting, node and event counts, aliases (billion
+/// laughs), scalar bytes.
+fn yaml_budget() -> serde_saphyr::Budget {
+    let mut b = serde_saphyr::Budget::default();
+    b.max_reader_input_bytes = Some(MAX_CONFIG_BYTES);
+    b.flow_nesting_limit = MAX_CONFIG_DEPTH;
+    b.max_depth = MAX_CONFIG_DEPTH;
+    b.max_events = 500_000;
+    b.max_nodes = 200_000;
+    b.max_aliases = 1_000;
+    b.max_anchors = 1_000;
+    b.max_documents = 1;
+    b.max_total_scalar_bytes = MAX_CONFIG_BYTES;
+    b
+}
 
 /// Parses YAML text into a `Spec` and its version (hash of the bytes).
 pub fn parse(file: &str, text: &str) -> Result<(Spec, String), LoadError> {
+    if text.len() > MAX_CONFIG_BYTES {
+        return Err(LoadError::Invalid(vec![ConfigError {
+            file: file.to_owned(),
+            line: None,
+            column: None,
+            path: String::new(),
+            message: format!("the file is larger than {MAX_CONFIG_BYTES} bytes"),
+        }]));
+    }
     let outline = Outline::new(text);
-    let options = serde_saphyr::options! { with_snippet: false };
+    let options = serde_saphyr::options! { with_snippet: false, budget: Some(yaml_budget()) };
     match serde_saphyr::from_str_with_options::<Spec>(text, options) {
         Ok(spec) => Ok((spec, format!("{:016x}", hash64(text.as_bytes())))),
         Err(e) => {
@@ -98,7 +129,7 @@ pub fn load(path: &Path, previous: Option<&Snapshot>) -> Result<Snapshot, LoadEr
         source,
     };
     let meta = std::fs::metadata(path).map_err(read)?;
-    if meta.len() > MAX_CONFIG_BYTES {
+    if meta.len() > MAX_CONFIG_BYTES as u64 {
         return Err(read(std::io::Error::other(format!(
             "larger than {MAX_CONFIG_BYTES} bytes"
         ))));

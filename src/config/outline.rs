@@ -185,11 +185,26 @@ fn split_key(text: &str) -> Option<(&str, &str)> {
     (!key.is_empty() && !key.starts_with(['{', '['])).then_some((key.trim(), value))
 }
 
+/// Deepest flow nesting followed; deeper parts of a line get no entries
+/// (the parser refuses such a file anyway, with its own location).
+const MAX_FLOW_DEPTH: usize = super::MAX_CONFIG_DEPTH;
+
 /// Records the keys and items of a one-line flow collection
 /// (`{ a: 1, b: [x, { c: 2 }] }`) that starts at `start_col` (0-based).
 fn flow_map(text: &str, base: &str, line: u64, start_col: usize, out: &mut Vec<Entry>) {
     let mut i = 0;
-    flow_value(text.as_bytes(), &mut i, base, line, start_col, out);
+    let place = Place {
+        line,
+        col0: start_col,
+    };
+    flow_value(text.as_bytes(), &mut i, base, place, 0, out);
+}
+
+/// Where a flow line starts.
+#[derive(Clone, Copy)]
+struct Place {
+    line: u64,
+    col0: usize,
 }
 
 fn skip_ws(b: &[u8], i: &mut usize) {
@@ -206,8 +221,10 @@ fn flow_scalar<'a>(b: &'a [u8], i: &mut usize, stops: &[u8]) -> &'a str {
         while *i < b.len() && b[*i] != q {
             *i += 1;
         }
+        // An unterminated quote runs to the end of the line.
+        let text = b.get(start + 1..*i).unwrap_or_default();
         *i = (*i + 1).min(b.len());
-        return std::str::from_utf8(&b[start + 1..*i - 1]).unwrap_or("");
+        return std::str::from_utf8(text).unwrap_or("");
     }
     while *i < b.len() && !stops.contains(&b[*i]) {
         *i += 1;
@@ -215,8 +232,20 @@ fn flow_scalar<'a>(b: &'a [u8], i: &mut usize, stops: &[u8]) -> &'a str {
     std::str::from_utf8(&b[start..*i]).unwrap_or("").trim()
 }
 
-fn flow_value(b: &[u8], i: &mut usize, path: &str, line: u64, col0: usize, out: &mut Vec<Entry>) {
+fn flow_value(
+    b: &[u8],
+    i: &mut usize,
+    path: &str,
+    place: Place,
+    depth: usize,
+    out: &mut Vec<Entry>,
+) {
+    let Place { line, col0 } = place;
     skip_ws(b, i);
+    if depth >= MAX_FLOW_DEPTH && matches!(b.get(*i), Some(b'{' | b'[')) {
+        *i = b.len();
+        return;
+    }
     match b.get(*i) {
         Some(b'{') => {
             *i += 1;
@@ -236,7 +265,7 @@ fn flow_value(b: &[u8], i: &mut usize, path: &str, line: u64, col0: usize, out: 
                 });
                 if b.get(*i) == Some(&b':') {
                     *i += 1;
-                    flow_value(b, i, &child, line, col0, out);
+                    flow_value(b, i, &child, place, depth + 1, out);
                 }
                 skip_ws(b, i);
                 match b.get(*i) {
@@ -263,7 +292,7 @@ fn flow_value(b: &[u8], i: &mut usize, path: &str, line: u64, col0: usize, out: 
                     line,
                     column: (col0 + *i) as u64 + 1,
                 });
-                flow_value(b, i, &child, line, col0, out);
+                flow_value(b, i, &child, place, depth + 1, out);
                 n += 1;
                 skip_ws(b, i);
                 match b.get(*i) {
@@ -334,5 +363,28 @@ routes:
     fn sequences_at_the_parent_indent_are_children() {
         let o = Outline::new("routes:\n- name: a\n- name: b\n  upstream: x\n");
         assert_eq!(o.locate("routes[1].upstream"), Some((4, 3)));
+    }
+
+    #[test]
+    fn deep_flow_nesting_is_not_followed_past_the_limit() {
+        for open in ["[", "{a: "] {
+            let line = format!("routes: {}", open.repeat(200_000));
+            let o = Outline::new(&line);
+            assert!(o.entries.len() <= MAX_FLOW_DEPTH + 2, "{}", o.entries.len());
+        }
+    }
+
+    #[test]
+    fn an_unterminated_quote_ends_the_line_without_a_panic() {
+        for text in [
+            "a: { b: \"",
+            "a: [\"",
+            "a: { \"k",
+            "a: { b: 'x",
+            "- {\"",
+            "a: [x, '",
+        ] {
+            let _ = Outline::new(text);
+        }
     }
 }

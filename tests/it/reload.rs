@@ -268,3 +268,43 @@ async fn an_empty_or_truncated_file_never_wipes_the_routes() {
         "the watcher applied the good config after the empty one"
     );
 }
+
+#[tokio::test]
+async fn hostile_config_files_are_refused_with_a_location_and_the_gateway_keeps_serving() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&config(&up, false)).await;
+    let c = client();
+    let hostile = [
+        // Nesting deep enough to overflow a recursive reader's stack.
+        (
+            format!("routes: {}\n", "[".repeat(200_000)),
+            "recursion limit",
+        ),
+        (format!("routes: {}\n", "{a: ".repeat(200_000)), ":1:"),
+        // An unterminated quote at the end of a flow line.
+        (
+            "routes:\n  - { name: a, match: { path: /a }, respond: { body: \"x\n".to_owned(),
+            "quote",
+        ),
+        ("routes:\n  - { name: \"a\n".to_owned(), "quote"),
+        // Past the size limit.
+        (format!("# {}\n", "x".repeat(5 << 20)), "larger than"),
+        // Many aliases of a large anchor (billion laughs).
+        (
+            format!(
+                "a: &a [{}]\nb: &b [{}]\nroutes: []\n",
+                ["x"; 100].join(","),
+                ["*a"; 1000].join(",")
+            ),
+            "",
+        ),
+    ];
+    for (text, says) in hostile {
+        std::fs::write(&gw.config, &text).unwrap();
+        let r = post(&c, &gw.admin_url("/reload"), "").await;
+        assert_eq!(r.status, 422, "{}", r.text());
+        let errors = r.json()["errors"].to_string();
+        assert!(errors.contains(says), "{says}: {errors}");
+        assert_eq!(get(&c, &gw.url("/app")).await.text(), "app");
+    }
+}
