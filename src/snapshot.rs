@@ -153,6 +153,8 @@ pub struct Settings {
     pub idle_timeout: Duration,
     /// Longest stall of writes to the client.
     pub send_timeout: Duration,
+    /// Idle limit of an upgraded tunnel (data in either direction resets it).
+    pub tunnel_idle_timeout: Duration,
     /// h2 streams per connection.
     pub max_concurrent_streams: u32,
     /// Write access log lines.
@@ -190,6 +192,8 @@ pub struct Route {
     pub host_rewrite: Option<HeaderValue>,
     /// Deadline for the upstream response head.
     pub timeout: Duration,
+    /// Idle limit of this route's upgraded tunnels (else the server's).
+    pub tunnel_idle: Option<Duration>,
     /// Header rules on the way upstream.
     pub request_headers: HeaderRules,
     /// Header rules on the way back.

@@ -405,6 +405,15 @@ impl Serialize for WorkersSpec {
     }
 }
 
+/// `routes[i].timeouts`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteTimeoutsSpec {
+    /// A WebSocket (or other upgraded) tunnel of this route with no data in either direction for this long is closed. Default: `server.limits.tunnel_idle_timeout`.
+    #[serde(default)]
+    pub tunnel_idle: Option<DurationSpec>,
+}
+
 /// `server.limits`: every protection an edge proxy needs, set explicitly.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -435,6 +444,8 @@ pub struct LimitsSpec {
     pub max_concurrent_streams: u32,
     /// Longest TLS handshake; slower sockets are closed. Default `10s`.
     pub tls_handshake_timeout: DurationSpec,
+    /// An upgraded connection (WebSocket) with no data in either direction for this long is closed. The only timer of a tunnel, besides `send_timeout` for a client that stops reading. Default `1h`; a route's `timeouts.tunnel_idle` wins.
+    pub tunnel_idle_timeout: DurationSpec,
 }
 
 impl Default for LimitsSpec {
@@ -454,6 +465,7 @@ impl Default for LimitsSpec {
             max_connections: 50_000,
             max_concurrent_streams: 100,
             tls_handshake_timeout: DurationSpec(Duration::from_secs(10)),
+            tunnel_idle_timeout: DurationSpec(Duration::from_secs(3600)),
         }
     }
 }
@@ -797,6 +809,9 @@ pub struct RouteSpec {
     /// Longest wait for the upstream's response head; 504 when passed. Default `15s`.
     #[serde(default)]
     pub timeout: Option<DurationSpec>,
+    /// Timers of this route beyond `timeout`.
+    #[serde(default)]
+    pub timeouts: RouteTimeoutsSpec,
     /// Header changes on the way upstream.
     #[serde(default)]
     pub request_headers: HeaderRulesSpec,

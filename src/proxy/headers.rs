@@ -393,6 +393,7 @@ mod tests {
             access_log: false,
             max_inflight_requests: 1000,
             tls_handshake_timeout: Default::default(),
+            tunnel_idle_timeout: Default::default(),
             redirect_https: false,
             hsts: None,
         }

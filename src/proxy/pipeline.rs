@@ -715,6 +715,11 @@ async fn forward(
         let Some(tunnel) = body.take_upgraded() else {
             return Err(ProxyError::UpstreamReset);
         };
+        // From here the connection is a tunnel: timed by its idle limit,
+        // not by the head and keep-alive timers.
+        if let Some(activity) = &ctx.activity {
+            activity.into_tunnel(route.tunnel_idle.unwrap_or(settings.tunnel_idle_timeout));
+        }
         tokio::spawn(bridge(client_upgrade, tunnel));
         let (parts, _) = resp.into_parts();
         let mut r = Response::from_parts(parts, ResponseBody::full(Bytes::new()));

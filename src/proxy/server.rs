@@ -70,6 +70,12 @@ pub struct ConnState {
     head: AtomicU64,
     /// Tick at which writes to the client started to block, or `NONE`.
     stall: AtomicU64,
+    /// Once the connection is an upgraded tunnel: its idle limit in ticks
+    /// (0 before). A tunnel is timed only by this (and `stall`): data in
+    /// either direction moves `last`, and no byte is read as a head.
+    tunnel_ticks: AtomicU64,
+    /// The watchdog's tick length.
+    period: Duration,
     h1: bool,
     /// The connection's slot under `max_connections`. It lives as long as
     /// the state does; an upgraded tunnel's client stream is this
@@ -79,7 +85,7 @@ pub struct ConnState {
 }
 
 impl ConnState {
-    fn new(h1: bool, slot: OwnedSemaphorePermit) -> Arc<Self> {
+    fn new(h1: bool, slot: OwnedSemaphorePermit, watch: &Watch) -> Arc<Self> {
         Arc::new(Self {
             inflight: AtomicUsize::new(0),
             tick: AtomicU64::new(0),
@@ -87,20 +93,31 @@ impl ConnState {
             // The first head is timed from the connection's start.
             head: AtomicU64::new(if h1 { 0 } else { NONE }),
             stall: AtomicU64::new(NONE),
+            tunnel_ticks: AtomicU64::new(0),
+            period: watch.period,
             h1,
             _slot: slot,
         })
     }
 
-    /// Bytes arrived: on an idle HTTP/1 connection they start a head.
+    /// Bytes arrived: on an idle HTTP/1 connection they start a head; on
+    /// a tunnel they are activity.
     fn on_read(&self) {
-        if self.h1
+        if self.tunnel_ticks.load(Ordering::Relaxed) != 0 {
+            self.on_tunnel_data();
+        } else if self.h1
             && self.inflight.load(Ordering::Relaxed) == 0
             && self.head.load(Ordering::Relaxed) == NONE
         {
             self.head
                 .store(self.tick.load(Ordering::Relaxed), Ordering::Relaxed);
         }
+    }
+
+    /// Data passed through the tunnel, either way.
+    fn on_tunnel_data(&self) {
+        self.last
+            .store(self.tick.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     /// A write to the client would block: the stall clock starts, if it
@@ -122,6 +139,10 @@ impl ConnState {
         let stall = self.stall.load(Ordering::Relaxed);
         if stall != NONE && elapsed(stall) >= w.send_ticks {
             return true;
+        }
+        let tunnel = self.tunnel_ticks.load(Ordering::Relaxed);
+        if tunnel != 0 {
+            return elapsed(self.last.load(Ordering::Relaxed)) >= tunnel;
         }
         if self.inflight.load(Ordering::Relaxed) > 0 {
             return false;
@@ -169,6 +190,19 @@ impl ActivityGuard {
         state.inflight.fetch_add(1, Ordering::Relaxed);
         state.head.store(NONE, Ordering::Relaxed);
         ActivityGuard(Arc::clone(state))
+    }
+}
+
+impl ActivityGuard {
+    /// The connection became an upgraded tunnel: from now on it is timed
+    /// only by `idle` without data (and `send_timeout` for a client that
+    /// stops reading), never by the head or keep-alive timers.
+    pub fn into_tunnel(&self, idle: Duration) {
+        let s = &self.0;
+        let ticks = (idle.as_nanos().div_ceil(s.period.as_nanos().max(1)) as u64).max(1);
+        s.on_tunnel_data();
+        s.head.store(NONE, Ordering::Relaxed);
+        s.tunnel_ticks.store(ticks, Ordering::Relaxed);
     }
 }
 
@@ -297,8 +331,8 @@ impl Conn {
             https_port,
             client_subject,
         } = self;
-        let state = ConnState::new(!h2, permit);
         let watch = Watch::new(&settings);
+        let state = ConnState::new(!h2, permit, &watch);
         let io = TokioIo::new(ConnIo {
             prefix,
             inner: stream,
@@ -650,7 +684,12 @@ impl ConnIo {
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<usize>> {
         match &r {
-            Poll::Ready(Ok(n)) if *n > 0 => self.state.stall.store(NONE, Ordering::Relaxed),
+            Poll::Ready(Ok(n)) if *n > 0 => {
+                self.state.stall.store(NONE, Ordering::Relaxed);
+                if self.state.tunnel_ticks.load(Ordering::Relaxed) != 0 {
+                    self.state.on_tunnel_data();
+                }
+            }
             Poll::Pending => {
                 self.state.on_write_blocked();
                 if let Poll::Ready(e) = self.poll_watchdog(cx) {

@@ -418,3 +418,86 @@ async fn h2_rapid_reset_gets_goaway() {
     // ENHANCE_YOUR_CALM (0xb) is what the h2 layer sends for this.
     assert_eq!(goaway, Some(0xb), "GOAWAY with ENHANCE_YOUR_CALM");
 }
+
+/// Opens a tunnel to the test upstream's echoing `/ws` through `addr`.
+async fn open_tunnel(addr: std::net::SocketAddr, path: &str) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        tokio::time::timeout(IO_WAIT, s.read_exact(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s
+}
+
+/// Reads until the peer closes (or fails); how long that took.
+async fn time_to_close(s: &mut tokio::net::TcpStream) -> std::time::Duration {
+    let t = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    loop {
+        match tokio::time::timeout(IO_WAIT, s.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return t.elapsed(),
+            Ok(Ok(_)) => {}
+            Err(_) => panic!("the tunnel was not closed within {IO_WAIT:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_busy_tunnel_outlives_every_request_timer_and_an_idle_one_closes_at_its_limit() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&(server_with(
+        "limits: { header_read_timeout: 300ms, idle_timeout: 300ms, body_read_timeout: 300ms, tunnel_idle_timeout: 1s }",
+    ) + &format!(
+        "upstreams:\n  app: {{ endpoints: [\"{}\"] }}\nroutes:\n  - {{ name: short, match: {{ path_prefix: /ws-short }}, upstream: app, rewrite_prefix: {{ from: /ws-short, to: /ws }}, timeouts: {{ tunnel_idle: 400ms }} }}\n  - {{ name: app, match: {{ path_prefix: / }}, upstream: app }}\n",
+        up.url()
+    )))
+    .await;
+    let mut s = open_tunnel(gw.addr, "/ws").await;
+    // A message every 150 ms for 3 s: ten times the head and idle timers.
+    let start = std::time::Instant::now();
+    let mut n = 0u32;
+    while start.elapsed() < std::time::Duration::from_secs(3) {
+        let msg = format!("message-{n:04}");
+        s.write_all(msg.as_bytes()).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        tokio::time::timeout(IO_WAIT, s.read_exact(&mut back))
+            .await
+            .expect("echo in time")
+            .expect("the tunnel stays open while data flows");
+        assert_eq!(back, msg.as_bytes());
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        n += 1;
+    }
+    // Silent: closed at the tunnel limit (1 s), not before.
+    let idle = time_to_close(&mut s).await;
+    assert!(idle >= std::time::Duration::from_millis(900), "{idle:?}");
+    // A route's own limit wins.
+    let mut s = open_tunnel(gw.addr, "/ws-short").await;
+    s.write_all(b"ping").await.unwrap();
+    let mut back = [0u8; 4];
+    s.read_exact(&mut back).await.unwrap();
+    let idle = time_to_close(&mut s).await;
+    assert!(idle >= std::time::Duration::from_millis(350), "{idle:?}");
+    assert!(
+        idle < std::time::Duration::from_millis(950),
+        "the route's 400ms, not 1s: {idle:?}"
+    );
+}

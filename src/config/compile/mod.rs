@@ -351,6 +351,7 @@ fn settings(spec: &Spec, errs: &mut Errors) -> Settings {
         ("body_read_timeout", l.body_read_timeout.0),
         ("idle_timeout", l.idle_timeout.0),
         ("send_timeout", l.send_timeout.0),
+        ("tunnel_idle_timeout", l.tunnel_idle_timeout.0),
     ] {
         if d.is_zero() {
             errs.push(format!("{p}.{field}"), "must be more than zero");
@@ -374,6 +375,7 @@ fn settings(spec: &Spec, errs: &mut Errors) -> Settings {
         access_log: s.access_log.enabled,
         max_inflight_requests: s.max_inflight_requests,
         tls_handshake_timeout: l.tls_handshake_timeout.0,
+        tunnel_idle_timeout: l.tunnel_idle_timeout.0,
         redirect_https: false,
         hsts: None,
     }

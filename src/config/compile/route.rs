@@ -302,6 +302,13 @@ pub(super) fn route(
     if timeout.is_zero() {
         errs.push(format!("{p}.timeout"), "must be more than zero");
     }
+    let tunnel_idle = r.timeouts.tunnel_idle.map(|d| d.0);
+    if tunnel_idle.is_some_and(|d| d.is_zero()) {
+        errs.push(
+            format!("{p}.timeouts.tunnel_idle"),
+            "must be more than zero",
+        );
+    }
     let request_headers = header_rules(&r.request_headers, &format!("{p}.request_headers"), errs);
     let response_headers =
         header_rules(&r.response_headers, &format!("{p}.response_headers"), errs);
@@ -317,6 +324,7 @@ pub(super) fn route(
         rewrite,
         host_rewrite,
         timeout,
+        tunnel_idle,
         request_headers,
         response_headers,
         auth: None,
