@@ -1,7 +1,9 @@
 //! The access log: one JSON line per request on stdout, written by a
 //! dedicated thread so the request path never blocks on stdout. When the
-//! writer falls behind by more than `QUEUE` lines, new lines are dropped and
-//! counted (`tollgate_access_log_dropped_total`) rather than slowing traffic.
+//! writer falls behind by more than `QUEUE_BYTES` (or `QUEUE` lines), new
+//! lines are dropped and counted (`tollgate_access_log_dropped_total`)
+//! rather than slowing traffic or growing memory: the bound is in bytes, so
+//! long lines (long paths) cannot make it large.
 
 use std::io::{BufWriter, Write};
 use std::sync::OnceLock;
@@ -13,6 +15,12 @@ use super::metrics::metrics;
 
 /// Lines queued for the writer before new ones are dropped.
 const QUEUE: usize = 65_536;
+
+/// Bytes of lines queued for the writer before new ones are dropped.
+pub const QUEUE_BYTES: usize = 16 << 20;
+
+/// Bytes of lines queued and not yet written.
+static QUEUED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// One request, as logged.
 #[derive(Debug, Serialize)]
@@ -109,6 +117,7 @@ fn drain(rx: Receiver<Msg>) {
     let handle = |out: &mut BufWriter<_>, msg: Msg| match msg {
         Msg::Line(line) => {
             let _ = out.write_all(line.as_bytes());
+            QUEUED.fetch_sub(line.len(), std::sync::atomic::Ordering::Relaxed);
         }
         Msg::Flush(done) => {
             let _ = out.flush();
@@ -159,7 +168,17 @@ pub fn log(entry: &Entry<'_>) {
         return;
     };
     line.push('\n');
-    if let Err(TrySendError::Full(_)) = sender().try_send(Msg::Line(line)) {
+    let len = line.len();
+    let before = QUEUED.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+    if before + len > QUEUE_BYTES {
+        QUEUED.fetch_sub(len, std::sync::atomic::Ordering::Relaxed);
+        metrics().access_log_dropped.inc();
+        return;
+    }
+    if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+        sender().try_send(Msg::Line(line))
+    {
+        QUEUED.fetch_sub(len, std::sync::atomic::Ordering::Relaxed);
         metrics().access_log_dropped.inc();
     }
 }
