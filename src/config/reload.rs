@@ -214,7 +214,7 @@ fn log_diff(old: &Snapshot, new: &Snapshot, trigger: &str) {
         s.spec
             .routes
             .iter()
-            .map(|r| (r.name.clone(), serde_json::to_string(r).unwrap_or_default()))
+            .map(|r| (r.name.clone(), format!("{r:?}")))
             .collect()
     };
     let (a, b) = (render(old), render(new));

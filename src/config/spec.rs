@@ -305,7 +305,7 @@ pub struct HstsSpec {
 }
 
 fn default_tls_min() -> Str {
-    Str("1.2".into())
+    Str::from("1.2")
 }
 fn default_alpn() -> Vec<String> {
     vec!["h2".into(), "http/1.1".into()]
@@ -346,10 +346,10 @@ impl Default for ServerSpec {
 }
 
 fn default_listen() -> Vec<Str> {
-    vec![Str("0.0.0.0:8080".into())]
+    vec![Str::from("0.0.0.0:8080")]
 }
 fn default_admin_listen() -> Str {
-    Str("127.0.0.1:9901".into())
+    Str::from("127.0.0.1:9901")
 }
 fn default_shutdown_grace() -> DurationSpec {
     DurationSpec(std::time::Duration::from_secs(30))
@@ -610,12 +610,12 @@ impl Default for HealthCheckSpec {
     fn default() -> Self {
         use std::time::Duration;
         Self {
-            path: Str("/health".into()),
+            path: Str::from("/health"),
             interval: DurationSpec(Duration::from_secs(5)),
             timeout: DurationSpec(Duration::from_secs(1)),
             healthy_threshold: 2,
             unhealthy_threshold: 3,
-            expected_status: Str("200-399".into()),
+            expected_status: Str::from("200-399"),
         }
     }
 }
@@ -862,7 +862,7 @@ impl Default for RetrySpec {
                 .collect(),
             per_try_timeout: None,
             backoff: BackoffSpec::default(),
-            budget: Str("20%".into()),
+            budget: Str::from("20%"),
             min_concurrency: 3,
             non_idempotent: false,
         }
@@ -978,13 +978,13 @@ impl<'de> Deserialize<'de> for ValueMatchSpec {
                 Str::deserialize(de::value::StrDeserializer::<E>::new(v)).map(ValueMatchSpec::Exact)
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<ValueMatchSpec, E> {
-                Ok(ValueMatchSpec::Exact(Str(v.to_string())))
+                Ok(ValueMatchSpec::Exact(Str::from(v.to_string())))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<ValueMatchSpec, E> {
-                Ok(ValueMatchSpec::Exact(Str(v.to_string())))
+                Ok(ValueMatchSpec::Exact(Str::from(v.to_string())))
             }
             fn visit_bool<E: de::Error>(self, v: bool) -> Result<ValueMatchSpec, E> {
-                Ok(ValueMatchSpec::Exact(Str(v.to_string())))
+                Ok(ValueMatchSpec::Exact(Str::from(v.to_string())))
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ValueMatchSpec, A::Error> {
                 let m = ValueMatchMap::deserialize(MapAccessDeserializer::new(map))?;

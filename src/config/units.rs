@@ -127,13 +127,33 @@ impl Serialize for ByteSize {
 /// A string in which `${NAME}` is replaced by the environment variable NAME
 /// when the file is read (`$${` writes a literal `${`). An unset variable is
 /// an error at its location in the file.
+///
+/// A value that took text from the environment is shown (serialized, as
+/// in `GET /config`) as `<redacted:NAME>`: environment variables are where
+/// secrets come from.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub struct Str(pub String);
+pub struct Str(pub String, pub FromEnv);
+
+/// The environment variables a `Str` took text from (none for most).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct FromEnv(Option<Box<str>>);
 
 impl Str {
     /// The expanded text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl From<&str> for Str {
+    fn from(s: &str) -> Self {
+        Str(s.to_owned(), FromEnv::default())
+    }
+}
+
+impl From<String> for Str {
+    fn from(s: String) -> Self {
+        Str(s, FromEnv::default())
     }
 }
 
@@ -145,9 +165,19 @@ impl fmt::Display for Str {
 
 /// Expands `${NAME}` references using `lookup`.
 pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    expand_env_names(text, lookup).map(|(s, _)| s)
+}
+
+/// Expands `${NAME}` references using `lookup`; also returns the names
+/// used, comma-separated (`None` when none was).
+fn expand_env_names(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<(String, Option<Box<str>>), String> {
     if !text.contains('$') {
-        return Ok(text.to_owned());
+        return Ok((text.to_owned(), None));
     }
+    let mut names: Vec<&str> = Vec::new();
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(pos) = rest.find('$') {
@@ -169,6 +199,9 @@ pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result
             let value =
                 lookup(name).ok_or_else(|| format!("environment variable `{name}` is not set"))?;
             out.push_str(&value);
+            if !names.contains(&name) {
+                names.push(name);
+            }
             rest = &body[end + 1..];
         } else {
             out.push('$');
@@ -176,7 +209,8 @@ pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result
         }
     }
     out.push_str(rest);
-    Ok(out)
+    let names = (!names.is_empty()).then(|| names.join(",").into_boxed_str());
+    Ok((out, names))
 }
 
 impl<'de> Deserialize<'de> for Str {
@@ -188,21 +222,21 @@ impl<'de> Deserialize<'de> for Str {
                 f.write_str("a string")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Str, E> {
-                expand_env(v, |n| std::env::var(n).ok())
-                    .map(Str)
+                expand_env_names(v, |n| std::env::var(n).ok())
+                    .map(|(text, names)| Str(text, FromEnv(names)))
                     .map_err(E::custom)
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Str, E> {
-                Ok(Str(v.to_string()))
+                Ok(Str::from(v.to_string()))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Str, E> {
-                Ok(Str(v.to_string()))
+                Ok(Str::from(v.to_string()))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Str, E> {
-                Ok(Str(v.to_string()))
+                Ok(Str::from(v.to_string()))
             }
             fn visit_bool<E: de::Error>(self, v: bool) -> Result<Str, E> {
-                Ok(Str(v.to_string()))
+                Ok(Str::from(v.to_string()))
             }
         }
         d.deserialize_any(V)
@@ -211,13 +245,30 @@ impl<'de> Deserialize<'de> for Str {
 
 impl Serialize for Str {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
+        match &self.1.0 {
+            Some(names) => s.serialize_str(&format!("<redacted:{names}>")),
+            None => s.serialize_str(&self.0),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_from_the_environment_are_shown_redacted() {
+        let env = |n: &str| (n == "KEY" || n == "HOST").then(|| "v".to_owned());
+        let (text, names) = expand_env_names("k=${KEY}@${HOST}:${KEY}", env).unwrap();
+        assert_eq!(text, "k=v@v:v");
+        let s = Str(text, FromEnv(names));
+        assert_eq!(serde_json::to_string(&s).unwrap(), "\"<redacted:KEY,HOST>\"");
+        assert_eq!(s.as_str(), "k=v@v:v");
+        let plain = Str::from("plain");
+        assert_eq!(serde_json::to_string(&plain).unwrap(), "\"plain\"");
+        let (_, none) = expand_env_names("$${KEY}", env).unwrap();
+        assert_eq!(none, None, "an escaped reference reads nothing");
+    }
 
     #[test]
     fn durations_take_units() {

@@ -1,4 +1,6 @@
-//! Metrics and the access log (stage 10, `finish`).
+//! Metrics and the access log (stage 10, `finish`), and the redaction of
+//! secrets in what the gateway writes.
 
 pub mod access_log;
 pub mod metrics;
+pub mod redact;

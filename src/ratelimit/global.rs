@@ -16,6 +16,7 @@ use arc_swap::ArcSwapOption;
 use redis::aio::ConnectionManager;
 
 use crate::observability::metrics::metrics;
+use crate::observability::redact;
 
 /// GCRA in one step. ARGV: emission interval (µs), bucket capacity (µs).
 /// Returns {allowed, remaining, retry_after_us, used_us}.
@@ -88,7 +89,7 @@ impl Redis {
     /// A client for `settings` (no connection yet; see `start`).
     pub fn new(settings: Settings) -> Result<Self, String> {
         let client = redis::Client::open(settings.url.as_str())
-            .map_err(|e| format!("`{}`: {e}", settings.url))?;
+            .map_err(|e| format!("`{}`: {e}", redact::url(&settings.url)))?;
         Ok(Self {
             settings,
             client,
@@ -137,7 +138,7 @@ impl Redis {
                 }
                 if conns.len() == me.settings.pool_size {
                     me.conns.store(Some(Arc::new(conns)));
-                    tracing::info!(url = %me.settings.url, "connected to Redis for global rate limits");
+                    tracing::info!(url = %redact::url(&me.settings.url), "connected to Redis for global rate limits");
                     return;
                 }
                 drop(me);
@@ -206,7 +207,7 @@ impl Redis {
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            tracing::warn!(url = %self.settings.url, error, on_error = ?self.settings.on_error, "Redis for global rate limits failed (logged at most once a second)");
+            tracing::warn!(url = %redact::url(&self.settings.url), error = %redact::url(error), on_error = ?self.settings.on_error, "Redis for global rate limits failed (logged at most once a second)");
         }
     }
 }

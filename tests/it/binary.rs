@@ -516,3 +516,49 @@ async fn a_stalled_stdout_bounds_the_access_log_in_bytes() {
     // hold 192 MiB.
     assert!(peak_kib < 128 << 10, "peak RSS {peak_kib} KiB");
 }
+
+/// Secrets stay out of logs and admin output: a Redis password is
+/// redacted in the warnings about a Redis that is down, and a value that
+/// came from an environment variable shows as `<redacted:NAME>` in
+/// `GET /config` while the upstream still gets the real value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_logs_or_admin_output() {
+    let up = Upstream::start("app").await;
+    // A port nothing listens on: every Redis call fails and is logged.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let home = std::env::var("HOME").unwrap();
+    let gw = Binary::start(&format!(
+        "upstreams:\n  app: {{ endpoints: [\"{}\"] }}\nredis: {{ url: \"redis://:topsecret@127.0.0.1:{closed}/0\", timeout: 50ms, on_error: allow }}\nrate_limits:\n  g: {{ key: client_ip, rate: 10/s, burst: 10, scope: global }}\nroutes:\n  - {{ name: app, match: {{ path_prefix: / }}, upstream: app, rate_limit: [g], request_headers: {{ set: {{ x-api-key: \"${{HOME}}\" }} }} }}\n",
+        up.url()
+    ));
+    let c = client();
+    let g = get(&c, &gw.url("/x")).await;
+    assert_eq!(g.status, 200);
+    assert_eq!(up.last().headers["x-api-key"], home.as_str());
+    let cfg = get(&c, &format!("http://{}/config", gw.admin)).await.text();
+    assert!(cfg.contains("<redacted:HOME>"), "{cfg}");
+    assert!(!cfg.contains(&format!("\"{home}\"")), "{cfg}");
+    assert!(!cfg.contains("topsecret"), "{cfg}");
+    // The binary's log goes to stderr: the warning about the failing
+    // Redis names its URL without the password.
+    let mut warned = None;
+    for _ in 0..250 {
+        let lines = gw.stderr.lock().unwrap().clone();
+        if let Some(l) = lines
+            .iter()
+            .find(|l| l.contains("Redis for global rate limits failed"))
+        {
+            warned = Some((l.clone(), lines));
+            break;
+        }
+        let _ = get(&c, &gw.url("/x")).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (line, lines) = warned.expect("a warning about Redis");
+    assert!(line.contains("redis://<redacted>@127.0.0.1"), "{line}");
+    assert!(lines.iter().all(|l| !l.contains("topsecret")), "{lines:?}");
+}

@@ -200,3 +200,19 @@ fn output_into_a_closed_pipe_ends_quietly() {
         assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn a_redis_password_never_appears_in_validation_errors() {
+    let path = config_path();
+    std::fs::write(
+        &path,
+        "redis: { url: \"redis://:topsecret@127.0.0.1:notaport/0\" }\nroutes:\n  - { name: a, match: { path: /a }, respond: { body: a } }\n",
+    )
+    .unwrap();
+    let file = path.display().to_string();
+    let (code, stdout, stderr) = tollgate(&["validate", "-c", &file]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(stderr.contains("redis.url"), "{stderr}");
+    assert!(!stderr.contains("topsecret"), "{stderr}");
+    assert!(stderr.contains("<redacted>"), "{stderr}");
+}

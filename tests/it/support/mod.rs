@@ -453,6 +453,8 @@ pub struct Binary {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub stdout: Arc<Mutex<Vec<String>>>,
+    /// Its log (stderr), line by line.
+    pub stderr: Arc<Mutex<Vec<String>>>,
 }
 
 /// Longest wait for the binary to start listening.
@@ -483,11 +485,13 @@ impl Binary {
         // Owned by the guard from here on, so a failed start still kills it.
         let unbound: SocketAddr = "0.0.0.0:0".parse().unwrap();
         let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
         let mut bin = Binary {
             child,
             addr: unbound,
             admin: unbound,
             stdout: stdout.clone(),
+            stderr: stderr.clone(),
         };
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
@@ -497,6 +501,7 @@ impl Binary {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                stderr.lock().unwrap().push(line.clone());
                 let _ = tx.send(line);
             }
         });
