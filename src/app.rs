@@ -124,13 +124,20 @@ impl Gateway {
             })?);
             tls_listeners.push(l);
         }
-        let admin_listener = bind(spec.admin_listen.as_str()).await?;
+        let admin_listener = bind(spec.admin_address().as_str()).await?;
         let admin = admin_listener
             .local_addr()
             .map_err(|source| StartError::Bind {
-                addr: spec.admin_listen.to_string(),
+                addr: spec.admin_address().to_string(),
                 source,
             })?;
+        if !admin.ip().is_loopback() && live.load().admin_token.is_none() {
+            tracing::warn!(admin = %admin, "the admin API listens on a non-loopback address without a token (allow_public_without_token): anyone who reaches it can reload the config and purge the cache");
+        }
+        let admin_limits = admin::Limits {
+            max_connections: spec.admin.max_connections,
+            header_read_timeout: spec.admin.header_read_timeout.0,
+        };
 
         let https_port = tls_listen.first().map_or(443, SocketAddr::port);
         for l in listeners {
@@ -159,7 +166,12 @@ impl Gateway {
         });
         // The admin listener outlives the drain (so /readyz can answer 503).
         let (admin_stop, admin_rx) = watch::channel(false);
-        tokio::spawn(admin::serve(admin_listener, admin_state, admin_rx));
+        tokio::spawn(admin::serve(
+            admin_listener,
+            admin_state,
+            admin_limits,
+            admin_rx,
+        ));
         tokio::spawn(sweep(Arc::clone(&live), rx));
         let watcher = if opts.watch_file {
             let base = reloader_base(&reloader_path);

@@ -50,6 +50,8 @@ pub struct Snapshot {
     pub settings: Settings,
     /// Metric handles for requests that matched no route (route label "").
     pub unrouted_metrics: RouteMetrics,
+    /// The admin API's bearer token (`server.admin.token`), if any.
+    pub admin_token: Option<Arc<[u8]>>,
 }
 
 impl Snapshot {

@@ -1,6 +1,9 @@
 //! The admin listener (default `127.0.0.1:9901`): liveness, readiness,
 //! metrics, the effective config, reload, and route explanations.
 //!
+//! With `server.admin.token` set, every endpoint but `/healthz`, `/readyz`
+//! and `/metrics` needs `Authorization: Bearer <token>` (401 otherwise).
+//!
 //! | endpoint | answer |
 //! |---|---|
 //! | `GET /healthz` | 200 while the process runs |
@@ -44,30 +47,73 @@ pub struct AdminState {
     pub draining: Arc<AtomicBool>,
 }
 
-/// Serves the admin API until `shutdown` turns true.
+/// The admin listener's own limits (read at start).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most concurrent admin connections.
+    pub max_connections: usize,
+    /// Time for each request head, and between requests.
+    pub header_read_timeout: Duration,
+}
+
+/// Serves the admin API until `shutdown` turns true. At most
+/// `limits.max_connections` connections are served at once; more wait in
+/// the accept queue, so a flood of admin connections holds nothing the
+/// proxy needs.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AdminState>,
+    limits: Limits,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     loop {
+        let slot = tokio::select! {
+            s = Arc::clone(&slots).acquire_owned() => match s { Ok(s) => s, Err(_) => return },
+            _ = shutdown.changed() => return,
+        };
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r { Ok(x) => x, Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue } },
             _ = shutdown.changed() => return,
         };
         let state = Arc::clone(&state);
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = service_fn(move |req| {
                 let state = Arc::clone(&state);
                 async move { Ok::<_, Infallible>(handle(req, &state).await) }
             });
             let _ = http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
+                .header_read_timeout(limits.header_read_timeout)
+                .max_buf_size(64 << 10)
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
     }
+}
+
+/// Endpoints anyone who reaches the listener may use: probes and scrapes.
+fn is_open(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics")
+}
+
+/// True when the request carries the admin token (compared in constant
+/// time), or no token is configured.
+fn authorized(req: &Request<Incoming>, token: Option<&[u8]>) -> bool {
+    let Some(token) = token else {
+        return true;
+    };
+    let mut values = req.headers().get_all(header::AUTHORIZATION).iter();
+    let (Some(v), None) = (values.next(), values.next()) else {
+        return false;
+    };
+    let v = v.as_bytes();
+    let sent = match v.get(..7) {
+        Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => &v[7..],
+        _ => return false,
+    };
+    aws_lc_rs::constant_time::verify_slices_are_equal(sent, token).is_ok()
 }
 
 fn reply(
@@ -94,6 +140,17 @@ fn json_reply(status: StatusCode, v: &serde_json::Value) -> Response<Full<Bytes>
 
 async fn handle(req: Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
     let path = req.uri().path();
+    if !is_open(path) && !authorized(&req, state.live.load().admin_token.as_deref()) {
+        let mut r = json_reply(
+            StatusCode::UNAUTHORIZED,
+            &json!({ "error": "unauthorized", "message": "this admin endpoint needs `Authorization: Bearer <server.admin.token>`" }),
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer realm=\"tollgate-admin\""),
+        );
+        return r;
+    }
     match (req.method(), path) {
         (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n"),
         (&Method::GET, "/readyz") => {

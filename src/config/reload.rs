@@ -192,7 +192,18 @@ fn restart_only_changes(started: &ServerSpec, new: &ServerSpec) -> Vec<&'static 
     [
         ("server.listen", a.listen != b.listen),
         ("server.tls_listen", a.tls_listen != b.tls_listen),
-        ("server.admin_listen", a.admin_listen != b.admin_listen),
+        (
+            "server.admin.listen",
+            a.admin_address() != b.admin_address(),
+        ),
+        (
+            "server.admin.max_connections",
+            a.admin.max_connections != b.admin.max_connections,
+        ),
+        (
+            "server.admin.header_read_timeout",
+            a.admin.header_read_timeout != b.admin.header_read_timeout,
+        ),
         ("server.workers", a.workers != b.workers),
         (
             "server.limits.max_connections",

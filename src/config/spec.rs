@@ -224,9 +224,12 @@ pub struct ServerSpec {
     /// Addresses the proxy listens on (HTTP/1.1 and h2c on each). Default `["0.0.0.0:8080"]`.
     #[serde(default = "default_listen")]
     pub listen: Vec<Str>,
-    /// Address of the admin listener. Default `127.0.0.1:9901`.
+    /// Address of the admin listener. Default `127.0.0.1:9901` (`admin.listen` wins).
     #[serde(default = "default_admin_listen")]
     pub admin_listen: Str,
+    /// The admin API: its address, bearer token and connection limits.
+    #[serde(default)]
+    pub admin: AdminSpec,
     /// Worker threads: `auto` (one per core) or a number.
     #[serde(default)]
     pub workers: WorkersSpec,
@@ -333,6 +336,7 @@ impl Default for ServerSpec {
         Self {
             listen: default_listen(),
             admin_listen: default_admin_listen(),
+            admin: AdminSpec::default(),
             workers: WorkersSpec::Auto,
             shutdown_grace: default_shutdown_grace(),
             trusted_proxies: Vec::new(),
@@ -341,6 +345,44 @@ impl Default for ServerSpec {
             max_inflight_requests: default_max_inflight_requests(),
             tls_listen: Vec::new(),
             tls: None,
+        }
+    }
+}
+
+impl ServerSpec {
+    /// The admin listener's address: `admin.listen`, else `admin_listen`.
+    pub fn admin_address(&self) -> &Str {
+        self.admin.listen.as_ref().unwrap_or(&self.admin_listen)
+    }
+}
+
+/// `server.admin`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSpec {
+    /// Address of the admin listener (replaces `server.admin_listen`).
+    pub listen: Option<Str>,
+    /// Bearer token every admin endpoint but `/healthz`, `/readyz` and `/metrics` requires (`${ENV}` works; never shown). One of `token` and `token_file`.
+    pub token: Option<Secret>,
+    /// File holding the token (relative to the config file; surrounding white space ignored; re-read on reload).
+    pub token_file: Option<Str>,
+    /// Let the admin API listen on a non-loopback address without a token (refused otherwise). Default `false`.
+    pub allow_public_without_token: bool,
+    /// Most concurrent admin connections; more wait in the accept queue. Default `64`.
+    pub max_connections: usize,
+    /// Time an admin connection gets for each request head (and between requests). Default `10s`.
+    pub header_read_timeout: DurationSpec,
+}
+
+impl Default for AdminSpec {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            token: None,
+            token_file: None,
+            allow_public_without_token: false,
+            max_connections: 64,
+            header_read_timeout: DurationSpec(std::time::Duration::from_secs(10)),
         }
     }
 }

@@ -262,7 +262,10 @@ mod tests {
         let (text, names) = expand_env_names("k=${KEY}@${HOST}:${KEY}", env).unwrap();
         assert_eq!(text, "k=v@v:v");
         let s = Str(text, FromEnv(names));
-        assert_eq!(serde_json::to_string(&s).unwrap(), "\"<redacted:KEY,HOST>\"");
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            "\"<redacted:KEY,HOST>\""
+        );
         assert_eq!(s.as_str(), "k=v@v:v");
         let plain = Str::from("plain");
         assert_eq!(serde_json::to_string(&plain).unwrap(), "\"plain\"");

@@ -59,7 +59,7 @@ fn algorithm_list(p: &ProviderSpec, path: &str, errs: &mut Errors) -> Vec<Algori
     out
 }
 
-fn read(
+pub(super) fn read(
     base: &Path,
     file: &str,
     field: &str,

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+mod admin;
 mod auth;
 mod ratelimit;
 mod route;
@@ -68,6 +69,7 @@ pub fn compile(
     let settings = settings(&spec, &mut errs);
     let upstreams = upstreams(&spec, previous, base, &mut errs);
     let (providers, mut files_hash) = auth::providers(&spec, previous, base, &mut errs);
+    let admin_token = admin::token(&spec, base, &mut errs, &mut files_hash);
     let tls = tls::tls(&spec, base, &mut errs, &mut files_hash);
     let (redirect_https, hsts) = tls::https_policy(&spec, &mut errs);
     let settings = Settings {
@@ -180,6 +182,7 @@ pub fn compile(
         cache: cache_store,
         settings,
         unrouted_metrics: RouteMetrics::new(""),
+        admin_token,
         spec,
     })
 }
