@@ -4,8 +4,11 @@
 #   docker build -t tollgate .
 #   docker run -p 8080:8080 -p 9901:9901 -v $PWD/my.yaml:/etc/tollgate/tollgate.yaml tollgate
 #
-# The mounted config must listen on 0.0.0.0 and put the admin API on
-# 0.0.0.0:9901 for the health check and metrics to be reachable.
+# The mounted config must listen on 0.0.0.0. To reach the admin API from
+# outside the container (metrics, reload), put it on 0.0.0.0:9901 with a
+# token (server.admin.token: "${TOLLGATE_ADMIN_TOKEN}"); without one the
+# gateway refuses a public admin listener. The health check runs inside
+# the container, on 127.0.0.1.
 
 FROM rust:1-slim-bookworm AS build
 WORKDIR /src
