@@ -87,6 +87,11 @@ pub async fn handle(
     // configured headers) is added after them: no client header can remove,
     // duplicate or override one of the gateway's.
     let upgrade = upgrade_protocol(&req);
+    if http_body::Body::is_end_stream(req.body())
+        && let Some(activity) = &conn.activity
+    {
+        activity.bodiless();
+    }
     headers::remove_hop_by_hop(req.headers_mut());
     // Accounted exactly once even if this future is dropped unanswered.
     let mut ctx = Pending::new(context(&req, conn, snapshot));

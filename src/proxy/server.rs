@@ -12,7 +12,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -76,6 +76,12 @@ pub struct ConnState {
     tunnel_ticks: AtomicU64,
     /// The watchdog's tick length.
     period: Duration,
+    /// The last four bytes read (HTTP/1): a request without a body whose
+    /// bytes did not end with its head's `\r\n\r\n` had more behind it,
+    /// the start of a pipelined head.
+    tail: AtomicU32,
+    /// The request in flight has no body (HTTP/1).
+    bodiless: AtomicBool,
     h1: bool,
     /// The connection's slot under `max_connections`. It lives as long as
     /// the state does; an upgraded tunnel's client stream is this
@@ -95,6 +101,8 @@ impl ConnState {
             stall: AtomicU64::new(NONE),
             tunnel_ticks: AtomicU64::new(0),
             period: watch.period,
+            tail: AtomicU32::new(0),
+            bodiless: AtomicBool::new(false),
             h1,
             _slot: slot,
         })
@@ -111,6 +119,17 @@ impl ConnState {
         {
             self.head
                 .store(self.tick.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+    }
+
+    /// Keeps the last four bytes read (HTTP/1).
+    fn keep_tail(&self, read: &[u8]) {
+        if self.h1 {
+            let mut tail = self.tail.load(Ordering::Relaxed);
+            for b in &read[read.len().saturating_sub(4)..] {
+                tail = (tail << 8) | u32::from(*b);
+            }
+            self.tail.store(tail, Ordering::Relaxed);
         }
     }
 
@@ -206,11 +225,32 @@ impl ActivityGuard {
     }
 }
 
+impl ActivityGuard {
+    /// The request has no body: what is read after its head belongs to
+    /// the next one.
+    pub fn bodiless(&self) {
+        self.0.bodiless.store(true, Ordering::Relaxed);
+    }
+}
+
+/// `\r\n\r\n` as the last four bytes read.
+const HEAD_END: u32 = u32::from_be_bytes(*b"\r\n\r\n");
+
 impl Drop for ActivityGuard {
     fn drop(&mut self) {
         let s = &self.0;
-        s.last
-            .store(s.tick.load(Ordering::Relaxed), Ordering::Relaxed);
+        let now = s.tick.load(Ordering::Relaxed);
+        s.last.store(now, Ordering::Relaxed);
+        // Bytes read past a bodiless request's head are a pipelined head
+        // that is not complete yet (a complete one would be in flight
+        // already): it is timed from here by `header_read_timeout`, not
+        // left to the idle timer.
+        if s.h1
+            && s.bodiless.swap(false, Ordering::Relaxed)
+            && s.tail.load(Ordering::Relaxed) != HEAD_END
+        {
+            s.head.store(now, Ordering::Relaxed);
+        }
         s.inflight.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -646,12 +686,15 @@ impl AsyncRead for ConnIo {
         if !self.prefix.is_empty() {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
+            self.state.keep_tail(&self.prefix[..n]);
             self.prefix.advance(n);
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
+        let read = &buf.filled()[before..];
+        if !read.is_empty() {
+            self.state.keep_tail(read);
             self.state.on_read();
         }
         if r.is_pending()

@@ -501,3 +501,68 @@ async fn a_busy_tunnel_outlives_every_request_timer_and_an_idle_one_closes_at_it
         "the route's 400ms, not 1s: {idle:?}"
     );
 }
+
+/// Reads one response whose body is `app`.
+async fn read_app_response(s: &mut tokio::net::TcpStream) {
+    let mut got = Vec::new();
+    while !got.ends_with(b"app") {
+        let mut b = [0u8; 256];
+        let n = tokio::time::timeout(IO_WAIT, s.read(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&b[..n]);
+    }
+}
+
+#[tokio::test]
+async fn a_partial_pipelined_head_is_timed_by_the_head_timer_not_the_idle_timer() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(
+        &(server_with("limits: { header_read_timeout: 400ms, idle_timeout: 30s }")
+            + &proxy_all(&up.url())),
+    )
+    .await;
+    // The partial second head in the same packet as the first request, and
+    // sent while the first is in flight.
+    for (first, later) in [
+        (
+            &b"GET /x HTTP/1.1\r\nHost: a\r\n\r\nGET /x HTTP/1.1\r\nHo"[..],
+            &b""[..],
+        ),
+        (
+            b"GET /slow/300 HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET /x HTTP/1.1\r\nHo",
+        ),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(first).await.unwrap();
+        if !later.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            s.write_all(later).await.unwrap();
+        }
+        read_app_response(&mut s).await;
+        let t = Instant::now();
+        let mut b = [0u8; 64];
+        let r = tokio::time::timeout(Duration::from_secs(10), s.read(&mut b)).await;
+        assert!(
+            matches!(r, Ok(Ok(0) | Err(_))),
+            "closed by the head timer, not left to the 30s idle timer"
+        );
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    }
+    // A complete request with nothing behind it is idle, not a head: it
+    // outlives the head timer.
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    read_app_response(&mut s).await;
+    let mut b = [0u8; 64];
+    let r = tokio::time::timeout(Duration::from_millis(1500), s.read(&mut b)).await;
+    assert!(
+        r.is_err(),
+        "an idle keep-alive connection stays open past the head timer"
+    );
+}
