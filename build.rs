@@ -13,13 +13,25 @@ fn main() {
     println!("cargo::rerun-if-env-changed=TOLLGATE_REQUIRE_REDIS");
     println!("cargo::rerun-if-env-changed=PATH");
     let path = std::env::var_os("PATH").unwrap_or_default();
-    let mut found = false;
-    for dir in std::env::split_paths(&path) {
-        let candidate = dir.join("redis-server");
-        // Watched whether or not it exists: installing it later reruns this.
-        println!("cargo::rerun-if-changed={}", candidate.display());
-        found |= Path::new(&candidate).is_file();
+    let dirs: Vec<_> = std::env::split_paths(&path)
+        .filter(|d| Path::new(d).is_dir())
+        .collect();
+    let found = dirs
+        .iter()
+        .map(|d| d.join("redis-server"))
+        .find(|c| c.is_file());
+    match &found {
+        // Only paths that exist are watched (a missing one would rerun this
+        // script, and rebuild the crate, on every build).
+        Some(file) => println!("cargo::rerun-if-changed={}", file.display()),
+        // Installing it later changes one of these directories.
+        None => {
+            for d in &dirs {
+                println!("cargo::rerun-if-changed={}", d.display());
+            }
+        }
     }
+    let found = found.is_some();
     if found || std::env::var_os("TOLLGATE_REQUIRE_REDIS").is_some() {
         println!("cargo::rustc-cfg=tollgate_redis");
     }

@@ -14,6 +14,8 @@ pub mod cache;
 pub mod config;
 pub mod cookies;
 pub mod fetch;
+#[cfg(feature = "fuzzing")]
+pub mod fuzz;
 pub mod observability;
 pub mod proxy;
 pub mod ratelimit;

@@ -7,7 +7,6 @@
 
 use http::header::{CONTENT_LENGTH, HOST, HeaderValue, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, Request, Version};
-use hyper::body::Incoming;
 
 use super::error::ProxyError;
 use crate::config::spec::UnderscorePolicy;
@@ -16,8 +15,8 @@ use crate::snapshot::Settings;
 /// Checks `req` and returns the host it is for: its Host header, or the
 /// authority of an absolute-form target (`None` only for HTTP/1.0 without
 /// either).
-pub fn admit(
-    req: &mut Request<Incoming>,
+pub fn admit<B>(
+    req: &mut Request<B>,
     settings: &Settings,
 ) -> Result<Option<HeaderValue>, ProxyError> {
     head_size(req, settings)?;
@@ -92,7 +91,7 @@ pub fn admit(
 /// The configured head limits, answered with a JSON 431. hyper's parser is
 /// given twice these limits as a hard ceiling (it answers a bare 431 past
 /// them), so an ordinary oversized head gets the gateway's error body.
-fn head_size(req: &Request<Incoming>, s: &Settings) -> Result<(), ProxyError> {
+fn head_size<B>(req: &Request<B>, s: &Settings) -> Result<(), ProxyError> {
     let h = req.headers();
     if h.len() > s.max_request_headers {
         return Err(ProxyError::HeadersTooLarge);
@@ -110,7 +109,7 @@ fn head_size(req: &Request<Incoming>, s: &Settings) -> Result<(), ProxyError> {
 }
 
 /// One valid Host, agreeing with an absolute-form target's authority.
-fn host(req: &Request<Incoming>) -> Result<Option<HeaderValue>, ProxyError> {
+fn host<B>(req: &Request<B>) -> Result<Option<HeaderValue>, ProxyError> {
     let mut hosts = req.headers().get_all(HOST).iter();
     let header = hosts.next();
     if hosts.next().is_some() {

@@ -33,6 +33,8 @@ use crate::body::{BodyError, RequestBody};
 mod response;
 
 pub use response::Body1;
+#[cfg(feature = "fuzzing")]
+pub use response::decode_for_fuzzing;
 use response::read_response;
 
 /// An idle or busy HTTP/1.1 connection to one endpoint.

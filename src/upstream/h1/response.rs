@@ -445,6 +445,53 @@ fn step_chunked(buf: &mut BytesMut, state: Chunk) -> Result<Step, H1Error> {
     }
 }
 
+/// Runs the head parser, the framing rules and the body decoders over
+/// `data` fed `split` bytes at a time, as a connection would (fuzzing).
+#[cfg(feature = "fuzzing")]
+pub fn decode_for_fuzzing(data: &[u8], split: usize) {
+    let mut pieces = data.chunks(split.max(1));
+    let mut buf = BytesMut::new();
+    let mut fields = Vec::new();
+    let mut feed = |buf: &mut BytesMut| match pieces.next() {
+        Some(p) => {
+            buf.extend_from_slice(p);
+            true
+        }
+        None => false,
+    };
+    let head = loop {
+        match parse_head(&mut buf, &mut fields) {
+            Ok(Some(h)) if h.status.is_informational() && h.status != StatusCode::SWITCHING_PROTOCOLS => {}
+            Ok(Some(h)) => break h,
+            Ok(None) if feed(&mut buf) => {}
+            _ => return,
+        }
+    };
+    let Ok((framing, _)) = framing(&head, false) else {
+        return;
+    };
+    match framing {
+        Framing::Chunked(mut state) => loop {
+            match step_chunked(&mut buf, state) {
+                Ok(Step::Data(_, next) | Step::Next(next)) => state = next,
+                Ok(Step::NeedMore) if feed(&mut buf) => {}
+                _ => return,
+            }
+        },
+        Framing::Length(mut left) => {
+            while left > 0 {
+                let n = (buf.len() as u64).min(left);
+                buf.advance(n as usize);
+                left -= n;
+                if left > 0 && !feed(&mut buf) {
+                    return;
+                }
+            }
+        }
+        Framing::Empty | Framing::UntilClose => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
