@@ -8,8 +8,8 @@ use std::sync::OnceLock;
 use http::{HeaderMap, HeaderValue, Method, Request};
 
 use crate::proxy::admit::{admit, host_for_routing};
-use crate::routing::normalize::normalize_path;
 use crate::routing::RequestView;
+use crate::routing::normalize::normalize_path;
 use crate::snapshot::Snapshot;
 
 /// A config with routes of every matcher kind, to route fuzzed requests.

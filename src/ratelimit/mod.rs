@@ -111,6 +111,11 @@ impl Shape {
     }
 }
 
+/// Longest rate-limit key kept as it is; longer ones are kept as a
+/// 128-bit digest (33 bytes). With every key this short, `max_keys`
+/// bounds a policy's memory: about 250 bytes a key (`store.rs`).
+pub const MAX_KEY_BYTES: usize = 64;
+
 type Governor = RateLimiter<String, BoundedStore, DefaultClock, StateInformationMiddleware>;
 
 /// One limiter (a shape and its buckets).
@@ -336,7 +341,31 @@ impl Policy {
                 KeyPart::Route => out.push_str(input.route),
             }
         }
-        Ok(out)
+        Ok(self.compact(out))
+    }
+
+    /// A key longer than `MAX_KEY_BYTES` is kept as a digest, so what a
+    /// client sends (a 32 KiB header value) never decides how much memory
+    /// a key takes, here or in Redis. A first part that names an override
+    /// (a configured tenant plan) stays readable, as the override is
+    /// chosen by it.
+    fn compact(&self, key: String) -> String {
+        if key.len() <= MAX_KEY_BYTES {
+            return key;
+        }
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.as_bytes());
+        let first = key.split('\u{1f}').next().unwrap_or("");
+        let mut out = String::with_capacity(MAX_KEY_BYTES);
+        if self.overrides.contains_key(first) {
+            out.push_str(first);
+            out.push('\u{1f}');
+        }
+        out.push('#');
+        for b in &digest.as_ref()[..16] {
+            out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+            out.push(char::from(b"0123456789abcdef"[usize::from(b & 0xf)]));
+        }
+        out
     }
 
     /// The local check (this process's bucket), without Redis: what a
@@ -704,5 +733,27 @@ mod tests {
         assert_eq!(input(&h).unwrap(), "k1\u{1f}r");
         h.append("x-api-key", HeaderValue::from_static("k2"));
         assert_eq!(input(&h), Err(KeyError::Repeated));
+        // Long values are kept as a fixed-size digest, distinct per value.
+        let long = |c: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                "x-api-key",
+                HeaderValue::from_str(&c.repeat(32 << 10)).unwrap(),
+            );
+            input(&h).unwrap()
+        };
+        let (a, b) = (long("a"), long("b"));
+        assert_eq!(a.len(), 33);
+        assert!(a.starts_with('#'));
+        assert_ne!(a, b);
+        assert_eq!(a, long("a"));
+        let exact = "k".repeat(MAX_KEY_BYTES - 2);
+        h = HeaderMap::new();
+        h.insert("x-api-key", HeaderValue::from_str(&exact).unwrap());
+        assert_eq!(
+            input(&h).unwrap(),
+            format!("{exact}\u{1f}r"),
+            "up to the bound: as it is"
+        );
     }
 }

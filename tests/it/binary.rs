@@ -562,3 +562,44 @@ async fn secrets_never_reach_logs_or_admin_output() {
     assert!(line.contains("redis://<redacted>@127.0.0.1"), "{line}");
     assert!(lines.iter().all(|l| !l.contains("topsecret")), "{lines:?}");
 }
+
+/// Rate-limit keys are bounded in bytes, not only in count: 5,000 keys
+/// made of 32 KiB header values (160 MiB if kept as sent) leave the
+/// gateway's memory where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_rate_limit_keys_are_kept_as_digests() {
+    let up = Upstream::start("app").await;
+    let gw = Binary::start(&format!(
+        "upstreams:\n  app: {{ endpoints: [\"{}\"] }}\nrate_limits:\n  per_key: {{ key: \"header:x-api-key\", rate: 1/min, burst: 10, max_keys: 1000000 }}\nroutes:\n  - {{ name: app, match: {{ path_prefix: / }}, upstream: app, rate_limit: [per_key] }}\n",
+        up.url()
+    ));
+    let c = client();
+    let before = gw.peak_rss();
+    for batch in 0..50 {
+        let tasks: Vec<_> = (0..100)
+            .map(|i| {
+                let key = format!("{batch:03}{i:03}{}", "k".repeat(32 << 10));
+                let (c, url) = (c.clone(), gw.url("/x"));
+                tokio::spawn(async move { get_with(&c, &url, &[("x-api-key", &key)]).await.status })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), 200, "each key has its own bucket");
+        }
+    }
+    // The key gauge is exported every second.
+    let mut keys = 0.0;
+    for _ in 0..100 {
+        let m = get(&c, &format!("http://{}/metrics", gw.admin))
+            .await
+            .text();
+        keys = metric(&m, r#"tollgate_ratelimit_keys{policy="per_key"}"#);
+        if keys == 5000.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(keys, 5000.0, "every key is held");
+    let grew = gw.peak_rss().saturating_sub(before);
+    assert!(grew < 64 << 20, "peak RSS grew by {} MiB", grew >> 20);
+}

@@ -461,7 +461,8 @@ pub fn decode_for_fuzzing(data: &[u8], split: usize) {
     };
     let head = loop {
         match parse_head(&mut buf, &mut fields) {
-            Ok(Some(h)) if h.status.is_informational() && h.status != StatusCode::SWITCHING_PROTOCOLS => {}
+            Ok(Some(h))
+                if h.status.is_informational() && h.status != StatusCode::SWITCHING_PROTOCOLS => {}
             Ok(Some(h)) => break h,
             Ok(None) if feed(&mut buf) => {}
             _ => return,
