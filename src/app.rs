@@ -254,6 +254,7 @@ async fn sweep(live: SharedSnapshot, mut shutdown: watch::Receiver<bool>) {
                     u.evict_expired(SWEEP_INTERVAL);
                 }
                 if let Some(store) = &snap.cache {
+                    store.sweep();
                     let (entries, bytes) = store.stats();
                     let m = crate::observability::metrics::metrics();
                     m.cache_entries.set(entries as i64);

@@ -254,10 +254,13 @@ async fn handle(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byt
                 ),
                 Some(store) => {
                     let (entries, bytes) = store.stats();
-                    json_reply(
-                        StatusCode::OK,
-                        &json!({ "entries": entries, "bytes": bytes, "max_bytes": store.settings.0, "max_object_bytes": store.settings.1 }),
-                    )
+                    let mut body = json!({ "entries": entries, "bytes": bytes, "max_bytes": store.settings.0, "max_object_bytes": store.settings.1 });
+                    if let (Some(b), serde_json::Value::Object(side)) =
+                        (body.as_object_mut(), store.side_stats())
+                    {
+                        b.extend(side);
+                    }
+                    json_reply(StatusCode::OK, &body)
                 }
             }
         }

@@ -12,18 +12,50 @@ use tokio::sync::watch;
 #[derive(Default)]
 pub struct Flights {
     inflight: Mutex<HashMap<String, watch::Receiver<bool>>>,
+    /// Bytes the map may hold (keys and their channels); past it requests
+    /// are not coalesced (they go to the origin each) rather than grow it.
+    budget: u64,
+    /// Bytes it holds.
+    used: std::sync::atomic::AtomicU64,
 }
 
+/// What one fetch in the map costs besides its key (map slot, channel).
+const FLIGHT_OVERHEAD: u64 = 256;
+
 impl Flights {
+    /// Coalescing state of at most `budget` bytes.
+    pub fn with_budget(budget: u64) -> Self {
+        Self {
+            budget,
+            ..Self::default()
+        }
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> u64 {
+        self.used.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Bytes it may hold.
+    pub fn budget(&self) -> u64 {
+        self.budget
+    }
+
     /// Joins the fetch of `key`: `Lead` when no request is fetching it
     /// (this one will; others wait for it), or `Wait` with what to await.
     pub fn join(self: &Arc<Self>, key: &str) -> Join {
+        use std::sync::atomic::Ordering;
         let Ok(mut map) = self.inflight.lock() else {
             return Join::Lead(None);
         };
         if let Some(rx) = map.get(key) {
             return Join::Wait(rx.clone());
         }
+        let cost = key.len() as u64 + FLIGHT_OVERHEAD;
+        if self.used.load(Ordering::Relaxed) + cost > self.budget {
+            return Join::Lead(None);
+        }
+        self.used.fetch_add(cost, Ordering::Relaxed);
         let (tx, rx) = watch::channel(false);
         map.insert(key.to_owned(), rx);
         Join::Lead(Some(Flight {
@@ -66,8 +98,13 @@ impl Drop for Flight {
     fn drop(&mut self) {
         // Out of the map before the sender drops, so a waiter that wakes
         // and joins again starts a new fetch.
-        if let Ok(mut map) = self.flights.inflight.lock() {
-            map.remove(&self.key);
+        if let Ok(mut map) = self.flights.inflight.lock()
+            && map.remove(&self.key).is_some()
+        {
+            self.flights.used.fetch_sub(
+                self.key.len() as u64 + FLIGHT_OVERHEAD,
+                std::sync::atomic::Ordering::Relaxed,
+            );
         }
     }
 }

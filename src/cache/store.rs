@@ -33,6 +33,43 @@ pub struct Entry {
     /// `Age` and `Cache-Status` of a hit, made once per second of age
     /// (hits in between share them, instead of formatting their own).
     pub hit_headers: std::sync::Mutex<Option<HitHeaders>>,
+    /// The mark of the entry's URL, shared by every entry of that URL (all
+    /// variants and extra key parts), set by `Store::put`. An unsafe
+    /// request to the URL sets it, which voids them all at once.
+    pub url: Arc<UrlMark>,
+}
+
+/// Set when an unsafe request voided every stored response of a URL.
+#[derive(Debug, Default)]
+pub struct UrlMark {
+    voided: std::sync::atomic::AtomicBool,
+}
+
+impl UrlMark {
+    fn voided(&self) -> bool {
+        self.voided.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// The URL part (`route␟host␟path?query`) of a cache key: its first three
+/// fields, before any extra key part or variant. (None of the three can
+/// hold `␟` or `␞`: route names are checked, hosts and targets are URI
+/// text.)
+fn url_of(key: &str) -> &str {
+    let mut fields = 0;
+    for (i, c) in key.char_indices() {
+        match c {
+            '\u{1e}' => return &key[..i],
+            '\u{1f}' => {
+                fields += 1;
+                if fields == 3 {
+                    return &key[..i];
+                }
+            }
+            _ => {}
+        }
+    }
+    key
 }
 
 /// The headers of a hit at one second of an entry's life.
@@ -52,9 +89,9 @@ impl Entry {
         (self.initial_age + self.stored.elapsed()).as_secs()
     }
 
-    /// True while fresh.
+    /// True while fresh (and not voided by an unsafe request).
     pub fn fresh(&self) -> bool {
-        self.stored.elapsed() < self.ttl
+        self.stored.elapsed() < self.ttl && !self.url.voided()
     }
 
     /// `Age` and `Cache-Status` for a hit `elapsed` after storing.
@@ -80,13 +117,18 @@ impl Entry {
 
     /// True while stale but still usable when the upstream fails.
     pub fn usable_on_error(&self) -> bool {
-        self.stored.elapsed() < self.ttl + self.stale_if_error
+        self.stored.elapsed() < self.ttl + self.stale_if_error && !self.url.voided()
     }
 
     /// True when it carries `ETag` or `Last-Modified`, so the upstream can
     /// be asked whether it is still current.
     pub fn has_validators(&self) -> bool {
         has_validators(&self.headers)
+    }
+
+    /// False once an unsafe request to its URL voided it.
+    pub fn live(&self) -> bool {
+        !self.url.voided()
     }
 }
 
@@ -113,12 +155,18 @@ impl moka::Expiry<String, Arc<Entry>> for UntilStale {
 }
 
 /// The store shared by every cached route.
+///
+/// `max_size` covers all it holds: the entries (with their URL marks)
+/// get 7/8 of it, the Vary index 1/16 and the coalescing state 1/16, each
+/// weighed in bytes.
 pub struct Store {
     cache: moka::sync::Cache<String, Arc<Entry>>,
     /// Primary key → the request headers its responses vary on.
     vary: moka::sync::Cache<String, Arc<Vec<HeaderName>>>,
     /// Keys being fetched from the origin right now (request coalescing).
     flights: Arc<Flights>,
+    /// URL → the mark its live entries share (weak: the entries own it).
+    urls: std::sync::Mutex<std::collections::HashMap<Box<str>, std::sync::Weak<UrlMark>>>,
     /// Larger responses are not stored.
     pub max_object: usize,
     /// The settings it was built from (compared on reload).
@@ -128,16 +176,19 @@ pub struct Store {
 impl Store {
     /// A store of at most `max_size` bytes.
     pub fn new(max_size: u64, max_object: u64) -> Self {
+        let side = max_size / 16;
         Self {
             cache: moka::sync::Cache::builder()
-                .max_capacity(max_size)
+                .max_capacity(max_size - 2 * side)
                 .weigher(|k: &String, e: &Arc<Entry>| {
                     let headers: usize = e
                         .headers
                         .iter()
                         .map(|(n, v)| n.as_str().len() + v.len() + 32)
                         .sum();
-                    u32::try_from(k.len() + headers + e.body.len() + 128).unwrap_or(u32::MAX)
+                    // The key, and its URL again in the mark map.
+                    let key = k.len() + url_of(k).len() + 64;
+                    u32::try_from(key + headers + e.body.len() + 128).unwrap_or(u32::MAX)
                 })
                 .expire_after(UntilStale)
                 .eviction_listener(|_, _, cause| {
@@ -147,10 +198,15 @@ impl Store {
                 })
                 .build(),
             vary: moka::sync::Cache::builder()
-                .max_capacity(100_000)
+                .max_capacity(side)
+                .weigher(|k: &String, names: &Arc<Vec<HeaderName>>| {
+                    let names: usize = names.iter().map(|n| n.as_str().len() + 24).sum();
+                    u32::try_from(k.len() + names + 96).unwrap_or(u32::MAX)
+                })
                 .time_to_idle(Duration::from_secs(3600))
                 .build(),
-            flights: Arc::default(),
+            flights: Arc::new(Flights::with_budget(side)),
+            urls: std::sync::Mutex::default(),
             max_object: usize::try_from(max_object).unwrap_or(usize::MAX),
             settings: (max_size, max_object),
         }
@@ -167,13 +223,15 @@ impl Store {
     pub fn get_validated_since(&self, key: &str, since: Instant) -> Option<Arc<Entry>> {
         self.cache
             .get(key)
-            .filter(|e| e.fresh() || e.stored >= since)
+            .filter(|e| e.live() && (e.fresh() || e.stored >= since))
     }
 
     /// An entry the upstream can be asked about (`ETag` or
     /// `Last-Modified`), fresh or stale.
     pub fn get_revalidatable(&self, key: &str) -> Option<Arc<Entry>> {
-        self.cache.get(key).filter(|e| e.has_validators())
+        self.cache
+            .get(key)
+            .filter(|e| e.live() && e.has_validators())
     }
 
     /// Drops one entry.
@@ -183,9 +241,9 @@ impl Store {
 
     /// An entry past its freshness but within `stale_while_revalidate`.
     pub fn get_revalidating(&self, key: &str) -> Option<Arc<Entry>> {
-        self.cache
-            .get(key)
-            .filter(|e| !e.fresh() && e.stored.elapsed() < e.ttl + e.stale_while_revalidate)
+        self.cache.get(key).filter(|e| {
+            e.live() && !e.fresh() && e.stored.elapsed() < e.ttl + e.stale_while_revalidate
+        })
     }
 
     /// An entry past its freshness that may still stand in for a failing
@@ -211,6 +269,9 @@ impl Store {
             let n = self.cache.entry_count() as usize;
             self.cache.invalidate_all();
             self.vary.invalidate_all();
+            if let Ok(mut m) = self.urls.lock() {
+                m.clear();
+            }
             self.cache.run_pending_tasks();
             return n;
         };
@@ -264,24 +325,45 @@ impl Store {
         key
     }
 
-    /// Drops the entries for one URL (every variant and extra key part):
-    /// after a successful unsafe request to it.
+    /// Voids the entries for one URL (every variant and extra key part):
+    /// after a successful unsafe request to it. Constant time, whatever
+    /// the size of the cache: the URL's shared mark is set, and the voided
+    /// entries are never served again (they leave as space is needed).
     pub fn invalidate_url(&self, route: &str, host: &str, path_and_query: &str) {
-        let prefix = format!("{route}\u{1f}{host}\u{1f}{path_and_query}");
-        let exact = |k: &str| {
-            k.strip_prefix(&prefix)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['\u{1f}', '\u{1e}']))
-        };
-        let keys: Vec<Arc<String>> = self
-            .cache
-            .iter()
-            .filter(|(k, _)| exact(k))
-            .map(|(k, _)| k)
-            .collect();
-        for k in &keys {
-            self.cache.invalidate(k.as_str());
+        let url = format!("{route}\u{1f}{host}\u{1f}{path_and_query}");
+        let mark = self
+            .urls
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(url.as_str()))
+            .and_then(|w| w.upgrade());
+        if let Some(mark) = mark {
+            mark.voided
+                .store(true, std::sync::atomic::Ordering::Release);
         }
-        self.vary.invalidate(&prefix);
+        self.cache.invalidate(&url);
+        self.vary.invalidate(&url);
+    }
+
+    /// The mark shared by the live entries of `url` (a new one when none
+    /// is live).
+    fn url_mark(&self, url: &str) -> Arc<UrlMark> {
+        let Ok(mut map) = self.urls.lock() else {
+            return Arc::default();
+        };
+        if let Some(m) = map.get(url).and_then(std::sync::Weak::upgrade) {
+            return m;
+        }
+        let m = Arc::new(UrlMark::default());
+        map.insert(url.into(), Arc::downgrade(&m));
+        m
+    }
+
+    /// Forgets the URLs none of whose entries is left (every second).
+    pub fn sweep(&self) {
+        if let Ok(mut map) = self.urls.lock() {
+            map.retain(|_, m| m.strong_count() > 0);
+        }
     }
 
     /// Entries and their total weight in bytes (for `/cache/stats`).
@@ -290,13 +372,26 @@ impl Store {
         (self.cache.entry_count(), self.cache.weighted_size())
     }
 
+    /// Bytes held by the Vary index and by the coalescing state, and
+    /// their limits (for `/cache/stats`).
+    pub fn side_stats(&self) -> serde_json::Value {
+        self.vary.run_pending_tasks();
+        serde_json::json!({
+            "vary_index_bytes": self.vary.weighted_size(),
+            "vary_index_max_bytes": self.vary.policy().max_capacity(),
+            "coalescing_bytes": self.flights.used(),
+            "coalescing_max_bytes": self.flights.budget(),
+        })
+    }
+
     /// Forgets that `primary` varies (its latest response does not).
     pub fn no_vary(&self, primary: &str) {
         self.vary.invalidate(primary);
     }
 
     /// Stores an entry.
-    pub fn put(&self, key: String, entry: Entry) {
+    pub fn put(&self, key: String, mut entry: Entry) {
+        entry.url = self.url_mark(url_of(&key));
         self.cache.insert(key, Arc::new(entry));
     }
 }

@@ -394,6 +394,7 @@ pub(super) async fn store_step(
                                 stale_if_error,
                                 stale_while_revalidate,
                                 hit_headers: Default::default(),
+                                url: Default::default(),
                             },
                         );
                         if let Some(f) = flight {
@@ -510,6 +511,7 @@ fn refresh(
         stale_if_error,
         stale_while_revalidate,
         hit_headers: Default::default(),
+        url: Default::default(),
     };
     let fwd = if old.fresh() { "request" } else { "stale" };
     let status = HeaderValue::try_from(format!(

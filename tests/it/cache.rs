@@ -854,3 +854,74 @@ async fn a_get_or_head_with_a_body_is_neither_served_from_nor_stored_in_the_cach
     );
     assert_eq!(hits.load(Ordering::SeqCst), 5);
 }
+
+#[tokio::test]
+async fn the_vary_index_counts_against_max_size() {
+    let (up, _) = origin().await;
+    let gw = TestGateway::start(&format!(
+        "cache: {{ max_size: 1MiB, max_object_size: 1KiB }}\nupstreams:\n  app: {{ endpoints: [\"{up}\"] }}\nroutes:\n  - {{ name: varied, match: {{ path_prefix: / }}, upstream: app, cache: {{}} }}\n"
+    ))
+    .await;
+    let c = client();
+    // 400 distinct URLs of 8 KiB whose responses vary: 3.2 MiB of index
+    // keys if the index were not weighed.
+    let long = "p".repeat(8 << 10);
+    for batch in 0..4 {
+        let tasks: Vec<_> = (0..100)
+            .map(|i| {
+                let url = gw.url(&format!(
+                    "/v{batch}-{i}?cc=max-age%3D60&vary=accept&pad={long}"
+                ));
+                let c = c.clone();
+                tokio::spawn(async move { get_with(&c, &url, &[("accept", "a")]).await.status })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), 200);
+        }
+    }
+    let stats = get(&c, &gw.admin_url("/cache/stats")).await.json();
+    let max = stats["max_bytes"].as_u64().unwrap();
+    let index = stats["vary_index_bytes"].as_u64().unwrap();
+    assert!(index > 0, "{stats}");
+    assert!(index <= max / 16, "{stats}");
+    assert!(
+        stats["bytes"].as_u64().unwrap() + index + stats["coalescing_max_bytes"].as_u64().unwrap()
+            <= max,
+        "{stats}"
+    );
+}
+
+#[tokio::test]
+async fn an_unsafe_request_voids_every_variant_and_key_part_of_its_url() {
+    let (up, hits) = origin().await;
+    let gw = TestGateway::start(&format!(
+        "cache: {{}}\nupstreams:\n  app: {{ endpoints: [\"{up}\"] }}\nroutes:\n  - {{ name: items, match: {{ path_prefix: / }}, upstream: app, cache: {{ key: [\"header:x-plan\"] }} }}\n"
+    ))
+    .await;
+    let c = client();
+    let url = gw.url("/item?cc=max-age%3D60&vary=accept");
+    let variants = [("a", "free"), ("b", "free"), ("a", "pro")];
+    let mut stored = Vec::new();
+    for (accept, plan) in variants {
+        let g = get_with(&c, &url, &[("accept", accept), ("x-plan", plan)]).await;
+        stored.push(g.text());
+    }
+    for ((accept, plan), body) in variants.iter().zip(&stored) {
+        let g = get_with(&c, &url, &[("accept", accept), ("x-plan", plan)]).await;
+        assert_eq!(&g.text(), body, "stored: {accept} {plan}");
+    }
+    let before = hits.load(Ordering::SeqCst);
+    // Another URL stays.
+    let other = gw.url("/other?cc=max-age%3D60");
+    let other_body = get(&c, &other).await.text();
+    assert_eq!(post(&c, &url, "update").await.status, 200);
+    for ((accept, plan), body) in variants.iter().zip(&stored) {
+        let g = get_with(&c, &url, &[("accept", accept), ("x-plan", plan)]).await;
+        assert_ne!(&g.text(), body, "voided: {accept} {plan}");
+    }
+    // The origin saw the other URL, the POST and the three refetches.
+    assert_eq!(hits.load(Ordering::SeqCst), before + 5);
+    assert_eq!(get(&c, &other).await.text(), other_body);
+    assert_eq!(hits.load(Ordering::SeqCst), before + 5);
+}
