@@ -134,7 +134,10 @@ fn invalidate(c: &mut Criterion) {
     const ENTRIES: usize = 150_000;
     let store = Store::new(1 << 30, 1 << 20);
     for i in 0..ENTRIES {
-        store.put(format!("items\u{1f}api.example.com\u{1f}/items/{i}"), entry());
+        store.put(
+            format!("items\u{1f}api.example.com\u{1f}/items/{i}"),
+            entry(),
+        );
     }
     let mut n = 0usize;
     c.bench_function("invalidate_url, 150k entries (store one, void it)", |b| {

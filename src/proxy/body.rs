@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 use super::ctx::{End, Finish};
+use super::server::StallClock;
 use crate::upstream::{InflightGuard, UpstreamBody};
 
 enum Kind {
@@ -25,6 +26,8 @@ pub struct ResponseBody {
     finish: Option<Box<Finish>>,
     _inflight: Option<InflightGuard>,
     tee: Option<Tee>,
+    /// h2: how long the client's flow control has held the last chunk.
+    stall: Option<StallClock>,
 }
 
 /// A copy of the body kept for the cache; handed to `sink` when the body
@@ -46,6 +49,7 @@ impl ResponseBody {
             finish: None,
             _inflight: None,
             tee: None,
+            stall: None,
         }
     }
 
@@ -57,6 +61,7 @@ impl ResponseBody {
             finish: None,
             _inflight: inflight,
             tee: None,
+            stall: None,
         }
     }
 
@@ -75,6 +80,14 @@ impl ResponseBody {
     /// Attaches the finish stage.
     pub fn with_finish(mut self, f: Box<Finish>) -> Self {
         self.finish = Some(f);
+        self
+    }
+
+    /// Times the client's flow control on an h2 stream of upstream data.
+    pub fn with_stall_clock(mut self, clock: Option<StallClock>) -> Self {
+        if matches!(self.kind, Kind::Upstream(_)) {
+            self.stall = clock;
+        }
         self
     }
 
@@ -132,6 +145,9 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
+        if let Some(c) = &this.stall {
+            c.polled();
+        }
         let polled = match &mut this.kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Upstream(b) => Pin::new(b).poll_frame(cx),
@@ -139,6 +155,11 @@ impl Body for ResponseBody {
         match &polled {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
+                    if let Some(c) = &this.stall
+                        && !d.is_empty()
+                    {
+                        c.handed_over();
+                    }
                     this.bytes += d.len() as u64;
                     let too_large = match &mut this.tee {
                         Some(t) if t.size + d.len() > t.max => true,

@@ -130,8 +130,12 @@ pub async fn handle(
             .insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
     }
     let status = resp.status().as_u16();
+    let stall = ctx.activity.as_ref().and_then(ActivityGuard::stall_clock);
     match ctx.answered() {
-        Some(ctx) => resp.map(|b| b.with_finish(Finish::new(ctx, status))),
+        Some(ctx) => resp.map(|b| {
+            b.with_stall_clock(stall)
+                .with_finish(Finish::new(ctx, status))
+        }),
         None => resp,
     }
 }

@@ -82,6 +82,10 @@ pub struct ConnState {
     tail: AtomicU32,
     /// The request in flight has no body (HTTP/1).
     bodiless: AtomicBool,
+    /// h2: the response streams' stall clocks (tick since which each has
+    /// handed a chunk to hyper that the client's flow control has not let
+    /// out yet, or `NONE`).
+    streams: std::sync::Mutex<Vec<std::sync::Weak<AtomicU64>>>,
     h1: bool,
     /// The connection's slot under `max_connections`. It lives as long as
     /// the state does; an upgraded tunnel's client stream is this
@@ -103,6 +107,7 @@ impl ConnState {
             period: watch.period,
             tail: AtomicU32::new(0),
             bodiless: AtomicBool::new(false),
+            streams: std::sync::Mutex::default(),
             h1,
             _slot: slot,
         })
@@ -120,6 +125,25 @@ impl ConnState {
             self.head
                 .store(self.tick.load(Ordering::Relaxed), Ordering::Relaxed);
         }
+    }
+
+    /// True when a response stream has waited on the client's flow
+    /// control for too long (`too_long` of the tick it started waiting);
+    /// forgets the streams that ended.
+    fn stream_stalled(&self, too_long: impl Fn(u64) -> bool) -> bool {
+        let Ok(mut streams) = self.streams.lock() else {
+            return false;
+        };
+        let mut stalled = false;
+        streams.retain(|w| match w.upgrade() {
+            Some(since) => {
+                let s = since.load(Ordering::Relaxed);
+                stalled |= s != NONE && too_long(s);
+                true
+            }
+            None => false,
+        });
+        stalled
     }
 
     /// Keeps the last four bytes read (HTTP/1).
@@ -162,6 +186,9 @@ impl ConnState {
         let tunnel = self.tunnel_ticks.load(Ordering::Relaxed);
         if tunnel != 0 {
             return elapsed(self.last.load(Ordering::Relaxed)) >= tunnel;
+        }
+        if !self.h1 && self.stream_stalled(|since| elapsed(since) >= w.send_ticks) {
+            return true;
         }
         if self.inflight.load(Ordering::Relaxed) > 0 {
             return false;
@@ -230,6 +257,49 @@ impl ActivityGuard {
     /// the next one.
     pub fn bodiless(&self) {
         self.0.bodiless.store(true, Ordering::Relaxed);
+    }
+}
+
+impl ActivityGuard {
+    /// A stall clock for an h2 response stream of this connection (`None`
+    /// on HTTP/1, where a client that stops reading blocks the socket
+    /// write, which `send_timeout` sees already).
+    pub fn stall_clock(&self) -> Option<StallClock> {
+        let s = &self.0;
+        if s.h1 {
+            return None;
+        }
+        let since = Arc::new(AtomicU64::new(NONE));
+        if let Ok(mut streams) = s.streams.lock() {
+            streams.push(Arc::downgrade(&since));
+        }
+        Some(StallClock {
+            state: Arc::clone(s),
+            since,
+        })
+    }
+}
+
+/// How long an h2 response stream has waited for the client's flow
+/// control: hyper takes a chunk, then waits for window to send it, and
+/// polls the body again only once it is out. A stream that waits longer
+/// than `send_timeout` closes its connection (hyper has no way to reset
+/// one stream from outside), releasing every upstream slot it held.
+pub struct StallClock {
+    state: Arc<ConnState>,
+    since: Arc<AtomicU64>,
+}
+
+impl StallClock {
+    /// A chunk went to hyper: the wait for the client starts.
+    pub fn handed_over(&self) {
+        self.since
+            .store(self.state.tick.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// hyper asks for more: the last chunk is out.
+    pub fn polled(&self) {
+        self.since.store(NONE, Ordering::Relaxed);
     }
 }
 

@@ -566,3 +566,87 @@ async fn a_partial_pipelined_head_is_timed_by_the_head_timer_not_the_idle_timer(
         "an idle keep-alive connection stays open past the head timer"
     );
 }
+
+/// An h2 client that opens streams with a receive window of 0 and never
+/// grants more: every response it asked for waits on its flow control.
+/// Returns a task that ends when the gateway closes the connection.
+async fn stalled_h2_client(
+    addr: std::net::SocketAddr,
+    streams: u32,
+    path: &str,
+) -> tokio::task::JoinHandle<()> {
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len();
+        let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // SETTINGS_INITIAL_WINDOW_SIZE (4) = 0.
+    out.extend(frame(0x4, 0, 0, &[0, 4, 0, 0, 0, 0]));
+    for i in 0..streams {
+        let mut block = vec![0x82, 0x86, 0x00];
+        for text in [":path", path] {
+            block.push(text.len() as u8);
+            block.extend_from_slice(text.as_bytes());
+        }
+        block.extend_from_slice(&[0x01, 1, b'a']);
+        out.extend(frame(0x1, 0x5, 2 * i + 1, &block));
+    }
+    s.write_all(&out).await.unwrap();
+    tokio::spawn(async move {
+        // Reads everything (acknowledging SETTINGS), grants no window.
+        loop {
+            let mut head = [0u8; 9];
+            if s.read_exact(&mut head).await.is_err() {
+                return;
+            }
+            let len =
+                (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+            let mut payload = vec![0u8; len];
+            if s.read_exact(&mut payload).await.is_err() {
+                return;
+            }
+            if head[3] == 0x4
+                && head[4] & 0x1 == 0
+                && s.write_all(&frame(0x4, 0x1, 0, &[])).await.is_err()
+            {
+                return;
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_h2_streams_release_the_upstream_slots_they_hold() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&(server_with("limits: { send_timeout: 1s }") + &format!(
+        "upstreams:\n  app: {{ endpoints: [\"{}\"], limits: {{ max_inflight: 20 }} }}\nroutes:\n  - {{ name: app, match: {{ path_prefix: / }}, upstream: app }}\n",
+        up.url()
+    )))
+    .await;
+    // 12 connections × 2 streams of a 1 MB body: 24 responses that can
+    // never be sent, more than the upstream's 20 slots.
+    let mut stalled = Vec::new();
+    for _ in 0..12 {
+        stalled.push(stalled_h2_client(gw.addr, 2, "/bytes/1000000").await);
+    }
+    let c = client();
+    // Every stalled connection is closed once its streams have waited on
+    // the client's flow control for send_timeout, and its slots go back.
+    for t in stalled {
+        tokio::time::timeout(IO_WAIT, t)
+            .await
+            .expect("the stalled connection is closed")
+            .unwrap();
+    }
+    // A normal client is served from then on, every time.
+    for _ in 0..20 {
+        let g = get(&c, &gw.url("/x")).await;
+        assert_eq!(g.status, 200, "{}", g.text());
+    }
+    let status = get(&c, &gw.admin_url("/upstreams")).await.json();
+    assert_eq!(status["upstreams"][0]["inflight"], 0, "{status}");
+}
