@@ -83,11 +83,9 @@ impl ResponseBody {
         self
     }
 
-    /// Times the client's flow control on an h2 stream of upstream data.
+    /// Times the client's flow control on an h2 stream.
     pub fn with_stall_clock(mut self, clock: Option<StallClock>) -> Self {
-        if matches!(self.kind, Kind::Upstream(_)) {
-            self.stall = clock;
-        }
+        self.stall = clock;
         self
     }
 

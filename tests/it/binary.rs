@@ -429,60 +429,12 @@ fn the_image_build_stage_has_every_build_input() {
 /// and counted, and requests never wait for the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_stdout_bounds_the_access_log_in_bytes() {
-    use std::io::BufRead;
     let up = Upstream::start("app").await;
-    let config = config_path();
-    std::fs::write(
-        &config,
-        format!(
-            "server:\n  listen: [\"127.0.0.1:0\"]\n  admin_listen: \"127.0.0.1:0\"\n  limits: {{ max_request_header_bytes: 64KiB }}\n{}",
-            proxy_all(&up.url())
-        ),
-    )
-    .unwrap();
-    // stdout is a pipe nobody reads: it fills after 64 KiB and the log
-    // writer blocks on it for good.
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args([
-            "run",
-            "-c",
-            config.to_str().unwrap(),
-            "--log-format",
-            "json",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _stalled = child.stdout.take().unwrap();
-    let err = std::io::BufReader::new(child.stderr.take().unwrap());
-    let (addr, admin) = std::thread::spawn(move || {
-        for line in err.lines().map_while(Result::ok) {
-            let Ok(j) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if j["fields"]["message"] == "tollgate started" {
-                let listen = j["fields"]["listen"]
-                    .as_str()
-                    .unwrap()
-                    .trim_matches(['[', ']'])
-                    .to_owned();
-                let admin = j["fields"]["admin"].as_str().unwrap().to_owned();
-                return (listen, admin);
-            }
-        }
-        panic!("no start line");
-    })
-    .join()
-    .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let child = Kill(child);
+    let gw = Binary::start_with_stalled_stdout(&format!(
+        "server:\n  listen: [\"127.0.0.1:0\"]\n  admin_listen: \"127.0.0.1:0\"\n  limits: {{ max_request_header_bytes: 64KiB }}\n{}",
+        proxy_all(&up.url())
+    ));
+    let (addr, admin) = (gw.addr, gw.admin);
     // 6,000 requests with 32 KiB paths: 192 MiB of log lines offered
     // against a 16 MiB queue.
     let c = client();
@@ -505,13 +457,7 @@ async fn a_stalled_stdout_bounds_the_access_log_in_bytes() {
         dropped >= 5000.0,
         "lines past the byte bound are dropped: {dropped}"
     );
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.0.id())).unwrap();
-    let peak_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
+    let peak_kib = gw.peak_rss() >> 10;
     // About 75 MiB here with the bound; without it the queue alone would
     // hold 192 MiB.
     assert!(peak_kib < 128 << 10, "peak RSS {peak_kib} KiB");

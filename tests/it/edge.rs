@@ -13,15 +13,6 @@ use crate::support::*;
 
 const SECRET: &str = "edge-test-secret-of-at-least-32-bytes!";
 
-/// One frame: 9-byte head and payload.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len();
-    let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
 /// HPACK literal without indexing, new name, no Huffman coding.
 fn literal(block: &mut Vec<u8>, name: &str, value: &str) {
     block.push(0x00);
@@ -39,14 +30,14 @@ fn h2_post_with_trailers(body: &[u8], trailers: &[(&str, &str)]) -> Vec<u8> {
     literal(&mut head, ":path", "/echo");
     literal(&mut head, ":authority", "a");
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    out.extend(frame(0x4, 0, 0, &[]));
-    out.extend(frame(0x1, 0x4, 1, &head)); // END_HEADERS
-    out.extend(frame(0x0, 0, 1, body));
+    out.extend(h2_frame(0x4, 0, 0, &[]));
+    out.extend(h2_frame(0x1, 0x4, 1, &head)); // END_HEADERS
+    out.extend(h2_frame(0x0, 0, 1, body));
     let mut block = Vec::new();
     for (n, v) in trailers {
         literal(&mut block, n, v);
     }
-    out.extend(frame(0x1, 0x5, 1, &block)); // END_STREAM | END_HEADERS
+    out.extend(h2_frame(0x1, 0x5, 1, &block)); // END_STREAM | END_HEADERS
     out
 }
 

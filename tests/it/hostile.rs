@@ -575,17 +575,10 @@ async fn stalled_h2_client(
     streams: u32,
     path: &str,
 ) -> tokio::task::JoinHandle<()> {
-    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-        let len = payload.len();
-        let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-        out.extend_from_slice(&stream.to_be_bytes());
-        out.extend_from_slice(payload);
-        out
-    }
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     // SETTINGS_INITIAL_WINDOW_SIZE (4) = 0.
-    out.extend(frame(0x4, 0, 0, &[0, 4, 0, 0, 0, 0]));
+    out.extend(h2_frame(0x4, 0, 0, &[0, 4, 0, 0, 0, 0]));
     for i in 0..streams {
         let mut block = vec![0x82, 0x86, 0x00];
         for text in [":path", path] {
@@ -593,7 +586,7 @@ async fn stalled_h2_client(
             block.extend_from_slice(text.as_bytes());
         }
         block.extend_from_slice(&[0x01, 1, b'a']);
-        out.extend(frame(0x1, 0x5, 2 * i + 1, &block));
+        out.extend(h2_frame(0x1, 0x5, 2 * i + 1, &block));
     }
     s.write_all(&out).await.unwrap();
     tokio::spawn(async move {
@@ -611,7 +604,7 @@ async fn stalled_h2_client(
             }
             if head[3] == 0x4
                 && head[4] & 0x1 == 0
-                && s.write_all(&frame(0x4, 0x1, 0, &[])).await.is_err()
+                && s.write_all(&h2_frame(0x4, 0x1, 0, &[])).await.is_err()
             {
                 return;
             }

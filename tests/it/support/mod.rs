@@ -421,6 +421,15 @@ pub async fn post(c: &TestClient, url: &str, body: &str) -> Got {
     .await
 }
 
+/// One raw h2 frame: its 9-byte head, then `payload`.
+pub fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len();
+    let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
 /// Sends raw bytes and reads until the server closes or `IO_WAIT` passes.
 pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
@@ -465,6 +474,16 @@ impl Binary {
     /// the YAML has its own `server:`); reads the bound addresses from the
     /// JSON start-up log line.
     pub fn start(yaml: &str) -> Binary {
+        Self::spawn(yaml, true)
+    }
+
+    /// As `start`, with stdout a pipe no one reads (it fills after 64 KiB
+    /// and every later write blocks).
+    pub fn start_with_stalled_stdout(yaml: &str) -> Binary {
+        Self::spawn(yaml, false)
+    }
+
+    fn spawn(yaml: &str, read_stdout: bool) -> Binary {
         use std::io::BufRead;
         let config = config_path();
         std::fs::write(&config, with_server(yaml)).unwrap();
@@ -494,6 +513,12 @@ impl Binary {
             stderr: stderr.clone(),
         };
         std::thread::spawn(move || {
+            if !read_stdout {
+                // Held open, never read.
+                let _stalled = out;
+                std::thread::park();
+                return;
+            }
             for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
                 stdout.lock().unwrap().push(line);
             }
