@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 use super::ctx::{End, Finish};
-use super::server::StallClock;
+use super::server::{ConnUpstream, StallClock};
 use crate::upstream::{InflightGuard, UpstreamBody};
 
 enum Kind {
@@ -28,6 +28,8 @@ pub struct ResponseBody {
     tee: Option<Tee>,
     /// h2: how long the client's flow control has held the last chunk.
     stall: Option<StallClock>,
+    /// The client connection's share of the upstream, held to the end.
+    _conn_share: Option<ConnUpstream>,
 }
 
 /// A copy of the body kept for the cache; handed to `sink` when the body
@@ -50,6 +52,7 @@ impl ResponseBody {
             _inflight: None,
             tee: None,
             stall: None,
+            _conn_share: None,
         }
     }
 
@@ -62,6 +65,7 @@ impl ResponseBody {
             _inflight: inflight,
             tee: None,
             stall: None,
+            _conn_share: None,
         }
     }
 
@@ -80,6 +84,13 @@ impl ResponseBody {
     /// Attaches the finish stage.
     pub fn with_finish(mut self, f: Box<Finish>) -> Self {
         self.finish = Some(f);
+        self
+    }
+
+    /// Keeps the client connection's hold on an upstream slot until the
+    /// body ends.
+    pub fn holding(mut self, share: Option<ConnUpstream>) -> Self {
+        self._conn_share = share;
         self
     }
 

@@ -638,6 +638,21 @@ async fn forward(
     // instead of being copied into this future (callgrind: ~300 fewer
     // instructions per request than unboxed). The route timeout is applied
     // inside, per step, so a timeout is charged to the endpoint's breaker.
+    // One client connection may hold at most a quarter of an upstream's
+    // slots, so no single (h2) peer can take the whole bulkhead.
+    let share = match &ctx.activity {
+        Some(a) => Some(
+            a.hold_upstream((upstream.requests.max() / 4).max(1))
+                .ok_or_else(|| {
+                    metrics()
+                        .overflow
+                        .with_label_values(&["client_connection"])
+                        .inc();
+                    ProxyError::Overloaded("client_connection")
+                })?,
+        ),
+        None => None,
+    };
     let deadline = tokio::time::Instant::now() + route.timeout;
     let _active = policy.map(Policy::begin);
     let mut tried = 0u64;
@@ -747,7 +762,7 @@ async fn forward(
     }
     headers::remove_hop_by_hop(resp.headers_mut());
     let (parts, body) = resp.into_parts();
-    let body = ResponseBody::upstream(body, Some(guard));
+    let body = ResponseBody::upstream(body, Some(guard)).holding(share);
     Ok(super::cache::store_step(ctx, route, parts, body).await)
 }
 

@@ -82,6 +82,8 @@ pub struct ConnState {
     tail: AtomicU32,
     /// The request in flight has no body (HTTP/1).
     bodiless: AtomicBool,
+    /// h2: upstream requests this connection's streams hold now.
+    upstream_held: AtomicUsize,
     /// h2: the response streams' stall clocks (tick since which each has
     /// handed a chunk to hyper that the client's flow control has not let
     /// out yet, or `NONE`).
@@ -108,6 +110,7 @@ impl ConnState {
             tail: AtomicU32::new(0),
             bodiless: AtomicBool::new(false),
             streams: std::sync::Mutex::default(),
+            upstream_held: AtomicUsize::new(0),
             h1,
             _slot: slot,
         })
@@ -277,6 +280,34 @@ impl ActivityGuard {
             state: Arc::clone(s),
             since,
         })
+    }
+}
+
+impl ActivityGuard {
+    /// One more upstream request for this h2 connection, if it holds fewer
+    /// than `share` already (`None` past it). HTTP/1 connections carry one
+    /// request at a time and always get one.
+    pub fn hold_upstream(&self, share: usize) -> Option<ConnUpstream> {
+        let s = &self.0;
+        if !s.h1 {
+            let n = s.upstream_held.fetch_add(1, Ordering::AcqRel);
+            if n >= share {
+                s.upstream_held.fetch_sub(1, Ordering::AcqRel);
+                return None;
+            }
+        }
+        Some(ConnUpstream(Arc::clone(s)))
+    }
+}
+
+/// An upstream request held by a client connection; given back on drop.
+pub struct ConnUpstream(Arc<ConnState>);
+
+impl Drop for ConnUpstream {
+    fn drop(&mut self) {
+        if !self.0.h1 {
+            self.0.upstream_held.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 

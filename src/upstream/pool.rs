@@ -91,6 +91,11 @@ impl Counter {
         Some(Held(Arc::clone(&self.count)))
     }
 
+    /// The cap.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
     /// Units held now.
     pub fn current(&self) -> usize {
         self.count.load(Ordering::Relaxed)

@@ -643,3 +643,42 @@ async fn stalled_h2_streams_release_the_upstream_slots_they_hold() {
     let status = get(&c, &gw.admin_url("/upstreams")).await.json();
     assert_eq!(status["upstreams"][0]["inflight"], 0, "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_h2_connection_holds_at_most_a_quarter_of_an_upstreams_slots() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&format!(
+        "upstreams:\n  app: {{ endpoints: [\"{}\"], limits: {{ max_inflight: 8 }} }}\nroutes:\n  - {{ name: app, match: {{ path_prefix: / }}, upstream: app }}\n",
+        up.url()
+    ))
+    .await;
+    // Six slow requests at once on one h2 connection: two are let through.
+    let h2 = h2c_client();
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            let (h2, url) = (h2.clone(), gw.url("/slow/1500"));
+            tokio::spawn(async move { get(&h2, &url).await })
+        })
+        .collect();
+    // While they hold their slots, another client is still served.
+    for _ in 0..200 {
+        if up.count() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let other = get(&client(), &gw.url("/x")).await;
+    assert_eq!(other.status, 200, "{}", other.text());
+    let mut statuses = Vec::new();
+    for t in tasks {
+        let g = t.await.unwrap();
+        if g.status == 503 {
+            assert_eq!(g.json()["error"], "overloaded");
+        }
+        statuses.push(g.status);
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 503, 503, 503, 503]);
+    let m = get(&client(), &gw.admin_url("/metrics")).await.text();
+    assert!(metric(&m, r#"tollgate_overflow_total{scope="client_connection"}"#) >= 4.0);
+}
