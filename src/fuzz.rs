@@ -17,10 +17,10 @@ const ROUTES: &str = r#"
 server: { listen: ["127.0.0.1:0"], admin_listen: "127.0.0.1:0" }
 routes:
   - { name: exact, match: { path: /exact, methods: [GET, POST] }, respond: { body: a } }
-  - { name: tpl, match: { path_template: "/users/{id}/orders/{order}" }, respond: { body: b } }
-  - { name: prefix, match: { path_prefix: /api, headers: { x-v: "2" }, query: { debug: "1" } }, respond: { body: c } }
+  - { name: tpl, match: { path: "/users/{id}/orders/{order}" }, respond: { body: b } }
+  - { name: prefix, match: { path_prefix: /api, headers: { x-v: "2", accept: { regex: 'json$' } }, query: { debug: "1" } }, respond: { body: c } }
   - { name: regex, match: { path_regex: "^/r/[a-z]+$" }, respond: { body: d } }
-  - { name: host, match: { host: "*.example.com", path_prefix: / }, respond: { body: e } }
+  - { name: host, match: { hosts: ["*.example.com", "api.test"], path_prefix: / }, respond: { body: e } }
   - { name: any, match: { path_prefix: / }, respond: { body: f } }
 "#;
 
@@ -28,6 +28,14 @@ fn snapshot() -> Option<&'static Snapshot> {
     static S: OnceLock<Option<Snapshot>> = OnceLock::new();
     S.get_or_init(|| crate::config::build("fuzz.yaml", ROUTES, None).ok())
         .as_ref()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_routing_config_compiles() {
+        assert!(super::snapshot().is_some(), "a fuzz target would test nothing");
+    }
 }
 
 /// Config text to a compiled snapshot or located errors.
