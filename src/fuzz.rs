@@ -34,7 +34,10 @@ fn snapshot() -> Option<&'static Snapshot> {
 mod tests {
     #[test]
     fn the_routing_config_compiles() {
-        assert!(super::snapshot().is_some(), "a fuzz target would test nothing");
+        assert!(
+            super::snapshot().is_some(),
+            "a fuzz target would test nothing"
+        );
     }
 }
 
