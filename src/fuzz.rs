@@ -30,17 +30,6 @@ fn snapshot() -> Option<&'static Snapshot> {
         .as_ref()
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_routing_config_compiles() {
-        assert!(
-            super::snapshot().is_some(),
-            "a fuzz target would test nothing"
-        );
-    }
-}
-
 /// Config text to a compiled snapshot or located errors.
 pub fn config(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -151,4 +140,15 @@ pub fn jwt_header(data: &[u8]) {
         crate::auth::token::Source::Query("access_token".into()),
     ];
     let _ = crate::auth::token::extract(&sources, &headers, Some(text));
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_routing_config_compiles() {
+        assert!(
+            super::snapshot().is_some(),
+            "a fuzz target would test nothing"
+        );
+    }
 }
