@@ -250,11 +250,14 @@ def h2load(tally, until):
         time.sleep(max(0.0, 1.0 - (time.monotonic() - t0)))
 
 
-def hostile_keys(until):
+def flood(until, request):
+    """Sends `request()` -> (path, headers) as fast as one connection
+    allows (with a 2 ms pause), answers unchecked."""
     conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=10)
     while time.monotonic() < until:
         try:
-            conn.request("GET", "/limited", headers={"x-api-key": "%032x" % random.getrandbits(128) + "k" * 4096})
+            path, headers = request()
+            conn.request("GET", path, headers=headers)
             conn.getresponse().read()
         except (OSError, http.client.HTTPException):
             conn.close()
@@ -262,16 +265,14 @@ def hostile_keys(until):
         time.sleep(0.002)
 
 
-def hostile_paths(until):
-    conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=10)
-    while time.monotonic() < until:
-        try:
-            conn.request("GET", "/cached/flood-%032x?pad=%s" % (random.getrandbits(128), "p" * 2048))
-            conn.getresponse().read()
-        except (OSError, http.client.HTTPException):
-            conn.close()
-            conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=10)
-        time.sleep(0.002)
+def new_key():
+    """A new 4 KiB rate-limit key each time."""
+    return "/limited", {"x-api-key": "%032x" % random.getrandbits(128) + "k" * 4096}
+
+
+def new_path():
+    """A new 2 KiB cached URL each time."""
+    return "/cached/flood-%032x?pad=%s" % (random.getrandbits(128), "p" * 2048), {}
 
 
 def slow_reader(until):
@@ -340,8 +341,8 @@ def main():
         for _ in range(4):
             run(websocket, tally, until)
         run(h2load, tally, until)
-        run(hostile_keys, until)
-        run(hostile_paths, until)
+        run(flood, until, new_key)
+        run(flood, until, new_path)
         for _ in range(4):
             run(slow_reader, until)
         samples, reloads, n = [], {"applied": 0, "refused": 0}, 0

@@ -298,9 +298,8 @@ pub(super) fn add_validators(
 pub(super) fn fallback_status(ctx: &RequestCtx) -> HeaderValue {
     let bypass = !ctx.cache_reached || ctx.cache_bypass || !ctx.method.is_safe();
     if ctx.reason.is_empty() {
-        if let Some(detail) = ctx.cache_detail {
-            return HeaderValue::try_from(format!("tollgate; fwd=bypass; detail={detail}"))
-                .unwrap_or(HeaderValue::from_static("tollgate; fwd=bypass"));
+        if let Some(status) = ctx.cache_bypass_status {
+            return HeaderValue::from_static(status);
         }
         return HeaderValue::from_static(if bypass {
             "tollgate; fwd=bypass"

@@ -81,8 +81,9 @@ pub struct RequestCtx {
     /// The request asked the cache to stay out (`no-store`), or carries a
     /// body on a GET/HEAD.
     pub cache_bypass: bool,
-    /// Why the cache stayed out, for `Cache-Status` (`request-body`).
-    pub cache_detail: Option<&'static str>,
+    /// The `Cache-Status` saying why the cache stayed out, when the
+    /// request itself made it (a GET/HEAD with a body).
+    pub cache_bypass_status: Option<&'static str>,
     /// The client asks to switch to this protocol (`Upgrade`, with
     /// `Connection: upgrade`), read before the hop-by-hop fields go.
     pub upgrade: Option<HeaderValue>,
@@ -188,7 +189,7 @@ impl RequestCtx {
             revalidate: None,
             cache_reached: false,
             cache_bypass: false,
-            cache_detail: None,
+            cache_bypass_status: None,
             upgrade: None,
             rate_limit: None,
         }

@@ -188,7 +188,7 @@ fn context(req: &Request<Incoming>, conn: ConnInfo, snapshot: Arc<Snapshot>) -> 
         revalidate: None,
         cache_reached: false,
         cache_bypass: false,
-        cache_detail: None,
+        cache_bypass_status: None,
         upgrade: None,
         trace: TraceContext::from_headers(h),
         start: Instant::now(),
@@ -325,7 +325,7 @@ async fn run(
             // the request is neither served from the cache nor stored.
             rc.counters[2].inc();
             ctx.cache_bypass = true;
-            ctx.cache_detail = Some("request-body");
+            ctx.cache_bypass_status = Some("tollgate; fwd=bypass; detail=request-body");
         } else if req.method().is_safe() {
             if let Some(hit) = cache_lookup(rc, &req, ctx, &route_host, &pq, route.timeout).await? {
                 // stale-while-revalidate: the stale answer goes out now and
@@ -641,16 +641,15 @@ async fn forward(
     // One client connection may hold at most a quarter of an upstream's
     // slots, so no single (h2) peer can take the whole bulkhead.
     let share = match &ctx.activity {
-        Some(a) => Some(
-            a.hold_upstream((upstream.requests.max() / 4).max(1))
-                .ok_or_else(|| {
-                    metrics()
-                        .overflow
-                        .with_label_values(&["client_connection"])
-                        .inc();
-                    ProxyError::Overloaded("client_connection")
-                })?,
-        ),
+        Some(a) => a
+            .hold_upstream((upstream.requests.max() / 4).max(1))
+            .map_err(|_| {
+                metrics()
+                    .overflow
+                    .with_label_values(&["client_connection"])
+                    .inc();
+                ProxyError::Overloaded("client_connection")
+            })?,
         None => None,
     };
     let deadline = tokio::time::Instant::now() + route.timeout;

@@ -240,9 +240,7 @@ impl ActivityGuard {
         state.head.store(NONE, Ordering::Relaxed);
         ActivityGuard(Arc::clone(state))
     }
-}
 
-impl ActivityGuard {
     /// The connection became an upgraded tunnel: from now on it is timed
     /// only by `idle` without data (and `send_timeout` for a client that
     /// stops reading), never by the head or keep-alive timers.
@@ -253,17 +251,11 @@ impl ActivityGuard {
         s.head.store(NONE, Ordering::Relaxed);
         s.tunnel_ticks.store(ticks, Ordering::Relaxed);
     }
-}
-
-impl ActivityGuard {
     /// The request has no body: what is read after its head belongs to
     /// the next one.
     pub fn bodiless(&self) {
         self.0.bodiless.store(true, Ordering::Relaxed);
     }
-}
-
-impl ActivityGuard {
     /// A stall clock for an h2 response stream of this connection (`None`
     /// on HTTP/1, where a client that stops reading blocks the socket
     /// write, which `send_timeout` sees already).
@@ -281,33 +273,32 @@ impl ActivityGuard {
             since,
         })
     }
-}
-
-impl ActivityGuard {
     /// One more upstream request for this h2 connection, if it holds fewer
-    /// than `share` already (`None` past it). HTTP/1 connections carry one
-    /// request at a time and always get one.
-    pub fn hold_upstream(&self, share: usize) -> Option<ConnUpstream> {
+    /// than `share` already. HTTP/1 connections carry one request at a
+    /// time: nothing to count (`Ok(None)`).
+    pub fn hold_upstream(&self, share: usize) -> Result<Option<ConnUpstream>, ShareFull> {
         let s = &self.0;
-        if !s.h1 {
-            let n = s.upstream_held.fetch_add(1, Ordering::AcqRel);
-            if n >= share {
-                s.upstream_held.fetch_sub(1, Ordering::AcqRel);
-                return None;
-            }
+        if s.h1 {
+            return Ok(None);
         }
-        Some(ConnUpstream(Arc::clone(s)))
+        if s.upstream_held.fetch_add(1, Ordering::AcqRel) >= share {
+            s.upstream_held.fetch_sub(1, Ordering::AcqRel);
+            return Err(ShareFull);
+        }
+        Ok(Some(ConnUpstream(Arc::clone(s))))
     }
 }
 
-/// An upstream request held by a client connection; given back on drop.
+/// The connection holds its whole share of an upstream already.
+#[derive(Debug)]
+pub struct ShareFull;
+
+/// An upstream request held by an h2 client connection; given back on drop.
 pub struct ConnUpstream(Arc<ConnState>);
 
 impl Drop for ConnUpstream {
     fn drop(&mut self) {
-        if !self.0.h1 {
-            self.0.upstream_held.fetch_sub(1, Ordering::AcqRel);
-        }
+        self.0.upstream_held.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

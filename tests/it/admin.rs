@@ -124,27 +124,21 @@ fn a_public_admin_listener_needs_a_token_or_an_explicit_waiver() {
     let check = |admin: &str| {
         let path = config_path();
         std::fs::write(&path, gateway_yaml(admin)).unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
-            .args(["validate", "-c", path.to_str().unwrap()])
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let (code, _, err) = tollgate_cli(&["validate", "-c", path.to_str().unwrap()]);
+        (code, err)
     };
     let (code, err) = check("listen: \"0.0.0.0:9901\"");
-    assert_eq!(code, Some(1));
+    assert_eq!(code, 1);
     assert!(
         err.contains("server.admin.token: the admin API listens on `0.0.0.0:9901`"),
         "{err}"
     );
     let (code, err) = check("listen: \"0.0.0.0:9901\", allow_public_without_token: true");
-    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(code, 0, "{err}");
     let (code, err) = check(&format!("listen: \"[::]:9901\", token: \"{TOKEN}\""));
-    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(code, 0, "{err}");
     let (code, err) = check("token: \"short\"");
-    assert_eq!(code, Some(1));
+    assert_eq!(code, 1);
     assert!(err.contains("at least 16 bytes"), "{err}");
     // The old `admin_listen` key still works, and is checked the same way.
     let path = config_path();
@@ -153,11 +147,8 @@ fn a_public_admin_listener_needs_a_token_or_an_explicit_waiver() {
         "server:\n  admin_listen: \"0.0.0.0:9901\"\nroutes:\n  - { name: a, match: { path: /a }, respond: { body: a } }\n",
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["validate", "-c", path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    let (code, _, _) = tollgate_cli(&["validate", "-c", path.to_str().unwrap()]);
+    assert_eq!(code, 1);
 }
 
 #[tokio::test]

@@ -378,15 +378,8 @@ async fn the_image_config_starts_from_the_files_the_image_holds() {
     );
     let config = etc.join("tollgate.yaml");
     // What `tollgate run -c /etc/tollgate/tollgate.yaml` reads first.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["validate", "-c", config.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, _, err) = tollgate_cli(&["validate", "-c", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
     // And it serves (ports moved to ephemeral ones, the rest as shipped).
     let text = std::fs::read_to_string(&config)
         .unwrap()

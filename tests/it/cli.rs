@@ -2,19 +2,7 @@
 
 use std::process::Command;
 
-use crate::support::config_path;
-
-fn tollgate(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use crate::support::{config_path, tollgate_cli as tollgate};
 
 #[test]
 fn validate_lists_every_error_with_location_and_path() {

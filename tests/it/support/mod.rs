@@ -421,6 +421,19 @@ pub async fn post(c: &TestClient, url: &str, body: &str) -> Got {
     .await
 }
 
+/// Runs the `tollgate` binary with `args`: (exit code, stdout, stderr).
+pub fn tollgate_cli(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// One raw h2 frame: its 9-byte head, then `payload`.
 pub fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = payload.len();
