@@ -464,11 +464,8 @@ async fn a_stalled_stdout_bounds_the_access_log_in_bytes() {
 async fn secrets_never_reach_logs_or_admin_output() {
     let up = Upstream::start("app").await;
     // A port nothing listens on: every Redis call fails and is logged.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let refused = ClosedPort::new();
+    let closed = refused.addr.port();
     let home = std::env::var("HOME").unwrap();
     let gw = Binary::start(&format!(
         "upstreams:\n  app: {{ endpoints: [\"{}\"] }}\nredis: {{ url: \"redis://:topsecret@127.0.0.1:{closed}/0\", timeout: 50ms, on_error: allow }}\nrate_limits:\n  g: {{ key: client_ip, rate: 10/s, burst: 10, scope: global }}\nroutes:\n  - {{ name: app, match: {{ path_prefix: / }}, upstream: app, rate_limit: [g], request_headers: {{ set: {{ x-api-key: \"${{HOME}}\" }} }} }}\n",

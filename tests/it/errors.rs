@@ -9,12 +9,9 @@ use crate::support::*;
 
 #[tokio::test]
 async fn refused_upstream_is_502_and_timeout_is_504() {
-    // A port that was just free: nothing listens there.
-    let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // A port held by a socket that never listens: connects are refused.
+    let closed = ClosedPort::new();
+    let dead = closed.addr;
     let slow = Upstream::start("slow").await;
     let gw = TestGateway::start(&format!(
         r#"
@@ -43,11 +40,8 @@ routes:
 
 #[tokio::test]
 async fn connect_failure_is_retried_once_on_another_endpoint() {
-    let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = ClosedPort::new();
+    let dead = closed.addr;
     let live = Upstream::start("live").await;
     let gw = TestGateway::start(&format!(
         r#"

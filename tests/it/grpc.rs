@@ -133,11 +133,8 @@ async fn gateway_errors_on_grpc_calls_answer_in_grpc_form() {
     assert_eq!(headers["grpc-message"], "no route matches this request");
     assert!(data.concat().is_empty());
     // Upstream down: UNAVAILABLE.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let gw = TestGateway::start(&config(&format!("http://{port}"))).await;
+    let closed = ClosedPort::new();
+    let gw = TestGateway::start(&config(&format!("http://{}", closed.addr))).await;
     let (status, headers, _, _) = call(&gw, "/echo.Echo/Repeat1").await;
     assert_eq!(
         (status, headers["grpc-status"].to_str().unwrap()),

@@ -79,9 +79,8 @@ async fn breaker_opens_fails_fast_probes_and_closes() {
 #[tokio::test]
 async fn an_open_endpoint_is_skipped_by_the_balancer() {
     let good = Upstream::start("good").await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead = port.local_addr().unwrap();
-    drop(port);
+    let closed = ClosedPort::new();
+    let dead = closed.addr;
     let gw = TestGateway::start(&breaker_config(
         &[good.url(), format!("http://{dead}")],
         ", failure_on: [connect_error]",

@@ -461,6 +461,27 @@ pub fn raw_status(resp: &str) -> u16 {
 }
 
 /// Counts by key.
+/// A loopback port that refuses connections for as long as this value
+/// lives: the socket is bound (so no other test can take the port) but
+/// never listens, so a connect gets a reset at once.
+pub struct ClosedPort {
+    _socket: tokio::net::TcpSocket,
+    /// The refused address.
+    pub addr: SocketAddr,
+}
+
+impl ClosedPort {
+    pub fn new() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = socket.local_addr().unwrap();
+        ClosedPort {
+            _socket: socket,
+            addr,
+        }
+    }
+}
+
 pub fn tally<T: std::hash::Hash + Eq>(items: impl IntoIterator<Item = T>) -> HashMap<T, usize> {
     let mut m = HashMap::new();
     for i in items {
