@@ -33,7 +33,7 @@ pub struct Snapshot {
     /// Route table; route ids index `routes`.
     pub router: Router,
     /// What each route does.
-    pub routes: Vec<Route>,
+    pub routes: Vec<Arc<Route>>,
     /// Upstreams by name.
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     /// JWT providers by name.

@@ -10,8 +10,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
+use super::conn::{ConnUpstream, StallClock};
 use super::ctx::{End, Finish};
-use super::server::{ConnUpstream, StallClock};
 use crate::upstream::{InflightGuard, UpstreamBody};
 
 enum Kind {

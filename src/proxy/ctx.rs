@@ -1,41 +1,71 @@
 //! The per-request context every stage reads and writes, and the finish
 //! stage that consumes it.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderValue, Method};
 
+use super::cache::RequestCache;
+use super::conn::ActivityGuard;
 use super::headers::TraceContext;
-use super::server::ActivityGuard;
 use crate::auth::{ConnMemo, Identity};
 use crate::observability::access_log::{self, Entry};
 use crate::observability::metrics::metrics;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Route, Snapshot};
 use crate::upstream::{Endpoint, Upstream};
+
+/// What a client connection tells its requests, built once per
+/// connection and shared by all of them.
+pub struct ConnFacts {
+    /// The TCP peer (the hop that forwarding headers name).
+    pub peer: SocketAddr,
+    /// The peer address as a header value, formatted once.
+    pub peer_value: HeaderValue,
+    /// The connection's last verified token.
+    pub auth_memo: ConnMemo,
+    /// Requests in progress on this gateway.
+    pub inflight: Arc<Requests>,
+    /// The connection is TLS (`X-Forwarded-Proto: https`).
+    pub https: bool,
+    /// The port TLS is served on (for `redirect_http`).
+    pub https_port: u16,
+    /// Subject of the client's verified certificate (mTLS).
+    pub client_subject: Option<HeaderValue>,
+}
 
 /// What the pipeline knows about one request.
 pub struct RequestCtx {
     /// The snapshot this request runs on, start to finish.
     pub snapshot: Arc<Snapshot>,
+    /// The connection it came on.
+    pub conn: Arc<ConnFacts>,
     /// The request id (client's or generated).
     pub request_id: HeaderValue,
     /// Trace context (continued or new).
     pub trace: TraceContext,
     /// Client address after trusted-proxy resolution.
     pub client: IpAddr,
-    /// The TCP peer (the hop that forwarding headers name).
-    pub peer: IpAddr,
-    /// The peer as a header value (shared, formatted once per connection).
-    pub peer_value: HeaderValue,
     /// When the request head was received.
     pub start: Instant,
     /// Method.
     pub method: Method,
-    /// Route taken (index into `snapshot.routes`).
-    pub route: Option<usize>,
+    /// A gRPC call (`content-type: application/grpc…`): gateway errors
+    /// answer in gRPC form.
+    pub grpc: bool,
+    /// The client asks to switch to this protocol (`Upgrade`, with
+    /// `Connection: upgrade`), read before the hop-by-hop fields go.
+    pub upgrade: Option<HeaderValue>,
+    /// The route taken.
+    pub route: Option<Arc<Route>>,
+    /// The verified caller (routes with `auth`).
+    pub identity: Option<Arc<Identity>>,
+    /// The rate-limit verdict the response's RateLimit headers describe.
+    pub rate_limit: Option<(Arc<crate::ratelimit::Policy>, crate::ratelimit::Verdict)>,
+    /// What the cache does for this request (cached routes).
+    pub cache: RequestCache,
     /// Upstream and endpoint chosen.
     pub upstream: Option<(Arc<Upstream>, Arc<Endpoint>)>,
     /// Time to the upstream response head.
@@ -49,46 +79,8 @@ pub struct RequestCtx {
     pub log_target: Option<(String, String)>,
     /// Keeps the connection from idling out until the request finishes.
     pub activity: Option<ActivityGuard>,
-    /// The verified caller (routes with `auth`).
-    pub identity: Option<Arc<Identity>>,
-    /// The connection's last verified token.
-    pub auth_memo: Arc<ConnMemo>,
     /// Counts the request as in progress on the gateway until it finishes.
     pub in_progress: InProgress,
-    /// The request came over TLS.
-    pub https: bool,
-    /// A gRPC call (`content-type: application/grpc…`): gateway errors
-    /// answer in gRPC form.
-    pub grpc: bool,
-    /// Subject of the client's verified certificate (mTLS).
-    pub client_subject: Option<HeaderValue>,
-    /// The port TLS is served on (for `redirect_http`).
-    pub https_port: u16,
-    /// A cache miss to store: the key, and the request headers the storage
-    /// rules read (Authorization, Cookie, Cache-Control).
-    pub cache_plan: Option<(
-        String,
-        http::HeaderMap,
-        Option<crate::cache::coalesce::Flight>,
-    )>,
-    /// A stale cache entry that may stand in if the upstream fails.
-    pub stale: Option<Arc<crate::cache::store::Entry>>,
-    /// A stored entry with validators: the upstream request becomes
-    /// conditional, and a 304 refreshes and serves it.
-    pub revalidate: Option<Arc<crate::cache::store::Entry>>,
-    /// The request reached the cache step of a cached route.
-    pub cache_reached: bool,
-    /// The request asked the cache to stay out (`no-store`), or carries a
-    /// body on a GET/HEAD.
-    pub cache_bypass: bool,
-    /// The `Cache-Status` saying why the cache stayed out, when the
-    /// request itself made it (a GET/HEAD with a body).
-    pub cache_bypass_status: Option<&'static str>,
-    /// The client asks to switch to this protocol (`Upgrade`, with
-    /// `Connection: upgrade`), read before the hop-by-hop fields go.
-    pub upgrade: Option<HeaderValue>,
-    /// The rate-limit verdict the response's RateLimit headers describe.
-    pub rate_limit: Option<(Arc<crate::ratelimit::Policy>, crate::ratelimit::Verdict)>,
 }
 
 /// The requests in progress on one gateway (for load shedding), and
@@ -147,9 +139,7 @@ impl InProgress {
     pub fn cut(&self) -> bool {
         self.counter.is_cut()
     }
-}
 
-impl InProgress {
     /// One more request in progress on the same gateway.
     pub fn another(&self) -> Self {
         Self::new(Arc::clone(&self.counter))
@@ -158,40 +148,30 @@ impl InProgress {
 
 impl RequestCtx {
     /// A context for a background request made on this request's behalf
-    /// (a cache refresh): the same identity and forwarding facts, no
-    /// connection activity, its own in-progress count.
-    pub fn for_background(&self) -> RequestCtx {
+    /// (a cache refresh, with its `cache` part): the same identity and
+    /// forwarding facts, no connection activity, its own in-progress count.
+    pub fn for_background(&self, cache: RequestCache) -> RequestCtx {
         RequestCtx {
             snapshot: Arc::clone(&self.snapshot),
+            conn: Arc::clone(&self.conn),
             request_id: self.request_id.clone(),
             trace: self.trace.clone(),
             client: self.client,
-            peer: self.peer,
-            peer_value: self.peer_value.clone(),
             start: Instant::now(),
             method: self.method.clone(),
-            route: self.route,
+            grpc: self.grpc,
+            upgrade: None,
+            route: self.route.clone(),
+            identity: self.identity.clone(),
+            rate_limit: None,
+            cache,
             upstream: None,
             upstream_duration: None,
             reason: "",
             bytes_in: None,
             log_target: None,
             activity: None,
-            identity: self.identity.clone(),
-            auth_memo: Arc::clone(&self.auth_memo),
             in_progress: self.in_progress.another(),
-            https: self.https,
-            grpc: self.grpc,
-            client_subject: self.client_subject.clone(),
-            https_port: self.https_port,
-            cache_plan: None,
-            stale: None,
-            revalidate: None,
-            cache_reached: false,
-            cache_bypass: false,
-            cache_bypass_status: None,
-            upgrade: None,
-            rate_limit: None,
         }
     }
 }
@@ -296,7 +276,7 @@ impl Finish {
         // the gateway cutting it.
         let cut = end != End::Complete && c.in_progress.cut();
         let elapsed = c.start.elapsed();
-        let m = match c.route.and_then(|i| c.snapshot.routes.get(i)) {
+        let m = match &c.route {
             Some(r) => &r.metrics,
             None => &c.snapshot.unrouted_metrics,
         };
@@ -304,10 +284,7 @@ impl Finish {
         m.duration.observe(elapsed.as_secs_f64());
         metrics().requests_inflight.dec();
         if let Some((host, path)) = &c.log_target {
-            let route = c
-                .route
-                .and_then(|i| c.snapshot.routes.get(i))
-                .map_or("", |r| r.name.as_str());
+            let route = c.route.as_ref().map_or("", |r| r.name.as_str());
             let (up, ep) = c
                 .upstream
                 .as_ref()

@@ -9,7 +9,9 @@ use http::{Method, Response, StatusCode};
 use serde::Serialize;
 
 use crate::auth::Failure;
+use crate::body::BodyError;
 use crate::routing::normalize::PathError;
+use crate::upstream::UpstreamError;
 
 /// Who caused a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +66,40 @@ pub enum ProxyError {
     Overloaded(&'static str),
 }
 
+/// One row of the error map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Described {
+    /// The response status.
+    pub status: StatusCode,
+    /// The stable error code: the JSON body's `error`, the access log's
+    /// reason and a metric label.
+    pub code: &'static str,
+    /// Who failed.
+    pub party: Party,
+    /// The connection closes after the response.
+    pub close: bool,
+}
+
+impl From<UpstreamError> for ProxyError {
+    fn from(e: UpstreamError) -> Self {
+        match e {
+            UpstreamError::Timeout { .. } => ProxyError::UpstreamTimeout,
+            UpstreamError::Unavailable { retry_after } => {
+                ProxyError::UpstreamUnavailable(retry_after.as_secs_f64().ceil().max(1.0) as u64)
+            }
+            UpstreamError::Overloaded(scope) => ProxyError::Overloaded(scope),
+            UpstreamError::Connect { .. } => ProxyError::UpstreamRefused,
+            // A failing client body is the client's error, not the upstream's.
+            UpstreamError::Send { source, .. } => match source.body_error() {
+                Some(BodyError::TooLarge { limit }) => ProxyError::PayloadTooLarge(*limit),
+                Some(BodyError::Timeout) => ProxyError::BodyTimeout,
+                Some(BodyError::Read(_)) => ProxyError::BadRequest("request body read failed"),
+                None => ProxyError::UpstreamReset,
+            },
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct ErrorBody<'a> {
     error: &'a str,
@@ -72,11 +108,11 @@ struct ErrorBody<'a> {
 }
 
 impl ProxyError {
-    /// (status, code, who failed, close the connection).
-    pub fn describe(&self) -> (StatusCode, &'static str, Party, bool) {
+    /// The row of the error map this error takes.
+    pub fn describe(&self) -> Described {
         use ProxyError as E;
         use StatusCode as S;
-        match self {
+        let (status, code, party, close) = match self {
             E::BadRequest(_) => (S::BAD_REQUEST, "bad_request", Party::Downstream, true),
             E::BadPath(_) => (S::BAD_REQUEST, "invalid_path", Party::Downstream, false),
             E::NoRoute => (S::NOT_FOUND, "no_route", Party::Gateway, false),
@@ -147,6 +183,12 @@ impl ProxyError {
                 Party::Gateway,
                 false,
             ),
+        };
+        Described {
+            status,
+            code,
+            party,
+            close,
         }
     }
 
@@ -183,7 +225,12 @@ impl ProxyError {
 
     /// The JSON error response (`request_id` is added by the caller's header step too).
     pub fn to_response(&self, request_id: &str) -> Response<Bytes> {
-        let (status, code, _, close) = self.describe();
+        let Described {
+            status,
+            code,
+            close,
+            ..
+        } = self.describe();
         let message = self.message();
         let body = serde_json::to_vec(&ErrorBody {
             error: code,
@@ -248,7 +295,7 @@ impl ProxyError {
     /// `grpc-status` and `grpc-message` in the headers and no body, which
     /// gRPC clients read as the call's status.
     pub fn to_grpc_response(&self) -> Response<Bytes> {
-        let (status, _, _, _) = self.describe();
+        let status = self.describe().status;
         // gRPC status codes (grpc/doc/statuscodes.md).
         let code: u8 = match (self, status.as_u16()) {
             (ProxyError::UpstreamTimeout, _) => 4, // DEADLINE_EXCEEDED
@@ -352,8 +399,8 @@ mod tests {
             ),
         ];
         for (err, status, code) in table {
-            let (s, c, _, _) = err.describe();
-            assert_eq!((s.as_u16(), c), (status, code), "{err:?}");
+            let d = err.describe();
+            assert_eq!((d.status.as_u16(), d.code), (status, code), "{err:?}");
         }
     }
 

@@ -6,8 +6,10 @@
 pub mod admit;
 pub mod body;
 pub mod cache;
+pub mod conn;
 pub mod ctx;
 pub mod error;
+pub mod forward;
 pub mod headers;
 pub mod pipeline;
 pub mod server;

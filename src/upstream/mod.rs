@@ -128,6 +128,18 @@ pub enum UpstreamError {
     },
 }
 
+impl UpstreamError {
+    /// The endpoint tried, or `""` when none was.
+    pub fn endpoint(&self) -> &str {
+        match self {
+            UpstreamError::Connect { endpoint, .. }
+            | UpstreamError::Send { endpoint, .. }
+            | UpstreamError::Timeout { endpoint } => endpoint,
+            UpstreamError::Unavailable { .. } | UpstreamError::Overloaded(_) => "",
+        }
+    }
+}
+
 /// What went wrong in an exchange, by protocol.
 #[derive(Debug, thiserror::Error)]
 pub enum SendFailure {

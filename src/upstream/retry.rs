@@ -6,13 +6,15 @@
 //! `min_concurrency` (so a quiet route can still retry). A retry over the
 //! budget is not made; the last outcome is returned as it is.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::Method;
+use http::{HeaderMap, Method, Request, Uri, Version};
 use prometheus::IntCounter;
 
+use super::{Sent, Upstream, UpstreamError};
+use crate::body::{Replay, RequestBody};
 use crate::observability::metrics::metrics;
 
 /// Why a retry is made (the `reason` label).
@@ -159,6 +161,103 @@ impl Policy {
             .min(max);
         let nanos = cap.as_nanos().min(u128::from(u64::MAX)) as u64;
         Duration::from_nanos(fastrand::u64(0..=nanos))
+    }
+}
+
+/// What it takes to send a request again: its head, and the copy of its
+/// body kept while the first try read it.
+pub struct Again {
+    /// Method.
+    pub method: Method,
+    /// Origin-form target.
+    pub uri: Uri,
+    /// The head as first sent.
+    pub headers: HeaderMap,
+    /// The body's copy (complete once the first try read it all, and small).
+    pub replay: Arc<Mutex<Replay>>,
+}
+
+impl Again {
+    /// The request once more, when the body's copy is complete.
+    fn request(&self) -> Option<Request<RequestBody>> {
+        let body = self.replay.lock().ok().and_then(|r| r.body())?;
+        let mut out = Request::new(body);
+        *out.method_mut() = self.method.clone();
+        *out.uri_mut() = self.uri.clone();
+        *out.headers_mut() = self.headers.clone();
+        *out.version_mut() = Version::HTTP_11;
+        Some(out)
+    }
+}
+
+/// Sends `out` to `upstream` before `deadline`, trying again as `policy`
+/// says (within its budget, after its backoff, each try within
+/// `per_try_timeout`). Without a policy (or without `again`), one try.
+/// A backoff is cut short at the deadline; once the deadline passed, the
+/// answer is a timeout.
+pub async fn send(
+    upstream: &Upstream,
+    policy: Option<&Policy>,
+    mut out: Request<RequestBody>,
+    again: Option<Again>,
+    key: Option<u64>,
+    deadline: tokio::time::Instant,
+) -> Result<Sent, UpstreamError> {
+    let _active = policy.map(Policy::begin);
+    let mut tried = 0u64;
+    let mut retries = 0u32;
+    let mut _retrying = None;
+    loop {
+        let try_deadline = policy
+            .and_then(|p| p.settings.per_try_timeout)
+            .map_or(deadline, |t| {
+                (tokio::time::Instant::now() + t).min(deadline)
+            });
+        // Boxed: the exchange's state is large, and on the heap it is
+        // built once instead of being copied into this future (callgrind:
+        // ~300 fewer instructions per request than unboxed).
+        let result = Box::pin(upstream.send(out, key, try_deadline, &mut tried)).await;
+        let (Some(p), Some(again)) = (policy, &again) else {
+            return result;
+        };
+        let reason = match &result {
+            Ok(sent) => Some(Reason::Status(sent.response.status().as_u16())),
+            Err(UpstreamError::Connect { .. }) => Some(Reason::ConnectError),
+            Err(UpstreamError::Send { source, .. }) if source.body_error().is_none() => {
+                Some(Reason::Reset)
+            }
+            Err(UpstreamError::Timeout { .. }) if try_deadline < deadline => Some(Reason::Timeout),
+            Err(_) => None,
+        };
+        let Some(reason) =
+            reason.filter(|r| retries < p.settings.attempts && p.wants(*r, &again.method))
+        else {
+            return result;
+        };
+        let Some(next) = again.request() else {
+            return result;
+        };
+        let Some(slot) = p.try_retry() else {
+            return result;
+        };
+        // The failed try's response (if any) is dropped unread: nothing of
+        // it has reached the client.
+        let endpoint = match result {
+            Ok(sent) => sent.endpoint.id.clone(),
+            Err(e) => e.endpoint().to_owned(),
+        };
+        p.count(reason);
+        retries += 1;
+        _retrying = Some(slot);
+        // The route timeout bounds every try and every wait: the backoff
+        // is cut short at the deadline, and the timeout comes only once it
+        // passed.
+        tokio::time::sleep_until((tokio::time::Instant::now() + p.backoff(retries)).min(deadline))
+            .await;
+        if tokio::time::Instant::now() >= deadline {
+            return Err(UpstreamError::Timeout { endpoint });
+        }
+        out = next;
     }
 }
 

@@ -156,7 +156,7 @@ pub fn compile(
             route.auth = auth;
             route.limits = limits;
             route.cache = cache;
-            routes.push(route);
+            routes.push(std::sync::Arc::new(route));
         }
     }
     // An empty file, a comments-only file, `{}`: what an editor leaves
