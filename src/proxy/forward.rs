@@ -31,7 +31,7 @@ use crate::body::{Replay, RequestBody};
 use crate::observability::metrics::metrics;
 use crate::snapshot::Route;
 use crate::upstream::retry::{self, Again};
-use crate::upstream::{HashOn, Upstream, UpstreamBody, UpstreamError, balance::hash64};
+use crate::upstream::{HashOn, Upstream, UpstreamBody, UpstreamError, balance::hash64, h1};
 
 /// `x-client-cert-subject`: the verified client certificate's subject.
 static X_CLIENT_CERT_SUBJECT: http::HeaderName =
@@ -266,7 +266,7 @@ fn keep_only_upgrade_hop_headers(h: &mut HeaderMap) {
 /// Copies bytes both ways between the upgraded client connection and the
 /// upstream socket until either side closes. Bytes the upstream sent right
 /// after its 101 head (already read) go to the client first.
-async fn bridge(client: OnUpgrade, (mut upstream, early): (tokio::net::TcpStream, Bytes)) {
+async fn bridge(client: OnUpgrade, (mut upstream, early): (h1::Stream, Bytes)) {
     let Ok(c) = client.await else {
         return;
     };

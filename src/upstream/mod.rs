@@ -7,6 +7,7 @@
 
 pub mod balance;
 pub mod breaker;
+pub mod counter;
 pub mod h1;
 pub mod health;
 pub mod pool;
@@ -27,6 +28,7 @@ use crate::config::spec::UpstreamSpec;
 use crate::observability::metrics::{EndpointMetrics, metrics};
 pub use balance::Balancer;
 use breaker::{Admit, Breaker, Failure};
+pub use counter::{Counter, Held};
 pub use pool::{ConnectError, Pool, Target};
 
 /// What a `consistent_hash` balancer hashes.
@@ -83,9 +85,9 @@ pub struct Upstream {
     duration: Histogram,
     background: AtomicBool,
     /// Requests in flight, capped at `limits.max_inflight`.
-    pub requests: pool::Counter,
+    pub requests: Counter,
     /// Open HTTP/1.1 connections, capped at `limits.max_connections`.
-    pub connections: pool::Counter,
+    pub connections: Counter,
     /// Dropped with the upstream: ends its health checker.
     stop: tokio::sync::watch::Sender<()>,
 }
@@ -216,7 +218,7 @@ pub struct Sent {
 /// dropped (the response body holds it to the end).
 pub struct InflightGuard {
     ep: EndpointGuard,
-    _upstream: pool::Held,
+    _upstream: Held,
 }
 
 /// One request in flight on an endpoint.
@@ -237,7 +239,7 @@ impl Drop for EndpointGuard {
 
 impl InflightGuard {
     /// Counts one request in flight on `ep` (of the upstream `held` counts).
-    fn new(ep: &Arc<Endpoint>, held: pool::Held) -> Self {
+    fn new(ep: &Arc<Endpoint>, held: Held) -> Self {
         InflightGuard {
             ep: EndpointGuard::new(ep),
             _upstream: held,
@@ -409,7 +411,7 @@ impl Upstream {
         endpoints: Vec<Arc<Endpoint>>,
         hash_on: Option<HashOn>,
         health: Option<health::Settings>,
-        counters: (pool::Counter, pool::Counter),
+        counters: (Counter, Counter),
     ) -> Self {
         let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
         let ids: Vec<&str> = endpoints.iter().map(|e| e.id.as_str()).collect();
@@ -615,7 +617,7 @@ impl Upstream {
                             if parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
                                 body.hold(conn);
                             } else {
-                                body.attach(conn, Arc::clone(&ep.pool));
+                                body.attach(conn, Arc::clone(&ep.pool) as Arc<dyn h1::Recycle>);
                             }
                             Response::from_parts(parts, UpstreamBody::H1(body))
                         }
@@ -636,33 +638,14 @@ impl Upstream {
                         }
                     }
                 }
-                // hyper's client: h2 (shared connection) or HTTP/1.1 over TLS.
-                via @ (pool::Conn::Tls1(_) | pool::Conn::H2(_)) => {
-                    let (sent, back_to_pool) = match via {
-                        pool::Conn::Tls1(mut tx) => {
-                            let r =
-                                tokio::time::timeout_at(deadline, tx.try_send_request(req)).await;
-                            (r, Some(tx))
-                        }
-                        pool::Conn::H2(mut tx) => (
-                            tokio::time::timeout_at(deadline, tx.try_send_request(req)).await,
-                            None,
-                        ),
-                        pool::Conn::Http1(_) => continue,
-                    };
-                    match sent {
+                // hyper's client: the shared h2 connection.
+                pool::Conn::H2(mut tx) => {
+                    match tokio::time::timeout_at(deadline, tx.try_send_request(req)).await {
                         Err(_) => {
                             slot.done(Some(Failure::Timeout));
                             return Err(timed_out());
                         }
-                        Ok(Ok(resp)) => {
-                            // An HTTP/1.1 sender is handed out again once
-                            // this response has been read.
-                            if let Some(tx) = back_to_pool {
-                                ep.pool.release_tls1(tx);
-                            }
-                            resp.map(UpstreamBody::H2)
-                        }
+                        Ok(Ok(resp)) => resp.map(UpstreamBody::H2),
                         Ok(Err(mut e)) => match e.take_message() {
                             Some(back) if pooled => {
                                 req = back;

@@ -1,5 +1,5 @@
-//! Connections to one endpoint: a LIFO keep-alive pool for HTTP/1.1, one
-//! shared multiplexed connection for h2c.
+//! Connections to one endpoint: a LIFO keep-alive pool for HTTP/1.1 (plain
+//! or TLS, one codec), one shared multiplexed connection for h2 and h2c.
 //!
 //! Our own pool rather than hyper-util's client, so that (a) a connect
 //! failure hands the request back untouched, to be tried on another
@@ -14,9 +14,10 @@ use std::time::Duration;
 
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::net::TcpStream;
 
+use super::counter::Counter;
 use super::h1;
 use crate::body::RequestBody;
 
@@ -61,62 +62,12 @@ pub struct Target {
     )>,
 }
 
-/// A shared count with a cap (connections or requests of one upstream).
-#[derive(Clone, Debug)]
-pub struct Counter {
-    count: Arc<AtomicUsize>,
-    max: usize,
-}
-
-/// One unit of a `Counter`, given back when dropped.
-#[derive(Debug)]
-pub struct Held(Arc<AtomicUsize>);
-
-impl Counter {
-    /// A count starting at zero, capped at `max`.
-    pub fn new(max: usize) -> Self {
-        Self {
-            count: Arc::new(AtomicUsize::new(0)),
-            max,
-        }
-    }
-
-    /// Takes one unit, or `None` at the cap.
-    pub fn take(&self) -> Option<Held> {
-        let n = self.count.fetch_add(1, Ordering::AcqRel);
-        if n >= self.max {
-            self.count.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(Held(Arc::clone(&self.count)))
-    }
-
-    /// The cap.
-    pub fn max(&self) -> usize {
-        self.max
-    }
-
-    /// Units held now.
-    pub fn current(&self) -> usize {
-        self.count.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 /// A connection ready for one request.
 pub enum Conn {
     /// A HTTP/1.1 connection, owned by the request until its response ends.
     Http1(h1::Conn),
     /// A handle to the shared h2 connection.
     H2(http2::SendRequest<RequestBody>),
-    /// HTTP/1.1 over TLS, through hyper's client (the inline codec is for
-    /// plain TCP).
-    Tls1(hyper::client::conn::http1::SendRequest<RequestBody>),
 }
 
 /// An idle HTTP/1.1 connection and the sweep it was returned in.
@@ -140,8 +91,6 @@ pub struct Pool {
     /// Only the (rare) connecting path takes it; it is an async lock because
     /// it is held across the connect.
     connecting: tokio::sync::Mutex<()>,
-    /// HTTP/1.1-over-TLS senders, ready or still reading a response.
-    idle_tls: Mutex<Vec<hyper::client::conn::http1::SendRequest<RequestBody>>>,
 }
 
 impl Pool {
@@ -154,17 +103,6 @@ impl Pool {
             sweeps: AtomicU64::new(0),
             shared: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
-            idle_tls: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// Takes back a HTTP/1.1-over-TLS sender after its response head; it
-    /// is handed out again once its response body has ended (`is_ready`).
-    pub fn release_tls1(&self, tx: hyper::client::conn::http1::SendRequest<RequestBody>) {
-        if let Ok(mut idle) = self.idle_tls.lock()
-            && idle.len() < self.target.max_idle
-        {
-            idle.push(tx);
         }
     }
 
@@ -178,14 +116,6 @@ impl Pool {
                 .as_ref()
                 .filter(|tx| !tx.is_closed())
                 .map(|tx| Conn::H2(tx.clone()));
-        }
-        if self.target.tls.is_some() {
-            let mut idle = self.idle_tls.lock().ok()?;
-            idle.retain(|tx| !tx.is_closed());
-            let i = idle
-                .iter()
-                .rposition(hyper::client::conn::http1::SendRequest::is_ready)?;
-            return Some(Conn::Tls1(idle.swap_remove(i)));
         }
         let mut idle = self.idle.lock().ok()?;
         while let Some(c) = idle.pop() {
@@ -230,21 +160,13 @@ impl Pool {
             .await
             .map_err(|_| ConnectError::Timeout)??;
             if !self.h2 {
-                let (tx, conn) = hyper::client::conn::http1::Builder::new()
-                    .max_buf_size(t.max_response_header_bytes.max(8192))
-                    .handshake(TokioIo::new(tls))
-                    .await?;
-                tokio::spawn(async move {
-                    // The connection counts against max_connections while it lives.
-                    let _held = held;
-                    let _ = conn.await;
-                });
-                return Ok(Conn::Tls1(tx));
+                let tls = h1::Stream::Tls(Box::new(tls));
+                return Ok(Conn::Http1(h1::Conn::new(tls, held)));
             }
             return self.h2_handshake(TokioIo::new(tls)).await;
         }
         if !self.h2 {
-            return Ok(Conn::Http1(h1::Conn::new(stream, held)));
+            return Ok(Conn::Http1(h1::Conn::new(h1::Stream::Tcp(stream), held)));
         }
         self.h2_handshake(TokioIo::new(stream)).await
     }
@@ -272,7 +194,7 @@ impl Pool {
 
     /// Takes back a HTTP/1.1 connection whose response was read to the end.
     /// When `max_idle` are already idle it is closed instead.
-    pub fn release_h1(&self, conn: h1::Conn) {
+    fn release_h1(&self, conn: h1::Conn) {
         if let Ok(mut idle) = self.idle.lock()
             && idle.len() < self.target.max_idle
         {
@@ -319,5 +241,11 @@ impl Pool {
     /// Number of idle HTTP/1.1 connections.
     pub fn idle_count(&self) -> usize {
         self.idle.lock().map_or(0, |c| c.len())
+    }
+}
+
+impl h1::Recycle for Pool {
+    fn recycle(&self, conn: h1::Conn) {
+        self.release_h1(conn);
     }
 }

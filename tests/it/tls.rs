@@ -13,6 +13,7 @@ use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::tls::TestCa;
@@ -693,4 +694,98 @@ async fn replacing_a_certificate_in_its_own_directory_is_picked_up_by_the_watche
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(swapped, "the new certificate is served without a restart");
+}
+
+/// A TLS front for a plain test upstream: each connection's handshake is
+/// answered with a `backend.test` certificate from `ca`, then its bytes are
+/// copied both ways to `plain`.
+async fn tls_front(ca: &TestCa, plain: SocketAddr) -> SocketAddr {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let (cert, key) = ca.leaf(&["backend.test"], false);
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.as_bytes())
+        .map(|c| c.unwrap())
+        .collect();
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let mut cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                let Ok(mut back) = tokio::net::TcpStream::connect(plain).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut back).await;
+            });
+        }
+    });
+    addr
+}
+
+/// HTTP/1.1 to `https://` upstreams runs on the same codec as plain ones:
+/// request bodies, streamed responses, pooling and WebSocket upgrades all
+/// work over TLS (an upgrade to an https upstream used to get 502).
+#[tokio::test]
+async fn https_upstreams_share_the_http1_stack_upgrades_included() {
+    let ca = TestCa::new("internal CA");
+    let up = Upstream::start("app").await;
+    let front = tls_front(&ca, up.addr).await;
+    let path = config_path();
+    let dir = path.parent().unwrap().to_owned();
+    std::fs::write(dir.join("internal-ca.pem"), ca.pem()).unwrap();
+    std::fs::write(
+        &path,
+        with_server(&https_config(
+            &dir,
+            front,
+            "{ ca_file: internal-ca.pem, server_name: backend.test }",
+            "http1",
+        )),
+    )
+    .unwrap();
+    let gw = start_path(path, false).await;
+    let gw_addr = gw.listen[0];
+    let c = client();
+    let base = format!("http://{gw_addr}");
+    let g = post(&c, &format!("{base}/echo"), "over tls").await;
+    assert_eq!((g.status, g.text()), (200, "over tls".to_owned()));
+    let n = download_x(&c, &format!("{base}/bytes/300000")).await;
+    assert_eq!(n, 300_000);
+    let g = get(&c, &format!("{base}/x")).await;
+    assert_eq!((g.status, g.text()), (200, "app".to_owned()));
+    // The connections went back to the pool: one or two (the download and
+    // the POST may have overlapped), never one per request.
+    let idle = gw.live.load().upstreams["app"].endpoints[0]
+        .pool
+        .idle_count();
+    assert!((1..=2).contains(&idle), "idle TLS connections: {idle}");
+
+    let mut s = tokio::net::TcpStream::connect(gw_addr).await.unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(IO_WAIT, s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    s.write_all(b"ping-frame-bytes").await.unwrap();
+    let mut got = [0u8; 16];
+    tokio::time::timeout(IO_WAIT, s.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got, b"ping-frame-bytes");
+    assert_eq!(up.last().headers["upgrade"], "websocket");
 }

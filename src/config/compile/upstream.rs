@@ -11,7 +11,7 @@ use crate::config::spec::{
     BalancerSpec, BreakerSpec, FailureKindSpec, HealthCheckSpec, Spec, UpstreamSpec,
 };
 use crate::snapshot::Snapshot;
-use crate::upstream::pool::Counter;
+use crate::upstream::Counter;
 use crate::upstream::{Endpoint, EndpointParams, HashOn, Target, Upstream};
 use crate::upstream::{breaker, health};
 

@@ -19,27 +19,29 @@
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, HOST};
 use http::{Method, Request, Response};
 use http_body::Body;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
+use super::counter::Held;
 use crate::body::{BodyError, RequestBody};
 
 mod response;
+mod stream;
 
 pub use response::Body1;
+pub use response::Recycle;
 #[cfg(feature = "fuzzing")]
 pub use response::decode_for_fuzzing;
 use response::read_response;
+pub use stream::Stream;
 
 /// An idle or busy HTTP/1.1 connection to one endpoint.
 pub struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     /// Bytes read but not yet consumed.
     buf: BytesMut,
     /// The request head being written (kept to reuse its allocation).
@@ -47,7 +49,7 @@ pub struct Conn {
     /// Scratch list for parsing response heads (kept for the same reason).
     fields: Vec<(http::HeaderName, usize, usize)>,
     /// Counts the connection against the upstream's `max_connections`.
-    _held: Option<crate::upstream::pool::Held>,
+    _held: Option<Held>,
 }
 
 /// Why an exchange failed.
@@ -70,7 +72,7 @@ pub struct NotSent(pub Box<Request<RequestBody>>);
 
 impl Conn {
     /// Wraps a connected stream, counted by `held` while it lives.
-    pub fn new(stream: TcpStream, held: Option<crate::upstream::pool::Held>) -> Self {
+    pub fn new(stream: Stream, held: Option<Held>) -> Self {
         Self {
             stream,
             buf: BytesMut::with_capacity(8 << 10),
@@ -81,21 +83,9 @@ impl Conn {
     }
 
     /// False when the peer closed (or sent unexpected bytes on) the idle
-    /// connection. Uses the readiness already recorded by the I/O driver,
-    /// so a quiet connection costs no system call.
+    /// connection.
     pub fn is_reusable(&self) -> bool {
-        if !self.buf.is_empty() {
-            return false;
-        }
-        let mut cx = Context::from_waker(Waker::noop());
-        match self.stream.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => {
-                let mut probe = [0u8; 1];
-                matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
-        }
+        self.buf.is_empty() && self.stream.is_quiet()
     }
 }
 
@@ -129,10 +119,7 @@ fn encode_head(req: &Request<RequestBody>, authority: &str, chunked: bool, out: 
     out.extend_from_slice(b"\r\n");
 }
 
-async fn write_all_vectored(
-    stream: &mut TcpStream,
-    mut bufs: &mut [IoSlice<'_>],
-) -> io::Result<()> {
+async fn write_all_vectored(stream: &mut Stream, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
     while !bufs.is_empty() {
         let n = stream.write_vectored(bufs).await?;
         if n == 0 {
@@ -185,6 +172,11 @@ pub async fn send(
         }
         None => conn.stream.write_all(&head).await,
     };
+    // TLS keeps what it could not write yet: out with it before reading.
+    let written = match written {
+        Ok(()) if !has_body => conn.stream.flush().await,
+        w => w,
+    };
     if let Err(e) = written {
         // Only a request without a body is still intact here (a first
         // body piece may have been read), so only it can be handed back.
@@ -214,11 +206,14 @@ pub async fn send(
                 }
                 Err(e) => return Err(Ok(e)),
             }
-        } else if chunked {
-            conn.stream
-                .write_all(b"0\r\n\r\n")
-                .await
-                .map_err(|e| Ok(e.into()))?;
+        } else {
+            if chunked {
+                conn.stream
+                    .write_all(b"0\r\n\r\n")
+                    .await
+                    .map_err(|e| Ok(e.into()))?;
+            }
+            conn.stream.flush().await.map_err(|e| Ok(e.into()))?;
         }
     }
     let is_head = req.method() == Method::HEAD;
@@ -256,7 +251,7 @@ async fn next_data(body: &mut RequestBody) -> Result<Option<Bytes>, H1Error> {
 }
 
 async fn stream_body(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     body: &mut RequestBody,
     chunked: bool,
 ) -> Result<(), H1Error> {
@@ -279,6 +274,7 @@ async fn stream_body(
     if chunked {
         stream.write_all(b"0\r\n\r\n").await?;
     }
+    stream.flush().await?;
     Ok(())
 }
 

@@ -10,10 +10,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
-use tokio::net::TcpStream;
 
-use super::{Conn, H1Error};
-use crate::upstream::pool::Pool;
+use super::{Conn, H1Error, Stream};
 
 /// Most header fields in an upstream response head.
 const MAX_RESPONSE_HEADERS: usize = 128;
@@ -224,11 +222,18 @@ pub(super) async fn read_response(
     }
 }
 
+/// Where a connection goes once a response body ended cleanly on it (the
+/// endpoint's pool).
+pub trait Recycle: Send + Sync {
+    /// Takes back `conn`, ready for another request.
+    fn recycle(&self, conn: Conn);
+}
+
 /// A response body read from an upstream connection as the downstream side
 /// polls it. On a clean end the connection returns to its pool.
 pub struct Body1 {
     conn: Option<Conn>,
-    pool: Option<Arc<Pool>>,
+    pool: Option<Arc<dyn Recycle>>,
     framing: Framing,
     keep_alive: bool,
 }
@@ -244,7 +249,7 @@ impl Body1 {
     }
 
     /// Gives the body its connection and the pool to return it to.
-    pub fn attach(&mut self, conn: Conn, pool: Arc<Pool>) {
+    pub fn attach(&mut self, conn: Conn, pool: Arc<dyn Recycle>) {
         self.conn = Some(conn);
         self.pool = Some(pool);
         if self.framing == Framing::Empty {
@@ -266,7 +271,7 @@ impl Body1 {
 
     /// Takes the connection out (for a 101 upgrade): the stream and any
     /// bytes already read past the head.
-    pub fn take_upgraded(&mut self) -> Option<(TcpStream, Bytes)> {
+    pub fn take_upgraded(&mut self) -> Option<(Stream, Bytes)> {
         self.conn.take().map(|c| (c.stream, c.buf.freeze()))
     }
 
@@ -276,21 +281,14 @@ impl Body1 {
             && self.keep_alive
             && conn.buf.is_empty()
         {
-            pool.release_h1(conn);
+            pool.recycle(conn);
         }
     }
 
     /// Reads more bytes into the buffer; `Ok(false)` at end of stream.
     fn poll_fill(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
-        loop {
-            ready!(conn.stream.poll_read_ready(cx))?;
-            conn.buf.reserve(READ_CHUNK);
-            match conn.stream.try_read_buf(&mut conn.buf) {
-                Ok(n) => return Poll::Ready(Ok(n > 0)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
+        let n = ready!(conn.stream.poll_fill(cx, &mut conn.buf, READ_CHUNK))?;
+        Poll::Ready(Ok(n > 0))
     }
 }
 
