@@ -1,4 +1,4 @@
-//! JWT authentication (pipeline stage 3): a route's `auth` policy names a
+//! JWT authentication (pipeline stage 4): a route's `auth` policy names a
 //! provider; the provider finds the token, verifies it against its keys
 //! and rules, and yields the caller's `Identity` (claims, `sub`, tenant) for
 //! the stages after it.

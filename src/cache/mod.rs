@@ -1,4 +1,4 @@
-//! The response cache (pipeline stages 5 and 8): a shared in-memory store
+//! The response cache (pipeline stages 6 and 8): a shared in-memory store
 //! (moka, weighed by bytes) that routes opt into with `cache:`. GET and
 //! HEAD are served from fresh entries (HEAD from a stored GET) with `Age`
 //! and `Cache-Status`; cacheable responses are stored as they stream
@@ -17,11 +17,15 @@
 //! (stale-if-error); entries with validators are revalidated with
 //! conditional requests.
 //!
-//! Modules: `policy` (RFC 9111), `key` (a route's key), `store` (moka),
-//! `coalesce` (one origin request per key). The pipeline side is
-//! `crate::proxy::cache`.
+//! Modules: `policy` (RFC 9111 storage and freshness), `validate`
+//! (conditional requests, 304 updates, invalidation targets), `vary`
+//! (variants), `key` (a route's cache and its keys), `store` (moka),
+//! `coalesce` (one origin request per key). The request's side, one
+//! object per request, is `crate::proxy::cache`.
 
 pub mod coalesce;
 pub mod key;
 pub mod policy;
 pub mod store;
+pub mod validate;
+pub mod vary;

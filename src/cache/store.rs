@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, StatusCode};
 
 use super::coalesce::{Flights, Join};
-use super::key::variant_key;
+use super::vary::variant_key;
 use crate::observability::metrics::metrics;
 
 /// One stored response.

@@ -1,4 +1,4 @@
-//! The cache stages of the pipeline (ARCHITECTURE stages 5 and 8): the
+//! The cache stages of the pipeline (ARCHITECTURE stages 6 and 8): the
 //! lookup (hits, stale answers, coalescing), the conditional request that
 //! revalidates a stored entry, the store step that copies a cacheable
 //! response as it streams, the refresh a 304 makes, and `Cache-Status`.
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::HeaderValue;
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::body::ResponseBody;
@@ -19,16 +19,11 @@ use crate::cache::coalesce::{Flight, Join};
 use crate::cache::key::RouteCache;
 use crate::cache::policy::{Lookup, lookup};
 use crate::cache::store::Entry;
+use crate::cache::validate::{
+    age_of, is_conditional, not_modified, same_host_path, updated_headers,
+};
+use crate::cache::vary::vary_names;
 use crate::observability::metrics::metrics;
-
-/// Request headers that make a request conditional.
-static CONDITIONAL_HEADERS: [http::HeaderName; 5] = [
-    http::header::IF_NONE_MATCH,
-    http::header::IF_MODIFIED_SINCE,
-    http::header::IF_MATCH,
-    http::header::IF_UNMODIFIED_SINCE,
-    http::header::IF_RANGE,
-];
 
 /// Request headers removed on cached routes.
 static CACHE_UNSAFE_HEADERS: [http::HeaderName; 3] = [
@@ -36,17 +31,6 @@ static CACHE_UNSAFE_HEADERS: [http::HeaderName; 3] = [
     http::HeaderName::from_static("x-rewrite-url"),
     http::HeaderName::from_static("x-http-method-override"),
 ];
-
-/// The path (and query) of `target` when it is on `host` (or relative).
-fn same_host_path(target: &str, host: &str) -> Option<String> {
-    if target.starts_with('/') {
-        return Some(target.to_owned());
-    }
-    let uri: Uri = target.parse().ok()?;
-    let h = uri.host()?;
-    h.eq_ignore_ascii_case(host)
-        .then(|| uri.path_and_query().map_or("/", |p| p.as_str()).to_owned())
-}
 
 /// A planned store: the key, the request headers the storage rules and
 /// `Vary` read, and the fetch other requests for the key wait on.
@@ -324,39 +308,6 @@ fn stale_response(
     entry_response(e, head_only, status)
 }
 
-/// True when a conditional request is satisfied by the stored entry:
-/// `If-None-Match` against its `ETag` (weak comparison), or, without
-/// `If-None-Match`, `If-Modified-Since` not before its `Last-Modified`.
-fn not_modified(req: &HeaderMap, e: &Entry) -> bool {
-    if e.status != StatusCode::OK {
-        return false;
-    }
-    let weak = |t: &str| t.trim().trim_start_matches("W/").to_owned();
-    if let Some(inm) = req
-        .get(http::header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-    {
-        let Some(etag) = e
-            .headers
-            .get(http::header::ETAG)
-            .and_then(|v| v.to_str().ok())
-        else {
-            return false;
-        };
-        return inm.trim() == "*" || inm.split(',').any(|t| weak(t) == weak(etag));
-    }
-    let since = req
-        .get(http::header::IF_MODIFIED_SINCE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| httpdate::parse_http_date(v).ok());
-    let modified = e
-        .headers
-        .get(http::header::LAST_MODIFIED)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| httpdate::parse_http_date(v).ok());
-    matches!((since, modified), (Some(s), Some(m)) if m <= s)
-}
-
 /// `Cache-Status` (RFC 9211).
 pub(super) static CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
 
@@ -409,7 +360,7 @@ impl RequestCache {
         let Some(e) = &self.revalidate else {
             return;
         };
-        if CONDITIONAL_HEADERS.iter().any(|h| headers.contains_key(h)) {
+        if is_conditional(headers) {
             self.revalidate = None;
             return;
         }
@@ -474,7 +425,7 @@ impl RequestCache {
                 .get(http::header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<usize>().ok());
-            let vary = crate::cache::key::vary_names(&parts.headers);
+            let vary = vary_names(&parts.headers);
             let stored = match (decision, vary) {
                 (
                     crate::cache::policy::Storable::Yes {
@@ -497,7 +448,7 @@ impl RequestCache {
                     let stale_while_revalidate =
                         stale_while_revalidate.unwrap_or(rc.stale_while_revalidate);
                     let (status, headers) = (parts.status, parts.headers.clone());
-                    let initial_age = age_header(&parts.headers);
+                    let initial_age = age_of(&parts.headers);
                     body = body.tee(
                         rc.store.max_object,
                         Box::new(move |bytes| {
@@ -559,23 +510,6 @@ impl RequestCache {
     }
 }
 
-/// The `Age` a response arrived with.
-fn age_header(h: &HeaderMap) -> std::time::Duration {
-    h.get(http::header::AGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map_or(std::time::Duration::ZERO, std::time::Duration::from_secs)
-}
-
-/// Stored header fields a 304 does not replace (RFC 9111 §3.2): they
-/// describe the stored body, not the response's metadata.
-static KEPT_ON_UPDATE: [http::HeaderName; 4] = [
-    http::header::CONTENT_LENGTH,
-    http::header::CONTENT_ENCODING,
-    http::header::CONTENT_RANGE,
-    http::header::TRANSFER_ENCODING,
-];
-
 /// The upstream answered 304 to the conditional request for `old`: its
 /// stored headers are updated from the 304's (RFC 9111 §3.2), it is
 /// stored again with the freshness they now give (or dropped when they
@@ -589,19 +523,10 @@ fn refresh(
     update: &HeaderMap,
 ) -> Response<ResponseBody> {
     use crate::cache::policy::{Storable, storable};
-    let mut headers = old.headers.clone();
-    for name in update.keys() {
-        if KEPT_ON_UPDATE.contains(name) || *name == http::header::AGE {
-            continue;
-        }
-        headers.remove(name);
-        for v in update.get_all(name) {
-            headers.append(name.clone(), v.clone());
-        }
-    }
+    let headers = updated_headers(&old.headers, update);
     rc.counters[5].inc();
     let decision = storable(&Method::GET, facts, old.status, &headers, &rc.allow);
-    let vary = crate::cache::key::vary_names(&headers);
+    let vary = vary_names(&headers);
     let (ttl, stale_if_error, stale_while_revalidate, store_as) = match (decision, vary) {
         (
             Storable::Yes {
@@ -636,7 +561,7 @@ fn refresh(
         headers,
         body: old.body.clone(),
         stored: std::time::Instant::now(),
-        initial_age: age_header(update),
+        initial_age: age_of(update),
         ttl,
         stale_if_error,
         stale_while_revalidate,

@@ -1,5 +1,5 @@
 //! Upstreams: named groups of endpoints with a balancer and per-endpoint
-//! connection pools (stages 6 `select` and 7 `forward`).
+//! connection pools (stage 7, `forward`).
 //!
 //! An `Upstream` is built by `config::compile` and shared by `Arc`; a reload
 //! that leaves an upstream's definition unchanged reuses the same `Arc`, so
