@@ -14,17 +14,18 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use tollgate::config::spec::RateLimitSpec;
-use tollgate::ratelimit::{KeyPart, Missing, Policy, Shape};
+use tollgate::ratelimit::{Definition, KeyPart, Missing, Options, Policy, Shape};
 
 fn policy(max_keys: u64, shape: Shape) -> Policy {
-    let spec: RateLimitSpec = serde_json::from_value(serde_json::json!({
-        "key": "client_ip", "rate": "1/s", "max_keys": max_keys
-    }))
-    .unwrap();
+    let options = Options {
+        max_keys,
+        shadow: false,
+        headers: true,
+        definition: Definition::of("bench"),
+    };
     Policy::new(
         "bench",
-        spec,
+        options,
         vec![KeyPart::ClientIp],
         shape,
         vec![],

@@ -24,6 +24,25 @@ pub use spec::Spec;
 use crate::snapshot::Snapshot;
 use crate::upstream::balance::hash64;
 
+/// A digest of one definition in the file (an upstream, a rate-limit
+/// policy, a route): runtime types keep it instead of the serde input, so
+/// a reload can tell an unchanged definition (whose state is carried
+/// over) from a changed one without holding the file's types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Definition([u8; 32]);
+
+impl Definition {
+    /// The digest of `spec` (SHA-256 of its JSON form; every map in the
+    /// spec types is ordered, so equal definitions give equal digests).
+    pub fn of<T: serde::Serialize + ?Sized>(spec: &T) -> Self {
+        let json = serde_json::to_vec(spec).unwrap_or_default();
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &json);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.as_ref());
+        Definition(out)
+    }
+}
+
 /// Largest config file read: hand-written configs are far smaller, and a
 /// bound here keeps a wrong or hostile file from exhausting memory.
 pub const MAX_CONFIG_BYTES: usize = 4 << 20;

@@ -485,7 +485,7 @@ async fn limit(
     req: &Request<Incoming>,
     ctx: &mut RequestCtx,
 ) -> Result<(), ProxyError> {
-    use crate::ratelimit::{KeyInput, Outcome};
+    use crate::ratelimit::{KeyInput, LimitOutcome};
     let Some(limits) = &route.limits else {
         return Ok(());
     };
@@ -496,7 +496,7 @@ async fn limit(
         identity: ctx.identity.as_deref(),
     };
     match limits.check(after_auth, &input).await {
-        Outcome::Allowed(verdict) => {
+        LimitOutcome::Allowed(verdict) => {
             if verdict.is_some() {
                 let closer = match (&verdict, &ctx.rate_limit) {
                     (Some((_, v)), Some((_, c))) => {
@@ -511,19 +511,19 @@ async fn limit(
             }
             Ok(())
         }
-        Outcome::Limited(policy, v) => {
+        LimitOutcome::Limited(policy, v) => {
             let secs = v.retry_after.as_secs_f64().ceil().max(1.0) as u64;
             ctx.rate_limit = Some((policy, v));
             Err(ProxyError::RateLimited(secs))
         }
-        Outcome::MissingKey if route.auth.is_some() => {
+        LimitOutcome::MissingKey if route.auth.is_some() => {
             Err(ProxyError::Auth(crate::auth::Failure::Missing))
         }
-        Outcome::MissingKey => Err(ProxyError::RateLimited(1)),
-        Outcome::RepeatedKey => Err(ProxyError::BadRequest(
+        LimitOutcome::MissingKey => Err(ProxyError::RateLimited(1)),
+        LimitOutcome::RepeatedKey => Err(ProxyError::BadRequest(
             "a rate-limit key header was sent more than once",
         )),
-        Outcome::Unavailable => Err(ProxyError::RateLimitUnavailable),
+        LimitOutcome::Unavailable => Err(ProxyError::RateLimitUnavailable),
     }
 }
 

@@ -6,9 +6,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::Errors;
-use crate::config::spec::{MissingKeySpec, OnErrorSpec, RateLimitSpec, ScopeSpec, Spec};
+use crate::config::Definition;
+use crate::config::spec::{
+    MissingKeySpec, OnErrorSpec, RateLimitSpec, RateModeSpec, ScopeSpec, Spec,
+};
 use crate::ratelimit::global::{self, Redis};
-use crate::ratelimit::{KeyPart, Missing, Policy, RouteLimits, Shape, parse_rate};
+use crate::ratelimit::{KeyPart, Missing, Options, Policy, RouteLimits, Shape, parse_rate};
 use crate::snapshot::Snapshot;
 
 /// `redis:`, carried over when unchanged (its connections stay up).
@@ -70,7 +73,7 @@ pub(super) fn policies(
             continue;
         }
         if let Some(prev) = previous.and_then(|s| s.rate_limits.get(name))
-            && prev.spec == *r
+            && prev.definition == Definition::of(r)
             && match (&prev.global, global) {
                 (None, None) => true,
                 (Some(a), Some(b)) => Arc::ptr_eq(a, b),
@@ -151,7 +154,13 @@ fn policy(name: &str, r: &RateLimitSpec, p: &str, errs: &mut Errors) -> Option<P
     if errs.0.len() > before {
         return None;
     }
-    let policy = Policy::new(name, r.clone(), key, default?, overrides, missing);
+    let options = Options {
+        max_keys: r.max_keys,
+        shadow: r.mode == RateModeSpec::Shadow,
+        headers: r.headers,
+        definition: Definition::of(r),
+    };
+    let policy = Policy::new(name, options, key, default?, overrides, missing);
     if policy.is_none() {
         errs.push(p, "the rate cannot be expressed (period too small)");
     }
