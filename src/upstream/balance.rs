@@ -12,8 +12,6 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::config::spec::BalancerSpec;
-
 /// Ring points per unit of (normalized) weight.
 const POINTS_PER_WEIGHT: u64 = 160;
 /// Cap on ring size, whatever the weights.
@@ -90,17 +88,42 @@ fn weighted_random(cumulative: &[u64]) -> usize {
     cumulative.partition_point(|&c| c <= r)
 }
 
+/// Which balancer an upstream uses (`balancer:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BalancerKind {
+    /// Smooth weighted round robin (as NGINX).
+    RoundRobin,
+    /// Power of two random choices, fewer in-flight requests per weight wins.
+    LeastRequest,
+    /// Weighted random.
+    Random,
+    /// Ring hash over `hash_on`.
+    ConsistentHash,
+}
+
+impl BalancerKind {
+    /// The name the config uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            BalancerKind::RoundRobin => "round_robin",
+            BalancerKind::LeastRequest => "least_request",
+            BalancerKind::Random => "random",
+            BalancerKind::ConsistentHash => "consistent_hash",
+        }
+    }
+}
+
 impl Balancer {
     /// Compiles a balancer for endpoints with `weights` (each ≥ 1) and
     /// `ids` (stable names for the hash ring).
-    pub fn new(kind: BalancerSpec, weights: &[u32], ids: &[&str]) -> Self {
+    pub fn new(kind: BalancerKind, weights: &[u32], ids: &[&str]) -> Self {
         let g = weights
             .iter()
             .fold(0u64, |g, w| gcd(g, u64::from(*w)))
             .max(1);
         let norm: Vec<u64> = weights.iter().map(|w| u64::from(*w) / g).collect();
         match kind {
-            BalancerSpec::RoundRobin => {
+            BalancerKind::RoundRobin => {
                 let total: u64 = norm.iter().sum();
                 let scale = total.div_ceil(MAX_CYCLE).max(1);
                 let w: Vec<i64> = norm.iter().map(|x| (x / scale).max(1) as i64).collect();
@@ -130,13 +153,13 @@ impl Balancer {
                     next: AtomicUsize::new(start),
                 }
             }
-            BalancerSpec::LeastRequest => Balancer::LeastRequest {
+            BalancerKind::LeastRequest => Balancer::LeastRequest {
                 weights: weights.to_vec(),
             },
-            BalancerSpec::Random => Balancer::Random {
+            BalancerKind::Random => Balancer::Random {
                 cumulative: cumulative(weights),
             },
-            BalancerSpec::ConsistentHash => {
+            BalancerKind::ConsistentHash => {
                 let total: u64 = norm.iter().sum::<u64>() * POINTS_PER_WEIGHT;
                 let scale = total.div_ceil(MAX_RING_POINTS).max(1);
                 let mut ring = Vec::new();
@@ -205,7 +228,7 @@ mod tests {
 
     #[test]
     fn smooth_round_robin_interleaves_by_weight() {
-        let b = Balancer::new(BalancerSpec::RoundRobin, &[5, 1, 1], &["a", "b", "c"]);
+        let b = Balancer::new(BalancerKind::RoundRobin, &[5, 1, 1], &["a", "b", "c"]);
         let Balancer::RoundRobin { cycle, .. } = &b else {
             unreachable!()
         };
@@ -216,13 +239,13 @@ mod tests {
 
     #[test]
     fn equal_weights_alternate() {
-        let b = Balancer::new(BalancerSpec::RoundRobin, &[1, 1], &["a", "b"]);
+        let b = Balancer::new(BalancerKind::RoundRobin, &[1, 1], &["a", "b"]);
         assert_eq!(counts(&b, 2, 100), vec![50, 50]);
     }
 
     #[test]
     fn least_request_prefers_idle_endpoints() {
-        let b = Balancer::new(BalancerSpec::LeastRequest, &[1, 1], &["a", "b"]);
+        let b = Balancer::new(BalancerKind::LeastRequest, &[1, 1], &["a", "b"]);
         for _ in 0..50 {
             assert_eq!(b.pick(2, None, |i| if i == 0 { 10 } else { 0 }), 1);
         }
@@ -230,9 +253,9 @@ mod tests {
 
     #[test]
     fn consistent_hash_is_stable_and_moves_few_keys() {
-        let three = Balancer::new(BalancerSpec::ConsistentHash, &[1, 1, 1], &["a", "b", "c"]);
+        let three = Balancer::new(BalancerKind::ConsistentHash, &[1, 1, 1], &["a", "b", "c"]);
         let four = Balancer::new(
-            BalancerSpec::ConsistentHash,
+            BalancerKind::ConsistentHash,
             &[1, 1, 1, 1],
             &["a", "b", "c", "d"],
         );
@@ -255,7 +278,7 @@ mod tests {
 
     #[test]
     fn weighted_random_follows_weights() {
-        let b = Balancer::new(BalancerSpec::Random, &[3, 1], &["a", "b"]);
+        let b = Balancer::new(BalancerKind::Random, &[3, 1], &["a", "b"]);
         let c = counts(&b, 2, 40_000);
         assert!((29_000..31_000).contains(&c[0]), "{c:?}");
     }

@@ -8,13 +8,15 @@
 pub mod balance;
 pub mod breaker;
 pub mod counter;
+mod endpoint;
+mod error;
 pub mod h1;
 pub mod health;
 pub mod pool;
 pub mod retry;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use http::header::HOST;
@@ -23,12 +25,15 @@ use http::{HeaderName, Request, Response, Uri};
 use hyper::body::Incoming;
 use prometheus::Histogram;
 
-use crate::body::{BodyError, RequestBody};
-use crate::config::spec::UpstreamSpec;
-use crate::observability::metrics::{EndpointMetrics, metrics};
-pub use balance::Balancer;
+use crate::body::RequestBody;
+use crate::config::Definition;
+use crate::observability::metrics::metrics;
+pub use balance::{Balancer, BalancerKind};
 use breaker::{Admit, Breaker, Failure};
 pub use counter::{Counter, Held};
+use endpoint::Slot;
+pub use endpoint::{Endpoint, EndpointParams, InflightGuard, Stats};
+pub use error::{SendFailure, UpstreamError};
 pub use pool::{ConnectError, Pool, Target};
 
 /// What a `consistent_hash` balancer hashes.
@@ -44,34 +49,13 @@ pub enum HashOn {
     Path,
 }
 
-/// One backend address.
-pub struct Endpoint {
-    /// `host:port`, the endpoint's label in metrics and logs.
-    pub id: String,
-    /// Relative share of traffic.
-    pub weight: u32,
-    /// Requests in flight (for `least_request`).
-    pub inflight: AtomicUsize,
-    /// Its connections.
-    pub pool: Arc<Pool>,
-    /// Its metric handles.
-    pub metrics: EndpointMetrics,
-    /// Its circuit breaker, when the upstream has one.
-    pub breaker: Option<Breaker>,
-    /// False while active health checks hold it out of rotation.
-    pub healthy: AtomicBool,
-    /// Recent latency and error rate (for `GET /upstreams`).
-    pub stats: Stats,
-    healthy_gauge: Option<prometheus::IntGauge>,
-    authority: Authority,
-}
-
 /// A named group of endpoints.
 pub struct Upstream {
     /// Config name.
     pub name: String,
-    /// The definition it was built from (compared on reload).
-    pub spec: UpstreamSpec,
+    /// The definition's digest (an unchanged upstream keeps its pools,
+    /// breakers and health state across reloads).
+    pub definition: Definition,
     /// Endpoints, in config order.
     pub endpoints: Vec<Arc<Endpoint>>,
     /// What `consistent_hash` hashes.
@@ -81,7 +65,8 @@ pub struct Upstream {
     /// Hash of the TLS files read (compared on reload with `spec`).
     pub tls_hash: u64,
     balancer: Balancer,
-    h2: bool,
+    kind: BalancerKind,
+    protocol: Protocol,
     duration: Histogram,
     background: AtomicBool,
     /// Requests in flight, capped at `limits.max_inflight`.
@@ -92,76 +77,42 @@ pub struct Upstream {
     stop: tokio::sync::watch::Sender<()>,
 }
 
-/// Why forwarding failed.
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    /// No connection could be made (after one retry on another endpoint).
-    #[error("connect to {endpoint} failed: {source}")]
-    Connect {
-        /// Endpoint id.
-        endpoint: String,
-        /// Cause.
-        source: ConnectError,
-    },
-    /// The exchange failed after connecting: reset, closed, an invalid
-    /// response, or the downstream body failed while being sent.
-    #[error("request to {endpoint} failed: {source}")]
-    Send {
-        /// Endpoint id.
-        endpoint: String,
-        /// Cause.
-        source: SendFailure,
-    },
-    /// Every endpoint is open (circuit breaker): nothing was attempted.
-    #[error("no endpoint is available; the first opens again in {retry_after:?}")]
-    Unavailable {
-        /// Until the soonest endpoint takes a probe.
-        retry_after: Duration,
-    },
-    /// `limits.max_inflight` requests (or `max_connections` connections)
-    /// are in use: refused at once.
-    #[error("the upstream's {0} limit is reached")]
-    Overloaded(&'static str),
-    /// No response head before the deadline.
-    #[error("no response from {endpoint} in time")]
-    Timeout {
-        /// Endpoint id.
-        endpoint: String,
-    },
+/// The wire protocol to an upstream's endpoints (`protocol:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1 with a keep-alive pool (plain or TLS).
+    Http1,
+    /// HTTP/2 cleartext with prior knowledge.
+    H2c,
+    /// HTTP/2 over TLS (ALPN h2).
+    H2,
 }
 
-impl UpstreamError {
-    /// The endpoint tried, or `""` when none was.
-    pub fn endpoint(&self) -> &str {
+impl Protocol {
+    /// The name the config uses.
+    pub fn name(self) -> &'static str {
         match self {
-            UpstreamError::Connect { endpoint, .. }
-            | UpstreamError::Send { endpoint, .. }
-            | UpstreamError::Timeout { endpoint } => endpoint,
-            UpstreamError::Unavailable { .. } | UpstreamError::Overloaded(_) => "",
+            Protocol::Http1 => "http1",
+            Protocol::H2c => "h2c",
+            Protocol::H2 => "h2",
         }
     }
 }
 
-/// What went wrong in an exchange, by protocol.
-#[derive(Debug, thiserror::Error)]
-pub enum SendFailure {
-    /// HTTP/1.1 (our codec).
-    #[error("{0}")]
-    H1(#[from] h1::H1Error),
-    /// h2c, h2 or HTTP/1.1 over TLS (hyper).
-    #[error("{0}")]
-    H2(#[from] hyper::Error),
-}
-
-impl SendFailure {
-    /// The downstream body's error, when that is what failed.
-    pub fn body_error(&self) -> Option<&BodyError> {
-        match self {
-            SendFailure::H1(h1::H1Error::Body(b)) => Some(b),
-            SendFailure::H1(_) => None,
-            SendFailure::H2(e) => crate::body::find_body_error(e),
-        }
-    }
+/// What `Upstream::new` assembles, beyond its endpoints.
+pub struct UpstreamParams {
+    /// The definition's digest.
+    pub definition: Definition,
+    /// The balancer.
+    pub balancer: BalancerKind,
+    /// The wire protocol.
+    pub protocol: Protocol,
+    /// What `consistent_hash` hashes.
+    pub hash_on: Option<HashOn>,
+    /// Active health checks.
+    pub health: Option<health::Settings>,
+    /// Requests in flight and open connections, with their caps.
+    pub counters: (Counter, Counter),
 }
 
 /// A streamed upstream response body.
@@ -214,225 +165,26 @@ pub struct Sent {
     pub inflight: InflightGuard,
 }
 
-/// Counts a request in flight on its endpoint and its upstream until
-/// dropped (the response body holds it to the end).
-pub struct InflightGuard {
-    ep: EndpointGuard,
-    _upstream: Held,
-}
-
-/// One request in flight on an endpoint.
-struct EndpointGuard(Arc<Endpoint>);
-
-impl EndpointGuard {
-    fn new(ep: &Arc<Endpoint>) -> Self {
-        ep.inflight.fetch_add(1, Ordering::Relaxed);
-        EndpointGuard(Arc::clone(ep))
-    }
-}
-
-impl Drop for EndpointGuard {
-    fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl InflightGuard {
-    /// Counts one request in flight on `ep` (of the upstream `held` counts).
-    fn new(ep: &Arc<Endpoint>, held: Held) -> Self {
-        InflightGuard {
-            ep: EndpointGuard::new(ep),
-            _upstream: held,
-        }
-    }
-
-    /// The same request, moved to another endpoint.
-    fn move_to(&mut self, ep: &Arc<Endpoint>) {
-        self.ep = EndpointGuard::new(ep);
-    }
-}
-
-/// Settings an endpoint is built with, besides its address.
-pub struct EndpointParams<'a> {
-    /// Upstream name (metric label).
-    pub upstream: &'a str,
-    /// Pool settings.
-    pub target: Target,
-    /// Endpoint weight.
-    pub weight: u32,
-    /// HTTP/2 cleartext.
-    pub h2: bool,
-    /// Circuit breaker settings.
-    pub breaker: Option<breaker::Settings>,
-    /// Whether the upstream has active health checks (exports the gauge).
-    pub health_checked: bool,
-}
-
-impl Endpoint {
-    /// An endpoint with an empty pool.
-    pub fn new(p: EndpointParams<'_>) -> Result<Self, String> {
-        let id = if p.target.host.contains(':') {
-            format!("[{}]:{}", p.target.host, p.target.port)
-        } else {
-            format!("{}:{}", p.target.host, p.target.port)
-        };
-        let authority: Authority = id
-            .parse()
-            .map_err(|e| format!("invalid endpoint address `{id}`: {e}"))?;
-        let healthy_gauge = p.health_checked.then(|| {
-            let g = metrics()
-                .endpoint_healthy
-                .with_label_values(&[p.upstream, &id]);
-            g.set(1);
-            g
-        });
-        Ok(Self {
-            breaker: p.breaker.map(|b| Breaker::new(b, p.upstream, &id)),
-            healthy: AtomicBool::new(true),
-            stats: Stats::default(),
-            healthy_gauge,
-            metrics: EndpointMetrics::new(p.upstream, &id),
-            pool: Arc::new(Pool::new(p.target, p.h2)),
-            inflight: AtomicUsize::new(0),
-            weight: p.weight,
-            authority,
-            id,
-        })
-    }
-}
-
-impl Endpoint {
-    /// True when the endpoint may take a request: healthy, and its breaker
-    /// is not open.
-    pub fn available(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed) && self.breaker.as_ref().is_none_or(Breaker::available)
-    }
-
-    /// Moves the endpoint in or out of rotation (health checks).
-    pub fn set_healthy(&self, healthy: bool) {
-        self.healthy.store(healthy, Ordering::Relaxed);
-        if let Some(g) = &self.healthy_gauge {
-            g.set(i64::from(healthy));
-        }
-    }
-
-    fn admit(&self) -> Admit {
-        self.breaker.as_ref().map_or(Admit::Yes, Breaker::admit)
-    }
-
-    fn record(&self, admit: Admit, outcome: Option<Failure>) {
-        if let Some(b) = &self.breaker {
-            b.record(admit, outcome);
-        }
-    }
-}
-
-/// Exponentially weighted moving averages of an endpoint's outcomes
-/// (weight 1/16 per sample), updated without locks; a lost update under a
-/// race only skips one sample.
-#[derive(Debug, Default)]
-pub struct Stats {
-    latency_us: AtomicU64,
-    error_ppm: AtomicU64,
-}
-
-impl Stats {
-    fn observe(&self, took: Duration, failed: bool) {
-        let ewma = |cell: &AtomicU64, sample: u64| {
-            let old = cell.load(Ordering::Relaxed);
-            let new = if old == 0 && sample > 0 {
-                sample
-            } else {
-                (old * 15 + sample) / 16
-            };
-            cell.store(new, Ordering::Relaxed);
-        };
-        ewma(
-            &self.latency_us,
-            took.as_micros().min(u128::from(u32::MAX)) as u64,
-        );
-        ewma(&self.error_ppm, if failed { 1_000_000 } else { 0 });
-    }
-
-    /// Recent time to the response head, in milliseconds.
-    pub fn latency_ms(&self) -> f64 {
-        self.latency_us.load(Ordering::Relaxed) as f64 / 1000.0
-    }
-
-    /// Recent share of failed tries (0 to 1).
-    pub fn error_rate(&self) -> f64 {
-        self.error_ppm.load(Ordering::Relaxed) as f64 / 1e6
-    }
-}
-
-/// A breaker slot taken for one attempt: given back if the attempt ends
-/// without an outcome (the caller went away).
-struct Slot<'a> {
-    ep: &'a Endpoint,
-    admit: Admit,
-    open: bool,
-    started: Instant,
-}
-
-impl Slot<'_> {
-    fn new(ep: &Endpoint) -> Slot<'_> {
-        Slot {
-            ep,
-            admit: ep.admit(),
-            open: true,
-            started: Instant::now(),
-        }
-    }
-
-    fn done(mut self, outcome: Option<Failure>) {
-        self.open = false;
-        self.ep.record(self.admit, outcome);
-        self.ep
-            .stats
-            .observe(self.started.elapsed(), outcome.is_some());
-    }
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        if self.open
-            && let Some(b) = &self.ep.breaker
-        {
-            b.release(self.admit);
-        }
-    }
-}
-
 impl Upstream {
     /// Assembles an upstream from built endpoints.
-    pub fn new(
-        name: &str,
-        spec: UpstreamSpec,
-        endpoints: Vec<Arc<Endpoint>>,
-        hash_on: Option<HashOn>,
-        health: Option<health::Settings>,
-        counters: (Counter, Counter),
-    ) -> Self {
+    pub fn new(name: &str, endpoints: Vec<Arc<Endpoint>>, p: UpstreamParams) -> Self {
         let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
         let ids: Vec<&str> = endpoints.iter().map(|e| e.id.as_str()).collect();
-        let balancer = Balancer::new(spec.balancer, &weights, &ids);
-        let h2 = matches!(
-            spec.protocol,
-            crate::config::spec::ProtocolSpec::H2c | crate::config::spec::ProtocolSpec::H2
-        );
+        let balancer = Balancer::new(p.balancer, &weights, &ids);
         Self {
             name: name.to_owned(),
             duration: metrics().upstream_duration.with_label_values(&[name]),
-            spec,
+            definition: p.definition,
             endpoints,
-            hash_on,
-            health,
+            hash_on: p.hash_on,
+            health: p.health,
             tls_hash: 0,
             balancer,
-            h2,
+            kind: p.balancer,
+            protocol: p.protocol,
             background: AtomicBool::new(false),
-            requests: counters.0,
-            connections: counters.1,
+            requests: p.counters.0,
+            connections: p.counters.1,
             stop: tokio::sync::watch::channel(()).0,
         }
     }
@@ -445,9 +197,9 @@ impl Upstream {
         }
     }
 
-    /// True for h2c upstreams.
+    /// True for h2 and h2c upstreams.
     pub fn is_h2(&self) -> bool {
-        self.h2
+        self.protocol != Protocol::Http1
     }
 
     /// The upstream's state for `GET /upstreams`.
@@ -455,11 +207,14 @@ impl Upstream {
         use serde_json::json;
         json!({
             "name": self.name,
-            "balancer": self.spec.balancer,
-            "protocol": self.spec.protocol,
+            "balancer": self.kind.name(),
+            "protocol": self.protocol.name(),
             "inflight": self.requests.current(),
             "connections": self.connections.current(),
-            "limits": self.spec.limits,
+            "limits": {
+                "max_connections": self.connections.max(),
+                "max_inflight": self.requests.max(),
+            },
             "health_checked": self.health.is_some(),
             "endpoints": self.endpoints.iter().map(|e| json!({
                 "endpoint": e.id,
@@ -559,7 +314,7 @@ impl Upstream {
         // waiting for their response head (the slow ones matter most).
         let mut inflight = InflightGuard::new(&self.endpoints[idx], held);
         let mut retried = false;
-        if self.h2 {
+        if self.is_h2() {
             to_absolute_form(&mut req, &self.endpoints[idx].authority);
         }
         loop {

@@ -7,12 +7,15 @@ use std::sync::Arc;
 use http::HeaderName;
 
 use super::{Errors, MAX_UPSTREAM_RESPONSE_HEADER_BYTES};
+use crate::config::Definition;
 use crate::config::spec::{
-    BalancerSpec, BreakerSpec, FailureKindSpec, HealthCheckSpec, Spec, UpstreamSpec,
+    BalancerSpec, BreakerSpec, FailureKindSpec, HealthCheckSpec, ProtocolSpec, Spec, UpstreamSpec,
 };
 use crate::snapshot::Snapshot;
-use crate::upstream::Counter;
-use crate::upstream::{Endpoint, EndpointParams, HashOn, Target, Upstream};
+use crate::upstream::{
+    BalancerKind, Counter, Endpoint, EndpointParams, HashOn, Protocol, Target, Upstream,
+    UpstreamParams,
+};
 use crate::upstream::{breaker, health};
 
 pub(super) fn upstreams(
@@ -30,7 +33,7 @@ pub(super) fn upstreams(
             .and_then(|t| tls_files(t, base, &format!("{p}.tls"), errs));
         let tls_hash = tls.as_ref().map_or(0, |f| f.hash);
         if let Some(prev) = previous.and_then(|s| s.upstreams.get(name))
-            && prev.spec == *u
+            && prev.definition == Definition::of(u)
             && prev.tls_hash == tls_hash
         {
             out.insert(name.clone(), Arc::clone(prev));
@@ -86,131 +89,6 @@ fn tls_files(
     Some(TlsFiles { ca, client, hash })
 }
 
-/// Accepts any server certificate (`insecure_skip_verify`).
-#[derive(Debug)]
-struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for NoVerify {
-    fn verify_server_cert(
-        &self,
-        _: &rustls_pki_types::CertificateDer<'_>,
-        _: &[rustls_pki_types::CertificateDer<'_>],
-        _: &rustls_pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls_pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls_pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls_pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// The rustls client config of an upstream.
-fn client_config(
-    t: &crate::config::spec::UpstreamTlsSpec,
-    files: &TlsFiles,
-    h2: bool,
-    name: &str,
-    p: &str,
-    errs: &mut Errors,
-) -> Option<Arc<rustls::ClientConfig>> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()
-        .ok()?;
-    let builder = if t.insecure_skip_verify {
-        tracing::warn!(
-            upstream = name,
-            "tls.insecure_skip_verify is on: the upstream's certificate is NOT verified"
-        );
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
-    } else {
-        let mut roots = rustls::RootCertStore::empty();
-        match &files.ca {
-            Some(pem) => {
-                for c in CertificateDer::pem_slice_iter(pem) {
-                    match c
-                        .map_err(|e| e.to_string())
-                        .and_then(|c| roots.add(c).map_err(|e| e.to_string()))
-                    {
-                        Ok(()) => {}
-                        Err(e) => {
-                            errs.push(format!("{p}.ca_file"), format!("not a usable CA file: {e}"));
-                            return None;
-                        }
-                    }
-                }
-                if roots.is_empty() {
-                    errs.push(format!("{p}.ca_file"), "no certificate in the file");
-                    return None;
-                }
-            }
-            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-        }
-        builder.with_root_certificates(roots)
-    };
-    let mut cfg = match &files.client {
-        None => builder.with_no_client_auth(),
-        Some((cert, key)) => {
-            let chain: Result<Vec<CertificateDer<'static>>, _> =
-                CertificateDer::pem_slice_iter(cert).collect();
-            let key = PrivateKeyDer::from_pem_slice(key);
-            match (chain, key) {
-                (Ok(chain), Ok(key)) if !chain.is_empty() => {
-                    match builder.with_client_auth_cert(chain, key) {
-                        Ok(c) => c,
-                        Err(e) => {
-                            errs.push(format!("{p}.client_cert"), format!("unusable: {e}"));
-                            return None;
-                        }
-                    }
-                }
-                _ => {
-                    errs.push(format!("{p}.client_cert"), "not a PEM certificate and key");
-                    return None;
-                }
-            }
-        }
-    };
-    cfg.alpn_protocols = vec![if h2 {
-        b"h2".to_vec()
-    } else {
-        b"http/1.1".to_vec()
-    }];
-    Some(Arc::new(cfg))
-}
-
 fn upstream(
     name: &str,
     u: &UpstreamSpec,
@@ -264,14 +142,31 @@ fn upstream(
             client: None,
             hash: 0,
         };
-        client_config(
-            &spec,
-            tls_files.unwrap_or(&empty),
-            h2,
-            name,
-            &format!("{p}.tls"),
-            errs,
-        )
+        let files = tls_files.unwrap_or(&empty);
+        if spec.insecure_skip_verify {
+            tracing::warn!(
+                upstream = name,
+                "tls.insecure_skip_verify is on: the upstream's certificate is NOT verified"
+            );
+        }
+        let files = crate::tls::UpstreamFiles {
+            ca: files.ca.as_deref(),
+            client: files
+                .client
+                .as_ref()
+                .map(|(c, k)| (c.as_slice(), k.as_slice())),
+        };
+        match crate::tls::client_config(files, spec.insecure_skip_verify, h2) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                let at = match e.field {
+                    "" => format!("{p}.tls"),
+                    field => format!("{p}.tls.{field}"),
+                };
+                errs.push(at, e.message);
+                None
+            }
+        }
     } else {
         None
     };
@@ -387,8 +282,24 @@ fn upstream(
         .as_ref()
         .and_then(|h| health_check(h, &format!("{p}.health_check"), errs));
     let counters = (Counter::new(u.limits.max_inflight), connections);
-    (errs.0.len() == before)
-        .then(|| Upstream::new(name, u.clone(), endpoints, hash_on, health, counters))
+    let params = UpstreamParams {
+        definition: Definition::of(u),
+        balancer: match u.balancer {
+            BalancerSpec::RoundRobin => BalancerKind::RoundRobin,
+            BalancerSpec::LeastRequest => BalancerKind::LeastRequest,
+            BalancerSpec::Random => BalancerKind::Random,
+            BalancerSpec::ConsistentHash => BalancerKind::ConsistentHash,
+        },
+        protocol: match u.protocol {
+            ProtocolSpec::Http1 => Protocol::Http1,
+            ProtocolSpec::H2c => Protocol::H2c,
+            ProtocolSpec::H2 => Protocol::H2,
+        },
+        hash_on,
+        health,
+        counters,
+    };
+    (errs.0.len() == before).then(|| Upstream::new(name, endpoints, params))
 }
 
 fn breaker(b: &BreakerSpec, p: &str, errs: &mut Errors) -> Option<breaker::Settings> {

@@ -1,0 +1,10 @@
+//! TLS: termination for clients (`acceptor`: certificates loaded and
+//! checked when the config is compiled, picked per handshake by SNI) and
+//! origination to `https://` upstreams (`upstream`). rustls with the
+//! aws-lc-rs provider throughout; no OpenSSL.
+
+mod acceptor;
+mod upstream;
+
+pub use acceptor::{Loaded, SniResolver, client_verifier, load, server_config, subject};
+pub use upstream::{UpstreamFiles, UpstreamTlsError, client_config};
