@@ -91,12 +91,11 @@ impl Gateway {
     pub async fn start(config_path: PathBuf, opts: StartOptions) -> Result<Self, StartError> {
         let snapshot = config::load(&config_path, None)?;
         Reloader::record_initial(&snapshot);
-        let spec = snapshot.spec.server.clone();
-        let grace = spec.shutdown_grace.0;
-        let max_connections = spec.limits.max_connections.min(Semaphore::MAX_PERMITS) as u32;
+        let start = snapshot.start_only.clone();
+        let grace = start.shutdown_grace;
+        let max_connections = start.max_connections.min(Semaphore::MAX_PERMITS) as u32;
         snapshot.start_background();
         let live: SharedSnapshot = Arc::new(ArcSwap::from_pointee(snapshot));
-        let reloader_path = config_path.clone();
         let reloader = Arc::new(Reloader::new(config_path, Arc::clone(&live)));
         let (shutdown, rx) = watch::channel(false);
         let limit = Arc::new(Semaphore::new(max_connections as usize));
@@ -106,8 +105,8 @@ impl Gateway {
         let inflight = Arc::new(crate::proxy::ctx::Requests::default());
         let mut listen = Vec::new();
         let mut listeners = Vec::new();
-        for addr in &spec.listen {
-            let l = bind(addr.as_str()).await?;
+        for addr in &start.listen {
+            let l = bind(addr).await?;
             listen.push(l.local_addr().map_err(|source| StartError::Bind {
                 addr: addr.to_string(),
                 source,
@@ -116,27 +115,27 @@ impl Gateway {
         }
         let mut tls_listen = Vec::new();
         let mut tls_listeners = Vec::new();
-        for addr in &spec.tls_listen {
-            let l = bind(addr.as_str()).await?;
+        for addr in &start.tls_listen {
+            let l = bind(addr).await?;
             tls_listen.push(l.local_addr().map_err(|source| StartError::Bind {
                 addr: addr.to_string(),
                 source,
             })?);
             tls_listeners.push(l);
         }
-        let admin_listener = bind(spec.admin_address().as_str()).await?;
+        let admin_listener = bind(&start.admin_listen).await?;
         let admin = admin_listener
             .local_addr()
             .map_err(|source| StartError::Bind {
-                addr: spec.admin_address().to_string(),
+                addr: start.admin_listen.clone(),
                 source,
             })?;
         if !admin.ip().is_loopback() && live.load().admin_token.is_none() {
             tracing::warn!(admin = %admin, "the admin API listens on a non-loopback address without a token (allow_public_without_token): anyone who reaches it can reload the config and purge the cache");
         }
         let admin_limits = admin::Limits {
-            max_connections: spec.admin.max_connections,
-            header_read_timeout: spec.admin.header_read_timeout.0,
+            max_connections: start.admin_max_connections,
+            header_read_timeout: start.admin_header_read_timeout,
         };
 
         let https_port = tls_listen.first().map_or(443, SocketAddr::port);
@@ -174,15 +173,7 @@ impl Gateway {
         ));
         tokio::spawn(sweep(Arc::clone(&live), rx));
         let watcher = if opts.watch_file {
-            let base = reloader_base(&reloader_path);
-            let dirs: Vec<PathBuf> = spec
-                .tls
-                .iter()
-                .flat_map(|t| t.certificates.iter())
-                .flat_map(|c| [c.cert.as_str(), c.key.as_str()])
-                .filter_map(|f| base.join(f).parent().map(std::path::Path::to_path_buf))
-                .collect();
-            Some(reloader.watch(&dirs)?)
+            Some(reloader.watch(&start.certificate_dirs)?)
         } else {
             None
         };
@@ -233,14 +224,6 @@ impl Gateway {
         let _ = tokio::task::spawn_blocking(|| access_log::flush(CUT_WAIT)).await;
         done
     }
-}
-
-/// The directory config-relative files are read from.
-fn reloader_base(config: &std::path::Path) -> PathBuf {
-    config
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .map_or_else(|| PathBuf::from("."), std::path::Path::to_path_buf)
 }
 
 /// Every second: closes expired idle upstream connections, evicts idle

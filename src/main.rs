@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use tollgate::app::{Gateway, StartOptions, wait_for_signal};
-use tollgate::config::{self, spec::WorkersSpec};
+use tollgate::config;
 
 #[derive(Parser)]
 #[command(name = "tollgate", version, about = "An API gateway and reverse proxy")]
@@ -137,7 +137,7 @@ fn explain(cli: &Cli, method: &str, url: &str) -> ExitCode {
 
 fn run(cli: &Cli) -> ExitCode {
     let workers = match config::load(&cli.config, None) {
-        Ok(s) => s.spec.server.workers,
+        Ok(s) => s.start_only.workers,
         Err(e) => {
             complain(e.lines());
             return ExitCode::FAILURE;
@@ -145,13 +145,13 @@ fn run(cli: &Cli) -> ExitCode {
     };
     // One worker: a current-thread runtime has no work-stealing overhead.
     let mut rt = match workers {
-        WorkersSpec::Count(1) => tokio::runtime::Builder::new_current_thread(),
-        WorkersSpec::Count(n) => {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
             let mut b = tokio::runtime::Builder::new_multi_thread();
             b.worker_threads(n);
             b
         }
-        WorkersSpec::Auto => tokio::runtime::Builder::new_multi_thread(),
+        None => tokio::runtime::Builder::new_multi_thread(),
     };
     let rt = match rt.enable_all().build() {
         Ok(rt) => rt,

@@ -15,7 +15,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use ipnet::IpNet;
 
 use crate::auth::{Provider, RouteAuth};
-use crate::config::spec::{Spec, UnderscorePolicy};
+use crate::config::spec::UnderscorePolicy;
 use crate::observability::metrics::RouteMetrics;
 use crate::routing::Router;
 use crate::routing::normalize::NormalizeOptions;
@@ -28,8 +28,11 @@ pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
 pub struct Snapshot {
     /// Hash of the file's bytes (16 hex digits).
     pub version: String,
-    /// The parsed file, for `GET /config`.
-    pub spec: Spec,
+    /// The file as parsed, for `GET /config` (secrets and values from
+    /// the environment redacted).
+    pub config: serde_json::Value,
+    /// The settings read at start only.
+    pub start_only: StartOnly,
     /// Route table; route ids index `routes`.
     pub router: Router,
     /// What each route does.
@@ -52,6 +55,32 @@ pub struct Snapshot {
     pub unrouted_metrics: RouteMetrics,
     /// The admin API's bearer token (`server.admin.token`), if any.
     pub admin_token: Option<Arc<[u8]>>,
+}
+
+/// The settings read once, when the process starts: listeners, workers,
+/// the connection limits and the shutdown grace. A reload that changes one
+/// is told that a restart is needed (`restart_only_changes`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartOnly {
+    /// `server.listen` addresses.
+    pub listen: Vec<String>,
+    /// `server.tls_listen` addresses.
+    pub tls_listen: Vec<String>,
+    /// The admin listener's address.
+    pub admin_listen: String,
+    /// `server.admin.max_connections`.
+    pub admin_max_connections: usize,
+    /// `server.admin.header_read_timeout`.
+    pub admin_header_read_timeout: Duration,
+    /// Worker threads (`None`: one per core).
+    pub workers: Option<usize>,
+    /// `server.limits.max_connections`.
+    pub max_connections: usize,
+    /// `server.shutdown_grace`.
+    pub shutdown_grace: Duration,
+    /// The directories of the TLS certificate files, watched for changes
+    /// (beside the config file's own) from the start.
+    pub certificate_dirs: Vec<std::path::PathBuf>,
 }
 
 impl Snapshot {
@@ -186,6 +215,8 @@ impl Settings {
 pub struct Route {
     /// Config name (metric label).
     pub name: String,
+    /// The definition's digest (the reload log names changed routes).
+    pub definition: crate::config::Definition,
     /// What it does.
     pub action: Action,
     /// Path rewrite before forwarding.

@@ -175,7 +175,7 @@ async fn handle(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byt
             let snap = state.live.load_full();
             json_reply(
                 StatusCode::OK,
-                &json!({ "version": snap.version, "config": snap.spec }),
+                &json!({ "version": snap.version, "config": snap.config }),
             )
         }
         (&Method::POST, "/reload") => match state.reloader.reload_async("admin").await {

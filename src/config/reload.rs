@@ -14,10 +14,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use super::spec::ServerSpec;
+use super::Definition;
 use super::{LoadError, load};
 use crate::observability::metrics::metrics;
-use crate::snapshot::{SharedSnapshot, Snapshot};
+use crate::snapshot::{SharedSnapshot, Snapshot, StartOnly};
 
 /// Quiet time after a file event before reloading (editors and ConfigMap
 /// updates write in several steps).
@@ -44,7 +44,7 @@ pub struct Reloader {
     live: SharedSnapshot,
     // The `server:` settings the process started with: the ones read at
     // start only are compared with these, not with the previous file.
-    started: ServerSpec,
+    started: StartOnly,
     // Serializes reloads so that "compile against the live snapshot, then
     // store" is never interleaved with another reload.
     lock: Mutex<()>,
@@ -53,7 +53,7 @@ pub struct Reloader {
 impl Reloader {
     /// A reloader for `path` writing to `live`.
     pub fn new(path: PathBuf, live: SharedSnapshot) -> Self {
-        let started = live.load().spec.server.clone();
+        let started = live.load().start_only.clone();
         Self {
             path,
             live,
@@ -81,7 +81,7 @@ impl Reloader {
             }),
             Ok(new) => {
                 log_diff(&old, &new, trigger);
-                for field in restart_only_changes(&self.started, &new.spec.server) {
+                for field in restart_only_changes(&self.started, &new.start_only) {
                     tracing::warn!(
                         trigger,
                         field,
@@ -187,27 +187,24 @@ fn unix_now() -> i64 {
 
 /// The settings read at start only whose value in `new` differs from the
 /// one the process runs with (`started`).
-fn restart_only_changes(started: &ServerSpec, new: &ServerSpec) -> Vec<&'static str> {
+fn restart_only_changes(started: &StartOnly, new: &StartOnly) -> Vec<&'static str> {
     let (a, b) = (started, new);
     [
         ("server.listen", a.listen != b.listen),
         ("server.tls_listen", a.tls_listen != b.tls_listen),
-        (
-            "server.admin.listen",
-            a.admin_address() != b.admin_address(),
-        ),
+        ("server.admin.listen", a.admin_listen != b.admin_listen),
         (
             "server.admin.max_connections",
-            a.admin.max_connections != b.admin.max_connections,
+            a.admin_max_connections != b.admin_max_connections,
         ),
         (
             "server.admin.header_read_timeout",
-            a.admin.header_read_timeout != b.admin.header_read_timeout,
+            a.admin_header_read_timeout != b.admin_header_read_timeout,
         ),
         ("server.workers", a.workers != b.workers),
         (
             "server.limits.max_connections",
-            a.limits.max_connections != b.limits.max_connections,
+            a.max_connections != b.max_connections,
         ),
         (
             "server.shutdown_grace",
@@ -221,11 +218,10 @@ fn restart_only_changes(started: &ServerSpec, new: &ServerSpec) -> Vec<&'static 
 
 /// Logs routes added, removed and changed.
 fn log_diff(old: &Snapshot, new: &Snapshot, trigger: &str) {
-    let render = |s: &Snapshot| -> Vec<(String, String)> {
-        s.spec
-            .routes
+    let render = |s: &Snapshot| -> Vec<(String, Definition)> {
+        s.routes
             .iter()
-            .map(|r| (r.name.clone(), format!("{r:?}")))
+            .map(|r| (r.name.clone(), r.definition))
             .collect()
     };
     let (a, b) = (render(old), render(new));
@@ -265,11 +261,14 @@ fn log_diff(old: &Snapshot, new: &Snapshot, trigger: &str) {
 mod tests {
     use super::*;
 
-    fn server(yaml: &str) -> ServerSpec {
+    fn server(yaml: &str) -> StartOnly {
         let text = format!(
             "server: {yaml}\nroutes:\n  - {{ name: a, match: {{ path: /a }}, respond: {{ body: a }} }}\n"
         );
-        super::super::parse("t.yaml", &text).unwrap().0.server
+        StartOnly::of(
+            &super::super::parse("t.yaml", &text).unwrap().0,
+            Path::new("."),
+        )
     }
 
     #[test]

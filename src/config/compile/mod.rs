@@ -26,11 +26,11 @@ use route::{match_key, matcher, route};
 pub use upstream::parse_endpoint_url;
 use upstream::upstreams;
 
-use super::spec::{EscapedSlashPolicy, Spec};
+use super::spec::{EscapedSlashPolicy, Spec, WorkersSpec};
 use crate::observability::metrics::RouteMetrics;
 use crate::routing::Router;
 use crate::routing::normalize::NormalizeOptions;
-use crate::snapshot::{Settings, Snapshot};
+use crate::snapshot::{Settings, Snapshot, StartOnly};
 
 /// Route timeout when none is configured.
 pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -183,8 +183,38 @@ pub fn compile(
         settings,
         unrouted_metrics: RouteMetrics::new(""),
         admin_token,
-        spec,
+        config: serde_json::to_value(&spec).unwrap_or_default(),
+        start_only: StartOnly::of(&spec, base),
     })
+}
+
+impl StartOnly {
+    /// The start-only settings of `spec`, whose files are relative to
+    /// `base`.
+    pub fn of(spec: &Spec, base: &Path) -> Self {
+        let server = &spec.server;
+        let strings = |v: &[crate::config::units::Str]| v.iter().map(|a| a.to_string()).collect();
+        StartOnly {
+            listen: strings(&server.listen),
+            tls_listen: strings(&server.tls_listen),
+            admin_listen: server.admin_address().to_string(),
+            admin_max_connections: server.admin.max_connections,
+            admin_header_read_timeout: server.admin.header_read_timeout.0,
+            workers: match server.workers {
+                WorkersSpec::Auto => None,
+                WorkersSpec::Count(n) => Some(n),
+            },
+            max_connections: server.limits.max_connections,
+            shutdown_grace: server.shutdown_grace.0,
+            certificate_dirs: server
+                .tls
+                .iter()
+                .flat_map(|t| t.certificates.iter())
+                .flat_map(|c| [c.cert.as_str(), c.key.as_str()])
+                .filter_map(|f| base.join(f).parent().map(Path::to_path_buf))
+                .collect(),
+        }
+    }
 }
 
 /// `cache:`, carried over (with its entries) while unchanged.

@@ -320,6 +320,7 @@ pub(super) fn route(
     (errs.0.len() == before).then(|| Route {
         metrics: RouteMetrics::new(&r.name),
         name: r.name.clone(),
+        definition: crate::config::Definition::of(r),
         action,
         rewrite,
         host_rewrite,
