@@ -14,8 +14,8 @@
 //! `chunked` wins over `Content-Length` (and then the connection is not
 //! reused); a valid `Content-Length` counts the body; anything else runs to
 //! the connection's close. Conflicting lengths, bad chunk sizes, oversized
-//! heads and obs-fold are invalid responses (502). Response parsing and
-//! body decoding live in `response`.
+//! heads and obs-fold are invalid responses (502). Response heads are
+//! parsed in `head`, bodies decoded in `body`; `stream` is the socket.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -29,14 +29,15 @@ use tokio::io::AsyncWriteExt;
 use super::counter::Held;
 use crate::body::{BodyError, RequestBody};
 
-mod response;
+mod body;
+mod head;
 mod stream;
 
-pub use response::Body1;
-pub use response::Recycle;
+pub use body::Body1;
+pub use body::Recycle;
 #[cfg(feature = "fuzzing")]
-pub use response::decode_for_fuzzing;
-use response::read_response;
+pub use head::decode_for_fuzzing;
+use head::read_response;
 pub use stream::Stream;
 
 /// An idle or busy HTTP/1.1 connection to one endpoint.
