@@ -2,12 +2,7 @@
 //! the per-second `Age` / `Cache-Status` memo), and the storage decision
 //! a miss makes (`Cache-Control` parsing and the RFC 9111 rules).
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "bench setup"
-)]
+#![expect(clippy::unwrap_used, reason = "bench setup")]
 
 use std::hint::black_box;
 use std::sync::Arc;

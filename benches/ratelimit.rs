@@ -3,12 +3,7 @@
 //! the memory figure: 1,000,000 distinct keys in one policy, and RSS after
 //! another 1,000,000 (the `max_keys` cap holds it).
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "bench setup"
-)]
+#![expect(clippy::unwrap_used, reason = "bench setup")]
 
 use std::hint::black_box;
 use std::time::Duration;

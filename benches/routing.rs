@@ -2,13 +2,6 @@
 //! 10 and 1,000 routes. The router should cost about the same at both
 //! sizes; the scan grows with the table.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "bench setup"
-)]
-
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};

@@ -1,7 +1,7 @@
 //! Integration tests: the real gateway, in-process, over real sockets on
 //! 127.0.0.1, against real HTTP upstreams.
 
-#![allow(
+#![expect(
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,

@@ -7,7 +7,7 @@
 //! answered, not from the schedule they were meant to keep, so a slow
 //! machine widens the window measured rather than failing the test.
 
-#![allow(
+#![expect(
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,

@@ -83,7 +83,6 @@ fn is_hmac(a: Algorithm) -> bool {
     matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
 }
 
-#[allow(clippy::too_many_arguments)]
 fn provider(
     name: &str,
     p: &ProviderSpec,
