@@ -34,7 +34,7 @@ pub enum BodyError {
 }
 
 /// Largest request body kept for a retry.
-pub const MAX_REPLAY_BYTES: usize = 64 << 10;
+pub(crate) const MAX_REPLAY_BYTES: usize = 64 << 10;
 
 /// The copy of a request body kept for retries.
 #[derive(Debug, Default)]
@@ -224,7 +224,9 @@ impl Body for RequestBody {
 
 /// Finds a [`BodyError`] in an error's source chain (hyper wraps the body's
 /// error when sending it upstream fails).
-pub fn find_body_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyError> {
+pub(crate) fn find_body_error<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a BodyError> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
         if let Some(b) = e.downcast_ref::<BodyError>() {

@@ -7,7 +7,7 @@ use http::header::COOKIE;
 
 /// Every `name=value` pair the request sends, in order, trimmed. Fields
 /// that are not UTF-8 and pieces without `=` are skipped.
-pub fn pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+pub(crate) fn pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
     headers
         .get_all(COOKIE)
         .iter()
@@ -17,7 +17,7 @@ pub fn pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
 }
 
 /// The first value of cookie `name`.
-pub fn get<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+pub(crate) fn get<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     pairs(headers).find(|(k, _)| *k == name).map(|(_, v)| v)
 }
 

@@ -14,7 +14,7 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
 /// How to reach the server.
-pub struct Target<'a> {
+pub(crate) struct Target<'a> {
     /// `http://` or `https://` URL.
     pub uri: &'a Uri,
     /// TLS settings for `https://`.
@@ -30,7 +30,7 @@ pub struct Target<'a> {
 }
 
 /// GETs `t.uri`; the response with its body collected.
-pub async fn get(t: Target<'_>) -> Result<Response<Bytes>, String> {
+pub(crate) async fn get(t: Target<'_>) -> Result<Response<Bytes>, String> {
     let uri = t.uri;
     let https = match uri.scheme_str() {
         Some("https") => true,

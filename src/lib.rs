@@ -6,20 +6,20 @@
 //! requests. [`app::Gateway`] wires listeners, the admin API and reload
 //! triggers together; `tollgate run` and the integration tests both use it.
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod app;
-pub mod auth;
-pub mod body;
+pub(crate) mod auth;
+pub(crate) mod body;
 pub mod cache;
 pub mod config;
-pub mod cookies;
-pub mod fetch;
+pub(crate) mod cookies;
+pub(crate) mod fetch;
 #[cfg(feature = "fuzzing")]
 pub mod fuzz;
 pub mod observability;
-pub mod proxy;
+pub(crate) mod proxy;
 pub mod ratelimit;
 pub mod routing;
-pub mod snapshot;
-pub mod tls;
-pub mod upstream;
+pub(crate) mod snapshot;
+pub(crate) mod tls;
+pub(crate) mod upstream;

@@ -22,7 +22,7 @@ use crate::routing::normalize::NormalizeOptions;
 use crate::upstream::Upstream;
 
 /// The live snapshot, swapped atomically on reload.
-pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
+pub(crate) type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
 
 /// Everything compiled from one config file.
 pub struct Snapshot {

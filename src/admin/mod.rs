@@ -38,7 +38,7 @@ use crate::routing::matchers::decode;
 use crate::snapshot::SharedSnapshot;
 
 /// What the admin endpoints read and drive.
-pub struct AdminState {
+pub(crate) struct AdminState {
     /// The live snapshot.
     pub live: SharedSnapshot,
     /// The config reloader.
@@ -49,7 +49,7 @@ pub struct AdminState {
 
 /// The admin listener's own limits (read at start).
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Most concurrent admin connections.
     pub max_connections: usize,
     /// Time for each request head, and between requests.
@@ -60,7 +60,7 @@ pub struct Limits {
 /// `limits.max_connections` connections are served at once; more wait in
 /// the accept queue, so a flood of admin connections holds nothing the
 /// proxy needs.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     state: Arc<AdminState>,
     limits: Limits,

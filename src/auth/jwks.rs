@@ -356,7 +356,7 @@ async fn get(uri: &Uri, tls: &Arc<ClientConfig>) -> Result<(Bytes, Option<Durati
 
 /// TLS settings for fetches: the webpki roots plus the certificates in
 /// `ca_file` (PEM).
-pub fn tls_config(ca_pem: Option<&[u8]>) -> Result<Arc<ClientConfig>, String> {
+pub(crate) fn tls_config(ca_pem: Option<&[u8]>) -> Result<Arc<ClientConfig>, String> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore {

@@ -168,7 +168,7 @@ fn from_jwk(jwk: &Jwk) -> Option<Key> {
 
 /// The one key in a PEM file: an RSA, EC or Ed25519 public key (or a
 /// certificate holding one).
-pub fn from_pem(pem: &[u8]) -> Result<Key, String> {
+pub(crate) fn from_pem(pem: &[u8]) -> Result<Key, String> {
     let text = std::str::from_utf8(pem).map_err(|_| "not a PEM file".to_owned())?;
     if text.contains("PRIVATE KEY") {
         return Err("holds a private key; give the public key".to_owned());
@@ -189,7 +189,7 @@ pub fn from_pem(pem: &[u8]) -> Result<Key, String> {
 }
 
 /// An HMAC secret.
-pub fn from_secret(secret: &[u8]) -> Key {
+pub(crate) fn from_secret(secret: &[u8]) -> Key {
     Key {
         kid: None,
         key: DecodingKey::from_secret(secret),

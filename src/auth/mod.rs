@@ -21,22 +21,22 @@
 //! - `error`: why a request was refused.
 
 mod error;
-pub mod jwks;
+pub(crate) mod jwks;
 mod jwt;
-pub mod keys;
+pub(crate) mod keys;
 mod memo;
 mod policy;
-pub mod token;
+pub(crate) mod token;
 
 use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
-pub use error::Failure;
-pub use jwt::{Provider, ProviderOptions, Rules};
-pub use memo::ConnMemo;
-pub use policy::RouteAuth;
+pub(crate) use error::Failure;
+pub(crate) use jwt::{Provider, ProviderOptions, Rules};
+pub(crate) use memo::ConnMemo;
+pub(crate) use policy::RouteAuth;
 
 /// Who the caller is, from a verified token.
 #[derive(Debug)]
@@ -82,7 +82,7 @@ const OUTCOMES: [(AuthOutcome, &str); 6] = [
 ];
 
 /// The claim at a dotted path.
-pub fn claim_at<'a>(claims: &'a Map<String, Value>, path: &[String]) -> Option<&'a Value> {
+pub(crate) fn claim_at<'a>(claims: &'a Map<String, Value>, path: &[String]) -> Option<&'a Value> {
     let (first, rest) = path.split_first()?;
     let mut v = claims.get(first)?;
     for p in rest {

@@ -48,7 +48,7 @@ impl Source {
 
 /// Why a request's token could not be taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Conflict {
+pub(crate) enum Conflict {
     /// More than one `Authorization` header.
     TwoAuthorizationHeaders,
     /// Tokens in two places (or twice in one) that differ.
@@ -56,7 +56,7 @@ pub enum Conflict {
 }
 
 /// The token in `headers` / `query` from the first source that has one.
-pub fn extract<'a>(
+pub(crate) fn extract<'a>(
     sources: &[Source],
     headers: &'a HeaderMap,
     query: Option<&'a str>,
@@ -136,7 +136,7 @@ fn strip_bearer(v: &str) -> Option<&str> {
 
 /// What the gateway reads from a token's JOSE header before verifying.
 #[derive(Debug)]
-pub struct JoseHeader {
+pub(crate) struct JoseHeader {
     /// `alg`.
     pub alg: Algorithm,
     /// `kid`.
@@ -145,7 +145,7 @@ pub struct JoseHeader {
 
 /// Why a JOSE header was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HeaderError {
+pub(crate) enum HeaderError {
     /// Not three base64url parts, or the header is not a JSON object.
     Malformed,
     /// `alg` is missing, `none`, or unknown.
@@ -155,7 +155,7 @@ pub enum HeaderError {
 }
 
 /// Reads the header of a compact JWS (`header.payload.signature`).
-pub fn jose_header(token: &str) -> Result<JoseHeader, HeaderError> {
+pub(crate) fn jose_header(token: &str) -> Result<JoseHeader, HeaderError> {
     let mut parts = token.split('.');
     let (Some(h), Some(p), Some(s), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())

@@ -15,7 +15,7 @@ use crate::snapshot::Settings;
 /// Checks `req` and returns the host it is for: its Host header, or the
 /// authority of an absolute-form target (`None` only for HTTP/1.0 without
 /// either).
-pub fn admit<B>(
+pub(crate) fn admit<B>(
     req: &mut Request<B>,
     settings: &Settings,
 ) -> Result<Option<HeaderValue>, ProxyError> {
@@ -196,7 +196,7 @@ fn valid_authority(v: &[u8]) -> Result<(), ProxyError> {
 }
 
 /// Lower-case host without port, for routing (borrowed when already so).
-pub fn host_for_routing(host: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn host_for_routing(host: &str) -> std::borrow::Cow<'_, str> {
     let bare = if host.starts_with('[') {
         host.split_inclusive(']').next().unwrap_or(host)
     } else {

@@ -20,7 +20,7 @@ enum Kind {
 }
 
 /// A gateway-made or upstream-streamed response body.
-pub struct ResponseBody {
+pub(crate) struct ResponseBody {
     kind: Kind,
     bytes: u64,
     finish: Option<Box<Finish>>,
@@ -44,7 +44,7 @@ struct Tee {
 
 impl ResponseBody {
     /// A body held in memory.
-    pub fn full(b: Bytes) -> Self {
+    pub(crate) fn full(b: Bytes) -> Self {
         Self {
             kind: Kind::Full(Some(b).filter(|b| !b.is_empty())),
             bytes: 0,
@@ -57,7 +57,7 @@ impl ResponseBody {
     }
 
     /// An upstream body, streamed; `inflight` is released when it ends.
-    pub fn upstream(b: UpstreamBody, inflight: Option<InflightGuard>) -> Self {
+    pub(crate) fn upstream(b: UpstreamBody, inflight: Option<InflightGuard>) -> Self {
         Self {
             kind: Kind::Upstream(b),
             bytes: 0,
@@ -71,7 +71,7 @@ impl ResponseBody {
 
     /// Copies the body (up to `max` bytes) and hands it to `sink` once it
     /// has ended complete.
-    pub fn tee(mut self, max: usize, sink: Box<dyn FnOnce(Option<Bytes>) + Send>) -> Self {
+    pub(crate) fn tee(mut self, max: usize, sink: Box<dyn FnOnce(Option<Bytes>) + Send>) -> Self {
         self.tee = Some(Tee {
             chunks: Vec::new(),
             size: 0,
@@ -82,20 +82,20 @@ impl ResponseBody {
     }
 
     /// Attaches the finish stage.
-    pub fn with_finish(mut self, f: Box<Finish>) -> Self {
+    pub(crate) fn with_finish(mut self, f: Box<Finish>) -> Self {
         self.finish = Some(f);
         self
     }
 
     /// Keeps the client connection's hold on an upstream slot until the
     /// body ends.
-    pub fn holding(mut self, share: Option<ConnUpstream>) -> Self {
+    pub(crate) fn holding(mut self, share: Option<ConnUpstream>) -> Self {
         self._conn_share = share;
         self
     }
 
     /// Times the client's flow control on an h2 stream.
-    pub fn with_stall_clock(mut self, clock: Option<StallClock>) -> Self {
+    pub(crate) fn with_stall_clock(mut self, clock: Option<StallClock>) -> Self {
         self.stall = clock;
         self
     }

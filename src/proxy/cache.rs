@@ -43,7 +43,7 @@ struct Plan {
 /// The cache's part in one request, from lookup to store. The pipeline
 /// asks this one object at each step; no cache state lives elsewhere.
 #[derive(Default)]
-pub struct RequestCache {
+pub(crate) struct RequestCache {
     /// The request reached the cache step of a cached route.
     reached: bool,
     /// The request asked the cache to stay out (`no-store`), or carries a

@@ -35,7 +35,7 @@ const NONE: u64 = u64::MAX;
 /// reads: requests only store the current tick, and the one timer per
 /// connection is never reset on the request path. A timeout therefore
 /// fires up to one tick late, never early.
-pub struct ConnState {
+pub(crate) struct ConnState {
     inflight: AtomicUsize,
     /// Ticks elapsed since the connection started.
     tick: AtomicU64,
@@ -206,11 +206,11 @@ impl Watch {
 
 /// Marks a request in flight on its connection until dropped (it lives in
 /// the finish stage, so a streaming response counts until it ends).
-pub struct ActivityGuard(Arc<ConnState>);
+pub(crate) struct ActivityGuard(Arc<ConnState>);
 
 impl ActivityGuard {
     /// Counts one request in flight; its head is complete.
-    pub fn new(state: &Arc<ConnState>) -> Self {
+    pub(crate) fn new(state: &Arc<ConnState>) -> Self {
         state.inflight.fetch_add(1, Ordering::Relaxed);
         state.head.store(NONE, Ordering::Relaxed);
         ActivityGuard(Arc::clone(state))
@@ -219,7 +219,7 @@ impl ActivityGuard {
     /// The connection became an upgraded tunnel: from now on it is timed
     /// only by `idle` without data (and `send_timeout` for a client that
     /// stops reading), never by the head or keep-alive timers.
-    pub fn into_tunnel(&self, idle: Duration) {
+    pub(crate) fn enter_tunnel(&self, idle: Duration) {
         let s = &self.0;
         let ticks = (idle.as_nanos().div_ceil(s.period.as_nanos().max(1)) as u64).max(1);
         s.on_tunnel_data();
@@ -228,13 +228,13 @@ impl ActivityGuard {
     }
     /// The request has no body: what is read after its head belongs to
     /// the next one.
-    pub fn bodiless(&self) {
+    pub(crate) fn bodiless(&self) {
         self.0.bodiless.store(true, Ordering::Relaxed);
     }
     /// A stall clock for an h2 response stream of this connection (`None`
     /// on HTTP/1, where a client that stops reading blocks the socket
     /// write, which `send_timeout` sees already).
-    pub fn stall_clock(&self) -> Option<StallClock> {
+    pub(crate) fn stall_clock(&self) -> Option<StallClock> {
         let s = &self.0;
         if s.h1 {
             return None;
@@ -251,7 +251,7 @@ impl ActivityGuard {
     /// One more upstream request for this h2 connection, if it holds fewer
     /// than `share` already. HTTP/1 connections carry one request at a
     /// time: nothing to count (`Ok(None)`).
-    pub fn hold_upstream(&self, share: usize) -> Result<Option<ConnUpstream>, ShareFull> {
+    pub(crate) fn hold_upstream(&self, share: usize) -> Result<Option<ConnUpstream>, ShareFull> {
         let s = &self.0;
         if s.h1 {
             return Ok(None);
@@ -266,10 +266,10 @@ impl ActivityGuard {
 
 /// The connection holds its whole share of an upstream already.
 #[derive(Debug)]
-pub struct ShareFull;
+pub(crate) struct ShareFull;
 
 /// An upstream request held by an h2 client connection; given back on drop.
-pub struct ConnUpstream(Arc<ConnState>);
+pub(crate) struct ConnUpstream(Arc<ConnState>);
 
 impl Drop for ConnUpstream {
     fn drop(&mut self) {
@@ -282,20 +282,20 @@ impl Drop for ConnUpstream {
 /// polls the body again only once it is out. A stream that waits longer
 /// than `send_timeout` closes its connection (hyper has no way to reset
 /// one stream from outside), releasing every upstream slot it held.
-pub struct StallClock {
+pub(crate) struct StallClock {
     state: Arc<ConnState>,
     since: Arc<AtomicU64>,
 }
 
 impl StallClock {
     /// A chunk went to hyper: the wait for the client starts.
-    pub fn handed_over(&self) {
+    pub(crate) fn handed_over(&self) {
         self.since
             .store(self.state.tick.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     /// hyper asks for more: the last chunk is out.
-    pub fn polled(&self) {
+    pub(crate) fn polled(&self) {
         self.since.store(NONE, Ordering::Relaxed);
     }
 }

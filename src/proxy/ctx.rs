@@ -19,7 +19,7 @@ use crate::upstream::{Endpoint, Upstream};
 
 /// What a client connection tells its requests, built once per
 /// connection and shared by all of them.
-pub struct ConnFacts {
+pub(crate) struct ConnFacts {
     /// The TCP peer (the hop that forwarding headers name).
     pub peer: SocketAddr,
     /// The peer address as a header value, formatted once.
@@ -37,7 +37,7 @@ pub struct ConnFacts {
 }
 
 /// What the pipeline knows about one request.
-pub struct RequestCtx {
+pub(crate) struct RequestCtx {
     /// The snapshot this request runs on, start to finish.
     pub snapshot: Arc<Snapshot>,
     /// The connection it came on.
@@ -87,7 +87,7 @@ pub struct RequestCtx {
 /// whether its shutdown grace ran out (requests ended then are logged as
 /// `shutdown_grace_expired`).
 #[derive(Default)]
-pub struct Requests {
+pub(crate) struct Requests {
     count: std::sync::atomic::AtomicUsize,
     cut: std::sync::atomic::AtomicBool,
     cut_signal: tokio::sync::Notify,
@@ -95,18 +95,18 @@ pub struct Requests {
 
 impl Requests {
     /// The shutdown grace ran out: what is still open is cut.
-    pub fn cut(&self) {
+    pub(crate) fn cut(&self) {
         self.cut.store(true, Ordering::Release);
         self.cut_signal.notify_waiters();
     }
 
     /// True once the shutdown grace ran out.
-    pub fn is_cut(&self) -> bool {
+    pub(crate) fn is_cut(&self) -> bool {
         self.cut.load(Ordering::Acquire)
     }
 
     /// Resolves once the shutdown grace ran out.
-    pub async fn cut_happened(&self) {
+    pub(crate) async fn cut_happened(&self) {
         loop {
             let notified = self.cut_signal.notified();
             let mut notified = std::pin::pin!(notified);
@@ -122,7 +122,7 @@ impl Requests {
 
 /// One request in progress on the gateway (for load shedding); counted
 /// from the request head to the end of the response.
-pub struct InProgress {
+pub(crate) struct InProgress {
     counter: Arc<Requests>,
     /// Requests in progress when this one arrived, itself included.
     pub count: usize,
@@ -130,18 +130,18 @@ pub struct InProgress {
 
 impl InProgress {
     /// Counts one more request on `counter`.
-    pub fn new(counter: Arc<Requests>) -> Self {
+    pub(crate) fn new(counter: Arc<Requests>) -> Self {
         let count = counter.count.fetch_add(1, Ordering::AcqRel) + 1;
         Self { counter, count }
     }
 
     /// True once the gateway's shutdown grace ran out.
-    pub fn cut(&self) -> bool {
+    pub(crate) fn cut(&self) -> bool {
         self.counter.is_cut()
     }
 
     /// One more request in progress on the same gateway.
-    pub fn another(&self) -> Self {
+    pub(crate) fn another(&self) -> Self {
         Self::new(Arc::clone(&self.counter))
     }
 }
@@ -150,7 +150,7 @@ impl RequestCtx {
     /// A context for a background request made on this request's behalf
     /// (a cache refresh, with its `cache` part): the same identity and
     /// forwarding facts, no connection activity, its own in-progress count.
-    pub fn for_background(&self, cache: RequestCache) -> RequestCtx {
+    pub(crate) fn for_background(&self, cache: RequestCache) -> RequestCtx {
         RequestCtx {
             snapshot: Arc::clone(&self.snapshot),
             conn: Arc::clone(&self.conn),
@@ -184,7 +184,7 @@ impl Drop for InProgress {
 
 /// How a response body ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum End {
+pub(crate) enum End {
     /// Sent to the end.
     Complete,
     /// The client went away before the end.
@@ -212,16 +212,16 @@ impl End {
 /// client went away, its h2 stream was reset, or the shutdown grace ran
 /// out), the finish stage still runs once, with status 499 (NGINX's
 /// "client closed request"), or 503 when the gateway cut it.
-pub struct Pending(Option<RequestCtx>);
+pub(crate) struct Pending(Option<RequestCtx>);
 
 impl Pending {
     /// Guards `ctx` until the response is made.
-    pub fn new(ctx: RequestCtx) -> Self {
+    pub(crate) fn new(ctx: RequestCtx) -> Self {
         Self(Some(ctx))
     }
 
     /// The context, to hand to the finish stage with the response.
-    pub fn answered(mut self) -> Option<RequestCtx> {
+    pub(crate) fn answered(mut self) -> Option<RequestCtx> {
         self.0.take()
     }
 }
@@ -258,19 +258,19 @@ impl Drop for Pending {
 
 /// The finish stage of one request: runs once, when the response body ends
 /// or is dropped.
-pub struct Finish {
+pub(crate) struct Finish {
     ctx: RequestCtx,
     status: u16,
 }
 
 impl Finish {
     /// Prepares the finish stage for a response with `status`.
-    pub fn new(ctx: RequestCtx, status: u16) -> Box<Self> {
+    pub(crate) fn new(ctx: RequestCtx, status: u16) -> Box<Self> {
         Box::new(Self { ctx, status })
     }
 
     /// Records metrics and writes the access log line.
-    pub fn run(self: Box<Self>, bytes_out: u64, end: End) {
+    pub(crate) fn run(self: Box<Self>, bytes_out: u64, end: End) {
         let c = &self.ctx;
         // Whatever ended a request after the shutdown grace ran out was
         // the gateway cutting it.

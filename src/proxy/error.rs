@@ -15,7 +15,7 @@ use crate::upstream::UpstreamError;
 
 /// Who caused a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Party {
+pub(crate) enum Party {
     /// The client sent something wrong.
     Downstream,
     /// The backend failed.
@@ -26,7 +26,7 @@ pub enum Party {
 
 /// Every way the gateway answers a request itself with an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     /// A malformed or forbidden request (RFC 9110 / 9112 violation).
     BadRequest(&'static str),
     /// The path could not be normalized.
@@ -68,7 +68,7 @@ pub enum ProxyError {
 
 /// One row of the error map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Described {
+pub(crate) struct Described {
     /// The response status.
     pub status: StatusCode,
     /// The stable error code: the JSON body's `error`, the access log's
@@ -109,7 +109,7 @@ struct ErrorBody<'a> {
 
 impl ProxyError {
     /// The row of the error map this error takes.
-    pub fn describe(&self) -> Described {
+    pub(crate) fn describe(&self) -> Described {
         use ProxyError as E;
         use StatusCode as S;
         let (status, code, party, close) = match self {
@@ -193,7 +193,7 @@ impl ProxyError {
     }
 
     /// The human message.
-    pub fn message(&self) -> String {
+    pub(crate) fn message(&self) -> String {
         match self {
             ProxyError::BadRequest(why) => (*why).to_owned(),
             ProxyError::BadPath(e) => e.to_string(),
@@ -224,7 +224,7 @@ impl ProxyError {
     }
 
     /// The JSON error response (`request_id` is added by the caller's header step too).
-    pub fn to_response(&self, request_id: &str) -> Response<Bytes> {
+    pub(crate) fn to_response(&self, request_id: &str) -> Response<Bytes> {
         let Described {
             status,
             code,
@@ -294,7 +294,7 @@ impl ProxyError {
     /// The error as a gRPC "Trailers-Only" response: HTTP 200 with
     /// `grpc-status` and `grpc-message` in the headers and no body, which
     /// gRPC clients read as the call's status.
-    pub fn to_grpc_response(&self) -> Response<Bytes> {
+    pub(crate) fn to_grpc_response(&self) -> Response<Bytes> {
         let status = self.describe().status;
         // gRPC status codes (grpc/doc/statuscodes.md).
         let code: u8 = match (self, status.as_u16()) {

@@ -241,7 +241,7 @@ fn tunnel(
         return Err(ProxyError::UpstreamReset);
     };
     if let Some(activity) = &ctx.activity {
-        activity.into_tunnel(
+        activity.enter_tunnel(
             route
                 .tunnel_idle
                 .unwrap_or(ctx.snapshot.settings.tunnel_idle_timeout),

@@ -10,13 +10,13 @@ use http::header::{CONNECTION, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, U
 use crate::snapshot::Settings;
 
 /// `x-request-id`.
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 /// `traceparent`.
-pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub(crate) static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// `x-real-ip`: the client address the gateway determined (NGINX's
 /// `$remote_addr` convention, which Traefik follows too).
@@ -79,7 +79,7 @@ fn is_plain_connection_token(t: &str) -> bool {
 ///
 /// One pass over the names finds which are present; only those are
 /// removed (most messages carry only `Connection: keep-alive`, if anything).
-pub fn remove_hop_by_hop(h: &mut HeaderMap) {
+pub(crate) fn remove_hop_by_hop(h: &mut HeaderMap) {
     let mut present = 0u32;
     for k in h.keys() {
         if let Some(i) = hop_index(k) {
@@ -123,7 +123,7 @@ pub fn remove_hop_by_hop(h: &mut HeaderMap) {
 /// Joins several `cookie` fields into one, separated by `; ` (RFC 9113
 /// §8.2.3): an h2 client may split its cookies into many fields, which an
 /// HTTP/1.1 origin must receive as a single `Cookie` header.
-pub fn join_cookies(h: &mut HeaderMap) {
+pub(crate) fn join_cookies(h: &mut HeaderMap) {
     let mut values = h.get_all(http::header::COOKIE).iter();
     if values.next().is_none() || values.next().is_none() {
         return;
@@ -143,7 +143,7 @@ pub fn join_cookies(h: &mut HeaderMap) {
 /// The client address: the peer when untrusted; otherwise the right-most
 /// X-Forwarded-For address that is not a trusted proxy (or the left-most
 /// when all are trusted).
-pub fn client_ip(peer: IpAddr, headers: &HeaderMap, settings: &Settings) -> IpAddr {
+pub(crate) fn client_ip(peer: IpAddr, headers: &HeaderMap, settings: &Settings) -> IpAddr {
     if !settings.is_trusted(peer) {
         return peer;
     }
@@ -181,7 +181,7 @@ fn parse_xff_item(item: &str) -> Option<IpAddr> {
 /// Rewrites the forwarding headers for a request from `peer` (`peer_value`
 /// is its text, formatted once per connection) for `host`; `client` is
 /// the client address determined from trusted hops (`X-Real-IP`).
-pub fn set_forwarding(
+pub(crate) fn set_forwarding(
     h: &mut HeaderMap,
     peer: IpAddr,
     peer_value: &HeaderValue,
@@ -260,13 +260,13 @@ fn hex(mut v: u128, out: &mut [u8]) {
 }
 
 /// The client's request id when it is 1–128 visible ASCII characters.
-pub fn valid_request_id(v: &HeaderValue) -> bool {
+pub(crate) fn valid_request_id(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
     (1..=128).contains(&b.len()) && b.iter().all(|c| (0x21..=0x7e).contains(c))
 }
 
 /// A new random request id: 32 lower-case hex digits.
-pub fn new_request_id() -> HeaderValue {
+pub(crate) fn new_request_id() -> HeaderValue {
     let mut buf = [0u8; 32];
     hex(fastrand::u128(..), &mut buf);
     HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
@@ -274,7 +274,7 @@ pub fn new_request_id() -> HeaderValue {
 
 /// A W3C trace context, continued or started here.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TraceContext {
+pub(crate) struct TraceContext {
     /// 32 lower-case hex digits.
     trace_id: [u8; 32],
     /// Our span id (16 hex digits), sent upstream as the parent id.
@@ -291,7 +291,7 @@ fn is_lower_hex(s: &[u8]) -> bool {
 
 impl TraceContext {
     /// Continues a valid `traceparent` or starts a new trace.
-    pub fn from_headers(h: &HeaderMap) -> Self {
+    pub(crate) fn from_headers(h: &HeaderMap) -> Self {
         let mut span_id = [0u8; 16];
         hex(u128::from(fastrand::u64(1..)), &mut span_id);
         if let Some(tp) = h.get(&TRACEPARENT).map(HeaderValue::as_bytes)
@@ -318,17 +318,18 @@ impl TraceContext {
     }
 
     /// The trace id as text.
-    pub fn trace_id(&self) -> &str {
+    pub(crate) fn trace_id(&self) -> &str {
         std::str::from_utf8(&self.trace_id).unwrap_or("")
     }
 
     /// Our span id as text.
-    pub fn span_id(&self) -> &str {
+    #[cfg(test)]
+    fn span_id(&self) -> &str {
         std::str::from_utf8(&self.span_id).unwrap_or("")
     }
 
     /// Writes `traceparent` (and drops `tracestate` for a new trace).
-    pub fn apply(&self, h: &mut HeaderMap) {
+    pub(crate) fn apply(&self, h: &mut HeaderMap) {
         let mut buf = [0u8; 55];
         buf[..3].copy_from_slice(b"00-");
         buf[3..35].copy_from_slice(&self.trace_id);

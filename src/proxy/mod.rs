@@ -3,13 +3,13 @@
 //! response body with its finish stage (body), the cache stages (cache),
 //! and the error → response map (error).
 
-pub mod admit;
-pub mod body;
-pub mod cache;
-pub mod conn;
-pub mod ctx;
-pub mod error;
-pub mod forward;
-pub mod headers;
-pub mod pipeline;
-pub mod server;
+pub(crate) mod admit;
+pub(crate) mod body;
+pub(crate) mod cache;
+pub(crate) mod conn;
+pub(crate) mod ctx;
+pub(crate) mod error;
+pub(crate) mod forward;
+pub(crate) mod headers;
+pub(crate) mod pipeline;
+pub(crate) mod server;

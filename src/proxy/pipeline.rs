@@ -72,7 +72,7 @@ macro_rules! next {
 
 /// Runs one request through the pipeline. Never fails: every error becomes
 /// a response.
-pub async fn handle(
+pub(crate) async fn handle(
     mut req: Request<Incoming>,
     conn: Arc<ConnFacts>,
     activity: Option<ActivityGuard>,

@@ -58,7 +58,7 @@ struct Listener {
 }
 
 /// Accepts plain connections on `listener` until `shutdown` turns true.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     live: SharedSnapshot,
     limit: Arc<Semaphore>,
@@ -78,7 +78,7 @@ pub async fn serve(
 
 /// Accepts TLS connections on `listener` until `shutdown` turns true; each
 /// handshake uses the live snapshot's certificates.
-pub async fn serve_tls(
+pub(crate) async fn serve_tls(
     listener: TcpListener,
     live: SharedSnapshot,
     limit: Arc<Semaphore>,

@@ -17,13 +17,11 @@ use crate::observability::metrics::metrics;
 
 /// One certificate with its key, ready for handshakes.
 #[derive(Debug)]
-pub struct Loaded {
+pub(crate) struct Loaded {
     /// The certificate file (the `name` label of the expiry metric).
     pub name: String,
     /// Host names it serves: from `hosts`, or its DNS SANs.
     pub hosts: Vec<String>,
-    /// Unix time it expires.
-    pub not_after: i64,
     /// Chain and signing key.
     pub key: Arc<CertifiedKey>,
 }
@@ -31,7 +29,7 @@ pub struct Loaded {
 /// Reads and checks a certificate chain and its key (PEM: RSA, ECDSA or
 /// Ed25519): the key must match the certificate, and the certificate must
 /// not be expired.
-pub fn load(
+pub(crate) fn load(
     name: &str,
     cert_pem: &[u8],
     key_pem: &[u8],
@@ -77,14 +75,13 @@ pub fn load(
     Ok(Loaded {
         name: name.to_owned(),
         hosts,
-        not_after,
         key: Arc::new(certified),
     })
 }
 
 /// Picks the certificate for a handshake by SNI.
 #[derive(Debug, Default)]
-pub struct SniResolver {
+pub(crate) struct SniResolver {
     exact: HashMap<String, Arc<CertifiedKey>>,
     /// By the suffix after `*.`.
     wildcard: HashMap<String, Arc<CertifiedKey>>,
@@ -94,7 +91,7 @@ pub struct SniResolver {
 impl SniResolver {
     /// A resolver over `certs` (first listed wins a host) with `default`
     /// for handshakes without SNI or with an unknown name.
-    pub fn new(certs: &[Loaded], default: Option<Arc<CertifiedKey>>) -> Self {
+    pub(crate) fn new(certs: &[Loaded], default: Option<Arc<CertifiedKey>>) -> Self {
         let mut r = SniResolver {
             default,
             ..Self::default()
@@ -133,7 +130,7 @@ impl ResolvesServerCert for SniResolver {
 
 /// A verifier of client certificates chaining to the CAs in `ca_pem`;
 /// with `required` false, clients without a certificate are let in too.
-pub fn client_verifier(
+pub(crate) fn client_verifier(
     ca_pem: &[u8],
     required: bool,
 ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
@@ -157,14 +154,14 @@ pub fn client_verifier(
 }
 
 /// The subject of a verified client certificate, as text.
-pub fn subject(cert: &CertificateDer<'_>) -> Option<String> {
+pub(crate) fn subject(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     Some(parsed.subject().to_string())
 }
 
 /// The server config: TLS 1.2 (unless `min13`) and 1.3, the resolver,
 /// ALPN, and client certificates when `client` is set.
-pub fn server_config(
+pub(crate) fn server_config(
     resolver: SniResolver,
     min13: bool,
     alpn: &[String],
@@ -214,7 +211,6 @@ mod tests {
         let loaded = |hosts: &[&str], n: u8| Loaded {
             name: String::new(),
             hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
-            not_after: 0,
             key: key(n),
         };
         let r = SniResolver::new(

@@ -6,5 +6,5 @@
 mod acceptor;
 mod upstream;
 
-pub use acceptor::{Loaded, SniResolver, client_verifier, load, server_config, subject};
-pub use upstream::{UpstreamFiles, UpstreamTlsError, client_config};
+pub(crate) use acceptor::{SniResolver, client_verifier, load, server_config, subject};
+pub(crate) use upstream::{UpstreamFiles, client_config};

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 /// The files an upstream's TLS reads, already loaded.
-pub struct UpstreamFiles<'a> {
+pub(crate) struct UpstreamFiles<'a> {
     /// `ca_file` (PEM); `None`: the webpki roots.
     pub ca: Option<&'a [u8]>,
     /// `client_cert` (PEM certificate chain, PEM key).
@@ -16,7 +16,7 @@ pub struct UpstreamFiles<'a> {
 /// Why an upstream's TLS settings are unusable.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
-pub struct UpstreamTlsError {
+pub(crate) struct UpstreamTlsError {
     /// The field under `tls` at fault (`ca_file`, `client_cert`).
     pub field: &'static str,
     /// What is wrong.
@@ -76,7 +76,7 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
 }
 
 /// The rustls client config of an upstream.
-pub fn client_config(
+pub(crate) fn client_config(
     files: UpstreamFiles<'_>,
     insecure_skip_verify: bool,
     h2: bool,

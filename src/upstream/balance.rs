@@ -21,7 +21,7 @@ const MAX_CYCLE: u64 = 100_000;
 
 /// A compiled balancer.
 #[derive(Debug)]
-pub enum Balancer {
+pub(crate) enum Balancer {
     /// Precomputed smooth weighted cycle.
     RoundRobin {
         /// Endpoint index per slot.
@@ -50,7 +50,7 @@ pub enum Balancer {
 
 /// 64-bit FNV-1a followed by a SplitMix64 finalizer: stable across
 /// processes and versions (replicas must agree on the ring).
-pub fn hash64(bytes: &[u8]) -> u64 {
+pub(crate) fn hash64(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in bytes {
         h ^= u64::from(b);
@@ -116,7 +116,7 @@ impl BalancerKind {
 impl Balancer {
     /// Compiles a balancer for endpoints with `weights` (each ≥ 1) and
     /// `ids` (stable names for the hash ring).
-    pub fn new(kind: BalancerKind, weights: &[u32], ids: &[&str]) -> Self {
+    pub(crate) fn new(kind: BalancerKind, weights: &[u32], ids: &[&str]) -> Self {
         let g = weights
             .iter()
             .fold(0u64, |g, w| gcd(g, u64::from(*w)))
@@ -180,7 +180,12 @@ impl Balancer {
 
     /// Picks an endpoint. `inflight(i)` reports endpoint i's in-flight
     /// requests; `key` is the request's hash key for `consistent_hash`.
-    pub fn pick(&self, n: usize, key: Option<u64>, inflight: impl Fn(usize) -> usize) -> usize {
+    pub(crate) fn pick(
+        &self,
+        n: usize,
+        key: Option<u64>,
+        inflight: impl Fn(usize) -> usize,
+    ) -> usize {
         if n <= 1 {
             return 0;
         }

@@ -44,7 +44,7 @@ impl Settings {
 }
 
 /// Parses `200-399`, `200`, `200,204` or `200-299, 302`.
-pub fn parse_expected(text: &str) -> Result<Vec<(u16, u16)>, String> {
+pub(crate) fn parse_expected(text: &str) -> Result<Vec<(u16, u16)>, String> {
     let mut out = Vec::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (lo, hi) = part.split_once('-').unwrap_or((part, part));
@@ -71,7 +71,7 @@ pub fn parse_expected(text: &str) -> Result<Vec<(u16, u16)>, String> {
 
 /// Starts the checker of `up` (no-op without `health_check`, or when
 /// running already).
-pub fn start(up: &Arc<Upstream>, stop: watch::Receiver<()>) {
+pub(crate) fn start(up: &Arc<Upstream>, stop: watch::Receiver<()>) {
     let Some(settings) = up.health.clone() else {
         return;
     };

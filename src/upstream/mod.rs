@@ -5,15 +5,15 @@
 //! that leaves an upstream's definition unchanged reuses the same `Arc`, so
 //! its pools stay warm.
 
-pub mod balance;
-pub mod breaker;
-pub mod counter;
+pub(crate) mod balance;
+pub(crate) mod breaker;
+pub(crate) mod counter;
 mod endpoint;
 mod error;
-pub mod h1;
-pub mod health;
-pub mod pool;
-pub mod retry;
+pub(crate) mod h1;
+pub(crate) mod health;
+pub(crate) mod pool;
+pub(crate) mod retry;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,13 +28,13 @@ use prometheus::Histogram;
 use crate::body::RequestBody;
 use crate::config::Definition;
 use crate::observability::metrics::metrics;
-pub use balance::{Balancer, BalancerKind};
+pub(crate) use balance::{Balancer, BalancerKind};
 use breaker::{Admit, Breaker, Failure};
-pub use counter::{Counter, Held};
+pub(crate) use counter::{Counter, Held};
 use endpoint::Slot;
-pub use endpoint::{Endpoint, EndpointParams, InflightGuard, Stats};
-pub use error::{SendFailure, UpstreamError};
-pub use pool::{ConnectError, Pool, Target};
+pub(crate) use endpoint::{Endpoint, EndpointParams, InflightGuard};
+pub(crate) use error::{SendFailure, UpstreamError};
+pub(crate) use pool::{ConnectError, Pool, Target};
 
 /// What a `consistent_hash` balancer hashes.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -166,7 +166,7 @@ impl Policy {
 
 /// What it takes to send a request again: its head, and the copy of its
 /// body kept while the first try read it.
-pub struct Again {
+pub(crate) struct Again {
     /// Method.
     pub method: Method,
     /// Origin-form target.
@@ -195,7 +195,7 @@ impl Again {
 /// `per_try_timeout`). Without a policy (or without `again`), one try.
 /// A backoff is cut short at the deadline; once the deadline passed, the
 /// answer is a timeout.
-pub async fn send(
+pub(crate) async fn send(
     upstream: &Upstream,
     policy: Option<&Policy>,
     mut out: Request<RequestBody>,

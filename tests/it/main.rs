@@ -2,10 +2,11 @@
 //! 127.0.0.1, against real HTTP upstreams.
 
 #![expect(
+    unreachable_pub,
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
-    reason = "test code: a failed step is a failed test"
+    reason = "test code: a failed step is a failed test; the support kit is shared by the test modules"
 )]
 
 mod admin;

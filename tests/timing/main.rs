@@ -8,10 +8,11 @@
 //! machine widens the window measured rather than failing the test.
 
 #![expect(
+    unreachable_pub,
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
-    reason = "test code: a failed step is a failed test"
+    reason = "test code: a failed step is a failed test; the support kit is shared by the test modules"
 )]
 
 #[path = "../it/support/mod.rs"]

@@ -200,7 +200,7 @@ pub(super) async fn read_response(
 /// Runs the head parser, the framing rules and the body decoders over
 /// `data` fed `split` bytes at a time, as a connection would (fuzzing).
 #[cfg(feature = "fuzzing")]
-pub fn decode_for_fuzzing(data: &[u8], split: usize) {
+pub(crate) fn decode_for_fuzzing(data: &[u8], split: usize) {
     let mut pieces = data.chunks(split.max(1));
     let mut buf = BytesMut::new();
     let mut fields = Vec::new();

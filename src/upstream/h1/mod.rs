@@ -33,12 +33,12 @@ mod body;
 mod head;
 mod stream;
 
-pub use body::Body1;
-pub use body::Recycle;
+pub(crate) use body::Body1;
+pub(crate) use body::Recycle;
 #[cfg(feature = "fuzzing")]
-pub use head::decode_for_fuzzing;
+pub(crate) use head::decode_for_fuzzing;
 use head::read_response;
-pub use stream::Stream;
+pub(crate) use stream::Stream;
 
 /// An idle or busy HTTP/1.1 connection to one endpoint.
 pub struct Conn {
@@ -69,7 +69,7 @@ pub enum H1Error {
 
 /// The request could not even be written on a reused connection: it is
 /// handed back, untouched, to be sent on a fresh one.
-pub struct NotSent(pub Box<Request<RequestBody>>);
+pub(crate) struct NotSent(pub Box<Request<RequestBody>>);
 
 impl Conn {
     /// Wraps a connected stream, counted by `held` while it lives.
@@ -134,7 +134,7 @@ async fn write_all_vectored(stream: &mut Stream, mut bufs: &mut [IoSlice<'_>]) -
 /// Sends `req` on `conn` and reads the response head. `reused` marks a
 /// pooled connection: if even the head cannot be written on it, the request
 /// comes back as [`NotSent`] for a retry on a fresh connection.
-pub async fn send(
+pub(crate) async fn send(
     mut conn: Conn,
     mut req: Request<RequestBody>,
     authority: &str,
