@@ -13,7 +13,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use tollgate::cache::key::RouteCache;
 use tollgate::cache::policy::{Allowances, CacheControl, lookup, storable};
-use tollgate::cache::store::{Entry, Store};
+use tollgate::cache::store::{Store, StoredResponse};
 
 fn response_headers() -> HeaderMap {
     let mut h = HeaderMap::new();
@@ -52,7 +52,7 @@ fn hit(c: &mut Criterion) {
     let key = rc.key("api.example.com", "/catalog/items?page=2", &req, None);
     store.put(
         key,
-        Entry {
+        StoredResponse {
             status: StatusCode::OK,
             headers: response_headers(),
             body: Bytes::from(vec![b'x'; 1024]),
@@ -107,8 +107,8 @@ fn decide(c: &mut Criterion) {
     });
 }
 
-fn entry() -> Entry {
-    Entry {
+fn entry() -> StoredResponse {
+    StoredResponse {
         status: StatusCode::OK,
         headers: HeaderMap::new(),
         body: Bytes::from_static(b"x"),

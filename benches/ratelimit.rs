@@ -9,10 +9,10 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use tollgate::ratelimit::{Definition, KeyPart, Missing, Options, Policy, Shape};
+use tollgate::ratelimit::{Definition, LimitKeyPart, Missing, Policy, PolicyOptions, Shape};
 
 fn policy(max_keys: u64, shape: Shape) -> Policy {
-    let options = Options {
+    let options = PolicyOptions {
         max_keys,
         shadow: false,
         headers: true,
@@ -21,7 +21,7 @@ fn policy(max_keys: u64, shape: Shape) -> Policy {
     Policy::new(
         "bench",
         options,
-        vec![KeyPart::ClientIp],
+        vec![LimitKeyPart::ClientIp],
         shape,
         vec![],
         Missing::Reject,

@@ -6,7 +6,7 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, Method};
-use tollgate::routing::{Constraints, Lookup, PathMatch, RequestView, RouteMatcher, Router};
+use tollgate::routing::{Constraints, PathMatch, RequestView, RouteLookup, RouteMatcher, Router};
 
 fn table(n: usize) -> Vec<RouteMatcher> {
     (0..n)
@@ -80,7 +80,7 @@ fn bench(c: &mut Criterion) {
                 headers: &headers,
             };
             assert!(
-                matches!(router.lookup(&req), Lookup::Found(_)),
+                matches!(router.lookup(&req), RouteLookup::Found(_)),
                 "{path} routes"
             );
             g.bench_with_input(

@@ -50,7 +50,7 @@ pub struct Snapshot {
     /// The response cache's store.
     pub cache: Option<Arc<crate::cache::store::Store>>,
     /// Request-path settings from `server`.
-    pub settings: Settings,
+    pub settings: ServerSettings,
     /// Metric handles for requests that matched no route (route label "").
     pub unrouted_metrics: RouteMetrics,
     /// The admin API's bearer token (`server.admin.token`), if any.
@@ -163,7 +163,7 @@ impl Snapshot {
 
 /// Downstream limits and policies, read per connection or per request.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub struct ServerSettings {
     /// Networks whose forwarding headers are trusted.
     pub trusted_proxies: Vec<IpNet>,
     /// Largest request head in bytes.
@@ -200,7 +200,7 @@ pub struct Settings {
     pub hsts: Option<HeaderValue>,
 }
 
-impl Settings {
+impl ServerSettings {
     /// True when `ip` is a trusted proxy.
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
         let ip = match ip {
@@ -234,7 +234,7 @@ pub struct Route {
     /// JWT policy; `None`: public.
     pub auth: Option<RouteAuth>,
     /// Retry policy.
-    pub retry: Option<crate::upstream::retry::Policy>,
+    pub retry: Option<crate::upstream::retry::RetryPolicy>,
     /// Rate-limit policies.
     pub limits: Option<crate::ratelimit::RouteLimits>,
     /// Response cache.

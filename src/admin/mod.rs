@@ -32,7 +32,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::reload::{Outcome, Reloader};
+use crate::config::reload::{ReloadOutcome, Reloader};
 use crate::observability::metrics::metrics;
 use crate::routing::matchers::decode;
 use crate::snapshot::SharedSnapshot;
@@ -179,11 +179,11 @@ async fn handle(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byt
             )
         }
         (&Method::POST, "/reload") => match state.reloader.reload_async("admin").await {
-            Ok(Outcome::Applied { version }) => json_reply(
+            Ok(ReloadOutcome::Applied { version }) => json_reply(
                 StatusCode::OK,
                 &json!({ "version": version, "changed": true }),
             ),
-            Ok(Outcome::Unchanged { version }) => json_reply(
+            Ok(ReloadOutcome::Unchanged { version }) => json_reply(
                 StatusCode::OK,
                 &json!({ "version": version, "changed": false }),
             ),

@@ -4,7 +4,7 @@ use super::AuthOutcome;
 
 /// Why a request was not let through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
+pub enum AuthFailure {
     /// No token where one is required.
     Missing,
     /// A token was given and is not acceptable; the text is safe to send
@@ -18,15 +18,15 @@ pub enum Failure {
     Unavailable,
 }
 
-impl Failure {
+impl AuthFailure {
     /// The `result` label of `tollgate_auth_requests_total`.
     pub fn result(self) -> AuthOutcome {
         match self {
-            Failure::Missing => AuthOutcome::Missing,
-            Failure::Invalid(_) => AuthOutcome::Invalid,
-            Failure::Expired => AuthOutcome::Expired,
-            Failure::Forbidden => AuthOutcome::Forbidden,
-            Failure::Unavailable => AuthOutcome::Unavailable,
+            AuthFailure::Missing => AuthOutcome::Missing,
+            AuthFailure::Invalid(_) => AuthOutcome::Invalid,
+            AuthFailure::Expired => AuthOutcome::Expired,
+            AuthFailure::Forbidden => AuthOutcome::Forbidden,
+            AuthFailure::Unavailable => AuthOutcome::Unavailable,
         }
     }
 }

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use super::jwks::{KeyStore, Refresh};
 use super::keys::Found;
 use super::token::{self, HeaderError, Source};
-use super::{Failure, Identity, claim_at};
+use super::{AuthFailure, Identity, claim_at};
 use crate::observability::metrics::metrics;
 
 /// Validation rules of a provider, compiled.
@@ -188,9 +188,9 @@ impl Provider {
     }
 
     /// Verifies `token`; a cached success is returned without verifying again.
-    pub async fn verify(&self, token: &str) -> Result<Arc<Identity>, Failure> {
+    pub async fn verify(&self, token: &str) -> Result<Arc<Identity>, AuthFailure> {
         if token.len() > self.max_token_bytes {
-            return Err(Failure::Invalid("the token is too large"));
+            return Err(AuthFailure::Invalid("the token is too large"));
         }
         let digest = self.cache.as_ref().map(|_| {
             let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
@@ -223,12 +223,14 @@ impl Provider {
         Ok(identity)
     }
 
-    async fn verify_uncached(&self, token: &str) -> Result<Identity, Failure> {
+    async fn verify_uncached(&self, token: &str) -> Result<Identity, AuthFailure> {
         let header = token::jose_header(token).map_err(|e| match e {
-            HeaderError::Malformed => Failure::Invalid("the token is malformed"),
-            HeaderError::BadAlgorithm => Failure::Invalid("the token's algorithm is not accepted"),
+            HeaderError::Malformed => AuthFailure::Invalid("the token is malformed"),
+            HeaderError::BadAlgorithm => {
+                AuthFailure::Invalid("the token's algorithm is not accepted")
+            }
             HeaderError::Critical => {
-                Failure::Invalid("the token has an unsupported critical header")
+                AuthFailure::Invalid("the token has an unsupported critical header")
             }
         })?;
         // The token is verified with the one algorithm its header names,
@@ -236,29 +238,31 @@ impl Provider {
         let validation = self
             .rules
             .validation(header.alg)
-            .ok_or(Failure::Invalid("the token's algorithm is not accepted"))?;
-        let mut set = self.keys.keys().ok_or(Failure::Unavailable)?;
+            .ok_or(AuthFailure::Invalid(
+                "the token's algorithm is not accepted",
+            ))?;
+        let mut set = self.keys.keys().ok_or(AuthFailure::Unavailable)?;
         let mut found = matches!(
             set.find(header.kid.as_deref(), header.alg),
             Found::UnknownKid
         );
         if found && self.keys.refresh_for_unknown_kid().await == Refresh::Done {
-            set = self.keys.keys().ok_or(Failure::Unavailable)?;
+            set = self.keys.keys().ok_or(AuthFailure::Unavailable)?;
             found = false;
         }
         if found {
-            return Err(Failure::Invalid("the token's key id is unknown"));
+            return Err(AuthFailure::Invalid("the token's key id is unknown"));
         }
         let keys = match set.find(header.kid.as_deref(), header.alg) {
             Found::Keys(k) => k,
-            Found::UnknownKid => return Err(Failure::Invalid("the token's key id is unknown")),
+            Found::UnknownKid => return Err(AuthFailure::Invalid("the token's key id is unknown")),
             Found::NoKeyForAlgorithm => {
-                return Err(Failure::Invalid(
+                return Err(AuthFailure::Invalid(
                     "the token's algorithm does not fit its key",
                 ));
             }
         };
-        let mut last = Failure::Invalid("the token's signature is invalid");
+        let mut last = AuthFailure::Invalid("the token's signature is invalid");
         for key in keys {
             match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation) {
                 Ok(data) => return self.identity(data.claims),
@@ -273,16 +277,16 @@ impl Provider {
         Err(last)
     }
 
-    fn identity(&self, claims: Map<String, Value>) -> Result<Identity, Failure> {
+    fn identity(&self, claims: Map<String, Value>) -> Result<Identity, AuthFailure> {
         if let Some(iss) = &self.rules.issuer
             && claims.get("iss").and_then(Value::as_str) != Some(iss.as_str())
         {
-            return Err(Failure::Invalid("the token's issuer is not accepted"));
+            return Err(AuthFailure::Invalid("the token's issuer is not accepted"));
         }
         let exp = claims
             .get("exp")
             .and_then(|v| v.as_u64().or_else(|| v.as_f64().map(|f| f as u64)))
-            .ok_or(Failure::Invalid("the token has no valid expiry"))?;
+            .ok_or(AuthFailure::Invalid("the token has no valid expiry"))?;
         let tenant = self
             .tenant_claim
             .as_ref()
@@ -309,22 +313,24 @@ impl Provider {
     }
 }
 
-fn failure(kind: &ErrorKind) -> Failure {
+fn failure(kind: &ErrorKind) -> AuthFailure {
     match kind {
-        ErrorKind::ExpiredSignature => Failure::Expired,
-        ErrorKind::ImmatureSignature => Failure::Invalid("the token is not valid yet"),
-        ErrorKind::InvalidIssuer => Failure::Invalid("the token's issuer is not accepted"),
-        ErrorKind::InvalidAudience => Failure::Invalid("the token's audience is not accepted"),
+        ErrorKind::ExpiredSignature => AuthFailure::Expired,
+        ErrorKind::ImmatureSignature => AuthFailure::Invalid("the token is not valid yet"),
+        ErrorKind::InvalidIssuer => AuthFailure::Invalid("the token's issuer is not accepted"),
+        ErrorKind::InvalidAudience => AuthFailure::Invalid("the token's audience is not accepted"),
         ErrorKind::MissingRequiredClaim(c) => match c.as_str() {
-            "exp" => Failure::Invalid("the token has no valid expiry"),
-            "iss" => Failure::Invalid("the token has no issuer"),
-            "aud" => Failure::Invalid("the token has no audience"),
-            _ => Failure::Invalid("the token lacks a required claim"),
+            "exp" => AuthFailure::Invalid("the token has no valid expiry"),
+            "iss" => AuthFailure::Invalid("the token has no issuer"),
+            "aud" => AuthFailure::Invalid("the token has no audience"),
+            _ => AuthFailure::Invalid("the token lacks a required claim"),
         },
-        ErrorKind::InvalidClaimFormat(_) => Failure::Invalid("the token has a malformed claim"),
-        ErrorKind::InvalidAlgorithm => Failure::Invalid("the token's algorithm is not accepted"),
-        ErrorKind::InvalidSignature => Failure::Invalid("the token's signature is invalid"),
-        _ => Failure::Invalid("the token is malformed"),
+        ErrorKind::InvalidClaimFormat(_) => AuthFailure::Invalid("the token has a malformed claim"),
+        ErrorKind::InvalidAlgorithm => {
+            AuthFailure::Invalid("the token's algorithm is not accepted")
+        }
+        ErrorKind::InvalidSignature => AuthFailure::Invalid("the token's signature is invalid"),
+        _ => AuthFailure::Invalid("the token is malformed"),
     }
 }
 

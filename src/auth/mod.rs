@@ -33,7 +33,7 @@ use std::sync::Arc;
 use http::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
-pub(crate) use error::Failure;
+pub(crate) use error::AuthFailure;
 pub(crate) use jwt::{Provider, ProviderOptions, Rules};
 pub(crate) use memo::ConnMemo;
 pub(crate) use policy::RouteAuth;

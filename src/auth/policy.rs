@@ -11,7 +11,7 @@ use prometheus::IntCounter;
 use serde_json::Value;
 
 use super::token::{self, Conflict, Source};
-use super::{AuthOutcome, ConnMemo, Failure, Identity, OUTCOMES, Provider, claim_at};
+use super::{AuthFailure, AuthOutcome, ConnMemo, Identity, OUTCOMES, Provider, claim_at};
 use crate::observability::metrics::metrics;
 
 /// Removes every header and cookie a token may come from
@@ -100,7 +100,7 @@ impl RouteAuth {
         headers: &mut HeaderMap,
         query: Option<&str>,
         memo: &ConnMemo,
-    ) -> Result<Option<Arc<Identity>>, Failure> {
+    ) -> Result<Option<Arc<Identity>>, AuthFailure> {
         let r = self.check_inner(headers, query, memo).await;
         self.count(match &r {
             Ok(Some(_)) => AuthOutcome::Ok,
@@ -115,19 +115,19 @@ impl RouteAuth {
         headers: &mut HeaderMap,
         query: Option<&str>,
         memo: &ConnMemo,
-    ) -> Result<Option<Arc<Identity>>, Failure> {
+    ) -> Result<Option<Arc<Identity>>, AuthFailure> {
         let p = &self.provider;
         let identity = {
             let token = token::extract(&p.sources, headers, query).map_err(|c| match c {
                 Conflict::TwoAuthorizationHeaders => {
-                    Failure::Invalid("more than one Authorization header")
+                    AuthFailure::Invalid("more than one Authorization header")
                 }
-                Conflict::Disagree => Failure::Invalid("the request carries different tokens"),
+                Conflict::Disagree => AuthFailure::Invalid("the request carries different tokens"),
             })?;
             match token {
                 None if self.optional => None,
-                None => return Err(Failure::Missing),
-                Some(t) if t.is_empty() => return Err(Failure::Invalid("the token is empty")),
+                None => return Err(AuthFailure::Missing),
+                Some(t) if t.is_empty() => return Err(AuthFailure::Invalid("the token is empty")),
                 Some(t) => {
                     // The memo is part of the cache: off when the cache is.
                     let memo = p.cache.as_ref().map(|_| memo);
@@ -146,7 +146,7 @@ impl RouteAuth {
                         }
                     };
                     if !self.authorized(&id) {
-                        return Err(Failure::Forbidden);
+                        return Err(AuthFailure::Forbidden);
                     }
                     Some(id)
                 }

@@ -15,7 +15,7 @@ use crate::observability::metrics::metrics;
 
 /// One extra key part.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeyPart {
+pub enum CacheKeyPart {
     /// The verified token's tenant.
     Tenant,
     /// A request header's value.
@@ -26,18 +26,20 @@ pub enum KeyPart {
     Claim(Vec<String>),
 }
 
-impl KeyPart {
+impl CacheKeyPart {
     /// Parses `tenant`, `header:NAME`, `cookie:NAME` or `claim:NAME`.
     pub fn parse(text: &str) -> Result<Self, String> {
         match text.split_once(':') {
-            None if text == "tenant" => Ok(KeyPart::Tenant),
+            None if text == "tenant" => Ok(CacheKeyPart::Tenant),
             Some(("header", n)) => HeaderName::try_from(n.trim())
-                .map(KeyPart::Header)
+                .map(CacheKeyPart::Header)
                 .map_err(|_| format!("`{n}` is not a header name")),
-            Some(("cookie", n)) if !n.trim().is_empty() => Ok(KeyPart::Cookie(n.trim().to_owned())),
-            Some(("claim", p)) if p.split('.').all(|s| !s.is_empty()) => {
-                Ok(KeyPart::Claim(p.split('.').map(str::to_owned).collect()))
+            Some(("cookie", n)) if !n.trim().is_empty() => {
+                Ok(CacheKeyPart::Cookie(n.trim().to_owned()))
             }
+            Some(("claim", p)) if p.split('.').all(|s| !s.is_empty()) => Ok(CacheKeyPart::Claim(
+                p.split('.').map(str::to_owned).collect(),
+            )),
             _ => Err(format!(
                 "`{text}`: use tenant, header:NAME, cookie:NAME or claim:NAME"
             )),
@@ -52,7 +54,7 @@ pub struct RouteCache {
     /// The route's name (the first key part).
     pub route: String,
     /// Extra key parts.
-    pub key: Vec<KeyPart>,
+    pub key: Vec<CacheKeyPart>,
     /// What the route allows beyond the defaults.
     pub allow: Allowances,
     /// `stale_if_error` of the route.
@@ -70,7 +72,7 @@ impl RouteCache {
     pub fn new(
         route: &str,
         store: Arc<Store>,
-        key: Vec<KeyPart>,
+        key: Vec<CacheKeyPart>,
         allow: Allowances,
         (stale_if_error, stale_while_revalidate): (Duration, Duration),
     ) -> Self {
@@ -106,17 +108,19 @@ impl RouteCache {
         for part in &self.key {
             k.push('\u{1f}');
             match part {
-                KeyPart::Tenant => k.push_str(id.and_then(|i| i.tenant.as_deref()).unwrap_or("")),
-                KeyPart::Header(n) => {
+                CacheKeyPart::Tenant => {
+                    k.push_str(id.and_then(|i| i.tenant.as_deref()).unwrap_or(""))
+                }
+                CacheKeyPart::Header(n) => {
                     for v in headers.get_all(n) {
                         k.push_str(&String::from_utf8_lossy(v.as_bytes()));
                         k.push(',');
                     }
                 }
-                KeyPart::Cookie(name) => {
+                CacheKeyPart::Cookie(name) => {
                     k.push_str(crate::cookies::get(headers, name).unwrap_or(""));
                 }
-                KeyPart::Claim(path) => {
+                CacheKeyPart::Claim(path) => {
                     if let Some(v) = id.and_then(|i| claim_at(&i.claims, path)) {
                         k.push_str(&v.to_string());
                     }

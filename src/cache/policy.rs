@@ -238,7 +238,7 @@ fn expires_lifetime(response: &HeaderMap) -> Option<Duration> {
 
 /// What a request asks of the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lookup {
+pub enum CacheMode {
     /// A fresh stored response may be used.
     Normal,
     /// `no-cache` or `max-age=0`: go to the origin (revalidate).
@@ -250,19 +250,19 @@ pub enum Lookup {
 }
 
 /// The request's wishes (methods other than GET and HEAD bypass).
-pub fn lookup(method: &Method, request: &HeaderMap) -> Lookup {
+pub fn lookup(method: &Method, request: &HeaderMap) -> CacheMode {
     if method != Method::GET && method != Method::HEAD {
-        return Lookup::Bypass;
+        return CacheMode::Bypass;
     }
     let cc = CacheControl::parse(request);
     if cc.no_store {
-        Lookup::Bypass
+        CacheMode::Bypass
     } else if cc.only_if_cached {
-        Lookup::OnlyIfCached
+        CacheMode::OnlyIfCached
     } else if cc.no_cache || cc.max_age == Some(0) {
-        Lookup::Revalidate
+        CacheMode::Revalidate
     } else {
-        Lookup::Normal
+        CacheMode::Normal
     }
 }
 
@@ -464,19 +464,19 @@ mod tests {
 
     #[test]
     fn request_directives() {
-        assert_eq!(lookup(&Method::GET, &h(&[])), Lookup::Normal);
+        assert_eq!(lookup(&Method::GET, &h(&[])), CacheMode::Normal);
         assert_eq!(
             lookup(&Method::HEAD, &h(&[("cache-control", "no-cache")])),
-            Lookup::Revalidate
+            CacheMode::Revalidate
         );
         assert_eq!(
             lookup(&Method::GET, &h(&[("cache-control", "max-age=0")])),
-            Lookup::Revalidate
+            CacheMode::Revalidate
         );
         assert_eq!(
             lookup(&Method::GET, &h(&[("cache-control", "only-if-cached")])),
-            Lookup::OnlyIfCached
+            CacheMode::OnlyIfCached
         );
-        assert_eq!(lookup(&Method::POST, &h(&[])), Lookup::Bypass);
+        assert_eq!(lookup(&Method::POST, &h(&[])), CacheMode::Bypass);
     }
 }

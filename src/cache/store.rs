@@ -13,7 +13,7 @@ use crate::observability::metrics::metrics;
 
 /// One stored response.
 #[derive(Debug)]
-pub struct Entry {
+pub struct StoredResponse {
     /// Status.
     pub status: StatusCode,
     /// End-to-end headers as received.
@@ -83,7 +83,7 @@ pub struct HitHeaders {
     pub status: http::HeaderValue,
 }
 
-impl Entry {
+impl StoredResponse {
     /// The `Age` to send now, in seconds.
     pub fn age(&self) -> u64 {
         (self.initial_age + self.stored.elapsed()).as_secs()
@@ -143,8 +143,13 @@ pub const REVALIDATE_KEEP: Duration = Duration::from_secs(600);
 
 struct UntilStale;
 
-impl moka::Expiry<String, Arc<Entry>> for UntilStale {
-    fn expire_after_create(&self, _: &String, e: &Arc<Entry>, _: Instant) -> Option<Duration> {
+impl moka::Expiry<String, Arc<StoredResponse>> for UntilStale {
+    fn expire_after_create(
+        &self,
+        _: &String,
+        e: &Arc<StoredResponse>,
+        _: Instant,
+    ) -> Option<Duration> {
         let keep = if e.has_validators() {
             REVALIDATE_KEEP
         } else {
@@ -160,7 +165,7 @@ impl moka::Expiry<String, Arc<Entry>> for UntilStale {
 /// get 7/8 of it, the Vary index 1/16 and the coalescing state 1/16, each
 /// weighed in bytes.
 pub struct Store {
-    cache: moka::sync::Cache<String, Arc<Entry>>,
+    cache: moka::sync::Cache<String, Arc<StoredResponse>>,
     /// Primary key → the request headers its responses vary on.
     vary: moka::sync::Cache<String, Arc<Vec<HeaderName>>>,
     /// Keys being fetched from the origin right now (request coalescing).
@@ -180,7 +185,7 @@ impl Store {
         Self {
             cache: moka::sync::Cache::builder()
                 .max_capacity(max_size - 2 * side)
-                .weigher(|k: &String, e: &Arc<Entry>| {
+                .weigher(|k: &String, e: &Arc<StoredResponse>| {
                     let headers: usize = e
                         .headers
                         .iter()
@@ -213,14 +218,14 @@ impl Store {
     }
 
     /// A fresh entry for `key`.
-    pub fn get(&self, key: &str) -> Option<Arc<Entry>> {
+    pub fn get(&self, key: &str) -> Option<Arc<StoredResponse>> {
         self.cache.get(key).filter(|e| e.fresh())
     }
 
     /// An entry that is fresh, or was stored at or after `since` (by the
     /// fetch a coalesced request waited for: usable once even when the
     /// response must be revalidated on every use).
-    pub fn get_validated_since(&self, key: &str, since: Instant) -> Option<Arc<Entry>> {
+    pub fn get_validated_since(&self, key: &str, since: Instant) -> Option<Arc<StoredResponse>> {
         self.cache
             .get(key)
             .filter(|e| e.live() && (e.fresh() || e.stored >= since))
@@ -228,7 +233,7 @@ impl Store {
 
     /// An entry the upstream can be asked about (`ETag` or
     /// `Last-Modified`), fresh or stale.
-    pub fn get_revalidatable(&self, key: &str) -> Option<Arc<Entry>> {
+    pub fn get_revalidatable(&self, key: &str) -> Option<Arc<StoredResponse>> {
         self.cache
             .get(key)
             .filter(|e| e.live() && e.has_validators())
@@ -240,7 +245,7 @@ impl Store {
     }
 
     /// An entry past its freshness but within `stale_while_revalidate`.
-    pub fn get_revalidating(&self, key: &str) -> Option<Arc<Entry>> {
+    pub fn get_revalidating(&self, key: &str) -> Option<Arc<StoredResponse>> {
         self.cache.get(key).filter(|e| {
             e.live() && !e.fresh() && e.stored.elapsed() < e.ttl + e.stale_while_revalidate
         })
@@ -248,7 +253,7 @@ impl Store {
 
     /// An entry past its freshness that may still stand in for a failing
     /// upstream (`stale-if-error`).
-    pub fn get_stale(&self, key: &str) -> Option<Arc<Entry>> {
+    pub fn get_stale(&self, key: &str) -> Option<Arc<StoredResponse>> {
         self.cache
             .get(key)
             .filter(|e| !e.fresh() && e.usable_on_error())
@@ -390,7 +395,7 @@ impl Store {
     }
 
     /// Stores an entry.
-    pub fn put(&self, key: String, mut entry: Entry) {
+    pub fn put(&self, key: String, mut entry: StoredResponse) {
         entry.url = self.url_mark(url_of(&key));
         self.cache.insert(key, Arc::new(entry));
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, StatusCode, Uri};
 
-use super::store::Entry;
+use super::store::StoredResponse;
 
 /// Request headers that make a request conditional.
 static CONDITIONAL_HEADERS: [HeaderName; 5] = [
@@ -36,7 +36,7 @@ pub fn is_conditional(request: &HeaderMap) -> bool {
 /// True when a conditional request is satisfied by the stored entry:
 /// `If-None-Match` against its `ETag` (weak comparison), or, without
 /// `If-None-Match`, `If-Modified-Since` not before its `Last-Modified`.
-pub fn not_modified(request: &HeaderMap, e: &Entry) -> bool {
+pub fn not_modified(request: &HeaderMap, e: &StoredResponse) -> bool {
     e.status == StatusCode::OK && satisfied(request, &e.headers)
 }
 

@@ -25,7 +25,7 @@ const DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// Result of a reload.
 #[derive(Debug)]
-pub enum Outcome {
+pub enum ReloadOutcome {
     /// A new snapshot is live.
     Applied {
         /// Its version.
@@ -71,12 +71,12 @@ impl Reloader {
 
     /// Reads, compiles and swaps in the config file. Blocking (file I/O):
     /// call from a blocking thread.
-    pub fn reload(&self, trigger: &str) -> Result<Outcome, LoadError> {
+    pub fn reload(&self, trigger: &str) -> Result<ReloadOutcome, LoadError> {
         let _serial = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.live.load_full();
         let m = metrics();
         match load(&self.path, Some(&old)) {
-            Ok(new) if new.version == old.version => Ok(Outcome::Unchanged {
+            Ok(new) if new.version == old.version => Ok(ReloadOutcome::Unchanged {
                 version: new.version,
             }),
             Ok(new) => {
@@ -96,7 +96,7 @@ impl Reloader {
                 new.start_background();
                 m.config_reloads.with_label_values(&["success"]).inc();
                 m.config_last_success.set(unix_now());
-                Ok(Outcome::Applied { version })
+                Ok(ReloadOutcome::Applied { version })
             }
             Err(e) => {
                 m.config_reloads.with_label_values(&["failure"]).inc();
@@ -112,7 +112,7 @@ impl Reloader {
     pub async fn reload_async(
         self: &Arc<Self>,
         trigger: &'static str,
-    ) -> Result<Outcome, LoadError> {
+    ) -> Result<ReloadOutcome, LoadError> {
         let me = Arc::clone(self);
         tokio::task::spawn_blocking(move || me.reload(trigger))
             .await

@@ -24,7 +24,7 @@ static QUEUED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::
 
 /// One request, as logged.
 #[derive(Debug, Serialize)]
-pub struct Entry<'a> {
+pub struct LogLine<'a> {
     /// RFC 3339 UTC time the request arrived.
     pub time: String,
     /// Request id (sent upstream and returned).
@@ -163,7 +163,7 @@ fn send_within(tx: &SyncSender<Msg>, mut msg: Msg, within: std::time::Duration) 
 }
 
 /// Queues one line; never blocks.
-pub fn log(entry: &Entry<'_>) {
+pub fn log(entry: &LogLine<'_>) {
     let Ok(mut line) = serde_json::to_string(entry) else {
         return;
     };

@@ -10,14 +10,14 @@ use http::{HeaderMap, Method, Request, Version};
 
 use super::error::ProxyError;
 use crate::config::spec::UnderscorePolicy;
-use crate::snapshot::Settings;
+use crate::snapshot::ServerSettings;
 
 /// Checks `req` and returns the host it is for: its Host header, or the
 /// authority of an absolute-form target (`None` only for HTTP/1.0 without
 /// either).
 pub(crate) fn admit<B>(
     req: &mut Request<B>,
-    settings: &Settings,
+    settings: &ServerSettings,
 ) -> Result<Option<HeaderValue>, ProxyError> {
     head_size(req, settings)?;
     let (underscores, max_body) = (
@@ -91,7 +91,7 @@ pub(crate) fn admit<B>(
 /// The configured head limits, answered with a JSON 431. hyper's parser is
 /// given twice these limits as a hard ceiling (it answers a bare 431 past
 /// them), so an ordinary oversized head gets the gateway's error body.
-fn head_size<B>(req: &Request<B>, s: &Settings) -> Result<(), ProxyError> {
+fn head_size<B>(req: &Request<B>, s: &ServerSettings) -> Result<(), ProxyError> {
     let h = req.headers();
     if h.len() > s.max_request_headers {
         return Err(ProxyError::HeadersTooLarge);

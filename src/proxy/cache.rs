@@ -17,8 +17,8 @@ use super::error::ProxyError;
 use crate::auth::Identity;
 use crate::cache::coalesce::{Flight, Join};
 use crate::cache::key::RouteCache;
-use crate::cache::policy::{Lookup, lookup};
-use crate::cache::store::Entry;
+use crate::cache::policy::{CacheMode, lookup};
+use crate::cache::store::StoredResponse;
 use crate::cache::validate::{
     age_of, is_conditional, not_modified, same_host_path, updated_headers,
 };
@@ -55,10 +55,10 @@ pub(crate) struct RequestCache {
     /// A miss to store.
     plan: Option<Plan>,
     /// A stale entry that may stand in if the upstream fails.
-    stale: Option<Arc<Entry>>,
+    stale: Option<Arc<StoredResponse>>,
     /// A stored entry with validators: the upstream request becomes
     /// conditional, and a 304 refreshes and serves it.
-    revalidate: Option<Arc<Entry>>,
+    revalidate: Option<Arc<StoredResponse>>,
     /// An unsafe request's host and target: what is stored for them is
     /// invalidated once it succeeds.
     unsafe_url: Option<(String, String)>,
@@ -136,14 +136,14 @@ impl RequestCache {
         let [hit, miss, bypass, _, coalesced, _] = &rc.counters;
         let mut waited = false;
         let wish = lookup(req.method(), req.headers());
-        if wish == Lookup::Bypass {
+        if wish == CacheMode::Bypass {
             bypass.inc();
             self.bypass = true;
             return Ok(None);
         }
         let key = rc.key(host, pq, req.headers(), identity);
         let mut variant = rc.store.lookup_key(&key, req.headers());
-        let mut found = if wish == Lookup::Revalidate {
+        let mut found = if wish == CacheMode::Revalidate {
             None
         } else {
             rc.store.get(&variant)
@@ -152,7 +152,7 @@ impl RequestCache {
         // now; the request that leads the key's fetch refreshes it in the
         // background, the others do not wait for it.
         if found.is_none()
-            && wish == Lookup::Normal
+            && wish == CacheMode::Normal
             && let Some(e) = rc.store.get_revalidating(&variant)
         {
             if req.method() == Method::GET
@@ -177,7 +177,7 @@ impl RequestCache {
         // look again. When the fetch was abandoned (its client left, or the
         // upstream failed), one waiter takes it over and the rest wait on.
         let mut flight = None;
-        if found.is_none() && wish == Lookup::Normal {
+        if found.is_none() && wish == CacheMode::Normal {
             let deadline = tokio::time::Instant::now() + timeout;
             loop {
                 match rc.store.join(&key) {
@@ -245,10 +245,10 @@ impl RequestCache {
             )));
         }
         miss.inc();
-        if wish == Lookup::OnlyIfCached {
+        if wish == CacheMode::OnlyIfCached {
             return Err(ProxyError::NotCached);
         }
-        if wish == Lookup::Normal {
+        if wish == CacheMode::Normal {
             self.stale = rc.store.get_stale(&variant);
         }
         if req.method() == Method::GET {
@@ -267,13 +267,17 @@ impl RequestCache {
 }
 
 /// A stored entry as a response, with `Age` and `cache_status`.
-fn entry_response(e: &Entry, head_only: bool, cache_status: HeaderValue) -> Response<ResponseBody> {
+fn entry_response(
+    e: &StoredResponse,
+    head_only: bool,
+    cache_status: HeaderValue,
+) -> Response<ResponseBody> {
     entry_response_aged(e, head_only, HeaderValue::from(e.age()), cache_status)
 }
 
 /// A stored entry as a response, with the given `Age` and `cache_status`.
 fn entry_response_aged(
-    e: &Entry,
+    e: &StoredResponse,
     head_only: bool,
     age: HeaderValue,
     cache_status: HeaderValue,
@@ -295,7 +299,7 @@ fn entry_response_aged(
 /// status it answered with, when it answered).
 fn stale_response(
     rc: &RouteCache,
-    e: &Entry,
+    e: &StoredResponse,
     head_only: bool,
     fwd_status: Option<StatusCode>,
 ) -> Response<ResponseBody> {
@@ -464,7 +468,7 @@ impl RequestCache {
                             metrics().cache_stores.inc();
                             store.put(
                                 key,
-                                Entry {
+                                StoredResponse {
                                     status,
                                     headers,
                                     body: bytes,
@@ -519,7 +523,7 @@ fn refresh(
     key: String,
     facts: &HeaderMap,
     flight: Option<Flight>,
-    old: &Entry,
+    old: &StoredResponse,
     update: &HeaderMap,
 ) -> Response<ResponseBody> {
     use crate::cache::policy::{Storable, storable};
@@ -556,7 +560,7 @@ fn refresh(
             (zero, zero, zero, None)
         }
     };
-    let entry = Entry {
+    let entry = StoredResponse {
         status: old.status,
         headers,
         body: old.body.clone(),

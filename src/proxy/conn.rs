@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::snapshot::Settings;
+use crate::snapshot::ServerSettings;
 
 /// No head in progress.
 const NONE: u64 = u64::MAX;
@@ -188,7 +188,7 @@ struct Watch {
 }
 
 impl Watch {
-    fn new(s: &Settings) -> Self {
+    fn new(s: &ServerSettings) -> Self {
         let shortest = s
             .idle_timeout
             .min(s.header_read_timeout)
@@ -391,7 +391,7 @@ pub(super) fn open(
     prefix: Bytes,
     h1: bool,
     slot: OwnedSemaphorePermit,
-    settings: &Settings,
+    settings: &ServerSettings,
 ) -> (hyper_util::rt::TokioIo<ConnIo>, Arc<ConnState>) {
     let watch = Watch::new(settings);
     let state = ConnState::new(h1, slot, &watch);

@@ -12,7 +12,7 @@ use super::cache::RequestCache;
 use super::conn::ActivityGuard;
 use super::headers::TraceContext;
 use crate::auth::{ConnMemo, Identity};
-use crate::observability::access_log::{self, Entry};
+use crate::observability::access_log::{self, LogLine};
 use crate::observability::metrics::metrics;
 use crate::snapshot::{Route, Snapshot};
 use crate::upstream::{Endpoint, Upstream};
@@ -296,7 +296,7 @@ impl Finish {
             } else {
                 c.reason
             };
-            access_log::log(&Entry {
+            access_log::log(&LogLine {
                 time: access_log::rfc3339(SystemTime::now() - elapsed),
                 request_id: c.request_id.to_str().unwrap_or(""),
                 trace_id: c.trace.trace_id(),

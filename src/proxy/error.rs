@@ -8,7 +8,7 @@ use http::header::{CONNECTION, CONTENT_TYPE, HeaderValue};
 use http::{Method, Response, StatusCode};
 use serde::Serialize;
 
-use crate::auth::Failure;
+use crate::auth::AuthFailure;
 use crate::body::BodyError;
 use crate::routing::normalize::PathError;
 use crate::upstream::UpstreamError;
@@ -52,7 +52,7 @@ pub(crate) enum ProxyError {
     /// The upstream did not answer within the route timeout.
     UpstreamTimeout,
     /// Authentication refused the request (401, 403) or could not run (503).
-    Auth(Failure),
+    Auth(AuthFailure),
     /// A rate-limit policy refused the request; retry after this many
     /// seconds.
     RateLimited(u64),
@@ -154,13 +154,13 @@ impl ProxyError {
                 Party::Upstream,
                 false,
             ),
-            E::Auth(Failure::Missing) => {
+            E::Auth(AuthFailure::Missing) => {
                 (S::UNAUTHORIZED, "unauthorized", Party::Downstream, false)
             }
-            E::Auth(Failure::Invalid(_) | Failure::Expired) => {
+            E::Auth(AuthFailure::Invalid(_) | AuthFailure::Expired) => {
                 (S::UNAUTHORIZED, "invalid_token", Party::Downstream, false)
             }
-            E::Auth(Failure::Forbidden) => {
+            E::Auth(AuthFailure::Forbidden) => {
                 (S::FORBIDDEN, "insufficient_scope", Party::Downstream, false)
             }
             E::Overloaded(_) => (S::SERVICE_UNAVAILABLE, "overloaded", Party::Gateway, false),
@@ -177,7 +177,7 @@ impl ProxyError {
                 Party::Downstream,
                 false,
             ),
-            E::Auth(Failure::Unavailable) => (
+            E::Auth(AuthFailure::Unavailable) => (
                 S::SERVICE_UNAVAILABLE,
                 "auth_unavailable",
                 Party::Gateway,
@@ -247,18 +247,18 @@ impl ProxyError {
         }
         if let ProxyError::Auth(f) = self {
             let challenge = match f {
-                Failure::Missing => Some(HeaderValue::from_static(r#"Bearer realm="tollgate""#)),
-                Failure::Invalid(_) | Failure::Expired => HeaderValue::try_from(format!(
+                AuthFailure::Missing => Some(HeaderValue::from_static(r#"Bearer realm="tollgate""#)),
+                AuthFailure::Invalid(_) | AuthFailure::Expired => HeaderValue::try_from(format!(
                     r#"Bearer realm="tollgate", error="invalid_token", error_description="{}""#,
                     auth_message(*f)
                 ))
                 .ok(),
-                Failure::Forbidden => HeaderValue::try_from(format!(
+                AuthFailure::Forbidden => HeaderValue::try_from(format!(
                     r#"Bearer realm="tollgate", error="insufficient_scope", error_description="{}""#,
                     auth_message(*f)
                 ))
                 .ok(),
-                Failure::Unavailable => {
+                AuthFailure::Unavailable => {
                     h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
                     None
                 }
@@ -332,13 +332,13 @@ impl ProxyError {
 }
 
 /// The message of an authentication failure. Fixed texts: never the token.
-fn auth_message(f: Failure) -> &'static str {
+fn auth_message(f: AuthFailure) -> &'static str {
     match f {
-        Failure::Missing => "a bearer token is required",
-        Failure::Invalid(why) => why,
-        Failure::Expired => "the token has expired",
-        Failure::Forbidden => "the token lacks a required claim value",
-        Failure::Unavailable => "the token issuer's keys are not available yet",
+        AuthFailure::Missing => "a bearer token is required",
+        AuthFailure::Invalid(why) => why,
+        AuthFailure::Expired => "the token has expired",
+        AuthFailure::Forbidden => "the token lacks a required claim value",
+        AuthFailure::Unavailable => "the token issuer's keys are not available yet",
     }
 }
 
@@ -380,20 +380,20 @@ mod tests {
                 503,
                 "rate_limit_unavailable",
             ),
-            (ProxyError::Auth(Failure::Missing), 401, "unauthorized"),
-            (ProxyError::Auth(Failure::Expired), 401, "invalid_token"),
+            (ProxyError::Auth(AuthFailure::Missing), 401, "unauthorized"),
+            (ProxyError::Auth(AuthFailure::Expired), 401, "invalid_token"),
             (
-                ProxyError::Auth(Failure::Invalid("x")),
+                ProxyError::Auth(AuthFailure::Invalid("x")),
                 401,
                 "invalid_token",
             ),
             (
-                ProxyError::Auth(Failure::Forbidden),
+                ProxyError::Auth(AuthFailure::Forbidden),
                 403,
                 "insufficient_scope",
             ),
             (
-                ProxyError::Auth(Failure::Unavailable),
+                ProxyError::Auth(AuthFailure::Unavailable),
                 503,
                 "auth_unavailable",
             ),

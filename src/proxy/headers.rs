@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use http::HeaderMap;
 use http::header::{CONNECTION, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE};
 
-use crate::snapshot::Settings;
+use crate::snapshot::ServerSettings;
 
 /// `x-request-id`.
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -143,7 +143,7 @@ pub(crate) fn join_cookies(h: &mut HeaderMap) {
 /// The client address: the peer when untrusted; otherwise the right-most
 /// X-Forwarded-For address that is not a trusted proxy (or the left-most
 /// when all are trusted).
-pub(crate) fn client_ip(peer: IpAddr, headers: &HeaderMap, settings: &Settings) -> IpAddr {
+pub(crate) fn client_ip(peer: IpAddr, headers: &HeaderMap, settings: &ServerSettings) -> IpAddr {
     if !settings.is_trusted(peer) {
         return peer;
     }
@@ -187,7 +187,7 @@ pub(crate) fn set_forwarding(
     peer_value: &HeaderValue,
     client: IpAddr,
     host: Option<&HeaderValue>,
-    settings: &Settings,
+    settings: &ServerSettings,
     https: bool,
 ) {
     let real_ip = if client == peer {
@@ -375,8 +375,8 @@ mod tests {
     use super::*;
     use crate::routing::normalize::NormalizeOptions;
 
-    fn settings(trusted: &[&str]) -> Settings {
-        Settings {
+    fn settings(trusted: &[&str]) -> ServerSettings {
+        ServerSettings {
             trusted_proxies: trusted.iter().map(|t| t.parse().unwrap()).collect(),
             max_request_header_bytes: 0,
             max_request_body_bytes: 0,

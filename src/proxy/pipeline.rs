@@ -46,7 +46,7 @@ use super::forward::forward;
 use super::headers::{self, TraceContext, X_REQUEST_ID};
 use crate::observability::metrics::metrics;
 use crate::routing::normalize::normalize_path;
-use crate::routing::{Lookup, RequestView};
+use crate::routing::{RequestView, RouteLookup};
 use crate::snapshot::{Action, Route, SharedSnapshot, Snapshot};
 use crate::upstream::Upstream;
 
@@ -217,9 +217,9 @@ fn find_route(
         headers: req.headers(),
     };
     let id = match snapshot.router.lookup(&view) {
-        Lookup::Found(id) => id,
-        Lookup::MethodNotAllowed(allow) => return Err(ProxyError::MethodNotAllowed(allow)),
-        Lookup::NotFound => return Err(ProxyError::NoRoute),
+        RouteLookup::Found(id) => id,
+        RouteLookup::MethodNotAllowed(allow) => return Err(ProxyError::MethodNotAllowed(allow)),
+        RouteLookup::NotFound => return Err(ProxyError::NoRoute),
     };
     let route = snapshot.routes.get(id).ok_or(ProxyError::NoRoute)?;
     Ok((Arc::clone(route), normalized))
@@ -517,7 +517,7 @@ async fn limit(
             Err(ProxyError::RateLimited(secs))
         }
         LimitOutcome::MissingKey if route.auth.is_some() => {
-            Err(ProxyError::Auth(crate::auth::Failure::Missing))
+            Err(ProxyError::Auth(crate::auth::AuthFailure::Missing))
         }
         LimitOutcome::MissingKey => Err(ProxyError::RateLimited(1)),
         LimitOutcome::RepeatedKey => Err(ProxyError::BadRequest(

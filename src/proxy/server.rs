@@ -28,7 +28,7 @@ use super::conn::{self, ActivityGuard, ClientStream};
 use super::ctx::{ConnFacts, Requests};
 use super::pipeline;
 use crate::observability::metrics::metrics;
-use crate::snapshot::{Settings, SharedSnapshot};
+use crate::snapshot::{ServerSettings, SharedSnapshot};
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -171,7 +171,7 @@ async fn open(
     mut stream: TcpStream,
     tls: bool,
     config: Option<Arc<rustls::ServerConfig>>,
-    settings: &Settings,
+    settings: &ServerSettings,
 ) -> Option<Opened> {
     if !tls {
         let sniffed = tokio::time::timeout(settings.header_read_timeout, sniff(&mut stream));
@@ -221,7 +221,7 @@ async fn serve_http(
     facts: Arc<ConnFacts>,
     permit: OwnedSemaphorePermit,
     l: &Listener,
-    settings: &Settings,
+    settings: &ServerSettings,
 ) {
     let (io, state) = conn::open(stream, prefix, !h2, permit, settings);
     let live = Arc::clone(&l.live);
@@ -260,7 +260,7 @@ async fn sniff(stream: &mut TcpStream) -> io::Result<(bool, Bytes)> {
     }
 }
 
-fn h1_builder(s: &Settings) -> http1::Builder {
+fn h1_builder(s: &ServerSettings) -> http1::Builder {
     let mut b = http1::Builder::new();
     b.timer(TokioTimer::new())
         // Head and idle timing is the connection watchdog's (see ConnState).
@@ -278,7 +278,7 @@ fn h1_builder(s: &Settings) -> http1::Builder {
     b
 }
 
-fn h2_builder(s: &Settings) -> http2::Builder<TokioExecutor> {
+fn h2_builder(s: &ServerSettings) -> http2::Builder<TokioExecutor> {
     let mut b = http2::Builder::new(TokioExecutor::new());
     b.timer(TokioTimer::new())
         .max_concurrent_streams(s.max_concurrent_streams)

@@ -48,7 +48,7 @@ pub enum OnError {
 
 /// Compiled `redis:` settings.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Settings {
+pub struct RedisSettings {
     /// `redis://host:port/db`.
     pub url: String,
     /// Connections (multiplexed) used round robin.
@@ -61,8 +61,8 @@ pub struct Settings {
 
 /// The Redis side of global limits.
 pub struct Redis {
-    /// Settings (compared on reload).
-    pub settings: Settings,
+    /// RedisSettings (compared on reload).
+    pub settings: RedisSettings,
     client: redis::Client,
     conns: ArcSwapOption<Vec<ConnectionManager>>,
     next: AtomicUsize,
@@ -87,7 +87,7 @@ pub struct Bucket {
 
 impl Redis {
     /// A client for `settings` (no connection yet; see `start`).
-    pub fn new(settings: Settings) -> Result<Self, String> {
+    pub fn new(settings: RedisSettings) -> Result<Self, String> {
         let client = redis::Client::open(settings.url.as_str())
             .map_err(|e| format!("`{}`: {e}", redact::url(&settings.url)))?;
         Ok(Self {

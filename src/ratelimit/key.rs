@@ -10,7 +10,7 @@ use crate::auth::{Identity, claim_at};
 
 /// One part of a bucket key.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeyPart {
+pub enum LimitKeyPart {
     /// The verified token's tenant.
     Tenant,
     /// The client address (IPv6 grouped by /64).
@@ -23,19 +23,19 @@ pub enum KeyPart {
     Route,
 }
 
-impl KeyPart {
+impl LimitKeyPart {
     /// Parses `tenant`, `client_ip`, `header:NAME`, `claim:NAME` or `route`.
     pub fn parse(text: &str) -> Result<Self, String> {
         match text.split_once(':') {
-            None if text == "tenant" => Ok(KeyPart::Tenant),
-            None if text == "client_ip" => Ok(KeyPart::ClientIp),
-            None if text == "route" => Ok(KeyPart::Route),
+            None if text == "tenant" => Ok(LimitKeyPart::Tenant),
+            None if text == "client_ip" => Ok(LimitKeyPart::ClientIp),
+            None if text == "route" => Ok(LimitKeyPart::Route),
             Some(("header", name)) => HeaderName::try_from(name.trim())
-                .map(KeyPart::Header)
+                .map(LimitKeyPart::Header)
                 .map_err(|_| format!("`{name}` is not a header name")),
-            Some(("claim", path)) if path.split('.').all(|p| !p.is_empty()) => {
-                Ok(KeyPart::Claim(path.split('.').map(str::to_owned).collect()))
-            }
+            Some(("claim", path)) if path.split('.').all(|p| !p.is_empty()) => Ok(
+                LimitKeyPart::Claim(path.split('.').map(str::to_owned).collect()),
+            ),
             _ => Err(format!(
                 "`{text}`: use tenant, client_ip, header:NAME, claim:NAME or route"
             )),
@@ -43,7 +43,7 @@ impl KeyPart {
     }
 
     pub(super) fn needs_identity(&self) -> bool {
-        matches!(self, KeyPart::Tenant | KeyPart::Claim(_))
+        matches!(self, LimitKeyPart::Tenant | LimitKeyPart::Claim(_))
     }
 }
 
@@ -82,7 +82,7 @@ impl Policy {
                 out.push('\u{1f}');
             }
             match part {
-                KeyPart::Tenant => {
+                LimitKeyPart::Tenant => {
                     let t = input
                         .identity
                         .and_then(|id| id.tenant.as_deref())
@@ -90,8 +90,8 @@ impl Policy {
                         .ok_or(KeyError::Missing)?;
                     out.push_str(t);
                 }
-                KeyPart::ClientIp => push_ip(&mut out, input.client),
-                KeyPart::Header(name) => {
+                LimitKeyPart::ClientIp => push_ip(&mut out, input.client),
+                LimitKeyPart::Header(name) => {
                     let mut values = input.headers.get_all(name).iter();
                     let v = values.next().ok_or(KeyError::Missing)?;
                     if values.next().is_some() {
@@ -103,7 +103,7 @@ impl Policy {
                     }
                     out.push_str(v);
                 }
-                KeyPart::Claim(path) => {
+                LimitKeyPart::Claim(path) => {
                     let v = input
                         .identity
                         .and_then(|id| claim_at(&id.claims, path))
@@ -117,7 +117,7 @@ impl Policy {
                         _ => return Err(KeyError::Missing),
                     }
                 }
-                KeyPart::Route => out.push_str(input.route),
+                LimitKeyPart::Route => out.push_str(input.route),
             }
         }
         Ok(self.compact(out))
@@ -168,14 +168,14 @@ fn push_ip(out: &mut String, ip: IpAddr) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::policy::{Missing, Options};
+    use super::super::policy::{Missing, PolicyOptions};
     use super::super::{Definition, Shape};
     use super::*;
     use http::HeaderValue;
     use std::time::Duration;
 
-    fn options() -> Options {
-        Options {
+    fn options() -> PolicyOptions {
+        PolicyOptions {
             max_keys: 1000,
             shadow: false,
             headers: true,
@@ -206,8 +206,8 @@ mod tests {
             "t",
             options(),
             vec![
-                KeyPart::Header(HeaderName::from_static("x-api-key")),
-                KeyPart::Route,
+                LimitKeyPart::Header(HeaderName::from_static("x-api-key")),
+                LimitKeyPart::Route,
             ],
             shape,
             vec![],

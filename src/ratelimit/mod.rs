@@ -30,9 +30,9 @@ use prometheus::IntCounter;
 pub use crate::config::Definition;
 use crate::observability::metrics::metrics;
 pub use headers::headers;
-pub use key::{KeyError, KeyInput, KeyPart, MAX_KEY_BYTES};
+pub use key::{KeyError, KeyInput, LimitKeyPart, MAX_KEY_BYTES};
 pub use limiter::{Shape, Verdict, parse_rate};
-pub use policy::{Checked, Missing, Options, Policy};
+pub use policy::{Checked, Missing, Policy, PolicyOptions};
 
 /// A route's policies with their per-route counters.
 pub struct RouteLimits {

@@ -9,10 +9,10 @@ use std::time::Duration;
 use http::HeaderValue;
 
 use super::limiter::Limiter;
-use super::{Definition, KeyPart, Shape, Verdict, global};
+use super::{Definition, LimitKeyPart, Shape, Verdict, global};
 
 /// How a policy is built, beyond its key and shapes.
-pub struct Options {
+pub struct PolicyOptions {
     /// Most keys tracked per limiter.
     pub max_keys: u64,
     /// Count only, reject nothing.
@@ -53,7 +53,7 @@ pub struct Policy {
     /// across reloads).
     pub definition: Definition,
     /// Key parts, in order.
-    pub key: Vec<KeyPart>,
+    pub key: Vec<LimitKeyPart>,
     /// Count only, reject nothing.
     pub shadow: bool,
     /// Keyless requests.
@@ -77,8 +77,8 @@ impl Policy {
     /// A policy; `None` when a shape cannot be expressed.
     pub fn new(
         name: &str,
-        o: Options,
-        key: Vec<KeyPart>,
+        o: PolicyOptions,
+        key: Vec<LimitKeyPart>,
         default: Shape,
         overrides: Vec<(String, Shape)>,
         missing: Missing,
@@ -92,7 +92,7 @@ impl Policy {
             name: name.to_owned(),
             shadow: o.shadow,
             headers: o.headers,
-            after_auth: key.iter().any(KeyPart::needs_identity),
+            after_auth: key.iter().any(LimitKeyPart::needs_identity),
             default: Limiter::new(default, max_keys)?,
             fixed_headers: std::iter::once(default)
                 .chain(map.values().map(|l| l.shape))
@@ -223,8 +223,8 @@ mod tests {
         }
     }
 
-    fn options() -> Options {
-        Options {
+    fn options() -> PolicyOptions {
+        PolicyOptions {
             max_keys: 1000,
             shadow: false,
             headers: true,
@@ -242,7 +242,7 @@ mod tests {
         let p = Policy::new(
             "t",
             options(),
-            vec![KeyPart::ClientIp],
+            vec![LimitKeyPart::ClientIp],
             shape,
             vec![],
             Missing::Reject,
@@ -279,7 +279,7 @@ mod tests {
         let p = Policy::new(
             "t",
             options(),
-            vec![KeyPart::Tenant, KeyPart::Route],
+            vec![LimitKeyPart::Tenant, LimitKeyPart::Route],
             shape,
             vec![("acme".into(), big)],
             Missing::Reject,

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::{Lookup, Rejection, RequestView, Router, Trace};
+use super::{Rejection, RequestView, RouteLookup, Router, Trace};
 
 /// One route that matched host and path, and what its constraints said.
 #[derive(Debug, Clone, Serialize)]
@@ -60,9 +60,9 @@ pub fn explain(router: &Router, req: &RequestView<'_>) -> Explanation {
     let mut rec = Recorder::default();
     let lookup = router.lookup_traced(req, &mut rec);
     let (matched, status) = match lookup {
-        Lookup::Found(id) => (Some(id), 200),
-        Lookup::MethodNotAllowed(_) => (None, 405),
-        Lookup::NotFound => (None, 404),
+        RouteLookup::Found(id) => (Some(id), 200),
+        RouteLookup::MethodNotAllowed(_) => (None, 405),
+        RouteLookup::NotFound => (None, 404),
     };
     let nearest = if rec.candidates.is_empty() {
         let mut scored: Vec<(usize, usize)> = (0..router.len())

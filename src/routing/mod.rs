@@ -90,7 +90,7 @@ pub struct RequestView<'a> {
 
 /// The outcome of a lookup.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Lookup {
+pub enum RouteLookup {
     /// This route takes the request.
     Found(usize),
     /// Host and path matched routes, but none for this method.
@@ -173,17 +173,17 @@ impl Router {
     }
 
     /// Finds the route for a request.
-    pub fn lookup(&self, req: &RequestView<'_>) -> Lookup {
+    pub fn lookup(&self, req: &RequestView<'_>) -> RouteLookup {
         self.lookup_traced(req, &mut ())
     }
 
     /// [`Router::lookup`], reporting each step to `trace`.
-    pub fn lookup_traced<T: Trace>(&self, req: &RequestView<'_>, trace: &mut T) -> Lookup {
+    pub fn lookup_traced<T: Trace>(&self, req: &RequestView<'_>, trace: &mut T) -> RouteLookup {
         let (found, method_miss) = self.search(req, trace);
         match found {
-            Some(id) => Lookup::Found(id),
-            None if method_miss => Lookup::MethodNotAllowed(self.allowed_methods(req)),
-            None => Lookup::NotFound,
+            Some(id) => RouteLookup::Found(id),
+            None if method_miss => RouteLookup::MethodNotAllowed(self.allowed_methods(req)),
+            None => RouteLookup::NotFound,
         }
     }
 

@@ -21,7 +21,7 @@ use crate::observability::metrics::metrics;
 
 /// Outcomes a breaker can count as failures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
+pub enum FailureKind {
     /// No connection could be made.
     ConnectError,
     /// No response head in time.
@@ -32,20 +32,20 @@ pub enum Failure {
     Status5xx,
 }
 
-impl Failure {
+impl FailureKind {
     fn bit(self) -> u8 {
         match self {
-            Failure::ConnectError => 1,
-            Failure::Timeout => 2,
-            Failure::Reset => 4,
-            Failure::Status5xx => 8,
+            FailureKind::ConnectError => 1,
+            FailureKind::Timeout => 2,
+            FailureKind::Reset => 4,
+            FailureKind::Status5xx => 8,
         }
     }
 }
 
 /// Compiled `circuit_breaker` settings.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub struct BreakerSettings {
     /// Open after this many failures in a row (0: off).
     pub consecutive_failures: u32,
     /// Open when this share (0..=1) of the window failed (`None`: off).
@@ -60,13 +60,13 @@ pub struct Settings {
     pub max_open_for: Duration,
     /// Probes in half-open.
     pub half_open_requests: u32,
-    /// Which failures count (bits of `Failure::bit`).
+    /// Which failures count (bits of `FailureKind::bit`).
     pub failure_on: u8,
 }
 
-impl Settings {
+impl BreakerSettings {
     /// The failure kinds bitset from a list.
-    pub fn kinds(list: &[Failure]) -> u8 {
+    pub fn kinds(list: &[FailureKind]) -> u8 {
         list.iter().fold(0, |acc, f| acc | f.bit())
     }
 }
@@ -121,7 +121,7 @@ struct State {
 /// One endpoint's breaker.
 pub struct Breaker {
     label: String,
-    settings: Settings,
+    settings: BreakerSettings,
     state: Mutex<State>,
     epoch: Instant,
     gauge: IntGauge,
@@ -141,7 +141,7 @@ pub enum Admit {
 
 impl Breaker {
     /// A closed breaker for `endpoint` of `upstream`.
-    pub fn new(settings: Settings, upstream: &str, endpoint: &str) -> Self {
+    pub fn new(settings: BreakerSettings, upstream: &str, endpoint: &str) -> Self {
         let m = metrics();
         let gauge = m.circuit_state.with_label_values(&[upstream, endpoint]);
         gauge.set(0);
@@ -220,7 +220,7 @@ impl Breaker {
     }
 
     /// Records the outcome of a request admitted as `admit`.
-    pub fn record(&self, admit: Admit, outcome: Option<Failure>) {
+    pub fn record(&self, admit: Admit, outcome: Option<FailureKind>) {
         let failed = outcome.is_some_and(|f| self.settings.failure_on & f.bit() != 0);
         let now = Instant::now();
         let Ok(mut s) = self.state.lock() else {
@@ -327,8 +327,8 @@ impl Breaker {
 mod tests {
     use super::*;
 
-    fn settings() -> Settings {
-        Settings {
+    fn settings() -> BreakerSettings {
+        BreakerSettings {
             consecutive_failures: 3,
             failure_rate: None,
             min_requests: 20,
@@ -336,7 +336,10 @@ mod tests {
             open_for: Duration::from_millis(30),
             max_open_for: Duration::from_millis(100),
             half_open_requests: 2,
-            failure_on: Settings::kinds(&[Failure::ConnectError, Failure::Status5xx]),
+            failure_on: BreakerSettings::kinds(&[
+                FailureKind::ConnectError,
+                FailureKind::Status5xx,
+            ]),
         }
     }
 
@@ -344,22 +347,22 @@ mod tests {
     fn opens_on_a_streak_probes_and_closes() {
         let b = Breaker::new(settings(), "t", "a");
         for _ in 0..2 {
-            b.record(b.admit(), Some(Failure::ConnectError));
+            b.record(b.admit(), Some(FailureKind::ConnectError));
         }
         b.record(b.admit(), None); // the streak is broken
         for _ in 0..2 {
-            b.record(b.admit(), Some(Failure::Status5xx));
+            b.record(b.admit(), Some(FailureKind::Status5xx));
         }
         assert_eq!(b.phase(), Phase::Closed);
         // Timeouts are not in failure_on: an outcome that does not count as
         // a failure counts as a success and ends the streak.
-        b.record(b.admit(), Some(Failure::Timeout));
+        b.record(b.admit(), Some(FailureKind::Timeout));
         assert_eq!(b.phase(), Phase::Closed);
         for _ in 0..2 {
-            b.record(b.admit(), Some(Failure::Status5xx));
+            b.record(b.admit(), Some(FailureKind::Status5xx));
         }
         assert_eq!(b.phase(), Phase::Closed);
-        b.record(b.admit(), Some(Failure::Status5xx));
+        b.record(b.admit(), Some(FailureKind::Status5xx));
         assert_eq!(b.phase(), Phase::Open);
         assert_eq!(b.admit(), Admit::No);
         std::thread::sleep(Duration::from_millis(35));
@@ -376,12 +379,12 @@ mod tests {
     fn a_failed_probe_reopens_for_longer_up_to_the_cap() {
         let b = Breaker::new(settings(), "t", "b");
         for _ in 0..3 {
-            b.record(b.admit(), Some(Failure::ConnectError));
+            b.record(b.admit(), Some(FailureKind::ConnectError));
         }
         let first = b.retry_after();
         std::thread::sleep(Duration::from_millis(35));
         let p = b.admit();
-        b.record(p, Some(Failure::ConnectError));
+        b.record(p, Some(FailureKind::ConnectError));
         assert_eq!(b.phase(), Phase::Open);
         let second = b.retry_after();
         assert!(
@@ -389,7 +392,7 @@ mod tests {
             "{first:?} {second:?}"
         );
         std::thread::sleep(Duration::from_millis(65));
-        b.record(b.admit(), Some(Failure::ConnectError));
+        b.record(b.admit(), Some(FailureKind::ConnectError));
         assert!(b.retry_after() <= Duration::from_millis(100));
     }
 
@@ -401,10 +404,10 @@ mod tests {
         s.min_requests = 10;
         let b = Breaker::new(s, "t", "c");
         for i in 0..9 {
-            b.record(b.admit(), (i % 2 == 0).then_some(Failure::Status5xx));
+            b.record(b.admit(), (i % 2 == 0).then_some(FailureKind::Status5xx));
         }
         assert_eq!(b.phase(), Phase::Closed, "9 requests: below min_requests");
-        b.record(b.admit(), Some(Failure::Status5xx));
+        b.record(b.admit(), Some(FailureKind::Status5xx));
         assert_eq!(b.phase(), Phase::Open, "6 of 10 failed");
     }
 
@@ -412,7 +415,7 @@ mod tests {
     fn released_probes_free_their_slot() {
         let b = Breaker::new(settings(), "t", "d");
         for _ in 0..3 {
-            b.record(b.admit(), Some(Failure::ConnectError));
+            b.record(b.admit(), Some(FailureKind::ConnectError));
         }
         std::thread::sleep(Duration::from_millis(35));
         let (p1, p2) = (b.admit(), b.admit());

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use http::uri::Authority;
 
-use super::breaker::{self, Admit, Breaker, Failure};
-use super::{Held, Pool, Target};
+use super::breaker::{self, Admit, Breaker, FailureKind};
+use super::{ConnectTarget, Held, Pool};
 use crate::observability::metrics::{EndpointMetrics, metrics};
 
 /// One backend address.
@@ -76,13 +76,13 @@ pub struct EndpointParams<'a> {
     /// Upstream name (metric label).
     pub upstream: &'a str,
     /// Pool settings.
-    pub target: Target,
+    pub target: ConnectTarget,
     /// Endpoint weight.
     pub weight: u32,
     /// HTTP/2 cleartext.
     pub h2: bool,
     /// Circuit breaker settings.
-    pub breaker: Option<breaker::Settings>,
+    pub breaker: Option<breaker::BreakerSettings>,
     /// Whether the upstream has active health checks (exports the gauge).
     pub health_checked: bool,
 }
@@ -139,7 +139,7 @@ impl Endpoint {
         self.breaker.as_ref().map_or(Admit::Yes, Breaker::admit)
     }
 
-    fn record(&self, admit: Admit, outcome: Option<Failure>) {
+    fn record(&self, admit: Admit, outcome: Option<FailureKind>) {
         if let Some(b) = &self.breaker {
             b.record(admit, outcome);
         }
@@ -203,7 +203,7 @@ impl Slot<'_> {
         }
     }
 
-    pub(super) fn done(mut self, outcome: Option<Failure>) {
+    pub(super) fn done(mut self, outcome: Option<FailureKind>) {
         self.open = false;
         self.ep.record(self.admit, outcome);
         self.ep

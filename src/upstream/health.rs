@@ -20,7 +20,7 @@ const MAX_BODY: usize = 64 << 10;
 
 /// Compiled `health_check` settings.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub struct HealthCheck {
     /// Path (and query) requested.
     pub path: String,
     /// Time between checks of one endpoint.
@@ -35,7 +35,7 @@ pub struct Settings {
     pub expected: Vec<(u16, u16)>,
 }
 
-impl Settings {
+impl HealthCheck {
     fn accepts(&self, status: u16) -> bool {
         self.expected
             .iter()
@@ -79,7 +79,7 @@ pub(crate) fn start(up: &Arc<Upstream>, stop: watch::Receiver<()>) {
     tokio::spawn(run(weak, settings, stop));
 }
 
-async fn run(weak: Weak<Upstream>, s: Settings, mut stop: watch::Receiver<()>) {
+async fn run(weak: Weak<Upstream>, s: HealthCheck, mut stop: watch::Receiver<()>) {
     let m = metrics();
     let mut streaks: Vec<(u32, u32)> = Vec::new();
     let mut tick = tokio::time::interval(s.interval);

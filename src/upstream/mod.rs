@@ -29,12 +29,12 @@ use crate::body::RequestBody;
 use crate::config::Definition;
 use crate::observability::metrics::metrics;
 pub(crate) use balance::{Balancer, BalancerKind};
-use breaker::{Admit, Breaker, Failure};
+use breaker::{Admit, Breaker, FailureKind};
 pub(crate) use counter::{Counter, Held};
 use endpoint::Slot;
 pub(crate) use endpoint::{Endpoint, EndpointParams, InflightGuard};
 pub(crate) use error::{SendFailure, UpstreamError};
-pub(crate) use pool::{ConnectError, Pool, Target};
+pub(crate) use pool::{ConnectError, ConnectTarget, Pool};
 
 /// What a `consistent_hash` balancer hashes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,7 +61,7 @@ pub struct Upstream {
     /// What `consistent_hash` hashes.
     pub hash_on: Option<HashOn>,
     /// Active health check settings.
-    pub health: Option<health::Settings>,
+    pub health: Option<health::HealthCheck>,
     /// Hash of the TLS files read (compared on reload with `spec`).
     pub tls_hash: u64,
     balancer: Balancer,
@@ -110,7 +110,7 @@ pub struct UpstreamParams {
     /// What `consistent_hash` hashes.
     pub hash_on: Option<HashOn>,
     /// Active health checks.
-    pub health: Option<health::Settings>,
+    pub health: Option<health::HealthCheck>,
     /// Requests in flight and open connections, with their caps.
     pub counters: (Counter, Counter),
 }
@@ -326,7 +326,7 @@ impl Upstream {
                 Some(c) => (c, true),
                 None => match tokio::time::timeout_at(deadline, ep.pool.connect()).await {
                     Err(_) => {
-                        slot.done(Some(Failure::Timeout));
+                        slot.done(Some(FailureKind::Timeout));
                         return Err(timed_out());
                     }
                     Ok(Ok(c)) => (c, false),
@@ -336,7 +336,7 @@ impl Upstream {
                     }
                     Ok(Err(source)) => {
                         ep.metrics.connect_errors.inc();
-                        slot.done(Some(Failure::ConnectError));
+                        slot.done(Some(FailureKind::ConnectError));
                         if !retried
                             && self.endpoints.len() > 1
                             && let Some(next) = self.pick(key, *tried)
@@ -360,11 +360,11 @@ impl Upstream {
                 },
             };
             let response = match conn {
-                pool::Conn::Http1(conn) => {
+                pool::Pooled::Http1(conn) => {
                     let exchange = h1::send(conn, req, &ep.id, pooled, ep.pool.max_head());
                     match tokio::time::timeout_at(deadline, exchange).await {
                         Err(_) => {
-                            slot.done(Some(Failure::Timeout));
+                            slot.done(Some(FailureKind::Timeout));
                             return Err(timed_out());
                         }
                         Ok(Ok((resp, conn))) => {
@@ -385,7 +385,7 @@ impl Upstream {
                         Ok(Err(Ok(e))) => {
                             let e = SendFailure::from(e);
                             // A failing client body is not the endpoint's fault.
-                            slot.done(e.body_error().is_none().then_some(Failure::Reset));
+                            slot.done(e.body_error().is_none().then_some(FailureKind::Reset));
                             return Err(UpstreamError::Send {
                                 endpoint: ep.id.clone(),
                                 source: e,
@@ -394,10 +394,10 @@ impl Upstream {
                     }
                 }
                 // hyper's client: the shared h2 connection.
-                pool::Conn::H2(mut tx) => {
+                pool::Pooled::H2(mut tx) => {
                     match tokio::time::timeout_at(deadline, tx.try_send_request(req)).await {
                         Err(_) => {
-                            slot.done(Some(Failure::Timeout));
+                            slot.done(Some(FailureKind::Timeout));
                             return Err(timed_out());
                         }
                         Ok(Ok(resp)) => resp.map(UpstreamBody::H2),
@@ -408,7 +408,7 @@ impl Upstream {
                             }
                             _ => {
                                 let e = SendFailure::from(e.into_error());
-                                slot.done(e.body_error().is_none().then_some(Failure::Reset));
+                                slot.done(e.body_error().is_none().then_some(FailureKind::Reset));
                                 return Err(UpstreamError::Send {
                                     endpoint: ep.id.clone(),
                                     source: e,
@@ -422,7 +422,7 @@ impl Upstream {
             self.duration.observe(took.as_secs_f64());
             let status = response.status().as_u16();
             ep.metrics.requests.inc_status(status);
-            slot.done((status >= 500).then_some(Failure::Status5xx));
+            slot.done((status >= 500).then_some(FailureKind::Status5xx));
             return Ok(Sent {
                 response,
                 endpoint: Arc::clone(ep),

@@ -40,7 +40,7 @@ pub enum ConnectError {
 
 /// Where and how to connect.
 #[derive(Debug, Clone)]
-pub struct Target {
+pub struct ConnectTarget {
     /// Host name or IP literal (without brackets).
     pub host: String,
     /// Port.
@@ -63,7 +63,7 @@ pub struct Target {
 }
 
 /// A connection ready for one request.
-pub enum Conn {
+pub enum Pooled {
     /// A HTTP/1.1 connection, owned by the request until its response ends.
     Http1(h1::Conn),
     /// A handle to the shared h2 connection.
@@ -78,7 +78,7 @@ struct Idle {
 
 /// The pool of one endpoint.
 pub struct Pool {
-    target: Target,
+    target: ConnectTarget,
     h2: bool,
     /// Idle HTTP/1.1 connections, most recently returned last.
     idle: Mutex<Vec<Idle>>,
@@ -95,7 +95,7 @@ pub struct Pool {
 
 impl Pool {
     /// An empty pool.
-    pub fn new(target: Target, h2: bool) -> Self {
+    pub fn new(target: ConnectTarget, h2: bool) -> Self {
         Self {
             target,
             h2,
@@ -109,25 +109,25 @@ impl Pool {
     /// A live idle connection, if one is pooled. The most recently used is
     /// taken first (its server side is the least likely to have timed out);
     /// connections the peer closed while idle are dropped on the way.
-    pub fn checkout(&self) -> Option<Conn> {
+    pub fn checkout(&self) -> Option<Pooled> {
         if self.h2 {
             let guard = self.shared.lock().ok()?;
             return guard
                 .as_ref()
                 .filter(|tx| !tx.is_closed())
-                .map(|tx| Conn::H2(tx.clone()));
+                .map(|tx| Pooled::H2(tx.clone()));
         }
         let mut idle = self.idle.lock().ok()?;
         while let Some(c) = idle.pop() {
             if c.conn.is_reusable() {
-                return Some(Conn::Http1(c.conn));
+                return Some(Pooled::Http1(c.conn));
             }
         }
         None
     }
 
     /// Opens a new connection (for h2c: unless another request just did).
-    pub async fn connect(&self) -> Result<Conn, ConnectError> {
+    pub async fn connect(&self) -> Result<Pooled, ConnectError> {
         if self.h2 {
             let _one_at_a_time = self.connecting.lock().await;
             if let Some(c) = self.checkout() {
@@ -138,7 +138,7 @@ impl Pool {
         self.open().await
     }
 
-    async fn open(&self) -> Result<Conn, ConnectError> {
+    async fn open(&self) -> Result<Pooled, ConnectError> {
         let t = &self.target;
         let held = if self.h2 {
             None
@@ -161,17 +161,17 @@ impl Pool {
             .map_err(|_| ConnectError::Timeout)??;
             if !self.h2 {
                 let tls = h1::Stream::Tls(Box::new(tls));
-                return Ok(Conn::Http1(h1::Conn::new(tls, held)));
+                return Ok(Pooled::Http1(h1::Conn::new(tls, held)));
             }
             return self.h2_handshake(TokioIo::new(tls)).await;
         }
         if !self.h2 {
-            return Ok(Conn::Http1(h1::Conn::new(h1::Stream::Tcp(stream), held)));
+            return Ok(Pooled::Http1(h1::Conn::new(h1::Stream::Tcp(stream), held)));
         }
         self.h2_handshake(TokioIo::new(stream)).await
     }
 
-    async fn h2_handshake<I>(&self, io: I) -> Result<Conn, ConnectError>
+    async fn h2_handshake<I>(&self, io: I) -> Result<Pooled, ConnectError>
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
@@ -189,7 +189,7 @@ impl Pool {
         if let Ok(mut shared) = self.shared.lock() {
             *shared = Some(tx.clone());
         }
-        Ok(Conn::H2(tx))
+        Ok(Pooled::H2(tx))
     }
 
     /// Takes back a HTTP/1.1 connection whose response was read to the end.

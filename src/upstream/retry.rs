@@ -31,9 +31,9 @@ pub enum Reason {
 }
 
 /// A compiled `retry:`.
-pub struct Policy {
+pub struct RetryPolicy {
     /// What it retries, and how.
-    pub settings: Settings,
+    pub settings: RetrySettings,
     active: Arc<AtomicUsize>,
     retrying: Arc<AtomicUsize>,
     route: String,
@@ -41,7 +41,7 @@ pub struct Policy {
 }
 
 /// What a policy retries, and how.
-pub struct Settings {
+pub struct RetrySettings {
     /// Retries after the first try.
     pub attempts: u32,
     /// Retry connect errors.
@@ -64,7 +64,7 @@ pub struct Settings {
     pub non_idempotent: bool,
 }
 
-impl Settings {
+impl RetrySettings {
     /// True when status `c` is in `on`.
     fn lists(&self, c: u16) -> bool {
         self.statuses
@@ -91,9 +91,9 @@ impl Drop for Retrying {
     }
 }
 
-impl Policy {
+impl RetryPolicy {
     /// The policy of route `route`.
-    pub fn new(route: &str, s: Settings) -> Self {
+    pub fn new(route: &str, s: RetrySettings) -> Self {
         Self {
             settings: s,
             active: Arc::default(),
@@ -197,13 +197,13 @@ impl Again {
 /// answer is a timeout.
 pub(crate) async fn send(
     upstream: &Upstream,
-    policy: Option<&Policy>,
+    policy: Option<&RetryPolicy>,
     mut out: Request<RequestBody>,
     again: Option<Again>,
     key: Option<u64>,
     deadline: tokio::time::Instant,
 ) -> Result<Sent, UpstreamError> {
-    let _active = policy.map(Policy::begin);
+    let _active = policy.map(RetryPolicy::begin);
     let mut tried = 0u64;
     let mut retries = 0u32;
     let mut _retrying = None;
@@ -265,10 +265,10 @@ pub(crate) async fn send(
 mod tests {
     use super::*;
 
-    fn policy(budget: f64, min: usize) -> Policy {
-        Policy::new(
+    fn policy(budget: f64, min: usize) -> RetryPolicy {
+        RetryPolicy::new(
             "t",
-            Settings {
+            RetrySettings {
                 attempts: 2,
                 on_connect_error: true,
                 on_reset: true,

@@ -652,7 +652,7 @@ routes:
     std::fs::write(dir.join("keys.json"), jwks(&[&b]).to_string()).unwrap();
     let r = gw.reloader.reload_async("test").await.unwrap();
     assert!(
-        matches!(r, tollgate::config::reload::Outcome::Applied { .. }),
+        matches!(r, tollgate::config::reload::ReloadOutcome::Applied { .. }),
         "{r:?}"
     );
     assert_eq!(status(url("/file"), tb.clone()).await, 200);
@@ -661,7 +661,7 @@ routes:
     std::fs::write(&path, with_server(&config(", timeout: 5s"))).unwrap();
     let r = gw.reloader.reload_async("test").await.unwrap();
     assert!(
-        matches!(r, tollgate::config::reload::Outcome::Applied { .. }),
+        matches!(r, tollgate::config::reload::ReloadOutcome::Applied { .. }),
         "{r:?}"
     );
     assert_eq!(status(url("/remote"), tr.clone()).await, 200);

@@ -229,7 +229,7 @@ async fn certificates_swap_on_reload_without_dropping_open_connections() {
     std::fs::write(site.dir.join("a.key"), k).unwrap();
     let r = gw.reloader.reload_async("test").await.unwrap();
     assert!(
-        matches!(r, tollgate::config::reload::Outcome::Applied { .. }),
+        matches!(r, tollgate::config::reload::ReloadOutcome::Applied { .. }),
         "{r:?}"
     );
     assert!(

@@ -30,7 +30,7 @@ use super::spec::{EscapedSlashPolicy, Spec, WorkersSpec};
 use crate::observability::metrics::RouteMetrics;
 use crate::routing::Router;
 use crate::routing::normalize::NormalizeOptions;
-use crate::snapshot::{Settings, Snapshot, StartOnly};
+use crate::snapshot::{ServerSettings, Snapshot, StartOnly};
 
 /// Route timeout when none is configured.
 pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -72,7 +72,7 @@ pub fn compile(
     let admin_token = admin::token(&spec, base, &mut errs, &mut files_hash);
     let tls = tls::tls(&spec, base, &mut errs, &mut files_hash);
     let (redirect_https, hsts) = tls::https_policy(&spec, &mut errs);
-    let settings = Settings {
+    let settings = ServerSettings {
         redirect_https,
         hsts,
         ..settings
@@ -251,21 +251,21 @@ fn route_cache(
     store: Option<&std::sync::Arc<crate::cache::store::Store>>,
     errs: &mut Errors,
 ) -> Option<crate::cache::key::RouteCache> {
-    use crate::cache::key::{KeyPart, RouteCache};
+    use crate::cache::key::{CacheKeyPart, RouteCache};
     let Some(store) = store else {
         errs.push(p, "a route cache needs the top-level `cache:` section");
         return None;
     };
     let mut key = Vec::new();
     for (i, k) in c.key.iter().enumerate() {
-        match KeyPart::parse(k) {
+        match CacheKeyPart::parse(k) {
             Ok(part) => key.push(part),
             Err(m) => errs.push(format!("{p}.key[{i}]"), m),
         }
     }
     let per_tenant = key
         .iter()
-        .any(|k| matches!(k, KeyPart::Tenant | KeyPart::Claim(_)));
+        .any(|k| matches!(k, CacheKeyPart::Tenant | CacheKeyPart::Claim(_)));
     if c.cache_authorized && !per_tenant {
         errs.push(
             format!("{p}.cache_authorized"),
@@ -278,7 +278,7 @@ fn route_cache(
         key_cookies: key
             .iter()
             .filter_map(|k| match k {
-                KeyPart::Cookie(n) => Some(n.clone()),
+                CacheKeyPart::Cookie(n) => Some(n.clone()),
                 _ => None,
             })
             .collect(),
@@ -296,7 +296,7 @@ fn route_cache(
     ))
 }
 
-fn settings(spec: &Spec, errs: &mut Errors) -> Settings {
+fn settings(spec: &Spec, errs: &mut Errors) -> ServerSettings {
     let s = &spec.server;
     if s.listen.is_empty() {
         errs.push("server.listen", "give at least one address");
@@ -390,7 +390,7 @@ fn settings(spec: &Spec, errs: &mut Errors) -> Settings {
             errs.push(format!("{p}.{field}"), "must be more than zero");
         }
     }
-    Settings {
+    ServerSettings {
         trusted_proxies: trusted,
         max_request_header_bytes: l.max_request_header_bytes.0 as usize,
         max_request_body_bytes: l.max_request_body_bytes.0,

@@ -11,7 +11,9 @@ use crate::config::spec::{
     MissingKeySpec, OnErrorSpec, RateLimitSpec, RateModeSpec, ScopeSpec, Spec,
 };
 use crate::ratelimit::global::{self, Redis};
-use crate::ratelimit::{KeyPart, Missing, Options, Policy, RouteLimits, Shape, parse_rate};
+use crate::ratelimit::{
+    LimitKeyPart, Missing, Policy, PolicyOptions, RouteLimits, Shape, parse_rate,
+};
 use crate::snapshot::Snapshot;
 
 /// `redis:`, carried over when unchanged (its connections stay up).
@@ -28,7 +30,7 @@ pub(super) fn redis(
     if r.timeout.0.is_zero() {
         errs.push("redis.timeout", "must be more than zero");
     }
-    let settings = global::Settings {
+    let settings = global::RedisSettings {
         url: r.url.as_str().to_owned(),
         pool_size: r.pool_size,
         timeout: r.timeout.0,
@@ -126,7 +128,7 @@ fn policy(name: &str, r: &RateLimitSpec, p: &str, errs: &mut Errors) -> Option<P
         errs.push(format!("{p}.key"), "give at least one key part");
     }
     for (i, k) in r.key.0.iter().enumerate() {
-        match KeyPart::parse(k) {
+        match LimitKeyPart::parse(k) {
             Ok(part) => key.push(part),
             Err(m) => errs.push(format!("{p}.key[{i}]"), m),
         }
@@ -154,7 +156,7 @@ fn policy(name: &str, r: &RateLimitSpec, p: &str, errs: &mut Errors) -> Option<P
     if errs.0.len() > before {
         return None;
     }
-    let options = Options {
+    let options = PolicyOptions {
         max_keys: r.max_keys,
         shadow: r.mode == RateModeSpec::Shadow,
         headers: r.headers,

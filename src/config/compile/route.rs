@@ -16,7 +16,7 @@ use crate::routing::tree::{MAX_SEGMENTS, is_param, segments};
 use crate::routing::{Constraints, PathMatch, RouteMatcher, ValueMatcher};
 use crate::snapshot::{Action, HeaderRules, Rewrite, Route, Split};
 use crate::upstream::Upstream;
-use crate::upstream::retry::{Policy, Settings};
+use crate::upstream::retry::{RetryPolicy, RetrySettings};
 
 pub(super) fn matcher(
     m: &MatchSpec,
@@ -335,12 +335,12 @@ pub(super) fn route(
     })
 }
 
-fn retry_policy(route: &str, r: &RetrySpec, p: &str, errs: &mut Errors) -> Option<Policy> {
+fn retry_policy(route: &str, r: &RetrySpec, p: &str, errs: &mut Errors) -> Option<RetryPolicy> {
     let before = errs.0.len();
     if r.attempts > 10 {
         errs.push(format!("{p}.attempts"), "at most 10 retries");
     }
-    let mut s = Settings {
+    let mut s = RetrySettings {
         attempts: r.attempts,
         on_connect_error: false,
         on_reset: false,
@@ -389,7 +389,7 @@ fn retry_policy(route: &str, r: &RetrySpec, p: &str, errs: &mut Errors) -> Optio
             format!("`{budget}` is not a percentage from 0% to 100%"),
         ),
     }
-    (errs.0.len() == before).then(|| Policy::new(route, s))
+    (errs.0.len() == before).then(|| RetryPolicy::new(route, s))
 }
 
 fn prefix_rewrite(from: &str, to: &str, p: &str, errs: &mut Errors) -> Rewrite {

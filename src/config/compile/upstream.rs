@@ -13,7 +13,7 @@ use crate::config::spec::{
 };
 use crate::snapshot::Snapshot;
 use crate::upstream::{
-    BalancerKind, Counter, Endpoint, EndpointParams, HashOn, Protocol, Target, Upstream,
+    BalancerKind, ConnectTarget, Counter, Endpoint, EndpointParams, HashOn, Protocol, Upstream,
     UpstreamParams,
 };
 use crate::upstream::{breaker, health};
@@ -209,7 +209,7 @@ fn upstream(
         match parse_endpoint(e.url.as_str()) {
             Ok((host, port)) => {
                 let target_host = host.clone();
-                let target = Target {
+                let target = ConnectTarget {
                     host,
                     port,
                     connect_timeout: u.connect_timeout.0,
@@ -302,7 +302,7 @@ fn upstream(
     (errs.0.len() == before).then(|| Upstream::new(name, endpoints, params))
 }
 
-fn breaker(b: &BreakerSpec, p: &str, errs: &mut Errors) -> Option<breaker::Settings> {
+fn breaker(b: &BreakerSpec, p: &str, errs: &mut Errors) -> Option<breaker::BreakerSettings> {
     let before = errs.0.len();
     let failure_rate = match &b.failure_rate {
         None => None,
@@ -342,17 +342,17 @@ fn breaker(b: &BreakerSpec, p: &str, errs: &mut Errors) -> Option<breaker::Setti
     if b.failure_on.is_empty() {
         errs.push(format!("{p}.failure_on"), "list at least one outcome");
     }
-    let kinds: Vec<breaker::Failure> = b
+    let kinds: Vec<breaker::FailureKind> = b
         .failure_on
         .iter()
         .map(|k| match k {
-            FailureKindSpec::ConnectError => breaker::Failure::ConnectError,
-            FailureKindSpec::Timeout => breaker::Failure::Timeout,
-            FailureKindSpec::Reset => breaker::Failure::Reset,
-            FailureKindSpec::Status5xx => breaker::Failure::Status5xx,
+            FailureKindSpec::ConnectError => breaker::FailureKind::ConnectError,
+            FailureKindSpec::Timeout => breaker::FailureKind::Timeout,
+            FailureKindSpec::Reset => breaker::FailureKind::Reset,
+            FailureKindSpec::Status5xx => breaker::FailureKind::Status5xx,
         })
         .collect();
-    (errs.0.len() == before).then(|| breaker::Settings {
+    (errs.0.len() == before).then(|| breaker::BreakerSettings {
         consecutive_failures: b.consecutive_failures,
         failure_rate,
         min_requests: b.min_requests.max(1),
@@ -360,11 +360,11 @@ fn breaker(b: &BreakerSpec, p: &str, errs: &mut Errors) -> Option<breaker::Setti
         open_for: b.open_for.0,
         max_open_for: b.max_open_for.0,
         half_open_requests: b.half_open_requests,
-        failure_on: breaker::Settings::kinds(&kinds),
+        failure_on: breaker::BreakerSettings::kinds(&kinds),
     })
 }
 
-fn health_check(h: &HealthCheckSpec, p: &str, errs: &mut Errors) -> Option<health::Settings> {
+fn health_check(h: &HealthCheckSpec, p: &str, errs: &mut Errors) -> Option<health::HealthCheck> {
     let before = errs.0.len();
     let path = h.path.as_str();
     if !path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err() {
@@ -392,7 +392,7 @@ fn health_check(h: &HealthCheckSpec, p: &str, errs: &mut Errors) -> Option<healt
             Vec::new()
         }
     };
-    (errs.0.len() == before).then(|| health::Settings {
+    (errs.0.len() == before).then(|| health::HealthCheck {
         path: path.to_owned(),
         interval: h.interval.0,
         timeout: h.timeout.0,
