@@ -18,6 +18,7 @@
 //! The routing module knows routes only by index; the snapshot maps indexes
 //! to what a route does.
 
+pub mod error;
 pub mod explain;
 pub mod matchers;
 pub mod normalize;

@@ -4,7 +4,9 @@
 //! aws-lc-rs provider throughout; no OpenSSL.
 
 mod acceptor;
+mod error;
 mod upstream;
 
 pub(crate) use acceptor::{SniResolver, client_verifier, load, server_config, subject};
+pub(crate) use error::UpstreamTlsError;
 pub(crate) use upstream::{UpstreamFiles, client_config};

@@ -5,28 +5,14 @@
 
 use std::sync::Arc;
 
+use super::UpstreamTlsError;
+
 /// The files an upstream's TLS reads, already loaded.
 pub(crate) struct UpstreamFiles<'a> {
     /// `ca_file` (PEM); `None`: the webpki roots.
     pub ca: Option<&'a [u8]>,
     /// `client_cert` (PEM certificate chain, PEM key).
     pub client: Option<(&'a [u8], &'a [u8])>,
-}
-
-/// Why an upstream's TLS settings are unusable.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub(crate) struct UpstreamTlsError {
-    /// The field under `tls` at fault (`ca_file`, `client_cert`).
-    pub field: &'static str,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl UpstreamTlsError {
-    fn new(field: &'static str, message: String) -> Self {
-        Self { field, message }
-    }
 }
 
 /// Accepts any server certificate (`insecure_skip_verify`).

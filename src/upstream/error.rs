@@ -1,9 +1,10 @@
-//! Why an exchange with an upstream failed.
+//! Why an exchange with an upstream failed: no connection
+//! (`ConnectError`), a failed exchange (`SendFailure`), and what the
+//! proxy makes of them (`UpstreamError`).
 
 use std::time::Duration;
 
 use super::h1;
-use super::pool::ConnectError;
 use crate::body::BodyError;
 
 /// Why forwarding failed.
@@ -76,4 +77,21 @@ impl SendFailure {
             SendFailure::H2(e) => crate::body::find_body_error(e),
         }
     }
+}
+
+/// Why a connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// TCP connect (or name resolution) failed.
+    #[error("connect failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// TCP connect took longer than `connect_timeout`.
+    #[error("connect timed out")]
+    Timeout,
+    /// The upstream's `limits.max_connections` are all open.
+    #[error("the upstream's connection limit is reached")]
+    Overflow,
+    /// The HTTP handshake failed.
+    #[error("handshake failed: {0}")]
+    Handshake(#[from] hyper::Error),
 }

@@ -33,8 +33,8 @@ use breaker::{Admit, Breaker, FailureKind};
 pub(crate) use counter::{Counter, Held};
 use endpoint::Slot;
 pub(crate) use endpoint::{Endpoint, EndpointParams, InflightGuard};
-pub(crate) use error::{SendFailure, UpstreamError};
-pub(crate) use pool::{ConnectError, ConnectTarget, Pool};
+pub(crate) use error::{ConnectError, SendFailure, UpstreamError};
+pub(crate) use pool::{ConnectTarget, Pool};
 
 /// What a `consistent_hash` balancer hashes.
 #[derive(Debug, Clone, PartialEq, Eq)]

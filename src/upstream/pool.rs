@@ -8,7 +8,6 @@
 //! being lost, and (d) HTTP/1.1 connections need no task of their own
 //! (see `h1`).
 
-use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,26 +16,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::net::TcpStream;
 
+use super::ConnectError;
 use super::counter::Counter;
 use super::h1;
 use crate::body::RequestBody;
-
-/// Why a connection could not be made.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    /// TCP connect (or name resolution) failed.
-    #[error("connect failed: {0}")]
-    Io(#[from] io::Error),
-    /// TCP connect took longer than `connect_timeout`.
-    #[error("connect timed out")]
-    Timeout,
-    /// The upstream's `limits.max_connections` are all open.
-    #[error("the upstream's connection limit is reached")]
-    Overflow,
-    /// The HTTP handshake failed.
-    #[error("handshake failed: {0}")]
-    Handshake(#[from] hyper::Error),
-}
 
 /// Where and how to connect.
 #[derive(Debug, Clone)]

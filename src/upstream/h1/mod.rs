@@ -27,14 +27,16 @@ use http_body::Body;
 use tokio::io::AsyncWriteExt;
 
 use super::counter::Held;
-use crate::body::{BodyError, RequestBody};
+use crate::body::RequestBody;
 
 mod body;
+mod error;
 mod head;
 mod stream;
 
 pub(crate) use body::Body1;
 pub(crate) use body::Recycle;
+pub(crate) use error::H1Error;
 #[cfg(feature = "fuzzing")]
 pub(crate) use head::decode_for_fuzzing;
 use head::read_response;
@@ -51,20 +53,6 @@ pub struct Conn {
     fields: Vec<(http::HeaderName, usize, usize)>,
     /// Counts the connection against the upstream's `max_connections`.
     _held: Option<Held>,
-}
-
-/// Why an exchange failed.
-#[derive(Debug, thiserror::Error)]
-pub enum H1Error {
-    /// Reading the downstream request body failed (413, 408, 400).
-    #[error("{0}")]
-    Body(#[from] BodyError),
-    /// The upstream sent something that is not a valid HTTP/1.x response.
-    #[error("invalid response: {0}")]
-    Invalid(&'static str),
-    /// The connection failed.
-    #[error("{0}")]
-    Io(#[from] io::Error),
 }
 
 /// The request could not even be written on a reused connection: it is
