@@ -13,7 +13,11 @@
 //! timed out) gives its slot back when its `Attempt` is dropped.
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// Tokio's clock: the same as the system's in the gateway, and one the
+// tests can pause and advance.
+use tokio::time::Instant;
 
 use prometheus::{IntCounter, IntGauge};
 
@@ -343,8 +347,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn opens_on_a_streak_probes_and_closes() {
+    #[tokio::test(start_paused = true)]
+    async fn opens_on_a_streak_probes_and_closes() {
         let b = Breaker::new(settings(), "t", "a");
         for _ in 0..2 {
             b.record(b.admit(), Some(FailureKind::ConnectError));
@@ -365,7 +369,9 @@ mod tests {
         b.record(b.admit(), Some(FailureKind::Status5xx));
         assert_eq!(b.phase(), Phase::Open);
         assert_eq!(b.admit(), Admit::No);
-        std::thread::sleep(Duration::from_millis(35));
+        tokio::time::advance(Duration::from_millis(29)).await;
+        assert_eq!(b.admit(), Admit::No, "open for the whole open_for");
+        tokio::time::advance(Duration::from_millis(1)).await;
         let p1 = b.admit();
         let p2 = b.admit();
         assert_eq!((p1, p2, b.admit()), (Admit::Probe, Admit::Probe, Admit::No));
@@ -375,25 +381,22 @@ mod tests {
         assert_eq!(b.phase(), Phase::Closed);
     }
 
-    #[test]
-    fn a_failed_probe_reopens_for_longer_up_to_the_cap() {
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_probe_reopens_for_longer_up_to_the_cap() {
         let b = Breaker::new(settings(), "t", "b");
         for _ in 0..3 {
             b.record(b.admit(), Some(FailureKind::ConnectError));
         }
-        let first = b.retry_after();
-        std::thread::sleep(Duration::from_millis(35));
+        assert_eq!(b.retry_after(), Duration::from_millis(30));
+        tokio::time::advance(Duration::from_millis(30)).await;
         let p = b.admit();
+        assert_eq!(p, Admit::Probe);
         b.record(p, Some(FailureKind::ConnectError));
         assert_eq!(b.phase(), Phase::Open);
-        let second = b.retry_after();
-        assert!(
-            second > first && second <= Duration::from_millis(60),
-            "{first:?} {second:?}"
-        );
-        std::thread::sleep(Duration::from_millis(65));
+        assert_eq!(b.retry_after(), Duration::from_millis(60), "doubled");
+        tokio::time::advance(Duration::from_millis(60)).await;
         b.record(b.admit(), Some(FailureKind::ConnectError));
-        assert!(b.retry_after() <= Duration::from_millis(100));
+        assert_eq!(b.retry_after(), Duration::from_millis(100), "capped");
     }
 
     #[test]
@@ -411,13 +414,13 @@ mod tests {
         assert_eq!(b.phase(), Phase::Open, "6 of 10 failed");
     }
 
-    #[test]
-    fn released_probes_free_their_slot() {
+    #[tokio::test(start_paused = true)]
+    async fn released_probes_free_their_slot() {
         let b = Breaker::new(settings(), "t", "d");
         for _ in 0..3 {
             b.record(b.admit(), Some(FailureKind::ConnectError));
         }
-        std::thread::sleep(Duration::from_millis(35));
+        tokio::time::advance(Duration::from_millis(30)).await;
         let (p1, p2) = (b.admit(), b.admit());
         assert_eq!(b.admit(), Admit::No);
         b.release(p1);
