@@ -87,6 +87,12 @@ async fn bind(addr: &str) -> Result<TcpListener, StartError> {
 const CUT_WAIT: Duration = Duration::from_secs(2);
 
 impl Gateway {
+    /// Requests in progress on this gateway now (what load shedding
+    /// counts), from the request head to the end of the response.
+    pub fn requests_in_progress(&self) -> usize {
+        self.requests.current()
+    }
+
     /// Loads `config`, binds every listener and starts serving.
     pub async fn start(config_path: PathBuf, opts: StartOptions) -> Result<Self, StartError> {
         let snapshot = config::load(&config_path, None)?;

@@ -100,6 +100,11 @@ impl Requests {
         self.cut_signal.notify_waiters();
     }
 
+    /// Requests in progress now.
+    pub(crate) fn current(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
     /// True once the shutdown grace ran out.
     pub(crate) fn is_cut(&self) -> bool {
         self.cut.load(Ordering::Acquire)

@@ -148,6 +148,11 @@ impl Redis {
         });
     }
 
+    /// True once the connections to Redis are made.
+    pub fn is_connected(&self) -> bool {
+        self.conns.load().is_some()
+    }
+
     /// Takes one request from `key`'s bucket of `policy`, or `None` when
     /// Redis did not answer in time (counted and logged).
     pub async fn take(

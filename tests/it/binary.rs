@@ -1,7 +1,5 @@
 //! The real binary: memory while streaming, drain on SIGTERM, access log.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use http_body_util::BodyExt;
 
@@ -65,11 +63,11 @@ async fn sigterm_drains_twenty_slow_requests_then_exits_zero() {
     let c = client();
     let tasks = spawn_gets(&c, &gw.url("/slow/1000"), 20);
     // Let all 20 reach the upstream before the signal.
-    for _ in 0..100 {
+    for _ in 0..250 {
         if up.count() >= 20 {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(POLL).await;
     }
     assert_eq!(up.count(), 20);
     gw.signal("TERM");
@@ -106,12 +104,12 @@ async fn access_log_writes_one_json_line_per_request() {
     let chunked = raw(gw.addr, b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n").await;
     assert!(chunked.ends_with("hello world"), "{chunked}");
     let mut lines = Vec::new();
-    for _ in 0..100 {
+    for _ in 0..250 {
         lines = gw.stdout.lock().unwrap().clone();
         if lines.len() >= 3 {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(POLL).await;
     }
     assert_eq!(lines.len(), 3, "{lines:?}");
     let a: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
@@ -160,17 +158,23 @@ async fn sighup_reloads_and_refuses_broken_files() {
     .unwrap();
     gw.signal("HUP");
     let mut body = String::new();
-    for _ in 0..50 {
+    for _ in 0..125 {
         body = get(&c, &gw.url("/hup")).await.text();
         if body == "reloaded" {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(POLL).await;
     }
     assert_eq!(body, "reloaded");
     std::fs::write(&config, "routes: [ {").unwrap();
     gw.signal("HUP");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually("the reload was refused", async || {
+        let m = get(&c, &format!("http://{}/metrics", gw.admin))
+            .await
+            .text();
+        metric(&m, r#"tollgate_config_reloads_total{result="failure"}"#) >= 1.0
+    })
+    .await;
     assert_eq!(
         get(&c, &gw.url("/hup")).await.text(),
         "reloaded",
@@ -219,12 +223,12 @@ async fn access_log_names_tenant_and_sub_never_the_token() {
         401
     );
     let mut lines = Vec::new();
-    for _ in 0..100 {
+    for _ in 0..250 {
         lines = gw.stdout.lock().unwrap().clone();
         if lines.len() >= 2 {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(POLL).await;
     }
     assert_eq!(lines.len(), 2, "{lines:?}");
     let ok: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
@@ -279,7 +283,7 @@ async fn requests_cut_by_the_shutdown_grace_are_still_logged() {
             arrived = true;
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(POLL).await;
     }
     assert!(arrived, "the three requests reached the upstream");
     gw.signal("TERM");
@@ -289,7 +293,7 @@ async fn requests_cut_by_the_shutdown_grace_are_still_logged() {
             exited = Some(status);
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(POLL).await;
     }
     assert!(exited.is_some(), "the gateway exited after its grace");
     // The clients saw their connections end, not an answer.
@@ -303,7 +307,7 @@ async fn requests_cut_by_the_shutdown_grace_are_still_logged() {
         if lines.len() >= 3 {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(POLL).await;
     }
     let mut entries: Vec<(String, u64, String)> = lines
         .iter()
@@ -492,7 +496,7 @@ async fn secrets_never_reach_logs_or_admin_output() {
             break;
         }
         let _ = get(&c, &gw.url("/x")).await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(POLL).await;
     }
     let (line, lines) = warned.expect("a warning about Redis");
     assert!(line.contains("redis://<redacted>@127.0.0.1"), "{line}");
@@ -525,7 +529,7 @@ async fn long_rate_limit_keys_are_kept_as_digests() {
     }
     // The key gauge is exported every second.
     let mut keys = 0.0;
-    for _ in 0..100 {
+    for _ in 0..250 {
         let m = get(&c, &format!("http://{}/metrics", gw.admin))
             .await
             .text();
@@ -533,7 +537,7 @@ async fn long_rate_limit_keys_are_kept_as_digests() {
         if keys == 5000.0 {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(POLL).await;
     }
     assert_eq!(keys, 5000.0, "every key is held");
     let grew = gw.peak_rss().saturating_sub(before);

@@ -320,7 +320,7 @@ async fn stale_entries_stand_in_when_the_upstream_fails() {
         let g = get(&c, &gw.url(path)).await;
         assert_eq!(g.headers["cache-status"], "tollgate; fwd=miss; stored");
     }
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    tokio::time::sleep(PAST_ONE_SECOND).await;
     up.set_fail(503);
     let g = get(&c, &gw.url("/sie/a")).await;
     assert_eq!((g.status, g.text()), (200, "app".to_owned()));
@@ -333,7 +333,11 @@ async fn stale_entries_stand_in_when_the_upstream_fails() {
     assert_eq!(g.status, 503, "no stale-if-error on this route");
     // The upstream gone entirely: still covered.
     up.stop();
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let addr = up.addr;
+    eventually("the upstream refuses connections", async || {
+        tokio::net::TcpStream::connect(addr).await.is_err()
+    })
+    .await;
     let g = get(&c, &gw.url("/sie/a")).await;
     assert_eq!((g.status, g.text()), (200, "app".to_owned()));
 }
@@ -492,7 +496,7 @@ async fn conditional_requests_get_304_from_a_fresh_entry() {
     .await;
     assert_eq!(g.status, 200);
     assert_eq!(hits.load(Ordering::SeqCst), 1);
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    tokio::time::sleep(PAST_ONE_SECOND).await;
     let m = get(&c, &gw.admin_url("/metrics")).await.text();
     assert!(metric(&m, "tollgate_cache_entries") >= 1.0);
     assert!(metric(&m, "tollgate_cache_bytes") > 0.0);
@@ -510,7 +514,7 @@ async fn stale_while_revalidate_serves_stale_at_once_and_refreshes_once() {
     let c = client();
     let url = gw.url("/s?delay=200");
     assert_eq!(get(&c, &url).await.text(), "response 1");
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    tokio::time::sleep(PAST_ONE_SECOND).await;
     // Stale: answered at once (the origin takes 200ms), one refresh starts.
     let t = std::time::Instant::now();
     let all = spawn_gets(&c, &url, 5);
@@ -527,14 +531,12 @@ async fn stale_while_revalidate_serves_stale_at_once_and_refreshes_once() {
         g.headers["cache-status"],
         "tollgate; fwd=stale; detail=revalidating"
     );
-    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
-    let g = get(&c, &url).await;
-    assert_eq!(
-        g.text(),
-        "response 2",
-        "refreshed in the background; origin hits {}",
-        hits.load(Ordering::SeqCst)
-    );
+    let mut g = get(&c, &url).await;
+    eventually("the background refresh is stored", async || {
+        g = get(&c, &url).await;
+        g.text() == "response 2"
+    })
+    .await;
     assert!(
         g.headers["cache-status"]
             .to_str()
@@ -555,15 +557,17 @@ async fn stale_while_revalidate_from_the_response_is_honoured() {
     let c = client();
     let url = gw.url("/s?cc=max-age%3D1%2Cstale-while-revalidate%3D30");
     assert_eq!(get(&c, &url).await.text(), "response 1");
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    tokio::time::sleep(PAST_ONE_SECOND).await;
     let g = get(&c, &url).await;
     assert_eq!(g.text(), "response 1");
     assert_eq!(
         g.headers["cache-status"],
         "tollgate; fwd=stale; detail=revalidating"
     );
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert_eq!(get(&c, &url).await.text(), "response 2");
+    eventually("the background refresh is stored", async || {
+        get(&c, &url).await.text() == "response 2"
+    })
+    .await;
     assert_eq!(hits.load(Ordering::SeqCst), 2);
 }
 
@@ -575,7 +579,7 @@ async fn stale_entries_are_revalidated_and_a_304_refreshes_them() {
     let url = gw.url("/reval?cc=max-age%3D1&validators=1");
     let first = get(&c, &url).await;
     assert_eq!(first.text(), "response 1");
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    tokio::time::sleep(PAST_ONE_SECOND).await;
     // Stale: the upstream is asked with If-None-Match and answers 304;
     // the stored body goes out with the refreshed headers.
     let g = get(&c, &url).await;
@@ -632,7 +636,7 @@ async fn a_changed_answer_to_revalidation_replaces_the_entry() {
     let c = client();
     let url = gw.url("/changes?cc=max-age%3D1&etag=hit");
     assert_eq!(get(&c, &url).await.text(), "response 1");
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    tokio::time::sleep(PAST_ONE_SECOND).await;
     let g = get(&c, &url).await;
     assert_eq!(g.text(), "response 2");
     assert_eq!(g.headers["etag"], "\"v2\"");
@@ -687,11 +691,18 @@ async fn clients_that_leave_do_not_cost_the_others_their_coalesced_fetch() {
         .write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
         .await
         .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    eventually("the leader's fetch reached the origin", async || {
+        hits.load(Ordering::SeqCst) == 1
+    })
+    .await;
     let waiters = spawn_gets(&c, &gw.url(path), 10);
     // A waiter that leaves changes nothing for the rest.
     let quitter = spawn_gets(&c, &gw.url(path), 1);
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let running = gw.gw.as_ref().unwrap();
+    eventually("the waiters and the quitter are in", async || {
+        running.requests_in_progress() == 12
+    })
+    .await;
     quitter[0].abort();
     drop(leader);
     for h in waiters {

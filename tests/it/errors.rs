@@ -190,18 +190,21 @@ async fn pool_caps_idle_connections_and_evicts_them_on_a_timer() {
             .clone()
     };
     // Connections become idle once their responses were read to the end.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    eventually("a connection is back in the pool", async || {
+        pool().idle_count() >= 1
+    })
+    .await;
     let idle = pool().idle_count();
     assert!((1..=2).contains(&idle), "idle connections kept: {idle}");
     // The sweeper runs every second and ages idle connections in whole
     // sweeps, so a 300ms idle timeout closes them within about 2s.
     let mut left = idle;
-    for _ in 0..40 {
+    for _ in 0..200 {
         left = pool().idle_count();
         if left == 0 {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(POLL).await;
     }
     assert_eq!(left, 0, "idle connections evicted");
 }

@@ -153,6 +153,8 @@ async fn slowloris_heads_are_cut_at_the_header_read_timeout() {
     s.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
     let closed = tokio::time::timeout(IO_WAIT, async {
         loop {
+            // A header line every 100ms: always under the idle timeout,
+            // never a whole head.
             tokio::time::sleep(Duration::from_millis(100)).await;
             if s.write_all(b"X-A: b\r\n").await.is_err() {
                 return;
@@ -346,8 +348,10 @@ async fn clients_that_stop_reading_are_cut_off() {
     s.write_all(format!("GET /bytes/{SIZE} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
         .await
         .unwrap();
-    // Not reading: the socket buffers fill and the gateway's writes stall.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Not reading: the socket buffers fill and the gateway's writes stall,
+    // for five times the 300ms send_timeout.
+    const STALLED_FOR: Duration = Duration::from_millis(1500);
+    tokio::time::sleep(STALLED_FOR).await;
     // Now read what is there. Had the gateway waited, reading would let it
     // go on and all 64 MiB would arrive; cut off, the stream ends early.
     let mut total = 0usize;
@@ -483,7 +487,8 @@ async fn a_busy_tunnel_outlives_every_request_timer_and_an_idle_one_closes_at_it
             .expect("echo in time")
             .expect("the tunnel stays open while data flows");
         assert_eq!(back, msg.as_bytes());
-        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        const BETWEEN_MESSAGES: Duration = Duration::from_millis(150);
+        tokio::time::sleep(BETWEEN_MESSAGES).await;
         n += 1;
     }
     // Silent: closed at the tunnel limit (1 s), not before.
@@ -539,7 +544,10 @@ async fn a_partial_pipelined_head_is_timed_by_the_head_timer_not_the_idle_timer(
         let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
         s.write_all(first).await.unwrap();
         if !later.is_empty() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            // The rest of the pipeline arrives later, while the first
+            // response is being made.
+            const LATER: Duration = Duration::from_millis(100);
+            tokio::time::sleep(LATER).await;
             s.write_all(later).await.unwrap();
         }
         read_app_response(&mut s).await;
@@ -665,7 +673,7 @@ async fn one_h2_connection_holds_at_most_a_quarter_of_an_upstreams_slots() {
         if up.count() >= 2 {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(POLL).await;
     }
     let other = get(&client(), &gw.url("/x")).await;
     assert_eq!(other.status, 200, "{}", other.text());

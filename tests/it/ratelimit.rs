@@ -53,8 +53,9 @@ async fn a_bucket_per_client_with_429_and_ratelimit_headers() {
         g.headers["x-request-id"].to_str().unwrap()
     );
     assert_eq!(up.count(), 5);
-    // Refills at 10/s.
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Refills at 10/s: one request's worth in 100ms.
+    const ONE_REFILL: Duration = Duration::from_millis(150);
+    tokio::time::sleep(ONE_REFILL).await;
     assert_eq!(get(&c, &gw.url("/x")).await.status, 200);
     let m = get(&c, &gw.admin_url("/metrics")).await.text();
     assert_eq!(
@@ -225,8 +226,8 @@ async fn keys_are_capped_and_shadow_mode_rejects_nothing() {
         );
     }
     let mut keys = 0.0;
-    for _ in 0..40 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..200 {
+        tokio::time::sleep(POLL).await;
         let m = get(&c, &gw.admin_url("/metrics")).await.text();
         keys = metric(&m, r#"tollgate_ratelimit_keys{policy="capped"}"#);
         if keys > 0.0 && keys <= 10.0 {
@@ -258,10 +259,18 @@ fn global_config(up: &str, redis: &str, on_error: &str, rate: &str, burst: u32) 
     )
 }
 
-async fn wait_for_redis(gw_url: &str) {
-    // The connection is made in the background at start.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let _ = gw_url;
+/// The connection to Redis is made in the background at start.
+async fn wait_for_redis(gw: &TestGateway) {
+    let running = gw.gw.as_ref().unwrap();
+    eventually("the gateway is connected to Redis", async || {
+        running
+            .live
+            .load()
+            .redis
+            .as_ref()
+            .is_some_and(|r| r.is_connected())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -273,7 +282,7 @@ async fn global_limits_are_kept_in_redis() {
     let redis = RedisServer::start().await;
     let up = Upstream::start("app").await;
     let gw = TestGateway::start(&global_config(&up.url(), &redis.url(), "deny", "1/min", 3)).await;
-    wait_for_redis(&gw.url("/")).await;
+    wait_for_redis(&gw).await;
     let c = client();
     let mut remaining = Vec::new();
     for _ in 0..3 {
@@ -296,7 +305,7 @@ async fn global_limits_are_kept_in_redis() {
     );
     // A second gateway on the same Redis sees the same bucket.
     let gw2 = TestGateway::start(&global_config(&up.url(), &redis.url(), "deny", "1/min", 3)).await;
-    wait_for_redis(&gw2.url("/")).await;
+    wait_for_redis(&gw2).await;
     assert_eq!(get(&c, &gw2.url("/x")).await.status, 429);
     let m = get(&c, &gw.admin_url("/metrics")).await.text();
     assert!(m.contains("tollgate_ratelimit_redis_duration_seconds_count"));
@@ -322,7 +331,9 @@ async fn when_redis_dies_on_error_decides_and_requests_never_wait_long() {
     .await;
     let allow =
         TestGateway::start(&global_config(&up.url(), &redis.url(), "allow", "1/min", 1)).await;
-    wait_for_redis(&local.url("/")).await;
+    for gw in [&local, &deny, &allow] {
+        wait_for_redis(gw).await;
+    }
     let c = client();
     assert_eq!(get(&c, &deny.url("/x")).await.status, 200, "Redis up");
     redis.kill();

@@ -16,6 +16,26 @@ fn breaker_config(endpoints: &[String], extra: &str) -> String {
     )
 }
 
+/// Waits until the endpoint at `addr` shows `circuit: want` in
+/// `GET /upstreams` (the breaker's phase is computed from the clock there,
+/// so `half_open` shows once `open_for` has passed).
+async fn wait_circuit(gw: &TestGateway, addr: std::net::SocketAddr, want: &str) {
+    let c = client();
+    eventually(&format!("the circuit of {addr} is {want}"), async || {
+        let j = get(&c, &gw.admin_url("/upstreams")).await.json();
+        j["upstreams"][0]["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["endpoint"] == addr.to_string() && e["circuit"] == want)
+    })
+    .await;
+}
+
+/// Past the first open period of `breaker_config` (300ms) and well inside
+/// the doubled one (600ms) that a failed probe gives.
+const INSIDE_THE_DOUBLED_OPEN_PERIOD: Duration = Duration::from_millis(350);
+
 async fn metrics_text(gw: &TestGateway) -> String {
     get(&client(), &gw.admin_url("/metrics")).await.text()
 }
@@ -48,7 +68,7 @@ async fn breaker_opens_fails_fast_probes_and_closes() {
 
     // After open_for: two probes, both succeed, closed again.
     up.set_fail(0);
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    wait_circuit(&gw, up.addr, "half_open").await;
     assert_eq!(get(&c, &gw.url("/x")).await.status, 200);
     assert_eq!(metric(&metrics_text(&gw).await, &state), 1.0, "half-open");
     assert_eq!(get(&c, &gw.url("/x")).await.status, 200);
@@ -62,16 +82,16 @@ async fn breaker_opens_fails_fast_probes_and_closes() {
     for _ in 0..3 {
         assert_eq!(get(&c, &gw.url("/x")).await.status, 500);
     }
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    wait_circuit(&gw, up.addr, "half_open").await;
     assert_eq!(get(&c, &gw.url("/x")).await.status, 500, "the probe fails");
     let hits = up.count();
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    tokio::time::sleep(INSIDE_THE_DOUBLED_OPEN_PERIOD).await;
     let g = get(&c, &gw.url("/x")).await;
     assert_eq!(g.status, 503, "still open after 350ms of 600ms");
     assert_eq!(g.json()["error"], "upstream_unavailable");
     assert_eq!(up.count(), hits);
     up.set_fail(0);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_circuit(&gw, up.addr, "half_open").await;
     assert_eq!(get(&c, &gw.url("/x")).await.status, 200);
     assert_eq!(metric(&metrics_text(&gw).await, &to("open")), 3.0);
 }
@@ -171,13 +191,10 @@ async fn wait_healthy(gw: &TestGateway, ep: &Upstream, want: f64) {
         r#"tollgate_endpoint_healthy{{endpoint="{}",upstream="app"}}"#,
         ep.addr
     );
-    for _ in 0..200 {
-        if metric(&metrics_text(gw).await, &series) == want {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("{series} never became {want}");
+    eventually(&format!("{series} is {want}"), async || {
+        metric(&metrics_text(gw).await, &series) == want
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -240,9 +257,13 @@ async fn health_checks_take_endpoints_out_and_back_and_stop_with_their_upstream(
         "routes:\n  - { name: r, match: { path_prefix: / }, respond: { body: gone } }\n",
     );
     assert_eq!(post(&c, &gw.admin_url("/reload"), "").await.status, 200);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A check already under way may still land; after that, none. Six
+    // intervals (50ms) would show three more checks had they not stopped.
+    const LAST_CHECK_LANDS: Duration = Duration::from_millis(100);
+    const SIX_INTERVALS: Duration = Duration::from_millis(300);
+    tokio::time::sleep(LAST_CHECK_LANDS).await;
     let checks = health_hits(&b);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(SIX_INTERVALS).await;
     assert_eq!(health_hits(&b), checks, "checks stopped with the upstream");
 }
 
@@ -262,7 +283,10 @@ async fn bulkheads_and_load_shedding_answer_503_at_once() {
     let c = client();
     // Two requests fill the slow upstream's bulkhead.
     let held = spawn_gets(&c, &gw.url("/slow/600"), 2);
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    eventually("both slow requests reached the upstream", async || {
+        slow.count() == 2
+    })
+    .await;
     let t = std::time::Instant::now();
     let g = get(&c, &gw.url("/slow/1")).await;
     assert_eq!(g.status, 503);
@@ -293,7 +317,10 @@ async fn the_global_limit_sheds_requests_beyond_it() {
     let gw = TestGateway::start(&config).await;
     let c = client();
     let held = spawn_gets(&c, &gw.url("/slow/600"), 2);
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    eventually("both slow requests reached the upstream", async || {
+        up.count() == 2
+    })
+    .await;
     let g = get(&c, &gw.url("/fast")).await;
     assert_eq!(g.status, 503);
     assert_eq!(g.json()["error"], "overloaded");
@@ -315,7 +342,10 @@ async fn max_connections_caps_the_upstream_pool() {
     let gw = TestGateway::start(&config).await;
     let c = client();
     let held = spawn_gets(&c, &gw.url("/slow/500"), 1);
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    eventually("the slow request reached the upstream", async || {
+        up.count() == 1
+    })
+    .await;
     let g = get(&c, &gw.url("/x")).await;
     assert_eq!(g.status, 503, "{}", g.text());
     assert_eq!(g.json()["error"], "overloaded");
@@ -514,8 +544,12 @@ async fn admin_upstreams_shows_health_breaker_inflight_latency_and_errors() {
     }
     // The bad endpoint is open now: the slow request goes to the good one.
     let slow = spawn_gets(&c, &gw.url("/slow/400"), 1);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let j = get(&c, &gw.admin_url("/upstreams")).await.json();
+    let mut j = serde_json::Value::Null;
+    eventually("the slow request is in flight", async || {
+        j = get(&c, &gw.admin_url("/upstreams")).await.json();
+        j["upstreams"][0]["inflight"] == 1
+    })
+    .await;
     let up = &j["upstreams"][0];
     assert_eq!(up["name"], "app");
     assert_eq!(up["inflight"], 1, "the slow request: {up}");

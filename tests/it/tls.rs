@@ -242,7 +242,9 @@ async fn certificates_swap_on_reload_without_dropping_open_connections() {
             .await
             .is_err()
     );
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Time for a swap that closed open connections to show it.
+    const AFTER_THE_SWAP: Duration = Duration::from_millis(50);
+    tokio::time::sleep(AFTER_THE_SWAP).await;
     assert_eq!(
         send(&mut tx).await.unwrap().status(),
         200,
@@ -683,7 +685,7 @@ async fn replacing_a_certificate_in_its_own_directory_is_picked_up_by_the_watche
     std::fs::rename(certs.join("a.key.tmp"), certs.join("a.key")).unwrap();
     std::fs::rename(certs.join("a.pem.tmp"), certs.join("a.pem")).unwrap();
     let mut swapped = false;
-    for _ in 0..100 {
+    for _ in 0..250 {
         if handshake(addr, ca2.client(&["http/1.1"]), "a.test")
             .await
             .is_ok()
@@ -691,7 +693,7 @@ async fn replacing_a_certificate_in_its_own_directory_is_picked_up_by_the_watche
             swapped = true;
             break;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(POLL).await;
     }
     assert!(swapped, "the new certificate is served without a restart");
 }

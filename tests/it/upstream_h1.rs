@@ -108,13 +108,16 @@ async fn invalid_upstream_framing_is_502() {
 
 #[tokio::test]
 async fn connections_closed_while_idle_are_not_reused() {
-    // Each connection answers one request (keep-alive) and closes 50ms later.
+    // Each connection answers one request (keep-alive) and closes a
+    // moment later; the next request comes well after that.
+    const CLOSES_AFTER: Duration = Duration::from_millis(50);
+    const NEXT_REQUEST_AFTER: Duration = Duration::from_millis(150);
     let addr = scripted(|_, mut s| async move {
         if read_request(&mut s).await.is_some() {
             let _ = s
                 .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
                 .await;
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(CLOSES_AFTER).await;
         }
     })
     .await;
@@ -122,7 +125,7 @@ async fn connections_closed_while_idle_are_not_reused() {
     let c = client();
     for _ in 0..3 {
         assert_eq!(get(&c, &gw.url("/")).await.status, 200);
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        tokio::time::sleep(NEXT_REQUEST_AFTER).await;
     }
 }
 
@@ -192,7 +195,8 @@ async fn early_upstream_responses_reach_the_client() {
         let _ = s.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 7\r\nconnection: close\r\n\r\ntoo big").await;
         // Keep the socket open without reading, so the gateway's writes stall
         // and then fail once this side closes.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        const HOLD_OPEN: Duration = Duration::from_millis(300);
+        tokio::time::sleep(HOLD_OPEN).await;
     })
     .await;
     let gw = TestGateway::start(&format!(
@@ -241,7 +245,8 @@ async fn least_request_avoids_a_slow_endpoint() {
         async move {
             while read_request(&mut s).await.is_some() {
                 hits.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(300)).await;
+                const SLOW_ANSWER: Duration = Duration::from_millis(300);
+                tokio::time::sleep(SLOW_ANSWER).await;
                 if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow")
                     .await
                     .is_err()

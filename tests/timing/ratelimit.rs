@@ -106,12 +106,13 @@ async fn two_gateway_processes_share_one_rate() {
                 up_now = true;
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            tokio::time::sleep(POLL).await;
         }
         assert!(up_now, "the gateway reached Redis");
     }
     // Let the bucket the readiness checks touched refill (10 at 50/s).
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    const REFILLED: Duration = Duration::from_millis(400);
+    tokio::time::sleep(REFILLED).await;
     // Each process gets 100 requests/s: 4× the shared rate in total.
     let sent = paced(&[a.url("/x"), b.url("/x")], 800, 200.0).await;
     assert_rate(&sent, 50.0, 10.0, 0.05);

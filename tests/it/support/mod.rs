@@ -30,6 +30,26 @@ use tollgate::app::{Gateway, StartOptions};
 /// (generous: debug builds on 2 shared cores).
 pub const IO_WAIT: Duration = Duration::from_secs(10);
 
+/// How often a condition is checked while a test waits for it.
+pub const POLL: Duration = Duration::from_millis(20);
+
+/// Long enough for a 1 s freshness lifetime (`max-age=1`, `default_ttl:
+/// 1s`) to run out: `Age` counts whole seconds, so just over one.
+pub const PAST_ONE_SECOND: Duration = Duration::from_millis(1100);
+
+/// Waits until `check` holds, checking every `POLL` for at most `IO_WAIT`;
+/// fails the test naming `what` otherwise.
+pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + IO_WAIT;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited {IO_WAIT:?} for: {what}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 /// What the upstream received.
 #[derive(Debug, Clone)]
 pub struct Seen {
@@ -707,7 +727,7 @@ impl RedisServer {
                     return server;
                 }
             }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            tokio::time::sleep(POLL).await;
         }
         panic!("redis-server did not start on {port}");
     }
