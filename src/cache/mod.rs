@@ -6,13 +6,8 @@
 //! a shared cache, in `policy`.
 //!
 //! Concurrent misses for one key are coalesced: one request goes to the
-//! origin, the others wait for its entry.
-//!
-//! A stale entry stands in for a failing upstream within `stale_if_error`.
-//!
-//! Responses with `Vary` are stored per variant.
-//!
-//! Stale entries are served while a background refresh runs
+//! origin, the others wait for its entry. Responses with `Vary` are stored
+//! per variant. Stale entries are served while a background refresh runs
 //! (stale-while-revalidate) and stand in for a failing upstream
 //! (stale-if-error); entries with validators are revalidated with
 //! conditional requests.

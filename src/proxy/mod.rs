@@ -1,7 +1,10 @@
-//! The request path: accept (server), the pipeline stages (pipeline), the
-//! per-request context (ctx), forwarding header rules (headers), the
-//! response body with its finish stage (body), the cache stages (cache),
-//! and the error → response map (error).
+//! The request path, in the order a request meets it: the listeners and
+//! connections (`server`, with each connection's state and watchdog in
+//! `conn`), request admission (`admit`), the stage list (`pipeline`), the
+//! per-request context and finish stage (`ctx`), the request's cache
+//! object (`cache`), the upstream request and its response (`forward`),
+//! forwarding header rules (`headers`), the response body that carries the
+//! finish stage (`body`), and the error → response map (`error`).
 
 pub(crate) mod admit;
 pub(crate) mod body;

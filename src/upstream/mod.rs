@@ -119,7 +119,7 @@ pub struct UpstreamParams {
 pub enum UpstreamBody {
     /// Read by our HTTP/1.1 codec.
     H1(h1::Body1),
-    /// Read by hyper's client (h2c, h2 over TLS, HTTP/1.1 over TLS).
+    /// Read by hyper's client (h2c, h2 over TLS).
     H2(Incoming),
 }
 
