@@ -21,5 +21,6 @@ pub(crate) mod proxy;
 pub mod ratelimit;
 pub mod routing;
 pub(crate) mod snapshot;
+pub(crate) mod socket;
 pub(crate) mod tls;
 pub(crate) mod upstream;

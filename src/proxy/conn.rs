@@ -3,7 +3,7 @@
 //! `Watch`), the guard a request holds while it is in flight
 //! (`ActivityGuard`), its share of upstream slots, the h2 stall clock, and
 //! the socket wrapper that replays sniffed bytes and runs the watchdog on
-//! reads (`ConnIo` over a `ClientStream`). Stage 0 of the pipeline; the
+//! reads (`ConnIo` over a `Socket`). Stage 0 of the pipeline; the
 //! accept loops that use it are in `server.rs`.
 
 use std::io;
@@ -15,10 +15,10 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::snapshot::ServerSettings;
+use crate::socket::Socket;
 
 /// No head in progress.
 const NONE: u64 = u64::MAX;
@@ -322,72 +322,12 @@ impl Drop for ActivityGuard {
     }
 }
 
-/// A client connection: plain TCP, or TLS over it.
-pub(super) enum ClientStream {
-    Tcp(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for ClientStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for ClientStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ClientStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ClientStream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            ClientStream::Tcp(s) => s.is_write_vectored(),
-            ClientStream::Tls(s) => s.is_write_vectored(),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
-
 /// Wraps a client connection's stream in its watched socket: the sniffed
 /// bytes `prefix` come first, and the watchdog (timed by `settings`) runs
 /// on its reads. Returns the socket for hyper and the state its requests
 /// report to.
 pub(super) fn open(
-    stream: ClientStream,
+    stream: Socket,
     prefix: Bytes,
     h1: bool,
     slot: OwnedSemaphorePermit,
@@ -415,7 +355,7 @@ pub(super) fn open(
 /// matters.
 pub(super) struct ConnIo {
     prefix: Bytes,
-    inner: ClientStream,
+    inner: Socket,
     state: Arc<ConnState>,
     tick: Pin<Box<tokio::time::Sleep>>,
     watch: Watch,

@@ -30,8 +30,9 @@ use super::headers::{self, X_REQUEST_ID};
 use crate::body::{Replay, RequestBody};
 use crate::observability::metrics::metrics;
 use crate::snapshot::Route;
+use crate::socket::Socket;
 use crate::upstream::retry::{self, Again};
-use crate::upstream::{HashOn, Upstream, UpstreamBody, UpstreamError, balance::hash64, h1};
+use crate::upstream::{HashOn, Upstream, UpstreamBody, UpstreamError, balance::hash64};
 
 /// `x-client-cert-subject`: the verified client certificate's subject.
 static X_CLIENT_CERT_SUBJECT: http::HeaderName =
@@ -266,7 +267,7 @@ fn keep_only_upgrade_hop_headers(h: &mut HeaderMap) {
 /// Copies bytes both ways between the upgraded client connection and the
 /// upstream socket until either side closes. Bytes the upstream sent right
 /// after its 101 head (already read) go to the client first.
-async fn bridge(client: OnUpgrade, (mut upstream, early): (h1::Stream, Bytes)) {
+async fn bridge(client: OnUpgrade, (mut upstream, early): (Socket, Bytes)) {
     let Ok(c) = client.await else {
         return;
     };

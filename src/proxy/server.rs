@@ -24,11 +24,12 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
-use super::conn::{self, ActivityGuard, ClientStream};
+use super::conn::{self, ActivityGuard};
 use super::ctx::{ConnFacts, Requests};
 use super::pipeline;
 use crate::observability::metrics::metrics;
 use crate::snapshot::{ServerSettings, SharedSnapshot};
+use crate::socket::Socket;
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -122,7 +123,7 @@ async fn accept_loop(listener: TcpListener, limit: Arc<Semaphore>, l: Arc<Listen
 
 /// A connection ready for HTTP: its stream, the bytes already read from
 /// it, whether it speaks h2, and the verified client certificate's subject.
-type Opened = (ClientStream, Bytes, bool, Option<http::HeaderValue>);
+type Opened = (Socket, Bytes, bool, Option<http::HeaderValue>);
 
 /// One client connection, from accept to close: the TLS handshake (TLS
 /// listeners) or the h2 preface sniff (plain ones), under their deadlines
@@ -176,7 +177,7 @@ async fn open(
     if !tls {
         let sniffed = tokio::time::timeout(settings.header_read_timeout, sniff(&mut stream));
         let (h2, prefix) = sniffed.await.ok()?.ok()?;
-        return Some((ClientStream::Tcp(stream), prefix, h2, None));
+        return Some((Socket::Tcp(stream), prefix, h2, None));
     }
     let handshakes = &metrics().tls_handshakes;
     let accept = tokio_rustls::TlsAcceptor::from(config?).accept(stream);
@@ -204,18 +205,13 @@ async fn open(
         .and_then(crate::tls::subject)
         .and_then(|s| http::HeaderValue::try_from(s).ok());
     handshakes.with_label_values(&["success", version]).inc();
-    Some((
-        ClientStream::Tls(Box::new(tls)),
-        Bytes::new(),
-        h2,
-        client_subject,
-    ))
+    Some((Socket::server_tls(tls), Bytes::new(), h2, client_subject))
 }
 
 /// Serves HTTP/1.1 (with upgrades) or h2 on an opened connection until it
 /// closes or the drain ends it.
 async fn serve_http(
-    stream: ClientStream,
+    stream: Socket,
     prefix: Bytes,
     h2: bool,
     facts: Arc<ConnFacts>,

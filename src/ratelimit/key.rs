@@ -168,20 +168,11 @@ fn push_ip(out: &mut String, ip: IpAddr) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::Shape;
     use super::super::policy::{Missing, PolicyOptions};
-    use super::super::{Definition, Shape};
     use super::*;
     use http::HeaderValue;
     use std::time::Duration;
-
-    fn options() -> PolicyOptions {
-        PolicyOptions {
-            max_keys: 1000,
-            shadow: false,
-            headers: true,
-            definition: Definition::of(&"t"),
-        }
-    }
 
     #[test]
     fn ipv6_clients_share_their_64() {
@@ -204,7 +195,7 @@ mod tests {
         };
         let p = Policy::new(
             "t",
-            options(),
+            PolicyOptions::for_tests(),
             vec![
                 LimitKeyPart::Header(HeaderName::from_static("x-api-key")),
                 LimitKeyPart::Route,

@@ -23,6 +23,19 @@ pub struct PolicyOptions {
     pub definition: Definition,
 }
 
+#[cfg(test)]
+impl PolicyOptions {
+    /// Local, enforcing, with headers, 1,000 keys.
+    pub(super) fn for_tests() -> Self {
+        PolicyOptions {
+            max_keys: 1000,
+            shadow: false,
+            headers: true,
+            definition: Definition::of("t"),
+        }
+    }
+}
+
 /// A policy's answer for one request.
 #[derive(Debug, Clone, Copy)]
 pub enum Checked {
@@ -223,15 +236,6 @@ mod tests {
         }
     }
 
-    fn options() -> PolicyOptions {
-        PolicyOptions {
-            max_keys: 1000,
-            shadow: false,
-            headers: true,
-            definition: Definition::of(&"t"),
-        }
-    }
-
     #[test]
     fn a_policy_answers_from_its_default_bucket() {
         let shape = Shape {
@@ -241,7 +245,7 @@ mod tests {
         };
         let p = Policy::new(
             "t",
-            options(),
+            PolicyOptions::for_tests(),
             vec![LimitKeyPart::ClientIp],
             shape,
             vec![],
@@ -278,7 +282,7 @@ mod tests {
         };
         let p = Policy::new(
             "t",
-            options(),
+            PolicyOptions::for_tests(),
             vec![LimitKeyPart::Tenant, LimitKeyPart::Route],
             shape,
             vec![("acme".into(), big)],

@@ -20,6 +20,7 @@ use super::ConnectError;
 use super::counter::Counter;
 use super::h1;
 use crate::body::RequestBody;
+use crate::socket::Socket;
 
 /// Where and how to connect.
 #[derive(Debug, Clone)]
@@ -143,13 +144,13 @@ impl Pool {
             .await
             .map_err(|_| ConnectError::Timeout)??;
             if !self.h2 {
-                let tls = h1::Stream::Tls(Box::new(tls));
+                let tls = Socket::client_tls(tls);
                 return Ok(Pooled::Http1(h1::Conn::new(tls, held)));
             }
             return self.h2_handshake(TokioIo::new(tls)).await;
         }
         if !self.h2 {
-            return Ok(Pooled::Http1(h1::Conn::new(h1::Stream::Tcp(stream), held)));
+            return Ok(Pooled::Http1(h1::Conn::new(Socket::Tcp(stream), held)));
         }
         self.h2_handshake(TokioIo::new(stream)).await
     }

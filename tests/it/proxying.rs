@@ -185,24 +185,7 @@ async fn large_bodies_stream_both_ways_intact() {
 async fn websocket_upgrade_passes_through_both_ways() {
     let up = Upstream::start("app").await;
     let gw = TestGateway::start(&proxy_all(&up.url())).await;
-    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").await.unwrap();
-    let mut buf = vec![0u8; 1024];
-    let n = tokio::time::timeout(IO_WAIT, s.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    let head = String::from_utf8_lossy(&buf[..n]).to_lowercase();
-    assert!(head.starts_with("http/1.1 101"), "{head}");
-    assert!(head.contains("upgrade: websocket"), "{head}");
-    s.write_all(b"ping-frame-bytes").await.unwrap();
-    let mut got = [0u8; 16];
-    tokio::time::timeout(IO_WAIT, s.read_exact(&mut got))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&got, b"ping-frame-bytes");
-    assert_eq!(up.last().headers["upgrade"], "websocket");
+    websocket_echoes(gw.addr, &up).await;
 }
 
 #[tokio::test]

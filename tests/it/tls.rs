@@ -13,7 +13,6 @@ use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::tls::TestCa;
@@ -772,22 +771,5 @@ async fn https_upstreams_share_the_http1_stack_upgrades_included() {
         .idle_count();
     assert!((1..=2).contains(&idle), "idle TLS connections: {idle}");
 
-    let mut s = tokio::net::TcpStream::connect(gw_addr).await.unwrap();
-    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").await.unwrap();
-    let mut buf = vec![0u8; 1024];
-    let n = tokio::time::timeout(IO_WAIT, s.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    let head = String::from_utf8_lossy(&buf[..n]).to_lowercase();
-    assert!(head.starts_with("http/1.1 101"), "{head}");
-    assert!(head.contains("upgrade: websocket"), "{head}");
-    s.write_all(b"ping-frame-bytes").await.unwrap();
-    let mut got = [0u8; 16];
-    tokio::time::timeout(IO_WAIT, s.read_exact(&mut got))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&got, b"ping-frame-bytes");
-    assert_eq!(up.last().headers["upgrade"], "websocket");
+    websocket_echoes(gw_addr, &up).await;
 }

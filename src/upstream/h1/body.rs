@@ -10,7 +10,8 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 
-use super::{Conn, H1Error, Stream};
+use super::{Conn, H1Error};
+use crate::socket::Socket;
 
 /// Longest chunk-size line (with extensions) accepted.
 const MAX_CHUNK_LINE: usize = 4096;
@@ -87,7 +88,7 @@ impl Body1 {
 
     /// Takes the connection out (for a 101 upgrade): the stream and any
     /// bytes already read past the head.
-    pub fn take_upgraded(&mut self) -> Option<(Stream, Bytes)> {
+    pub(crate) fn take_upgraded(&mut self) -> Option<(Socket, Bytes)> {
         self.conn.take().map(|c| (c.stream, c.buf.freeze()))
     }
 

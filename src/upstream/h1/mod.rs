@@ -15,7 +15,8 @@
 //! reused); a valid `Content-Length` counts the body; anything else runs to
 //! the connection's close. Conflicting lengths, bad chunk sizes, oversized
 //! heads and obs-fold are invalid responses (502). Response heads are
-//! parsed in `head`, bodies decoded in `body`; `stream` is the socket.
+//! parsed in `head`, bodies decoded in `body`; the socket is
+//! `crate::socket::Socket`.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -28,11 +29,11 @@ use tokio::io::AsyncWriteExt;
 
 use super::counter::Held;
 use crate::body::RequestBody;
+use crate::socket::Socket;
 
 mod body;
 mod error;
 mod head;
-mod stream;
 
 pub(crate) use body::Body1;
 pub(crate) use body::Recycle;
@@ -40,11 +41,10 @@ pub(crate) use error::H1Error;
 #[cfg(feature = "fuzzing")]
 pub(crate) use head::decode_for_fuzzing;
 use head::read_response;
-pub(crate) use stream::Stream;
 
 /// An idle or busy HTTP/1.1 connection to one endpoint.
 pub struct Conn {
-    stream: Stream,
+    stream: Socket,
     /// Bytes read but not yet consumed.
     buf: BytesMut,
     /// The request head being written (kept to reuse its allocation).
@@ -61,7 +61,7 @@ pub(crate) struct NotSent(pub Box<Request<RequestBody>>);
 
 impl Conn {
     /// Wraps a connected stream, counted by `held` while it lives.
-    pub fn new(stream: Stream, held: Option<Held>) -> Self {
+    pub(crate) fn new(stream: Socket, held: Option<Held>) -> Self {
         Self {
             stream,
             buf: BytesMut::with_capacity(8 << 10),
@@ -108,7 +108,7 @@ fn encode_head(req: &Request<RequestBody>, authority: &str, chunked: bool, out: 
     out.extend_from_slice(b"\r\n");
 }
 
-async fn write_all_vectored(stream: &mut Stream, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+async fn write_all_vectored(stream: &mut Socket, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
     while !bufs.is_empty() {
         let n = stream.write_vectored(bufs).await?;
         if n == 0 {
@@ -240,7 +240,7 @@ async fn next_data(body: &mut RequestBody) -> Result<Option<Bytes>, H1Error> {
 }
 
 async fn stream_body(
-    stream: &mut Stream,
+    stream: &mut Socket,
     body: &mut RequestBody,
     chunked: bool,
 ) -> Result<(), H1Error> {

@@ -1,7 +1,9 @@
-//! The socket under an HTTP/1.1 upstream connection: plain TCP, or TLS
-//! over it. The codec reads and writes through this one type, so plain and
-//! `https://` upstreams share one HTTP/1.1 stack (pooling, framing, early
-//! responses, the keep-alive race, and 101 tunnels).
+//! A connected socket, plain TCP or TLS over it, on either side: client
+//! connections (server-side TLS) and upstream connections (client-side
+//! TLS). The HTTP/1.1 upstream codec reads and writes through this one
+//! type, so plain and `https://` upstreams share one stack (pooling,
+//! framing, early responses, the keep-alive race, 101 tunnels); the
+//! downstream connection's watched socket wraps it too.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -11,20 +13,30 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// A connected upstream socket.
-pub enum Stream {
+/// A connected socket.
+pub(crate) enum Socket {
     /// Plain TCP.
     Tcp(TcpStream),
-    /// TLS (rustls) over TCP.
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// TLS (rustls) over TCP, as client or as server.
+    Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
 }
 
-impl Stream {
+impl Socket {
     fn tcp(&self) -> &TcpStream {
         match self {
-            Stream::Tcp(s) => s,
-            Stream::Tls(s) => s.get_ref().0,
+            Socket::Tcp(s) => s,
+            Socket::Tls(s) => s.get_ref().0,
         }
+    }
+
+    /// A client-side TLS connection.
+    pub(crate) fn client_tls(tls: tokio_rustls::client::TlsStream<TcpStream>) -> Self {
+        Socket::Tls(Box::new(tokio_rustls::TlsStream::Client(tls)))
+    }
+
+    /// A server-side TLS connection.
+    pub(crate) fn server_tls(tls: tokio_rustls::server::TlsStream<TcpStream>) -> Self {
+        Socket::Tls(Box::new(tokio_rustls::TlsStream::Server(tls)))
     }
 
     /// True when nothing arrived on the idle connection: the peer neither
@@ -32,7 +44,7 @@ impl Stream {
     /// alert or a late record). Peeks, so nothing is consumed; uses the
     /// readiness the I/O driver already recorded, so a quiet connection
     /// costs no system call.
-    pub fn is_quiet(&self) -> bool {
+    pub(crate) fn is_quiet(&self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
         let mut probe = [0u8; 1];
         let mut buf = ReadBuf::new(&mut probe);
@@ -41,7 +53,7 @@ impl Stream {
 
     /// Reads what is available into `buf` (growing it by up to `chunk`);
     /// `Ok(0)` at end of stream.
-    pub fn poll_fill(
+    pub(crate) fn poll_fill(
         &mut self,
         cx: &mut Context<'_>,
         buf: &mut BytesMut,
@@ -49,7 +61,7 @@ impl Stream {
     ) -> Poll<io::Result<usize>> {
         match self {
             // Straight into the spare capacity, without initializing it.
-            Stream::Tcp(s) => loop {
+            Socket::Tcp(s) => loop {
                 ready!(s.poll_read_ready(cx))?;
                 buf.reserve(chunk);
                 match s.try_read_buf(buf) {
@@ -59,7 +71,7 @@ impl Stream {
             },
             // rustls copies plaintext out of its own buffer: into a zeroed
             // tail, cut back to what was read.
-            Stream::Tls(s) => {
+            Socket::Tls(s) => {
                 let len = buf.len();
                 buf.resize(len + chunk, 0);
                 let mut rb = ReadBuf::new(&mut buf[len..]);
@@ -73,28 +85,28 @@ impl Stream {
     }
 }
 
-impl AsyncRead for Stream {
+impl AsyncRead for Socket {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+            Socket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Socket::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
         }
     }
 }
 
-impl AsyncWrite for Stream {
+impl AsyncWrite for Socket {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_write(cx, data),
-            Stream::Tls(s) => Pin::new(&mut **s).poll_write(cx, data),
+            Socket::Tcp(s) => Pin::new(s).poll_write(cx, data),
+            Socket::Tls(s) => Pin::new(&mut **s).poll_write(cx, data),
         }
     }
 
@@ -104,29 +116,29 @@ impl AsyncWrite for Stream {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+            Socket::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Socket::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
-            Stream::Tcp(s) => s.is_write_vectored(),
-            Stream::Tls(s) => s.is_write_vectored(),
+            Socket::Tcp(s) => s.is_write_vectored(),
+            Socket::Tls(s) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+            Socket::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Socket::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+            Socket::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Socket::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
         }
     }
 }
