@@ -16,6 +16,7 @@ pub(crate) mod cookies;
 pub(crate) mod fetch;
 #[cfg(feature = "fuzzing")]
 pub mod fuzz;
+pub(crate) mod hash;
 pub mod observability;
 pub(crate) mod proxy;
 pub mod ratelimit;

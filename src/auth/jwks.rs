@@ -24,8 +24,8 @@ use rustls::ClientConfig;
 use tokio::sync::{Notify, watch};
 
 use super::keys::KeySet;
+use crate::hash::hash64;
 use crate::observability::metrics::metrics;
-use crate::upstream::balance::hash64;
 
 /// Largest JWKS or discovery document read.
 const MAX_DOCUMENT_BYTES: usize = 1 << 20;

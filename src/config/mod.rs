@@ -21,8 +21,8 @@ pub use error::{ConfigError, LoadError};
 use outline::Outline;
 pub use spec::Spec;
 
+use crate::hash::hash64;
 use crate::snapshot::Snapshot;
-use crate::upstream::balance::hash64;
 
 /// A digest of one definition in the file (an upstream, a rate-limit
 /// policy, a route): runtime types keep it instead of the serde input, so

@@ -28,11 +28,12 @@ use super::ctx::RequestCtx;
 use super::error::ProxyError;
 use super::headers::{self, X_REQUEST_ID};
 use crate::body::{Replay, RequestBody};
+use crate::hash::hash64;
 use crate::observability::metrics::metrics;
 use crate::snapshot::Route;
 use crate::socket::Socket;
 use crate::upstream::retry::{self, Again};
-use crate::upstream::{HashOn, Upstream, UpstreamBody, UpstreamError, balance::hash64};
+use crate::upstream::{HashOn, Upstream, UpstreamBody, UpstreamError};
 
 /// `x-client-cert-subject`: the verified client certificate's subject.
 static X_CLIENT_CERT_SUBJECT: http::HeaderName =

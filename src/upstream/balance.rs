@@ -10,6 +10,7 @@
 //!   adding or removing an endpoint moves only its share of keys. A request
 //!   without a key is balanced randomly.
 
+use crate::hash::hash64;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Ring points per unit of (normalized) weight.
@@ -46,23 +47,6 @@ pub(crate) enum Balancer {
         /// For requests without a key.
         cumulative: Vec<u64>,
     },
-}
-
-/// 64-bit FNV-1a followed by a SplitMix64 finalizer: stable across
-/// processes and versions (replicas must agree on the ring).
-pub(crate) fn hash64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    mix(h)
-}
-
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 fn gcd(a: u64, b: u64) -> u64 {

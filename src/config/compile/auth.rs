@@ -69,7 +69,7 @@ pub(super) fn read(
     let full = base.join(file);
     match std::fs::read(&full) {
         Ok(bytes) => {
-            *hash ^= crate::upstream::balance::hash64(&bytes).rotate_left(7) ^ bytes.len() as u64;
+            *hash ^= crate::hash::hash64(&bytes).rotate_left(7) ^ bytes.len() as u64;
             Some(bytes)
         }
         Err(e) => {
@@ -238,7 +238,7 @@ fn provider(
                 let settings = RemoteSettings {
                     remote,
                     tls,
-                    ca_hash: ca.as_deref().map_or(0, crate::upstream::balance::hash64),
+                    ca_hash: ca.as_deref().map_or(0, crate::hash::hash64),
                     refresh: p.jwks_refresh.0,
                     min_refresh: p.jwks_min_refresh_interval.0,
                     ready_timeout: p.jwks_ready_timeout.0,

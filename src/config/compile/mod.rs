@@ -85,7 +85,7 @@ pub fn compile(
     } else {
         format!(
             "{:016x}",
-            crate::upstream::balance::hash64(format!("{version}:{files_hash:x}").as_bytes())
+            crate::hash::hash64(format!("{version}:{files_hash:x}").as_bytes())
         )
     };
     let mut names: HashMap<&str, usize> = HashMap::new();

@@ -92,8 +92,8 @@ pub(super) fn tls(
         ) else {
             continue;
         };
-        *files_hash ^= crate::upstream::balance::hash64(&cert).rotate_left(11)
-            ^ crate::upstream::balance::hash64(&key).rotate_left(23);
+        *files_hash ^=
+            crate::hash::hash64(&cert).rotate_left(11) ^ crate::hash::hash64(&key).rotate_left(23);
         let hosts: Vec<String> = c.hosts.iter().map(|h| h.as_str().to_owned()).collect();
         match tls::load(c.cert.as_str(), &cert, &key, &hosts) {
             Ok(l) if l.hosts.is_empty() => errs.push(
@@ -121,7 +121,7 @@ pub(super) fn tls(
         None => None,
         Some(ca) => match std::fs::read(base.join(ca.ca.as_str())) {
             Ok(pem) => {
-                *files_hash ^= crate::upstream::balance::hash64(&pem).rotate_left(31);
+                *files_hash ^= crate::hash::hash64(&pem).rotate_left(31);
                 match tls::client_verifier(&pem, ca.required) {
                     Ok(v) => Some(v),
                     Err(m) => {

@@ -64,7 +64,7 @@ fn tls_files(
     let mut read = |file: &str, field: &str, errs: &mut Errors| match std::fs::read(base.join(file))
     {
         Ok(b) => {
-            hash ^= crate::upstream::balance::hash64(&b).rotate_left(hash.count_ones());
+            hash ^= crate::hash::hash64(&b).rotate_left(hash.count_ones());
             Some(b)
         }
         Err(e) => {
