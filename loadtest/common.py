@@ -96,8 +96,8 @@ class Procs:
             self.stop(name)
 
 
-def arguments(doc, duration):
-    """The options every side-by-side script takes."""
+def arguments(doc, duration, extra=None):
+    """The options every side-by-side script takes (and `extra`'s)."""
     import argparse
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
@@ -105,6 +105,8 @@ def arguments(doc, duration):
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--conns", type=int, default=64)
     ap.add_argument("--no-build", action="store_true", help="use the existing target/release/tollgate")
+    if extra:
+        extra(ap)
     return ap.parse_args()
 
 

@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """Tollgate vs NGINX, side by side in one run.
 
-    python3 loadtest/compare.py [--rounds 5] [--duration 10] [--conns 64]
+    python3 loadtest/compare.py [--rounds 5] [--duration 10] [--conns 64] [--access-log]
+
+With --access-log, a third target is Tollgate with its access log on
+(one JSON line per request to a file, as an operator runs it), so the
+cost of a line is the CPU/req difference between the two Tollgates.
 
 CPU layout on a 2-core machine (like ../shared/bench):
 
@@ -69,7 +73,8 @@ http {{
 """
 
 def main():
-    args = arguments(__doc__, 10)
+    args = arguments(__doc__, 10, extra=lambda ap: ap.add_argument(
+        "--access-log", action="store_true", help="also run Tollgate with its access log on"))
     nginx, tollgate, work, procs = prepare("tollgate-loadtest.", not args.no_build)
     with open(f"{work}/upstream.conf", "w") as f:
         f.write(UPSTREAM_CONF.format(work=work, port=UP_PORT, body=BODY.decode()))
@@ -81,6 +86,11 @@ def main():
         "nginx": (NGINX_PORT, [nginx, "-c", f"{work}/nginx.conf"]),
         "tollgate": (TOLLGATE_PORT, [tollgate, "run", "-c", f"{work}/tollgate.yaml", "--log-level", "warn"]),
     }
+    if args.access_log:
+        with open(f"{work}/tollgate-log.yaml", "w") as f:
+            f.write(TOLLGATE_CONF.format(port=TOLLGATE_PORT, admin=TOLLGATE_PORT + 1, up=UP_PORT)
+                    .replace("access_log: { enabled: false }", "access_log: { enabled: true }"))
+        targets["tollgate+log"] = (TOLLGATE_PORT, [tollgate, "run", "-c", f"{work}/tollgate-log.yaml", "--log-level", "warn"])
     results = {t: [] for t in targets}
     try:
         procs.start("upstream", [nginx, "-c", f"{work}/upstream.conf"], 1, f"{work}/upstream.log")

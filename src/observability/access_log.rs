@@ -1,38 +1,49 @@
-//! The access log: one JSON line per request on stdout, written by a
-//! dedicated thread so the request path never blocks on stdout. When the
-//! writer falls behind by more than `QUEUE_BYTES` (or `QUEUE` lines), new
-//! lines are dropped and counted (`tollgate_access_log_dropped_total`)
-//! rather than slowing traffic or growing memory: the bound is in bytes, so
-//! long lines (long paths) cannot make it large.
+//! The access log: one JSON line per request on stdout.
+//!
+//! Cheap enough to be on by default. A request formats its line into a
+//! reused per-thread buffer, then appends it to the shared batch under a
+//! lock held only for the copy; it wakes no thread. A writer thread takes
+//! the whole batch every `FLUSH_EVERY` (sooner once it passes
+//! `WAKE_BYTES`) and writes it with one `write` call, outside the lock, so
+//! a stalled stdout never holds up a request. When the batch waiting
+//! reaches `QUEUE_BYTES`, new lines are dropped and counted
+//! (`tollgate_access_log_dropped_total`) rather than slowing traffic or
+//! growing memory: the bound is in bytes, so long lines cannot make it
+//! large. `flush` writes out what is queued at shutdown.
 
-use std::io::{BufWriter, Write};
-use std::sync::OnceLock;
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::cell::RefCell;
+use std::io::Write;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 use super::metrics::metrics;
 
-/// Lines queued for the writer before new ones are dropped.
-const QUEUE: usize = 65_536;
-
-/// Bytes of lines queued for the writer before new ones are dropped.
+/// Bytes of lines waiting for the writer before new ones are dropped.
 pub const QUEUE_BYTES: usize = 16 << 20;
 
-/// Bytes of lines queued and not yet written.
-static QUEUED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// How often the writer takes the batch.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
+
+/// A batch this large wakes the writer before its interval is up.
+const WAKE_BYTES: usize = 256 << 10;
 
 /// One request, as logged.
 #[derive(Debug, Serialize)]
 pub struct LogLine<'a> {
     /// RFC 3339 UTC time the request arrived.
-    pub time: String,
+    #[serde(serialize_with = "rfc3339_field")]
+    pub time: SystemTime,
     /// Request id (sent upstream and returned).
     pub request_id: &'a str,
     /// W3C trace id.
     pub trace_id: &'a str,
     /// Client address.
-    pub client: String,
+    #[serde(serialize_with = "display_field")]
+    pub client: IpAddr,
     /// Method.
     pub method: &'a str,
     /// Host (as sent).
@@ -65,29 +76,76 @@ pub struct LogLine<'a> {
     pub sub: Option<&'a str>,
 }
 
-/// What the writer thread is handed.
-enum Msg {
-    /// One line, newline included.
-    Line(String),
-    /// Write out everything queued before this, then answer.
-    Flush(SyncSender<()>),
+/// The batch of lines waiting for the writer, and the writer's wake-up.
+struct Batch {
+    lines: Mutex<Vec<u8>>,
+    wake: Condvar,
+    /// Set by `flush`: the writer writes out and counts a round.
+    flush_asked: AtomicBool,
+    /// Rounds the writer finished (each writes all that was queued before).
+    rounds: AtomicU64,
+    done: Condvar,
+    done_lock: Mutex<()>,
 }
 
-/// The writer thread's queue, made with the first line.
-static TX: OnceLock<SyncSender<Msg>> = OnceLock::new();
+/// The batch, and its writer thread, made with the first line.
+static BATCH: OnceLock<&'static Batch> = OnceLock::new();
 
-fn sender() -> &'static SyncSender<Msg> {
-    TX.get_or_init(|| {
-        let (tx, rx) = sync_channel::<Msg>(QUEUE);
+fn batch() -> &'static Batch {
+    BATCH.get_or_init(|| {
+        let b: &'static Batch = Box::leak(Box::new(Batch {
+            lines: Mutex::new(Vec::with_capacity(WAKE_BYTES)),
+            wake: Condvar::new(),
+            flush_asked: AtomicBool::new(false),
+            rounds: AtomicU64::new(0),
+            done: Condvar::new(),
+            done_lock: Mutex::new(()),
+        }));
         let _ = std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || drain(rx));
-        tx
+            .spawn(move || write_batches(b));
+        b
     })
 }
 
+thread_local! {
+    /// Where this thread formats a line before appending it to the batch.
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
+}
+
+/// `time` as RFC 3339, written straight into the line.
+fn rfc3339_field<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&Rfc3339(*t))
+}
+
+/// A value written with its `Display`, without an intermediate `String`.
+fn display_field<S: Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+/// A time shown as an RFC 3339 UTC timestamp with milliseconds.
+struct Rfc3339(SystemTime);
+
+impl std::fmt::Display for Rfc3339 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (year, month, day, secs, millis) = civil(self.0);
+        write!(
+            f,
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+            secs / 3600,
+            secs % 3600 / 60,
+            secs % 60,
+        )
+    }
+}
+
 /// RFC 3339 UTC timestamp with milliseconds.
-pub fn rfc3339(t: std::time::SystemTime) -> String {
+pub fn rfc3339(t: SystemTime) -> String {
+    Rfc3339(t).to_string()
+}
+
+/// (year, month, day, seconds into the day, milliseconds) of `t`, UTC.
+fn civil(t: SystemTime) -> (i64, i64, i64, i64, u32) {
     let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
@@ -101,86 +159,111 @@ pub fn rfc3339(t: std::time::SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
+    (year, month, day, rem, d.subsec_millis())
 }
 
-fn drain(rx: Receiver<Msg>) {
+/// The writer thread: every `FLUSH_EVERY` (or when woken), takes the
+/// whole batch, leaving an empty buffer of the same capacity in its place,
+/// and writes it with one call.
+fn write_batches(b: &'static Batch) {
     // Not `stdout().lock()` for the thread's life: others (a test harness,
     // an embedding program) must still be able to write to stdout.
-    let mut out = BufWriter::with_capacity(64 << 10, std::io::stdout());
-    let handle = |out: &mut BufWriter<_>, msg: Msg| match msg {
-        Msg::Line(line) => {
-            let _ = out.write_all(line.as_bytes());
-            QUEUED.fetch_sub(line.len(), std::sync::atomic::Ordering::Relaxed);
+    let mut spare: Vec<u8> = Vec::with_capacity(WAKE_BYTES);
+    loop {
+        {
+            let Ok(lines) = b.lines.lock() else {
+                return;
+            };
+            let (mut lines, _) = match b.wake.wait_timeout_while(lines, FLUSH_EVERY, |l| {
+                l.len() < WAKE_BYTES && !b.flush_asked.load(Ordering::Acquire)
+            }) {
+                Ok(x) => x,
+                Err(_) => return,
+            };
+            std::mem::swap(&mut *lines, &mut spare);
         }
-        Msg::Flush(done) => {
+        let flushing = b.flush_asked.swap(false, Ordering::AcqRel);
+        if !spare.is_empty() {
+            let mut out = std::io::stdout();
+            let _ = out.write_all(&spare);
             let _ = out.flush();
-            let _ = done.try_send(());
+            spare.clear();
+            // A burst's large buffer is not kept for ever.
+            spare.shrink_to(WAKE_BYTES * 2);
         }
-    };
-    while let Ok(msg) = rx.recv() {
-        handle(&mut out, msg);
-        // Flush once the queue is empty, so bursts are written in one go.
-        while let Ok(more) = rx.try_recv() {
-            handle(&mut out, more);
+        if flushing {
+            b.rounds.fetch_add(1, Ordering::AcqRel);
+            let _guard = b.done_lock.lock();
+            b.done.notify_all();
         }
-        let _ = out.flush();
     }
 }
 
 /// Writes out every line queued so far, waiting at most `within` (called
 /// at shutdown, so the last requests' lines are not lost with the
 /// process). Blocking.
-pub fn flush(within: std::time::Duration) {
-    let Some(writer) = TX.get() else {
+pub fn flush(within: Duration) {
+    let Some(b) = BATCH.get() else {
         return;
     };
-    let (tx, rx) = sync_channel(1);
-    if send_within(writer, Msg::Flush(tx), within) {
-        let _ = rx.recv_timeout(within);
-    }
-}
-
-/// `SyncSender::send` bounded in time (the queue may be full).
-fn send_within(tx: &SyncSender<Msg>, mut msg: Msg, within: std::time::Duration) -> bool {
     let deadline = std::time::Instant::now() + within;
-    loop {
-        match tx.try_send(msg) {
-            Ok(()) => return true,
-            Err(TrySendError::Full(m)) if std::time::Instant::now() < deadline => {
-                msg = m;
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-            Err(_) => return false,
+    let before = b.rounds.load(Ordering::Acquire);
+    b.flush_asked.store(true, Ordering::Release);
+    b.wake.notify_one();
+    let Ok(mut guard) = b.done_lock.lock() else {
+        return;
+    };
+    // Two rounds: the one under way may have taken its batch before the
+    // lines this flush is for were added.
+    while b.rounds.load(Ordering::Acquire) < before + 2 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return;
         }
+        if b.rounds.load(Ordering::Acquire) == before + 1 {
+            b.flush_asked.store(true, Ordering::Release);
+            b.wake.notify_one();
+        }
+        guard = match b.done.wait_timeout(guard, left.min(FLUSH_EVERY)) {
+            Ok((g, _)) => g,
+            Err(_) => return,
+        };
     }
 }
 
-/// Queues one line; never blocks.
+/// Queues one line; never blocks on the writer, allocates nothing once
+/// the buffers have grown to their working size.
 pub fn log(entry: &LogLine<'_>) {
-    let Ok(mut line) = serde_json::to_string(entry) else {
-        return;
-    };
-    line.push('\n');
-    let len = line.len();
-    let before = QUEUED.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
-    if before + len > QUEUE_BYTES {
-        QUEUED.fetch_sub(len, std::sync::atomic::Ordering::Relaxed);
-        metrics().access_log_dropped.inc();
-        return;
-    }
-    if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-        sender().try_send(Msg::Line(line))
-    {
-        QUEUED.fetch_sub(len, std::sync::atomic::Ordering::Relaxed);
-        metrics().access_log_dropped.inc();
-    }
+    SCRATCH.with(|scratch| {
+        let Ok(mut line) = scratch.try_borrow_mut() else {
+            return;
+        };
+        line.clear();
+        if serde_json::to_writer(&mut *line, entry).is_err() {
+            return;
+        }
+        line.push(b'\n');
+        let b = batch();
+        let Ok(mut lines) = b.lines.lock() else {
+            return;
+        };
+        if lines.len() + line.len() > QUEUE_BYTES {
+            drop(lines);
+            metrics().access_log_dropped.inc();
+            return;
+        }
+        lines.extend_from_slice(&line);
+        let wake = lines.len() >= WAKE_BYTES && lines.len() - line.len() < WAKE_BYTES;
+        drop(lines);
+        if wake {
+            b.wake.notify_one();
+        }
+        // A line that made the scratch grow far past its usual size (a
+        // very long path) does not keep that memory.
+        if line.capacity() > 64 << 10 {
+            *line = Vec::with_capacity(512);
+        }
+    });
 }
 
 #[cfg(test)]

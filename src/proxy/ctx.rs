@@ -17,6 +17,24 @@ use crate::observability::metrics::metrics;
 use crate::snapshot::{Route, Snapshot};
 use crate::upstream::{Endpoint, Upstream};
 
+/// What the access log names of a request: its target and `Host`.
+pub(crate) struct LogTarget {
+    /// The request target as received.
+    pub uri: http::Uri,
+    /// The `Host` field, for origin-form targets.
+    pub host: Option<HeaderValue>,
+}
+
+impl LogTarget {
+    /// The host as sent: the target's authority, else `Host`.
+    fn host(&self) -> &str {
+        self.uri
+            .host()
+            .or_else(|| self.host.as_ref().and_then(|v| v.to_str().ok()))
+            .unwrap_or_default()
+    }
+}
+
 /// What a client connection tells its requests, built once per
 /// connection and shared by all of them.
 pub(crate) struct ConnFacts {
@@ -76,7 +94,7 @@ pub(crate) struct RequestCtx {
     /// the access log is on and there is a body).
     pub bytes_in: Option<Arc<AtomicU64>>,
     /// Host and path for the log (only kept when logging is on).
-    pub log_target: Option<(String, String)>,
+    pub log_target: Option<LogTarget>,
     /// Keeps the connection from idling out until the request finishes.
     pub activity: Option<ActivityGuard>,
     /// Counts the request as in progress on the gateway until it finishes.
@@ -288,7 +306,7 @@ impl Finish {
         m.requests.inc(&c.method, self.status);
         m.duration.observe(elapsed.as_secs_f64());
         metrics().requests_inflight.dec();
-        if let Some((host, path)) = &c.log_target {
+        if let Some(target) = &c.log_target {
             let route = c.route.as_ref().map_or("", |r| r.name.as_str());
             let (up, ep) = c
                 .upstream
@@ -302,13 +320,13 @@ impl Finish {
                 c.reason
             };
             access_log::log(&LogLine {
-                time: access_log::rfc3339(SystemTime::now() - elapsed),
+                time: SystemTime::now() - elapsed,
                 request_id: c.request_id.to_str().unwrap_or(""),
                 trace_id: c.trace.trace_id(),
-                client: c.client.to_string(),
+                client: c.client,
                 method: c.method.as_str(),
-                host,
-                path,
+                host: target.host(),
+                path: target.uri.path(),
                 status: self.status,
                 bytes_in: c.bytes_in.as_ref().map_or(0, |n| n.load(Ordering::Relaxed)),
                 bytes_out,

@@ -40,7 +40,7 @@ use super::admit::{admit, host_for_routing};
 use super::body::ResponseBody;
 use super::cache::{CACHE_STATUS, RequestCache};
 use super::conn::ActivityGuard;
-use super::ctx::{ConnFacts, Finish, InProgress, Pending, RequestCtx};
+use super::ctx::{ConnFacts, Finish, InProgress, LogTarget, Pending, RequestCtx};
 use super::error::{Party, ProxyError};
 use super::forward::forward;
 use super::headers::{self, TraceContext, X_REQUEST_ID};
@@ -379,15 +379,11 @@ fn context(
         Some(v) if headers::valid_request_id(v) => v.clone(),
         _ => headers::new_request_id(),
     };
-    let log_target = snapshot.settings.access_log.then(|| {
-        let host = req
-            .uri()
-            .host()
-            .or_else(|| h.get(HOST).and_then(|v| v.to_str().ok()));
-        (
-            host.unwrap_or_default().to_owned(),
-            req.uri().path().to_owned(),
-        )
+    // Shared, not copied: a `Uri` and a `HeaderValue` clone share their
+    // bytes with the request head.
+    let log_target = snapshot.settings.access_log.then(|| LogTarget {
+        uri: req.uri().clone(),
+        host: h.get(HOST).cloned(),
     });
     RequestCtx {
         client: headers::client_ip(conn.peer.ip(), h, &snapshot.settings),
