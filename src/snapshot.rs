@@ -84,6 +84,55 @@ pub struct StartOnly {
 }
 
 impl Snapshot {
+    /// Creates, at 0, every counter whose labels the config decides, so
+    /// that `rate()` and `absent()` work from the first scrape and after a
+    /// reload: reload results, overflow scopes, protocols, retries and the
+    /// retry budget per route, health checks per endpoint, TLS handshakes.
+    /// (Families created with their owners, such as auth and rate-limit
+    /// decisions, circuit transitions and cache results, already are.)
+    pub(crate) fn register_metrics(&self) {
+        let m = crate::observability::metrics::metrics();
+        for result in ["success", "failure"] {
+            m.config_reloads.with_label_values(&[result]);
+        }
+        for scope in ["global", "upstream", "connections", "client_connection"] {
+            m.overflow.with_label_values(&[scope]);
+        }
+        for protocol in ["http1", "h2"] {
+            m.downstream_requests.with_label_values(&[protocol]);
+        }
+        for route in &self.routes {
+            let Some(retry) = &route.retry else {
+                continue;
+            };
+            m.retry_budget_exhausted.with_label_values(&[&route.name]);
+            for reason in retry.reasons() {
+                m.retries.with_label_values(&[route.name.as_str(), &reason]);
+            }
+        }
+        for up in self.upstreams.values() {
+            if up.health.is_none() {
+                continue;
+            }
+            for ep in &up.endpoints {
+                for result in ["success", "failure"] {
+                    m.health_checks
+                        .with_label_values(&[up.name.as_str(), ep.id.as_str(), result]);
+                }
+            }
+        }
+        if self.tls.is_some() {
+            for (result, version) in [
+                ("success", "1.3"),
+                ("success", "1.2"),
+                ("failure", "none"),
+                ("timeout", "none"),
+            ] {
+                m.tls_handshakes.with_label_values(&[result, version]);
+            }
+        }
+    }
+
     /// Starts what runs in the background for this snapshot (remote key
     /// refresh, health checks). Call once it is live; keys carried over from the previous
     /// snapshot are refreshed instead (as on any reload).

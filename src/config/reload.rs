@@ -64,6 +64,7 @@ impl Reloader {
 
     /// Records the initial snapshot in the metrics.
     pub fn record_initial(snapshot: &Snapshot) {
+        snapshot.register_metrics();
         let m = metrics();
         m.config_info.with_label_values(&[&snapshot.version]).set(1);
         m.config_last_success.set(unix_now());
@@ -91,6 +92,7 @@ impl Reloader {
                 let version = new.version.clone();
                 m.config_info.with_label_values(&[&version]).set(1);
                 let _ = m.config_info.remove_label_values(&[&old.version]);
+                new.register_metrics();
                 let new = Arc::new(new);
                 self.live.store(Arc::clone(&new));
                 new.start_background();

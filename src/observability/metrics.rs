@@ -23,6 +23,10 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     /// `tollgate_request_duration_seconds{route}`.
     pub request_duration: HistogramVec,
+    /// `tollgate_request_size_bytes{route}`.
+    pub request_size: HistogramVec,
+    /// `tollgate_response_size_bytes{route}`.
+    pub response_size: HistogramVec,
     /// `tollgate_upstream_requests_total{upstream,endpoint,status}`.
     pub upstream_requests: IntCounterVec,
     /// `tollgate_upstream_duration_seconds{upstream}`.
@@ -91,6 +95,21 @@ pub struct Metrics {
     pub cache_bytes: IntGauge,
 }
 
+/// Body sizes: 64 B to 64 MiB, by powers of four.
+const SIZE_BUCKETS: &[f64] = &[
+    64.0,
+    256.0,
+    1024.0,
+    4096.0,
+    16384.0,
+    65536.0,
+    262_144.0,
+    1_048_576.0,
+    4_194_304.0,
+    16_777_216.0,
+    67_108_864.0,
+];
+
 /// Latency buckets in seconds, 0.5 ms to 30 s.
 const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -116,9 +135,9 @@ impl Metrics {
                 .expect("unique counter");
             c
         };
-        let histogram = |name: &str, help: &str, labels: &[&str]| {
+        let histogram_in = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
             let h = HistogramVec::new(
-                HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()),
+                HistogramOpts::new(name, help).buckets(buckets.to_vec()),
                 labels,
             )
             .expect("valid histogram");
@@ -127,6 +146,8 @@ impl Metrics {
                 .expect("unique histogram");
             h
         };
+        let histogram =
+            |name: &str, help: &str, labels: &[&str]| histogram_in(name, help, labels, BUCKETS);
         let plain_counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).expect("valid counter");
             registry
@@ -158,6 +179,18 @@ impl Metrics {
                 "tollgate_request_duration_seconds",
                 "Time from request head to response end, by route.",
                 &["route"],
+            ),
+            request_size: histogram_in(
+                "tollgate_request_size_bytes",
+                "Request body bytes read, by route.",
+                &["route"],
+                SIZE_BUCKETS,
+            ),
+            response_size: histogram_in(
+                "tollgate_response_size_bytes",
+                "Response body bytes sent, by route.",
+                &["route"],
+                SIZE_BUCKETS,
             ),
             upstream_requests: counter(
                 "tollgate_upstream_requests_total",
@@ -458,6 +491,10 @@ pub struct RouteMetrics {
     pub requests: StatusCounters,
     /// duration histogram.
     pub duration: Histogram,
+    /// request body size histogram.
+    pub request_size: Histogram,
+    /// response body size histogram.
+    pub response_size: Histogram,
 }
 
 impl RouteMetrics {
@@ -467,6 +504,8 @@ impl RouteMetrics {
         Self {
             requests: StatusCounters::new(&m.requests, &[name], true),
             duration: m.request_duration.with_label_values(&[name]),
+            request_size: m.request_size.with_label_values(&[name]),
+            response_size: m.response_size.with_label_values(&[name]),
         }
     }
 }

@@ -90,8 +90,8 @@ pub(crate) struct RequestCtx {
     pub upstream_duration: Option<Duration>,
     /// Why the gateway answered itself.
     pub reason: &'static str,
-    /// Request body bytes read, counted while the body streams (only when
-    /// the access log is on and there is a body).
+    /// Request body bytes read, counted while the body streams (when there
+    /// is a body).
     pub bytes_in: Option<Arc<AtomicU64>>,
     /// Host and path for the log (only kept when logging is on).
     pub log_target: Option<LogTarget>,
@@ -305,6 +305,9 @@ impl Finish {
         };
         m.requests.inc(&c.method, self.status);
         m.duration.observe(elapsed.as_secs_f64());
+        let bytes_in = c.bytes_in.as_ref().map_or(0, |n| n.load(Ordering::Relaxed));
+        m.request_size.observe(bytes_in as f64);
+        m.response_size.observe(bytes_out as f64);
         metrics().requests_inflight.dec();
         if let Some(target) = &c.log_target {
             let route = c.route.as_ref().map_or("", |r| r.name.as_str());
@@ -328,7 +331,7 @@ impl Finish {
                 host: target.host(),
                 path: target.uri.path(),
                 status: self.status,
-                bytes_in: c.bytes_in.as_ref().map_or(0, |n| n.load(Ordering::Relaxed)),
+                bytes_in,
                 bytes_out,
                 duration: elapsed.as_secs_f64(),
                 upstream_duration: c.upstream_duration.map(|d| d.as_secs_f64()),

@@ -182,7 +182,8 @@ fn upstream_headers(
 }
 
 /// The request body as sent upstream: bounded in size and read time,
-/// copied for a retry when the route retries, counted for the access log.
+/// copied for a retry when the route retries, counted (access log, size
+/// histogram).
 fn request_body(
     incoming: Incoming,
     replay: Option<&Arc<Mutex<Replay>>>,
@@ -201,13 +202,9 @@ fn request_body(
         Some(r) => body.teed(Arc::clone(r)),
         None => body,
     };
-    if settings.access_log {
-        let counter = Arc::new(AtomicU64::new(0));
-        ctx.bytes_in = Some(Arc::clone(&counter));
-        body.counted(counter)
-    } else {
-        body
-    }
+    let counter = Arc::new(AtomicU64::new(0));
+    ctx.bytes_in = Some(Arc::clone(&counter));
+    body.counted(counter)
 }
 
 /// One client connection may hold at most a quarter of an upstream's

@@ -138,6 +138,28 @@ impl RetryPolicy {
         Some(Retrying(Arc::clone(&self.retrying)))
     }
 
+    /// The `reason` label values this policy can count: the kinds it
+    /// retries, and each status it lists (ranges of more than ten
+    /// statuses are left to appear when used).
+    pub(crate) fn reasons(&self) -> Vec<String> {
+        let s = &self.settings;
+        let mut out: Vec<String> = [
+            (s.on_connect_error, "connect_error"),
+            (s.on_reset, "reset"),
+            (s.on_timeout || s.lists(504), "timeout"),
+        ]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, r)| r.to_owned())
+        .collect();
+        for (lo, hi) in &s.statuses {
+            if hi - lo < 10 {
+                out.extend((*lo..=*hi).map(|c| c.to_string()));
+            }
+        }
+        out
+    }
+
     /// Counts a retry made for `reason`.
     pub fn count(&self, reason: Reason) {
         let label = match reason {

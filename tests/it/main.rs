@@ -14,6 +14,7 @@ mod auth;
 mod binary;
 mod cache;
 mod cli;
+mod deploy;
 mod edge;
 mod errors;
 mod grpc;
