@@ -361,8 +361,9 @@ impl Metrics {
         };
         #[cfg(target_os = "linux")]
         {
-            let pc = prometheus::process_collector::ProcessCollector::for_self();
-            let _ = m.registry.register(Box::new(pc));
+            if let Some(pc) = super::process::ProcessCollector::new() {
+                let _ = m.registry.register(Box::new(pc));
+            }
         }
         m
     }

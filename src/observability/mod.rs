@@ -3,4 +3,6 @@
 
 pub mod access_log;
 pub mod metrics;
+#[cfg(target_os = "linux")]
+mod process;
 pub mod redact;
