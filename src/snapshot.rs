@@ -239,6 +239,9 @@ pub struct ServerSettings {
     pub max_concurrent_streams: u32,
     /// Write access log lines.
     pub access_log: bool,
+    /// Log query strings, with these parameters' values redacted (every
+    /// provider's query token sources).
+    pub access_log_query: Option<Arc<[String]>>,
     /// Requests in progress beyond this are shed (503).
     pub max_inflight_requests: usize,
     /// Longest TLS handshake.

@@ -50,6 +50,25 @@ pub struct LogLine<'a> {
     pub host: &'a str,
     /// Path (as sent, without query).
     pub path: &'a str,
+    /// Query string, only with `access_log.query: true` (token parameters
+    /// redacted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query: Option<&'a str>,
+    /// `HTTP/1.0`, `HTTP/1.1` or `HTTP/2`.
+    pub protocol: &'static str,
+    /// TLS version (`1.2`, `1.3`) on TLS connections.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_version: Option<&'static str>,
+    /// The SNI name the client sent, on TLS connections.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sni: Option<&'a str>,
+    /// `User-Agent`, when sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<&'a str>,
+    /// The status the upstream answered with, when it answered.
+    pub upstream_status: Option<u16>,
+    /// Tries made upstream (0: not forwarded).
+    pub attempts: u32,
     /// Response status.
     pub status: u16,
     /// Request body bytes read (as streamed, also for chunked bodies).
@@ -231,6 +250,28 @@ pub fn flush(within: Duration) {
     }
 }
 
+/// `query` with the values of the parameters named in `redact` replaced
+/// by `<redacted>` (names compared after percent-decoding).
+pub(crate) fn redacted_query(query: &str, redact: &[String]) -> String {
+    let mut out = String::with_capacity(query.len());
+    for (i, pair) in query.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        let name = pair.split_once('=').map_or(pair, |(k, _)| k);
+        if redact
+            .iter()
+            .any(|r| *r == crate::routing::matchers::decode(name))
+        {
+            out.push_str(name);
+            out.push_str("=<redacted>");
+        } else {
+            out.push_str(pair);
+        }
+    }
+    out
+}
+
 /// Queues one line; never blocks on the writer, allocates nothing once
 /// the buffers have grown to their working size.
 pub fn log(entry: &LogLine<'_>) {
@@ -270,6 +311,21 @@ pub fn log(entry: &LogLine<'_>) {
 mod tests {
     use super::*;
     use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn token_parameters_are_redacted_in_logged_queries() {
+        let redact = ["access_token".to_owned()];
+        assert_eq!(
+            redacted_query("a=1&access_token=secret&b=2", &redact),
+            "a=1&access_token=<redacted>&b=2"
+        );
+        assert_eq!(
+            redacted_query("access%5Ftoken=secret", &redact),
+            "access%5Ftoken=<redacted>",
+            "names are compared decoded"
+        );
+        assert_eq!(redacted_query("flag&x=", &redact), "flag&x=");
+    }
 
     #[test]
     fn formats_rfc3339() {

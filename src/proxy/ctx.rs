@@ -23,6 +23,8 @@ pub(crate) struct LogTarget {
     pub uri: http::Uri,
     /// The `Host` field, for origin-form targets.
     pub host: Option<HeaderValue>,
+    /// `User-Agent`.
+    pub user_agent: Option<HeaderValue>,
 }
 
 impl LogTarget {
@@ -52,6 +54,16 @@ pub(crate) struct ConnFacts {
     pub https_port: u16,
     /// Subject of the client's verified certificate (mTLS).
     pub client_subject: Option<HeaderValue>,
+    /// The TLS version and the SNI name, on TLS connections.
+    pub tls: Option<TlsFacts>,
+}
+
+/// What a TLS handshake settled, for the access log.
+pub(crate) struct TlsFacts {
+    /// `1.2` or `1.3`.
+    pub version: &'static str,
+    /// The server name the client asked for.
+    pub sni: Option<Box<str>>,
 }
 
 /// What the pipeline knows about one request.
@@ -80,12 +92,24 @@ pub(crate) struct RequestCtx {
     pub route: Option<Arc<Route>>,
     /// The verified caller (routes with `auth`).
     pub identity: Option<Arc<Identity>>,
+    /// An upgraded request's finish stage goes to its tunnel, which runs it
+    /// when it closes.
+    pub tunnel: Option<tokio::sync::oneshot::Sender<Box<Finish>>>,
     /// The rate-limit verdict the response's RateLimit headers describe.
     pub rate_limit: Option<(Arc<crate::ratelimit::Policy>, crate::ratelimit::Verdict)>,
     /// What the cache does for this request (cached routes).
     pub cache: RequestCache,
-    /// Upstream and endpoint chosen.
+    /// Upstream and endpoint that answered.
     pub upstream: Option<(Arc<Upstream>, Arc<Endpoint>)>,
+    /// The upstream that failed and the last endpoint tried (`""` when
+    /// none was), when forwarding failed.
+    pub failed: Option<(Arc<Upstream>, Box<str>)>,
+    /// Tries made upstream (0: not forwarded).
+    pub attempts: u32,
+    /// The status the upstream answered with.
+    pub upstream_status: Option<u16>,
+    /// The request's HTTP version.
+    pub version: http::Version,
     /// Time to the upstream response head.
     pub upstream_duration: Option<Duration>,
     /// Why the gateway answered itself.
@@ -187,8 +211,13 @@ impl RequestCtx {
             route: self.route.clone(),
             identity: self.identity.clone(),
             rate_limit: None,
+            tunnel: None,
             cache,
             upstream: None,
+            failed: None,
+            attempts: 0,
+            upstream_status: None,
+            version: self.version,
             upstream_duration: None,
             reason: "",
             bytes_in: None,
@@ -292,6 +321,19 @@ impl Finish {
         Box::new(Self { ctx, status })
     }
 
+    /// Resolves once the gateway's shutdown grace ran out.
+    pub(crate) async fn cut_happened(&self) {
+        self.ctx.in_progress.counter.cut_happened().await;
+    }
+
+    /// The finish stage of an upgraded request, run when its tunnel
+    /// closes: the bytes each way, the whole time to the close, and how it
+    /// ended (`Complete`, or cut by the shutdown grace).
+    pub(crate) fn tunnel_closed(mut self: Box<Self>, from_client: u64, to_client: u64, end: End) {
+        self.ctx.bytes_in = Some(Arc::new(AtomicU64::new(from_client)));
+        self.run(to_client, end);
+    }
+
     /// Records metrics and writes the access log line.
     pub(crate) fn run(self: Box<Self>, bytes_out: u64, end: End) {
         let c = &self.ctx;
@@ -311,10 +353,15 @@ impl Finish {
         metrics().requests_inflight.dec();
         if let Some(target) = &c.log_target {
             let route = c.route.as_ref().map_or("", |r| r.name.as_str());
-            let (up, ep) = c
-                .upstream
-                .as_ref()
-                .map_or(("", ""), |(u, e)| (u.name.as_str(), e.id.as_str()));
+            let (up, ep) = match (&c.upstream, &c.failed) {
+                (Some((u, e)), _) => (u.name.as_str(), e.id.as_str()),
+                (None, Some((u, e))) => (u.name.as_str(), &**e),
+                (None, None) => ("", ""),
+            };
+            let query = match (&c.snapshot.settings.access_log_query, target.uri.query()) {
+                (Some(redact), Some(q)) => Some(access_log::redacted_query(q, redact)),
+                _ => None,
+            };
             let reason = if cut {
                 "shutdown_grace_expired"
             } else if c.reason.is_empty() {
@@ -330,6 +377,17 @@ impl Finish {
                 method: c.method.as_str(),
                 host: target.host(),
                 path: target.uri.path(),
+                query: query.as_deref(),
+                protocol: match c.version {
+                    http::Version::HTTP_2 => "HTTP/2",
+                    http::Version::HTTP_10 => "HTTP/1.0",
+                    _ => "HTTP/1.1",
+                },
+                tls_version: c.conn.tls.as_ref().map(|t| t.version),
+                sni: c.conn.tls.as_ref().and_then(|t| t.sni.as_deref()),
+                user_agent: target.user_agent.as_ref().and_then(|v| v.to_str().ok()),
+                upstream_status: c.upstream_status,
+                attempts: c.attempts,
                 status: self.status,
                 bytes_in,
                 bytes_out,

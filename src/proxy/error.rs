@@ -61,9 +61,18 @@ pub(crate) enum ProxyError {
     /// A global rate limit could not be checked (Redis down) and
     /// `on_error: deny`.
     RateLimitUnavailable,
+    /// The client went away while its request body was being read: no
+    /// response reaches it, the request is accounted as 499 (NGINX's
+    /// "client closed request").
+    ClientClosedRequest,
     /// A bulkhead or the load-shedding limit is full (`global`,
     /// `upstream` or `connections`): refused at once.
     Overloaded(&'static str),
+}
+
+/// 499, NGINX's "client closed request" (no standard status says it).
+fn client_closed_request() -> StatusCode {
+    StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
 }
 
 /// One row of the error map.
@@ -93,7 +102,8 @@ impl From<UpstreamError> for ProxyError {
             UpstreamError::Send { source, .. } => match source.body_error() {
                 Some(BodyError::TooLarge { limit }) => ProxyError::PayloadTooLarge(*limit),
                 Some(BodyError::Timeout) => ProxyError::BodyTimeout,
-                Some(BodyError::Read(_)) => ProxyError::BadRequest("request body read failed"),
+                // The client stopped sending its body (closed, reset).
+                Some(BodyError::Read(_)) => ProxyError::ClientClosedRequest,
                 None => ProxyError::UpstreamReset,
             },
         }
@@ -165,6 +175,12 @@ impl ProxyError {
             }
             E::Overloaded(_) => (S::SERVICE_UNAVAILABLE, "overloaded", Party::Gateway, false),
             E::NotCached => (S::GATEWAY_TIMEOUT, "not_cached", Party::Downstream, false),
+            E::ClientClosedRequest => (
+                client_closed_request(),
+                "client_closed_request",
+                Party::Downstream,
+                true,
+            ),
             E::RateLimitUnavailable => (
                 S::SERVICE_UNAVAILABLE,
                 "rate_limit_unavailable",
@@ -211,6 +227,9 @@ impl ProxyError {
             ProxyError::Auth(f) => auth_message(*f).to_owned(),
             ProxyError::RateLimited(_) => "too many requests; slow down".to_owned(),
             ProxyError::NotCached => "only-if-cached: no fresh stored response".to_owned(),
+            ProxyError::ClientClosedRequest => {
+                "the client closed the connection while sending its request".to_owned()
+            }
             ProxyError::RateLimitUnavailable => {
                 "the shared rate limit cannot be checked right now".to_owned()
             }
@@ -300,12 +319,13 @@ impl ProxyError {
         let code: u8 = match (self, status.as_u16()) {
             (ProxyError::UpstreamTimeout, _) => 4, // DEADLINE_EXCEEDED
             (ProxyError::RateLimited(_) | ProxyError::PayloadTooLarge(_), _) => 8, // RESOURCE_EXHAUSTED
-            (_, 401) => 16,             // UNAUTHENTICATED
-            (_, 403) => 7,              // PERMISSION_DENIED
-            (_, 404 | 405) => 12,       // UNIMPLEMENTED
-            (_, 502..=504) => 14,       // UNAVAILABLE
-            (_, 400 | 408 | 431) => 13, // INTERNAL
-            _ => 2,                     // UNKNOWN
+            (_, 401) => 16,                            // UNAUTHENTICATED
+            (_, 403) => 7,                             // PERMISSION_DENIED
+            (_, 404 | 405) => 12,                      // UNIMPLEMENTED
+            (_, 502..=504) => 14,                      // UNAVAILABLE
+            (ProxyError::ClientClosedRequest, _) => 1, // CANCELLED
+            (_, 400 | 408 | 431) => 13,                // INTERNAL
+            _ => 2,                                    // UNKNOWN
         };
         let mut resp = Response::new(Bytes::new());
         let h = resp.headers_mut();
@@ -375,6 +395,11 @@ mod tests {
             (ProxyError::Overloaded("global"), 503, "overloaded"),
             (ProxyError::RateLimited(1), 429, "rate_limited"),
             (ProxyError::NotCached, 504, "not_cached"),
+            (
+                ProxyError::ClientClosedRequest,
+                499,
+                "client_closed_request",
+            ),
             (
                 ProxyError::RateLimitUnavailable,
                 503,

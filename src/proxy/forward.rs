@@ -24,7 +24,7 @@ use hyper_util::rt::TokioIo;
 
 use super::body::ResponseBody;
 use super::conn::ConnUpstream;
-use super::ctx::RequestCtx;
+use super::ctx::{End, Finish, RequestCtx};
 use super::error::ProxyError;
 use super::headers::{self, X_REQUEST_ID};
 use crate::body::{Replay, RequestBody};
@@ -95,16 +95,29 @@ pub(super) async fn forward(
     // The route timeout is applied inside, per step, so a timeout is
     // charged to the endpoint's breaker.
     let deadline = tokio::time::Instant::now() + route.timeout;
-    let sent = match retry::send(upstream, policy, out, again, key, deadline).await {
+    let sent = match retry::send(
+        upstream,
+        policy,
+        out,
+        again,
+        key,
+        deadline,
+        &mut ctx.attempts,
+    )
+    .await
+    {
         Ok(sent) => sent,
         Err(e) => {
             if let UpstreamError::Overloaded(scope) = &e {
                 metrics().overflow.with_label_values(&[scope]).inc();
             }
+            // The log names what failed: the upstream and the last endpoint tried.
+            ctx.failed = Some((Arc::clone(upstream), e.endpoint().into()));
             return Err(e.into());
         }
     };
     ctx.upstream_duration = Some(sent.took);
+    ctx.upstream_status = Some(sent.response.status().as_u16());
     ctx.upstream = Some((Arc::clone(upstream), Arc::clone(&sent.endpoint)));
     let guard = sent.inflight;
     let mut resp = sent.response;
@@ -230,7 +243,7 @@ fn hold_share(ctx: &RequestCtx, upstream: &Upstream) -> Result<Option<ConnUpstre
 fn tunnel(
     mut resp: Response<UpstreamBody>,
     client_upgrade: OnUpgrade,
-    ctx: &RequestCtx,
+    ctx: &mut RequestCtx,
     route: &Route,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let UpstreamBody::H1(body) = resp.body_mut() else {
@@ -246,7 +259,9 @@ fn tunnel(
                 .unwrap_or(ctx.snapshot.settings.tunnel_idle_timeout),
         );
     }
-    tokio::spawn(bridge(client_upgrade, upstream));
+    let (finish, finished) = tokio::sync::oneshot::channel();
+    ctx.tunnel = Some(finish);
+    tokio::spawn(bridge(client_upgrade, upstream, finished));
     let (parts, _) = resp.into_parts();
     let mut r = Response::from_parts(parts, ResponseBody::full(Bytes::new()));
     keep_only_upgrade_hop_headers(r.headers_mut());
@@ -263,21 +278,40 @@ fn keep_only_upgrade_hop_headers(h: &mut HeaderMap) {
 }
 
 /// Copies bytes both ways between the upgraded client connection and the
-/// upstream socket until either side closes. Bytes the upstream sent right
-/// after its 101 head (already read) go to the client first.
-async fn bridge(client: OnUpgrade, (mut upstream, early): (Socket, Bytes)) {
-    let Ok(c) = client.await else {
+/// upstream socket until either side closes (or the shutdown grace runs
+/// out), then runs the request's finish stage with the bytes each way.
+/// Bytes the upstream sent right after its 101 head (already read) go to
+/// the client first.
+async fn bridge(
+    client: OnUpgrade,
+    (mut upstream, early): (Socket, Bytes),
+    finished: tokio::sync::oneshot::Receiver<Box<Finish>>,
+) {
+    let Ok(finish) = finished.await else {
         return;
     };
-    let mut c = TokioIo::new(c);
-    if !early.is_empty()
-        && tokio::io::AsyncWriteExt::write_all(&mut c, &early)
-            .await
-            .is_err()
-    {
-        return;
-    }
-    let _ = tokio::io::copy_bidirectional(&mut c, &mut upstream).await;
+    let (from_client, to_client, end) = match client.await {
+        Ok(c) => {
+            let mut c = TokioIo::new(c);
+            let early_ok = early.is_empty()
+                || tokio::io::AsyncWriteExt::write_all(&mut c, &early)
+                    .await
+                    .is_ok();
+            if early_ok {
+                tokio::select! {
+                    r = tokio::io::copy_bidirectional(&mut c, &mut upstream) => match r {
+                        Ok((up, down)) => (up, down + early.len() as u64, End::Complete),
+                        Err(_) => (0, early.len() as u64, End::ClientGone),
+                    },
+                    () = finish.cut_happened() => (0, early.len() as u64, End::ClientGone),
+                }
+            } else {
+                (0, 0, End::ClientGone)
+            }
+        }
+        Err(_) => (0, 0, End::ClientGone),
+    };
+    finish.tunnel_closed(from_client, to_client, end);
 }
 
 /// The URI sent upstream: origin-form, the normalized and rewritten path,

@@ -392,6 +392,7 @@ mod tests {
             send_timeout: Default::default(),
             max_concurrent_streams: 1,
             access_log: false,
+            access_log_query: None,
             max_inflight_requests: 1000,
             tls_handshake_timeout: Default::default(),
             tunnel_idle_timeout: Default::default(),

@@ -111,6 +111,13 @@ pub(crate) async fn handle(
     let resp = respond(resp, &ctx);
     let status = resp.status().as_u16();
     let stall = ctx.activity.as_ref().and_then(ActivityGuard::stall_clock);
+    // An upgrade ends when its tunnel closes, not with the 101.
+    if let Some(tunnel) = ctx.tunnel.take() {
+        if let Some(ctx) = ctx.answered() {
+            let _ = tunnel.send(Finish::new(ctx, status));
+        }
+        return resp;
+    }
     match ctx.answered() {
         Some(ctx) => resp.map(|b| {
             b.with_stall_clock(stall)
@@ -384,6 +391,7 @@ fn context(
     let log_target = snapshot.settings.access_log.then(|| LogTarget {
         uri: req.uri().clone(),
         host: h.get(HOST).cloned(),
+        user_agent: h.get(http::header::USER_AGENT).cloned(),
     });
     RequestCtx {
         client: headers::client_ip(conn.peer.ip(), h, &snapshot.settings),
@@ -394,6 +402,7 @@ fn context(
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")),
         rate_limit: None,
+        tunnel: None,
         cache: RequestCache::default(),
         upgrade: None,
         trace: TraceContext::from_headers(h),
@@ -401,6 +410,10 @@ fn context(
         method: req.method().clone(),
         route: None,
         upstream: None,
+        failed: None,
+        attempts: 0,
+        upstream_status: None,
+        version: req.version(),
         upstream_duration: None,
         reason: "",
         bytes_in: None,

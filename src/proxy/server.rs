@@ -25,7 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use super::conn::{self, ActivityGuard};
-use super::ctx::{ConnFacts, Requests};
+use super::ctx::{ConnFacts, Requests, TlsFacts};
 use super::pipeline;
 use crate::observability::metrics::metrics;
 use crate::snapshot::{ServerSettings, SharedSnapshot};
@@ -121,9 +121,18 @@ async fn accept_loop(listener: TcpListener, limit: Arc<Semaphore>, l: Arc<Listen
     }
 }
 
-/// A connection ready for HTTP: its stream, the bytes already read from
-/// it, whether it speaks h2, and the verified client certificate's subject.
-type Opened = (Socket, Bytes, bool, Option<http::HeaderValue>);
+/// A connection ready for HTTP.
+struct Opened {
+    socket: Socket,
+    /// Bytes already read from it (the sniffed preface).
+    prefix: Bytes,
+    /// It speaks h2.
+    h2: bool,
+    /// The verified client certificate's subject (mTLS).
+    client_subject: Option<http::HeaderValue>,
+    /// What the TLS handshake settled.
+    tls: Option<TlsFacts>,
+}
 
 /// One client connection, from accept to close: the TLS handshake (TLS
 /// listeners) or the h2 preface sniff (plain ones), under their deadlines
@@ -149,7 +158,14 @@ async fn connection(
         o = open(stream, l.tls, tls, &settings) => o,
         _ = drain.wait_for(|draining| *draining) => None,
     };
-    if let Some((stream, prefix, h2, client_subject)) = opened {
+    if let Some(Opened {
+        socket,
+        prefix,
+        h2,
+        client_subject,
+        tls,
+    }) = opened
+    {
         let facts = ConnFacts {
             peer,
             peer_value: http::HeaderValue::try_from(peer.ip().to_string())
@@ -159,8 +175,9 @@ async fn connection(
             https: l.tls,
             https_port: l.https_port,
             client_subject,
+            tls,
         };
-        serve_http(stream, prefix, h2, Arc::new(facts), permit, &l, &settings).await;
+        serve_http(socket, prefix, h2, Arc::new(facts), permit, &l, &settings).await;
     }
     gauge.dec();
 }
@@ -177,7 +194,13 @@ async fn open(
     if !tls {
         let sniffed = tokio::time::timeout(settings.header_read_timeout, sniff(&mut stream));
         let (h2, prefix) = sniffed.await.ok()?.ok()?;
-        return Some((Socket::Tcp(stream), prefix, h2, None));
+        return Some(Opened {
+            socket: Socket::Tcp(stream),
+            prefix,
+            h2,
+            client_subject: None,
+            tls: None,
+        });
     }
     let handshakes = &metrics().tls_handshakes;
     let accept = tokio_rustls::TlsAcceptor::from(config?).accept(stream);
@@ -205,7 +228,17 @@ async fn open(
         .and_then(crate::tls::subject)
         .and_then(|s| http::HeaderValue::try_from(s).ok());
     handshakes.with_label_values(&["success", version]).inc();
-    Some((Socket::server_tls(tls), Bytes::new(), h2, client_subject))
+    let facts = TlsFacts {
+        version,
+        sni: session.server_name().map(Into::into),
+    };
+    Some(Opened {
+        socket: Socket::server_tls(tls),
+        prefix: Bytes::new(),
+        h2,
+        client_subject,
+        tls: Some(facts),
+    })
 }
 
 /// Serves HTTP/1.1 (with upgrades) or h2 on an opened connection until it

@@ -215,6 +215,7 @@ impl Again {
 /// Sends `out` to `upstream` before `deadline`, trying again as `policy`
 /// says (within its budget, after its backoff, each try within
 /// `per_try_timeout`). Without a policy (or without `again`), one try.
+/// `attempts` counts the tries made.
 /// A backoff is cut short at the deadline; once the deadline passed, the
 /// answer is a timeout.
 pub(crate) async fn send(
@@ -224,6 +225,7 @@ pub(crate) async fn send(
     again: Option<Again>,
     key: Option<u64>,
     deadline: tokio::time::Instant,
+    attempts: &mut u32,
 ) -> Result<Sent, UpstreamError> {
     let _active = policy.map(RetryPolicy::begin);
     let mut tried = 0u64;
@@ -238,6 +240,7 @@ pub(crate) async fn send(
         // Boxed: the exchange's state is large, and on the heap it is
         // built once instead of being copied into this future (callgrind:
         // ~300 fewer instructions per request than unboxed).
+        *attempts += 1;
         let result = Box::pin(upstream.send(out, key, try_deadline, &mut tried)).await;
         let (Some(p), Some(again)) = (policy, &again) else {
             return result;

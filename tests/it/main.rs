@@ -9,6 +9,7 @@
     reason = "test code: a failed step is a failed test; the support kit is shared by the test modules"
 )]
 
+mod accounting;
 mod admin;
 mod auth;
 mod binary;

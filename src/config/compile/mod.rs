@@ -406,6 +406,18 @@ fn settings(spec: &Spec, errs: &mut Errors) -> ServerSettings {
         send_timeout: l.send_timeout.0,
         max_concurrent_streams: l.max_concurrent_streams,
         access_log: s.access_log.enabled,
+        // Every provider's query token sources are redacted, whichever
+        // route a request took.
+        access_log_query: s.access_log.query.then(|| {
+            spec.auth
+                .providers
+                .values()
+                .flat_map(|p| p.token_from.iter())
+                .filter_map(|t| t.strip_prefix("query:"))
+                .map(|n| n.trim().to_owned())
+                .collect::<Vec<_>>()
+                .into()
+        }),
         max_inflight_requests: s.max_inflight_requests,
         tls_handshake_timeout: l.tls_handshake_timeout.0,
         tunnel_idle_timeout: l.tunnel_idle_timeout.0,

@@ -322,10 +322,17 @@ pub enum EscapedSlashPolicy {
 pub struct AccessLogSpec {
     /// One JSON line per request on stdout. Default `true`.
     pub enabled: bool,
+    /// Log the query string (`query`), with the values of token-carrying
+    /// parameters (auth `token_from: query:NAME`) shown as `<redacted>`.
+    /// Default `false`: query strings often carry personal data.
+    pub query: bool,
 }
 
 impl Default for AccessLogSpec {
     fn default() -> Self {
-        Self { enabled: true }
+        Self {
+            enabled: true,
+            query: false,
+        }
     }
 }

@@ -632,6 +632,22 @@ impl Binary {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// The first `tls_listen` address, read from the start-up log line.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.stderr.lock().unwrap().iter().find_map(|line| {
+            let j: serde_json::Value = serde_json::from_str(line).ok()?;
+            (j["fields"]["message"] == "tollgate started").then_some(())?;
+            j["fields"]["tls_listen"]
+                .as_str()?
+                .trim_matches(['[', ']'])
+                .split(',')
+                .next()?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+
     /// Peak resident memory (VmHWM) in bytes.
     pub fn peak_rss(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
