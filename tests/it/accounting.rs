@@ -201,3 +201,73 @@ async fn log_lines_carry_protocol_tls_user_agent_upstream_status_and_a_redacted_
     assert_eq!(tls["host"], "a.test");
     assert!(!lines.iter().any(|l| l.to_string().contains("s3cret")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h1_client_that_leaves_before_the_response_is_499() {
+    let up = Upstream::start("app").await;
+    let gw = Binary::start(&format!("{LOGGED}{}", proxy_all(&up.url())));
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /slow/3000 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    eventually("the request reached the upstream", async || up.count() == 1).await;
+    let left = std::time::Instant::now();
+    drop(s);
+    let lines = log_lines(&gw, 1).await;
+    let l = &lines[0];
+    assert_eq!(l["status"], 499, "{l}");
+    assert_eq!(l["reason"], "client_closed_request");
+    assert!(
+        left.elapsed() < std::time::Duration::from_millis(2500),
+        "seen when the client left, not when the upstream answered"
+    );
+    assert_eq!(
+        metric(
+            &scrape(&gw).await,
+            r#"tollgate_requests_total{method="GET",route="app",status="499"}"#
+        ),
+        1.0
+    );
+    nothing_in_flight(&gw).await;
+}
+
+/// An h2 stream the client resets while its request waits (a gRPC client
+/// whose deadline passed sends the same RST_STREAM CANCEL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_stream_reset_before_the_response_is_499() {
+    let up = Upstream::start("app").await;
+    let gw = Binary::start(&format!("{LOGGED}{}", proxy_all(&up.url())));
+    // :method GET, :scheme http, :path (literal "/slow/3000"), :authority "a";
+    // content-type application/grpc, as a gRPC call is.
+    let mut block = vec![0x82u8, 0x86, 0x04, 10];
+    block.extend_from_slice(b"/slow/3000");
+    block.extend_from_slice(&[0x01, 0x01, b'a', 0x00, 12]);
+    block.extend_from_slice(b"content-type");
+    block.push(16);
+    block.extend_from_slice(b"application/grpc");
+    let mut wire = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    wire.extend_from_slice(&h2_frame(0x4, 0, 0, &[]));
+    // END_HEADERS | END_STREAM: no body.
+    wire.extend_from_slice(&h2_frame(0x1, 0x5, 1, &block));
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(&wire).await.unwrap();
+    eventually("the request reached the upstream", async || up.count() == 1).await;
+    // RST_STREAM(CANCEL) on stream 1; the connection stays open.
+    s.write_all(&h2_frame(0x3, 0, 1, &8u32.to_be_bytes()))
+        .await
+        .unwrap();
+    let lines = log_lines(&gw, 1).await;
+    let l = &lines[0];
+    assert_eq!(l["status"], 499, "{l}");
+    assert_eq!(l["reason"], "client_closed_request");
+    assert_eq!(l["protocol"], "HTTP/2");
+    assert_eq!(
+        metric(
+            &scrape(&gw).await,
+            r#"tollgate_requests_total{method="GET",route="app",status="499"}"#
+        ),
+        1.0
+    );
+    nothing_in_flight(&gw).await;
+    drop(s);
+}
