@@ -69,6 +69,9 @@ pub struct LogLine<'a> {
     pub upstream_status: Option<u16>,
     /// Tries made upstream (0: not forwarded).
     pub attempts: u32,
+    /// A gRPC call's status, the upstream's or the gateway's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u16>,
     /// Response status.
     pub status: u16,
     /// Request body bytes read (as streamed, also for chunked bodies).

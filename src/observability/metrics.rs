@@ -23,6 +23,8 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     /// `tollgate_request_duration_seconds{route}`.
     pub request_duration: HistogramVec,
+    /// `tollgate_grpc_responses_total{route,code}`.
+    pub grpc_responses: IntCounterVec,
     /// `tollgate_request_size_bytes{route}`.
     pub request_size: HistogramVec,
     /// `tollgate_response_size_bytes{route}`.
@@ -179,6 +181,11 @@ impl Metrics {
                 "tollgate_request_duration_seconds",
                 "Time from request head to response end, by route.",
                 &["route"],
+            ),
+            grpc_responses: counter(
+                "tollgate_grpc_responses_total",
+                "gRPC calls by route and grpc-status code (0-16; other codes as 17).",
+                &["route", "code"],
             ),
             request_size: histogram_in(
                 "tollgate_request_size_bytes",
@@ -485,6 +492,26 @@ impl StatusCounters {
     }
 }
 
+/// A route's gRPC status counters, created when a code is first seen
+/// (at most 18 per route: codes 0-16, and 17 for any other).
+#[derive(Clone)]
+pub struct GrpcCounters {
+    family: IntCounterVec,
+    route: std::sync::Arc<str>,
+}
+
+impl GrpcCounters {
+    /// Counts a call that ended with `code`.
+    pub fn inc(&self, code: u16) {
+        const CODES: [&str; 18] = [
+            "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15",
+            "16", "17",
+        ];
+        let label = CODES[usize::from(code.min(17))];
+        self.family.with_label_values(&[&*self.route, label]).inc();
+    }
+}
+
 /// Per-route handles.
 #[derive(Clone)]
 pub struct RouteMetrics {
@@ -492,6 +519,8 @@ pub struct RouteMetrics {
     pub requests: StatusCounters,
     /// duration histogram.
     pub duration: Histogram,
+    /// gRPC calls by status code.
+    pub grpc_responses: GrpcCounters,
     /// request body size histogram.
     pub request_size: Histogram,
     /// response body size histogram.
@@ -505,6 +534,10 @@ impl RouteMetrics {
         Self {
             requests: StatusCounters::new(&m.requests, &[name], true),
             duration: m.request_duration.with_label_values(&[name]),
+            grpc_responses: GrpcCounters {
+                family: m.grpc_responses.clone(),
+                route: name.into(),
+            },
             request_size: m.request_size.with_label_values(&[name]),
             response_size: m.response_size.with_label_values(&[name]),
         }

@@ -189,6 +189,10 @@ impl Body for ResponseBody {
                 } else {
                     // Trailers are not stored: neither is the response.
                     this.drop_copy();
+                    // A gRPC call's status comes in its trailers.
+                    if let (Some(t), Some(finish)) = (f.trailers_ref(), &mut this.finish) {
+                        finish.saw_grpc_status(t);
+                    }
                 }
             }
             Poll::Ready(None) => {

@@ -110,6 +110,9 @@ pub(crate) struct RequestCtx {
     pub upstream_status: Option<u16>,
     /// The request's HTTP version.
     pub version: http::Version,
+    /// A gRPC call's status (`grpc-status`), from the response head or
+    /// its trailers, upstream's or the gateway's own.
+    pub grpc_status: Option<u16>,
     /// Time to the upstream response head.
     pub upstream_duration: Option<Duration>,
     /// Why the gateway answered itself.
@@ -218,6 +221,7 @@ impl RequestCtx {
             attempts: 0,
             upstream_status: None,
             version: self.version,
+            grpc_status: None,
             upstream_duration: None,
             reason: "",
             bytes_in: None,
@@ -308,6 +312,17 @@ impl Drop for Pending {
     }
 }
 
+/// The `grpc-status` in `fields`, when there is a valid one.
+pub(crate) fn grpc_status(fields: &http::HeaderMap) -> Option<u16> {
+    fields
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// The finish stage of one request: runs once, when the response body ends
 /// or is dropped.
 pub(crate) struct Finish {
@@ -319,6 +334,13 @@ impl Finish {
     /// Prepares the finish stage for a response with `status`.
     pub(crate) fn new(ctx: RequestCtx, status: u16) -> Box<Self> {
         Box::new(Self { ctx, status })
+    }
+
+    /// Reads `grpc-status` from a gRPC call's response head or trailers.
+    pub(crate) fn saw_grpc_status(&mut self, fields: &http::HeaderMap) {
+        if self.ctx.grpc {
+            self.ctx.grpc_status = grpc_status(fields).or(self.ctx.grpc_status);
+        }
     }
 
     /// Resolves once the gateway's shutdown grace ran out.
@@ -347,6 +369,9 @@ impl Finish {
         };
         m.requests.inc(&c.method, self.status);
         m.duration.observe(elapsed.as_secs_f64());
+        if let Some(code) = c.grpc_status {
+            m.grpc_responses.inc(code);
+        }
         let bytes_in = c.bytes_in.as_ref().map_or(0, |n| n.load(Ordering::Relaxed));
         m.request_size.observe(bytes_in as f64);
         m.response_size.observe(bytes_out as f64);
@@ -388,6 +413,7 @@ impl Finish {
                 user_agent: target.user_agent.as_ref().and_then(|v| v.to_str().ok()),
                 upstream_status: c.upstream_status,
                 attempts: c.attempts,
+                grpc_status: c.grpc_status,
                 status: self.status,
                 bytes_in,
                 bytes_out,

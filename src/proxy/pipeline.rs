@@ -109,6 +109,9 @@ pub(crate) async fn handle(
         }
     };
     let resp = respond(resp, &ctx);
+    if ctx.grpc {
+        ctx.grpc_status = super::ctx::grpc_status(resp.headers());
+    }
     let status = resp.status().as_u16();
     let stall = ctx.activity.as_ref().and_then(ActivityGuard::stall_clock);
     // An upgrade ends when its tunnel closes, not with the 101.
@@ -414,6 +417,7 @@ fn context(
         attempts: 0,
         upstream_status: None,
         version: req.version(),
+        grpc_status: None,
         upstream_duration: None,
         reason: "",
         bytes_in: None,

@@ -141,3 +141,68 @@ async fn gateway_errors_on_grpc_calls_answer_in_grpc_form() {
         (200, "14")
     );
 }
+
+/// `tollgate_grpc_responses_total{route,code}` counts calls by their
+/// grpc-status: the upstream's (from the trailers) and the gateway's own.
+#[tokio::test]
+async fn grpc_statuses_are_counted_per_route() {
+    let up = grpc_upstream().await;
+    let down = ClosedPort::new();
+    let gw = TestGateway::start(&format!(
+        "upstreams:\n  grpc: {{ endpoints: [\"{up}\"], protocol: h2c }}\n  down: {{ endpoints: [\"http://{}\"], protocol: h2c }}\nroutes:\n  - {{ name: grpc_down, match: {{ path_prefix: /down.Down }}, upstream: down }}\n  - {{ name: grpc_counted, match: {{ path_prefix: /echo.Echo }}, upstream: grpc }}\n",
+        down.addr
+    ))
+    .await;
+    for _ in 0..2 {
+        let (_, _, _, trailers) = call(&gw, "/echo.Echo/Repeat1").await;
+        assert_eq!(trailers.expect("trailers")["grpc-status"], "0");
+    }
+    let (status, headers, _, _) = call(&gw, "/down.Down/Call").await;
+    assert_eq!(
+        (status, headers["grpc-status"].to_str().unwrap()),
+        (200, "14")
+    );
+    let m = get(&client(), &gw.admin_url("/metrics")).await.text();
+    assert_eq!(
+        metric(
+            &m,
+            r#"tollgate_grpc_responses_total{code="0",route="grpc_counted"}"#
+        ),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"tollgate_grpc_responses_total{code="14",route="grpc_down"}"#
+        ),
+        1.0
+    );
+}
+
+/// The access log line of a gRPC call carries its grpc-status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_carries_grpc_status() {
+    let up = grpc_upstream().await;
+    let gw = Binary::start(&format!(
+        "server:\n  listen: [\"127.0.0.1:0\"]\n  admin_listen: \"127.0.0.1:0\"\n{}",
+        config(&up)
+    ));
+    let c = h2c_client();
+    let mut req = http::Request::post(gw.url("/echo.Echo/Repeat1"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(http_body_util::Full::new(Bytes::from_static(
+            b"\x00\x00\x00\x00\x05hello",
+        )))
+        .unwrap();
+    *req.version_mut() = http::Version::HTTP_2;
+    assert_eq!(send(&c, req).await.status, 200);
+    eventually("one access-log line", async || {
+        !gw.stdout.lock().unwrap().is_empty()
+    })
+    .await;
+    let line: serde_json::Value = serde_json::from_str(&gw.stdout.lock().unwrap()[0]).unwrap();
+    assert_eq!(line["grpc_status"], 0, "{line}");
+    assert_eq!(line["protocol"], "HTTP/2");
+}
