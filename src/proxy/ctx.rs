@@ -28,10 +28,13 @@ pub(crate) struct LogTarget {
 }
 
 impl LogTarget {
-    /// The host as sent: the target's authority, else `Host`.
+    /// The host as sent, port included: the target's authority (h2's
+    /// `:authority`, an absolute-form target), else `Host`.
     fn host(&self) -> &str {
         self.uri
-            .host()
+            .authority()
+            // Never userinfo (`user:password@`), which a client may send.
+            .and_then(|a| a.as_str().rsplit('@').next())
             .or_else(|| self.host.as_ref().and_then(|v| v.to_str().ok()))
             .unwrap_or_default()
     }

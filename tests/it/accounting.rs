@@ -195,6 +195,11 @@ async fn log_lines_carry_protocol_tls_user_agent_upstream_status_and_a_redacted_
     assert!(plain.get("tls_version").is_none());
     let h2 = lines.iter().find(|l| l["path"] == "/x").unwrap();
     assert_eq!(h2["protocol"], "HTTP/2");
+    assert_eq!(
+        (plain["host"].as_str(), h2["host"].as_str()),
+        (Some(&*gw.addr.to_string()), Some(&*gw.addr.to_string())),
+        "the same host, port included, on HTTP/1.1 and h2"
+    );
     let tls = lines.iter().find(|l| l["path"] == "/tls").unwrap();
     assert_eq!(tls["tls_version"], "1.3", "{tls}");
     assert_eq!(tls["sni"], "a.test");
