@@ -31,6 +31,15 @@ async fn scrape(gw: &Binary) -> String {
         .text()
 }
 
+/// Counted once on route `app` with `method` and `status`, and nothing
+/// left in flight.
+async fn accounted_once(gw: &Binary, method: &str, status: u16) {
+    let series =
+        format!(r#"tollgate_requests_total{{method="{method}",route="app",status="{status}"}}"#);
+    assert_eq!(metric(&scrape(gw).await, &series), 1.0, "{series}");
+    nothing_in_flight(gw).await;
+}
+
 /// `requests_inflight` back at 0 (the scrape itself is on the admin
 /// listener, not counted).
 async fn nothing_in_flight(gw: &Binary) {
@@ -109,14 +118,7 @@ async fn a_websocket_is_accounted_when_its_tunnel_closes() {
     assert_eq!(l["bytes_in"], 48, "client to upstream, through the tunnel");
     assert_eq!(l["bytes_out"], 48, "upstream to client");
     assert_eq!(l["reason"], "");
-    assert_eq!(
-        metric(
-            &scrape(&gw).await,
-            r#"tollgate_requests_total{method="GET",route="app",status="101"}"#
-        ),
-        1.0
-    );
-    nothing_in_flight(&gw).await;
+    accounted_once(&gw, "GET", 101).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,14 +228,7 @@ async fn an_h1_client_that_leaves_before_the_response_is_499() {
         left.elapsed() < std::time::Duration::from_millis(2500),
         "seen when the client left, not when the upstream answered"
     );
-    assert_eq!(
-        metric(
-            &scrape(&gw).await,
-            r#"tollgate_requests_total{method="GET",route="app",status="499"}"#
-        ),
-        1.0
-    );
-    nothing_in_flight(&gw).await;
+    accounted_once(&gw, "GET", 499).await;
 }
 
 /// An h2 stream the client resets while its request waits (a gRPC client
@@ -266,13 +261,6 @@ async fn an_h2_stream_reset_before_the_response_is_499() {
     assert_eq!(l["status"], 499, "{l}");
     assert_eq!(l["reason"], "client_closed_request");
     assert_eq!(l["protocol"], "HTTP/2");
-    assert_eq!(
-        metric(
-            &scrape(&gw).await,
-            r#"tollgate_requests_total{method="GET",route="app",status="499"}"#
-        ),
-        1.0
-    );
-    nothing_in_flight(&gw).await;
+    accounted_once(&gw, "GET", 499).await;
     drop(s);
 }

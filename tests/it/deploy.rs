@@ -58,8 +58,9 @@ fn full_config(dir: &std::path::Path, up: &str, jwks: &str) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_metric_in_the_alerts_and_the_dashboard_exists_in_a_running_gateway() {
+/// The binary on `full_config`, its upstream, and the refused JWKS port
+/// (kept for the gateway's life).
+async fn full_gateway() -> (Upstream, ClosedPort, Binary) {
     let up = Upstream::start("app").await;
     let jwks = ClosedPort::new();
     let dir = config_path().parent().unwrap().to_owned();
@@ -68,6 +69,12 @@ async fn every_metric_in_the_alerts_and_the_dashboard_exists_in_a_running_gatewa
         &up.url(),
         &format!("http://{}/jwks", jwks.addr),
     ));
+    (up, jwks, gw)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_in_the_alerts_and_the_dashboard_exists_in_a_running_gateway() {
+    let (_up, _jwks, gw) = full_gateway().await;
     let c = client();
     // One request through the cached, limited, retrying route.
     assert_eq!(get(&c, &gw.url("/x")).await.status, 200);
@@ -93,14 +100,7 @@ async fn every_metric_in_the_alerts_and_the_dashboard_exists_in_a_running_gatewa
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_with_config_labels_exist_at_zero_before_any_request() {
-    let up = Upstream::start("app").await;
-    let jwks = ClosedPort::new();
-    let dir = config_path().parent().unwrap().to_owned();
-    let gw = Binary::start(&full_config(
-        &dir,
-        &up.url(),
-        &format!("http://{}/jwks", jwks.addr),
-    ));
+    let (up, _jwks, gw) = full_gateway().await;
     let c = client();
     let m = get(&c, &format!("http://{}/metrics", gw.admin))
         .await
