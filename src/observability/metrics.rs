@@ -285,7 +285,7 @@ impl Metrics {
             ),
             overflow: counter(
                 "tollgate_overflow_total",
-                "Requests refused with 503 overloaded, by the limit that was full (global, upstream, connections).",
+                "Requests refused with 503 overloaded, by the limit that was full (global, upstream, connections, client_connection).",
                 &["scope"],
             ),
             retries: counter(
