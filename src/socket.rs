@@ -69,17 +69,13 @@ impl Socket {
                     r => return Poll::Ready(r),
                 }
             },
-            // rustls copies plaintext out of its own buffer: into a zeroed
-            // tail, cut back to what was read.
+            // rustls copies plaintext out of its own buffer, straight into
+            // the spare capacity (tokio's `read_buf`, polled once: it is
+            // cancel-safe, and nothing is zeroed first).
             Socket::Tls(s) => {
-                let len = buf.len();
-                buf.resize(len + chunk, 0);
-                let mut rb = ReadBuf::new(&mut buf[len..]);
-                let polled = Pin::new(&mut **s).poll_read(cx, &mut rb);
-                let n = rb.filled().len();
-                buf.truncate(len + n);
-                ready!(polled)?;
-                Poll::Ready(Ok(n))
+                buf.reserve(chunk);
+                let read = tokio::io::AsyncReadExt::read_buf(&mut **s, buf);
+                std::future::Future::poll(std::pin::pin!(read), cx)
             }
         }
     }

@@ -492,26 +492,6 @@ impl StatusCounters {
     }
 }
 
-/// A route's gRPC status counters, created when a code is first seen
-/// (at most 18 per route: codes 0-16, and 17 for any other).
-#[derive(Clone)]
-pub struct GrpcCounters {
-    family: IntCounterVec,
-    route: std::sync::Arc<str>,
-}
-
-impl GrpcCounters {
-    /// Counts a call that ended with `code`.
-    pub fn inc(&self, code: u16) {
-        const CODES: [&str; 18] = [
-            "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15",
-            "16", "17",
-        ];
-        let label = CODES[usize::from(code.min(17))];
-        self.family.with_label_values(&[&*self.route, label]).inc();
-    }
-}
-
 /// Per-route handles.
 #[derive(Clone)]
 pub struct RouteMetrics {
@@ -519,8 +499,9 @@ pub struct RouteMetrics {
     pub requests: StatusCounters,
     /// duration histogram.
     pub duration: Histogram,
-    /// gRPC calls by status code.
-    pub grpc_responses: GrpcCounters,
+    /// gRPC calls by status code (`code` is the status label; codes
+    /// above 16 count as 17).
+    pub grpc_responses: StatusCounters,
     /// request body size histogram.
     pub request_size: Histogram,
     /// response body size histogram.
@@ -534,10 +515,7 @@ impl RouteMetrics {
         Self {
             requests: StatusCounters::new(&m.requests, &[name], true),
             duration: m.request_duration.with_label_values(&[name]),
-            grpc_responses: GrpcCounters {
-                family: m.grpc_responses.clone(),
-                route: name.into(),
-            },
+            grpc_responses: StatusCounters::new(&m.grpc_responses, &[name], false),
             request_size: m.request_size.with_label_values(&[name]),
             response_size: m.response_size.with_label_values(&[name]),
         }

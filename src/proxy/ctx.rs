@@ -373,7 +373,9 @@ impl Finish {
         m.requests.inc(&c.method, self.status);
         m.duration.observe(elapsed.as_secs_f64());
         if let Some(code) = c.grpc_status {
-            m.grpc_responses.inc(code);
+            // 0-16 are gRPC's codes; anything else is one bucket, so the
+            // label set stays bounded.
+            m.grpc_responses.inc_status(code.min(17));
         }
         let bytes_in = c.bytes_in.as_ref().map_or(0, |n| n.load(Ordering::Relaxed));
         m.request_size.observe(bytes_in as f64);

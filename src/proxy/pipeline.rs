@@ -305,13 +305,12 @@ async fn cache_lookup(
     let Some(rc) = &route.cache else {
         return Ok(Flow::Continue(req));
     };
-    let identity = ctx.identity.clone();
     let found = ctx
         .cache
         .lookup(
             rc,
             &mut req,
-            identity.as_deref(),
+            ctx.identity.as_deref(),
             route_host,
             normalized,
             route.timeout,

@@ -91,14 +91,7 @@ async fn an_upload_the_client_abandons_is_499_client_closed_request() {
 async fn a_websocket_is_accounted_when_its_tunnel_closes() {
     let up = Upstream::start("app").await;
     let gw = Binary::start(&format!("{LOGGED}{}", proxy_all(&up.url())));
-    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").await.unwrap();
-    let mut buf = vec![0u8; 1024];
-    let n = tokio::time::timeout(IO_WAIT, s.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 101"));
+    let mut s = websocket_open(gw.addr).await;
     for _ in 0..3 {
         s.write_all(b"ping-frame-bytes").await.unwrap();
         let mut got = [0u8; 16];

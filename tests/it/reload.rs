@@ -202,18 +202,7 @@ async fn drain_waits_for_open_tunnels() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = Upstream::start("app").await;
     let mut gw = TestGateway::start(&proxy_all(&up.url())).await;
-    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let mut buf = vec![0u8; 1024];
-    let n = tokio::time::timeout(IO_WAIT, s.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 101"));
+    let mut s = websocket_open(gw.addr).await;
     let drain = tokio::spawn(gw.gw.take().unwrap().shutdown());
     // Long enough for a drain that ignored the tunnel to have finished.
     const DRAIN_WOULD_BE_DONE: Duration = Duration::from_millis(200);

@@ -50,10 +50,10 @@ pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     }
 }
 
-/// A WebSocket upgrade through the gateway at `gw` to the test upstream
-/// `up` (its `/ws` echoes): the 101 comes back, bytes go both ways, and
-/// the upstream saw the `Upgrade` field.
-pub async fn websocket_echoes(gw: SocketAddr, up: &Upstream) {
+/// Opens a WebSocket to the test upstream's `/ws` through the gateway at
+/// `gw`: the 101 (with `Upgrade: websocket`) has come back, and the socket
+/// is the tunnel.
+pub async fn websocket_open(gw: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(gw).await.unwrap();
     s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").await.unwrap();
     let mut buf = vec![0u8; 1024];
@@ -64,6 +64,14 @@ pub async fn websocket_echoes(gw: SocketAddr, up: &Upstream) {
     let head = String::from_utf8_lossy(&buf[..n]).to_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: websocket"), "{head}");
+    s
+}
+
+/// A WebSocket upgrade through the gateway at `gw` to the test upstream
+/// `up` (its `/ws` echoes): the 101 comes back, bytes go both ways, and
+/// the upstream saw the `Upgrade` field.
+pub async fn websocket_echoes(gw: SocketAddr, up: &Upstream) {
+    let mut s = websocket_open(gw).await;
     s.write_all(b"ping-frame-bytes").await.unwrap();
     let mut got = [0u8; 16];
     tokio::time::timeout(IO_WAIT, s.read_exact(&mut got))
