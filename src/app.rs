@@ -227,6 +227,11 @@ impl Gateway {
             let _ = tokio::time::timeout(CUT_WAIT, all).await;
         }
         let _ = self.admin_stop.send(true);
+        // The spans still queued go to the collector (within the export
+        // timeout, at most `CUT_WAIT`).
+        if let Some(tracer) = &self.live.load().tracer {
+            tracer.shutdown(CUT_WAIT).await;
+        }
         let _ = tokio::task::spawn_blocking(|| access_log::flush(CUT_WAIT)).await;
         done
     }

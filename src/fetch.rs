@@ -1,13 +1,14 @@
-//! One-shot HTTP GETs made by the gateway itself (JWKS and discovery
-//! documents, active health checks): hyper's client over a fresh TCP
-//! connection, with tokio-rustls for `https://`. No pool and no second
-//! HTTP stack; the caller bounds the whole call with a timeout.
+//! One-shot HTTP requests made by the gateway itself (JWKS and discovery
+//! documents, active health checks, OTLP/HTTP trace exports): hyper's
+//! client over a fresh TCP connection, with tokio-rustls for `https://`.
+//! No pool and no second HTTP stack; the caller bounds the whole call with
+//! a timeout.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, Uri, header};
-use http_body_util::{BodyExt, Empty, Limited};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, header};
+use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
@@ -31,6 +32,33 @@ pub(crate) struct Target<'a> {
 
 /// GETs `t.uri`; the response with its body collected.
 pub(crate) async fn get(t: Target<'_>) -> Result<Response<Bytes>, String> {
+    let mut req = Request::new(Empty::<Bytes>::new());
+    req.headers_mut().insert(
+        header::ACCEPT,
+        HeaderValue::from_static("application/json, */*"),
+    );
+    send(t, req).await
+}
+
+/// POSTs `body` with `headers` to `t.uri`; the response with its body
+/// collected.
+pub(crate) async fn post(
+    t: Target<'_>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response<Bytes>, String> {
+    let mut req = Request::new(Full::new(body));
+    *req.method_mut() = Method::POST;
+    *req.headers_mut() = headers;
+    send(t, req).await
+}
+
+/// Sends `req` (its method, headers and body) to `t.uri`.
+async fn send<B>(t: Target<'_>, mut req: Request<B>) -> Result<Response<Bytes>, String>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let uri = t.uri;
     let https = match uri.scheme_str() {
         Some("https") => true,
@@ -46,15 +74,13 @@ pub(crate) async fn get(t: Target<'_>) -> Result<Response<Bytes>, String> {
     let _ = tcp.set_nodelay(true);
     let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut req = Request::get(if t.h2 {
-        uri.to_string()
+    *req.uri_mut() = if t.h2 {
+        uri.clone()
     } else {
-        path.to_owned()
-    })
-    .header(header::ACCEPT, "application/json, */*")
-    .header(header::USER_AGENT, HeaderValue::from_static(t.agent))
-    .body(Empty::<Bytes>::new())
-    .map_err(|e| e.to_string())?;
+        Uri::try_from(path).map_err(|e| e.to_string())?
+    };
+    req.headers_mut()
+        .insert(header::USER_AGENT, HeaderValue::from_static(t.agent));
     if !t.h2 {
         let host = HeaderValue::try_from(authority).map_err(|e| e.to_string())?;
         req.headers_mut().insert(header::HOST, host);
@@ -84,13 +110,15 @@ pub(crate) async fn get(t: Target<'_>) -> Result<Response<Bytes>, String> {
     Ok(Response::from_parts(parts, body))
 }
 
-async fn exchange<I>(
+async fn exchange<I, B>(
     io: I,
-    req: Request<Empty<Bytes>>,
+    req: Request<B>,
     h2: bool,
 ) -> Result<Response<hyper::body::Incoming>, String>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     if h2 {
         let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)

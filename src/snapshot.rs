@@ -47,6 +47,8 @@ pub struct Snapshot {
     pub redis: Option<Arc<crate::ratelimit::global::Redis>>,
     /// TLS for `tls_listen` (certificates by SNI).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Distributed tracing (`observability.tracing`).
+    pub tracer: Option<Arc<crate::observability::trace::Tracer>>,
     /// The response cache's store.
     pub cache: Option<Arc<crate::cache::store::Store>>,
     /// Request-path settings from `server`.
@@ -121,6 +123,9 @@ impl Snapshot {
                 }
             }
         }
+        for reason in ["queue_full", "export_failed"] {
+            m.trace_spans_dropped.with_label_values(&[reason]);
+        }
         if self.tls.is_some() {
             for (result, version) in [
                 ("success", "1.3"),
@@ -145,6 +150,9 @@ impl Snapshot {
         }
         if let Some(r) = &self.redis {
             r.start();
+        }
+        if let Some(t) = &self.tracer {
+            t.start();
         }
     }
 

@@ -47,6 +47,10 @@ pub struct Metrics {
     pub config_info: IntGaugeVec,
     /// `tollgate_access_log_dropped_total`.
     pub access_log_dropped: IntCounter,
+    /// `tollgate_trace_spans_exported_total`.
+    pub trace_spans_exported: IntCounter,
+    /// `tollgate_trace_spans_dropped_total{reason}`.
+    pub trace_spans_dropped: IntCounterVec,
     /// `tollgate_auth_requests_total{route,provider,result}`.
     pub auth_requests: IntCounterVec,
     /// `tollgate_jwks_refresh_total{provider,result}`.
@@ -239,6 +243,15 @@ impl Metrics {
             access_log_dropped: plain_counter(
                 "tollgate_access_log_dropped_total",
                 "Access log lines dropped because the writer fell behind.",
+            ),
+            trace_spans_exported: plain_counter(
+                "tollgate_trace_spans_exported_total",
+                "Spans the collector accepted.",
+            ),
+            trace_spans_dropped: counter(
+                "tollgate_trace_spans_dropped_total",
+                "Spans dropped, by reason: queue_full (the export queue was full), export_failed (the collector refused them, failed or did not answer in time).",
+                &["reason"],
             ),
             auth_requests: counter(
                 "tollgate_auth_requests_total",

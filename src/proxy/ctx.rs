@@ -14,8 +14,10 @@ use super::headers::TraceContext;
 use crate::auth::{ConnMemo, Identity};
 use crate::observability::access_log::{self, LogLine};
 use crate::observability::metrics::metrics;
+use crate::observability::trace::{self, Recording, ServerSpan};
 use crate::snapshot::{Route, Snapshot};
 use crate::upstream::{Endpoint, Upstream};
+use opentelemetry::KeyValue;
 
 /// What the access log names of a request: its target and `Host`.
 pub(crate) struct LogTarget {
@@ -79,6 +81,8 @@ pub(crate) struct RequestCtx {
     pub request_id: HeaderValue,
     /// Trace context (continued or new).
     pub trace: TraceContext,
+    /// What a sampled request records for its spans (tracing on).
+    pub spans: Option<Box<Recording>>,
     /// Client address after trusted-proxy resolution.
     pub client: IpAddr,
     /// When the request head was received.
@@ -209,6 +213,7 @@ impl RequestCtx {
             conn: Arc::clone(&self.conn),
             request_id: self.request_id.clone(),
             trace: self.trace.clone(),
+            spans: None,
             client: self.client,
             start: Instant::now(),
             method: self.method.clone(),
@@ -359,8 +364,9 @@ impl Finish {
         self.run(to_client, end);
     }
 
-    /// Records metrics and writes the access log line.
-    pub(crate) fn run(self: Box<Self>, bytes_out: u64, end: End) {
+    /// Records metrics, writes the access log line and queues the spans.
+    pub(crate) fn run(mut self: Box<Self>, bytes_out: u64, end: End) {
+        let spans = self.ctx.spans.take();
         let c = &self.ctx;
         // Whatever ended a request after the shutdown grace ran out was
         // the gateway cutting it.
@@ -381,23 +387,30 @@ impl Finish {
         m.request_size.observe(bytes_in as f64);
         m.response_size.observe(bytes_out as f64);
         metrics().requests_inflight.dec();
+        let reason = if cut {
+            "shutdown_grace_expired"
+        } else if c.reason.is_empty() {
+            end.reason()
+        } else {
+            c.reason
+        };
+        let (up, ep) = match (&c.upstream, &c.failed) {
+            (Some((u, e)), _) => (u.name.as_str(), e.id.as_str()),
+            (None, Some((u, e))) => (u.name.as_str(), &**e),
+            (None, None) => ("", ""),
+        };
+        if let (Some(rec), Some(tracer)) = (spans, &c.snapshot.tracer) {
+            let span = server_span(c, self.status, reason, up, (bytes_in, bytes_out));
+            tracer.finish(*rec, span);
+        }
+        if !c.snapshot.settings.access_log {
+            return;
+        }
         if let Some(target) = &c.log_target {
             let route = c.route.as_ref().map_or("", |r| r.name.as_str());
-            let (up, ep) = match (&c.upstream, &c.failed) {
-                (Some((u, e)), _) => (u.name.as_str(), e.id.as_str()),
-                (None, Some((u, e))) => (u.name.as_str(), &**e),
-                (None, None) => ("", ""),
-            };
             let query = match (&c.snapshot.settings.access_log_query, target.uri.query()) {
                 (Some(redact), Some(q)) => Some(access_log::redacted_query(q, redact)),
                 _ => None,
-            };
-            let reason = if cut {
-                "shutdown_grace_expired"
-            } else if c.reason.is_empty() {
-                end.reason()
-            } else {
-                c.reason
             };
             access_log::log(&LogLine {
                 time: SystemTime::now() - elapsed,
@@ -408,11 +421,7 @@ impl Finish {
                 host: target.host(),
                 path: target.uri.path(),
                 query: query.as_deref(),
-                protocol: match c.version {
-                    http::Version::HTTP_2 => "HTTP/2",
-                    http::Version::HTTP_10 => "HTTP/1.0",
-                    _ => "HTTP/1.1",
-                },
+                protocol: protocol_name(c.version),
                 tls_version: c.conn.tls.as_ref().map(|t| t.version),
                 sni: c.conn.tls.as_ref().and_then(|t| t.sni.as_deref()),
                 user_agent: target.user_agent.as_ref().and_then(|v| v.to_str().ok()),
@@ -432,5 +441,97 @@ impl Finish {
                 sub: c.identity.as_ref().and_then(|i| i.sub.as_deref()),
             });
         }
+    }
+}
+
+/// `HTTP/1.1`, `HTTP/2`, `HTTP/1.0`.
+fn protocol_name(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// The server span of a finished request: HTTP semantic-convention
+/// attributes (method, status, scheme, protocol, server and client
+/// addresses, path, user agent, body sizes) and Tollgate's (route,
+/// upstream, attempts, request id), with the access log's reason code as
+/// `error.type`. A 5xx makes the span an error.
+fn server_span(
+    c: &RequestCtx,
+    status: u16,
+    reason: &'static str,
+    upstream: &str,
+    (bytes_in, bytes_out): (u64, u64),
+) -> ServerSpan {
+    let route = c.route.as_ref().map(|r| r.name.as_str());
+    let mut a = Vec::with_capacity(20);
+    a.push(KeyValue::new(
+        "http.request.method",
+        c.method.as_str().to_owned(),
+    ));
+    a.push(KeyValue::new(
+        "http.response.status_code",
+        i64::from(status),
+    ));
+    a.push(KeyValue::new(
+        "url.scheme",
+        if c.conn.https { "https" } else { "http" },
+    ));
+    a.push(KeyValue::new("network.protocol.name", "http"));
+    a.push(KeyValue::new(
+        "network.protocol.version",
+        &protocol_name(c.version)[5..],
+    ));
+    a.push(KeyValue::new("client.address", c.client.to_string()));
+    a.push(KeyValue::new(
+        "network.peer.address",
+        c.conn.peer.ip().to_string(),
+    ));
+    a.push(KeyValue::new(
+        "network.peer.port",
+        i64::from(c.conn.peer.port()),
+    ));
+    if let Some(t) = &c.log_target {
+        a.push(KeyValue::new("url.path", trace::text(t.uri.path())));
+        if let Ok(host) = t.host().parse::<http::uri::Authority>() {
+            a.push(KeyValue::new("server.address", trace::text(host.host())));
+            if let Some(port) = host.port_u16() {
+                a.push(KeyValue::new("server.port", i64::from(port)));
+            }
+        }
+        if let Some(ua) = t.user_agent.as_ref().and_then(|v| v.to_str().ok()) {
+            a.push(KeyValue::new("user_agent.original", trace::text(ua)));
+        }
+    }
+    a.push(KeyValue::new("http.request.body.size", bytes_in as i64));
+    a.push(KeyValue::new("http.response.body.size", bytes_out as i64));
+    if let Some(r) = route {
+        a.push(KeyValue::new("tollgate.route", r.to_owned()));
+    }
+    if let Ok(id) = c.request_id.to_str() {
+        a.push(KeyValue::new("tollgate.request_id", id.to_owned()));
+    }
+    if !upstream.is_empty() {
+        a.push(KeyValue::new("tollgate.upstream", upstream.to_owned()));
+    }
+    if c.attempts > 0 {
+        a.push(KeyValue::new("tollgate.attempts", i64::from(c.attempts)));
+    }
+    if let Some(code) = c.grpc_status {
+        a.push(KeyValue::new("rpc.grpc.status_code", i64::from(code)));
+    }
+    if !reason.is_empty() {
+        a.push(KeyValue::new("error.type", reason));
+    }
+    ServerSpan {
+        name: match route {
+            Some(r) => format!("{} {r}", c.method),
+            None => c.method.to_string(),
+        },
+        attributes: a,
+        failed: status >= 500,
+        end: Instant::now(),
     }
 }

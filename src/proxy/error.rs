@@ -91,6 +91,13 @@ pub(crate) struct Described {
 
 impl From<UpstreamError> for ProxyError {
     fn from(e: UpstreamError) -> Self {
+        ProxyError::of_upstream(&e)
+    }
+}
+
+impl ProxyError {
+    /// What an upstream failure answers the client.
+    fn of_upstream(e: &UpstreamError) -> Self {
         match e {
             UpstreamError::Timeout { .. } => ProxyError::UpstreamTimeout,
             UpstreamError::Unavailable { retry_after } => {
@@ -107,6 +114,13 @@ impl From<UpstreamError> for ProxyError {
                 None => ProxyError::UpstreamReset,
             },
         }
+    }
+}
+
+impl UpstreamError {
+    /// The reason code the access log gives this failure.
+    pub(crate) fn code(&self) -> &'static str {
+        ProxyError::of_upstream(self).describe().code
     }
 }
 

@@ -102,7 +102,10 @@ pub(super) async fn forward(
         again,
         key,
         deadline,
-        &mut ctx.attempts,
+        retry::Tries {
+            count: &mut ctx.attempts,
+            spans: ctx.spans.as_deref_mut(),
+        },
     )
     .await
     {

@@ -3,10 +3,12 @@
 //! request ids and W3C trace context.
 
 use std::net::IpAddr;
+use std::time::Instant;
 
 use http::HeaderMap;
 use http::header::{CONNECTION, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE};
 
+use crate::observability::trace::{Recording, Tracer};
 use crate::snapshot::ServerSettings;
 
 /// `x-request-id`.
@@ -279,6 +281,8 @@ pub(crate) struct TraceContext {
     trace_id: [u8; 32],
     /// Our span id (16 hex digits), sent upstream as the parent id.
     span_id: [u8; 16],
+    /// The incoming parent id, for a continued trace.
+    parent: Option<[u8; 16]>,
     /// Trace flags, 2 hex digits.
     flags: [u8; 2],
     /// Whether the incoming traceparent was valid (tracestate is kept then).
@@ -289,32 +293,69 @@ fn is_lower_hex(s: &[u8]) -> bool {
     s.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
+/// True when trace flags (2 hex digits) have the sampled bit.
+pub(crate) fn sampled_flag(flags: &[u8; 2]) -> bool {
+    std::str::from_utf8(flags)
+        .ok()
+        .and_then(|f| u8::from_str_radix(f, 16).ok())
+        .is_some_and(|f| f & 1 == 1)
+}
+
 impl TraceContext {
-    /// Continues a valid `traceparent` or starts a new trace.
-    pub(crate) fn from_headers(h: &HeaderMap) -> Self {
+    /// Continues a valid `traceparent` or starts a new trace. With a
+    /// tracer, a new trace's sampled flag is the tracer's decision; without
+    /// one, it is set (the gateway records nothing, a later hop may).
+    pub(crate) fn from_headers(h: &HeaderMap, tracer: Option<&Tracer>) -> Self {
         let mut span_id = [0u8; 16];
         hex(u128::from(fastrand::u64(1..)), &mut span_id);
         if let Some(tp) = h.get(&TRACEPARENT).map(HeaderValue::as_bytes)
-            && let Some((trace, flags)) = parse_traceparent(tp)
+            && let Some((trace, parent, flags)) = parse_traceparent(tp)
         {
             let mut t = TraceContext {
                 trace_id: [0; 32],
                 span_id,
+                parent: Some([0; 16]),
                 flags: [0; 2],
                 continued: true,
             };
             t.trace_id.copy_from_slice(trace);
+            if let Some(p) = &mut t.parent {
+                p.copy_from_slice(parent);
+            }
             t.flags.copy_from_slice(flags);
             return t;
         }
         let mut trace_id = [0u8; 32];
         hex(fastrand::u128(1..), &mut trace_id);
+        let sampled = tracer.is_none_or(|t| t.samples(&trace_id));
         TraceContext {
             trace_id,
             span_id,
-            flags: *b"01",
+            parent: None,
+            flags: if sampled { *b"01" } else { *b"00" },
             continued: false,
         }
+    }
+
+    /// The record of a request traced by `tracer` (parent-based: a
+    /// continued trace is recorded when its parent was sampled), or
+    /// `None`.
+    pub(crate) fn recording(&self, h: &HeaderMap, start: Instant) -> Option<Box<Recording>> {
+        if !sampled_flag(&self.flags) {
+            return None;
+        }
+        let tracestate = self
+            .continued
+            .then(|| h.get(&TRACESTATE).cloned())
+            .flatten();
+        Some(Recording::new(
+            self.trace_id,
+            self.span_id,
+            self.parent,
+            self.flags,
+            tracestate,
+            start,
+        ))
     }
 
     /// The trace id as text.
@@ -347,8 +388,8 @@ impl TraceContext {
 }
 
 /// `version-traceid-parentid-flags` (W3C Trace Context §3.2): returns the
-/// trace id and flags of a valid header.
-fn parse_traceparent(tp: &[u8]) -> Option<(&[u8], &[u8])> {
+/// trace id, parent id and flags of a valid header.
+fn parse_traceparent(tp: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
     if tp.len() < 55 || tp[2] != b'-' || tp[35] != b'-' || tp[52] != b'-' {
         return None;
     }
@@ -367,7 +408,7 @@ fn parse_traceparent(tp: &[u8]) -> Option<(&[u8], &[u8])> {
         && is_lower_hex(parent)
         && parent.iter().any(|b| *b != b'0')
         && is_lower_hex(flags);
-    ok.then_some((trace, flags))
+    ok.then_some((trace, parent, flags))
 }
 
 #[cfg(test)]
@@ -521,7 +562,7 @@ mod tests {
                 .parse()
                 .unwrap(),
         );
-        let t = TraceContext::from_headers(&h);
+        let t = TraceContext::from_headers(&h, None);
         assert!(t.continued);
         assert_eq!(t.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_ne!(t.span_id(), "00f067aa0ba902b7");
@@ -539,14 +580,14 @@ mod tests {
                 .parse()
                 .unwrap(),
         );
-        assert!(!TraceContext::from_headers(&h).continued);
+        assert!(!TraceContext::from_headers(&h, None).continued);
         h.insert(
             "traceparent",
             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"
                 .parse()
                 .unwrap(),
         );
-        assert!(!TraceContext::from_headers(&h).continued);
+        assert!(!TraceContext::from_headers(&h, None).continued);
     }
 
     #[test]

@@ -245,14 +245,50 @@ async fn authenticate(
     let Some(policy) = &route.auth else {
         return Ok(());
     };
+    let started = ctx.spans.is_some().then(Instant::now);
     // A `Uri` clone shares its bytes: no copy of the query.
     let uri = req.uri().clone();
-    ctx.identity = policy
+    let checked = policy
         .check(req.headers_mut(), uri.query(), &ctx.conn.auth_memo)
         .await
-        .map_err(ProxyError::Auth)?;
+        .map_err(ProxyError::Auth);
+    record_stage(
+        ctx,
+        "auth",
+        started,
+        &checked,
+        "tollgate.auth.result",
+        vec![],
+    );
+    ctx.identity = checked?;
     strip_query_tokens(req, policy);
     Ok(())
+}
+
+/// Records stage `name`, begun at `started`, in a sampled request's
+/// spans: `key` says `ok` or the reason code it refused with; a refusal
+/// that is the gateway's or an upstream's fault (5xx) marks the span as
+/// an error.
+fn record_stage<T>(
+    ctx: &mut RequestCtx,
+    name: &'static str,
+    started: Option<Instant>,
+    result: &Result<T, ProxyError>,
+    key: &'static str,
+    mut attributes: Vec<opentelemetry::KeyValue>,
+) {
+    let (Some(started), Some(rec)) = (started, ctx.spans.as_deref_mut()) else {
+        return;
+    };
+    let (code, failed) = match result {
+        Ok(_) => ("ok", None),
+        Err(e) => {
+            let d = e.describe();
+            (d.code, d.status.is_server_error().then_some(d.code))
+        }
+    };
+    attributes.push(opentelemetry::KeyValue::new(key, code));
+    rec.stage(name, started, attributes, failed);
 }
 
 /// Stage 5, answer: `respond` and `redirect` routes answer here; a
@@ -305,6 +341,7 @@ async fn cache_lookup(
     let Some(rc) = &route.cache else {
         return Ok(Flow::Continue(req));
     };
+    let started = ctx.spans.is_some().then(Instant::now);
     let found = ctx
         .cache
         .lookup(
@@ -315,8 +352,33 @@ async fn cache_lookup(
             normalized,
             route.timeout,
         )
-        .await?;
-    let Some(hit) = found else {
+        .await;
+    if started.is_some() {
+        // What `Cache-Status` will say: the hit's own, or the miss's.
+        let status = match &found {
+            Ok(Some(hit)) => hit.headers().get(&CACHE_STATUS).cloned(),
+            Ok(None) => Some(ctx.cache.status(&ctx.method, "")),
+            Err(_) => None,
+        };
+        let mut attributes = vec![opentelemetry::KeyValue::new(
+            "tollgate.cache.hit",
+            matches!(found, Ok(Some(_))),
+        )];
+        attributes.extend(
+            status
+                .and_then(|s| s.to_str().ok().map(str::to_owned))
+                .map(|s| opentelemetry::KeyValue::new("tollgate.cache.status", s)),
+        );
+        record_stage(
+            ctx,
+            "cache_lookup",
+            started,
+            &found,
+            "tollgate.cache.result",
+            attributes,
+        );
+    }
+    let Some(hit) = found? else {
         return Ok(Flow::Continue(req));
     };
     if let Some(cache) = ctx.cache.refresh() {
@@ -388,9 +450,15 @@ fn context(
         Some(v) if headers::valid_request_id(v) => v.clone(),
         _ => headers::new_request_id(),
     };
+    let start = Instant::now();
+    let trace = TraceContext::from_headers(h, snapshot.tracer.as_deref());
+    let spans = snapshot
+        .tracer
+        .as_ref()
+        .and_then(|_| trace.recording(h, start));
     // Shared, not copied: a `Uri` and a `HeaderValue` clone share their
     // bytes with the request head.
-    let log_target = snapshot.settings.access_log.then(|| LogTarget {
+    let log_target = (snapshot.settings.access_log || spans.is_some()).then(|| LogTarget {
         uri: req.uri().clone(),
         host: h.get(HOST).cloned(),
         user_agent: h.get(http::header::USER_AGENT).cloned(),
@@ -407,8 +475,9 @@ fn context(
         tunnel: None,
         cache: RequestCache::default(),
         upgrade: None,
-        trace: TraceContext::from_headers(h),
-        start: Instant::now(),
+        trace,
+        spans,
+        start,
         method: req.method().clone(),
         route: None,
         upstream: None,
@@ -497,10 +566,49 @@ async fn limit(
     req: &Request<Incoming>,
     ctx: &mut RequestCtx,
 ) -> Result<(), ProxyError> {
-    use crate::ratelimit::{KeyInput, LimitOutcome};
     let Some(limits) = &route.limits else {
         return Ok(());
     };
+    let started = ctx
+        .spans
+        .as_ref()
+        .filter(|_| {
+            limits
+                .policies
+                .iter()
+                .any(|(p, _)| p.after_auth == after_auth)
+        })
+        .map(|_| Instant::now());
+    let checked = check_limits(limits, route, after_auth, req, ctx).await;
+    let phase = if after_auth {
+        "after_auth"
+    } else {
+        "before_auth"
+    };
+    record_stage(
+        ctx,
+        "rate_limit",
+        started,
+        &checked,
+        "tollgate.rate_limit.result",
+        vec![opentelemetry::KeyValue::new(
+            "tollgate.rate_limit.phase",
+            phase,
+        )],
+    );
+    checked
+}
+
+/// The route's limits for one phase: allowed (with the verdict closest
+/// to its limit kept for the RateLimit headers), or refused.
+async fn check_limits(
+    limits: &crate::ratelimit::RouteLimits,
+    route: &Route,
+    after_auth: bool,
+    req: &Request<Incoming>,
+    ctx: &mut RequestCtx,
+) -> Result<(), ProxyError> {
+    use crate::ratelimit::{KeyInput, LimitOutcome};
     let input = KeyInput {
         headers: req.headers(),
         client: ctx.client,

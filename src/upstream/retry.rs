@@ -16,6 +16,8 @@ use prometheus::IntCounter;
 use super::{Sent, Upstream, UpstreamError};
 use crate::body::{Replay, RequestBody};
 use crate::observability::metrics::metrics;
+use crate::observability::trace::Recording;
+use crate::proxy::headers::TRACEPARENT;
 
 /// Why a retry is made (the `reason` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,10 +214,19 @@ impl Again {
     }
 }
 
+/// What the caller learns of the tries made.
+pub(crate) struct Tries<'a> {
+    /// Tries made (the access log's `attempts`).
+    pub count: &'a mut u32,
+    /// A traced request's spans.
+    pub spans: Option<&'a mut Recording>,
+}
+
 /// Sends `out` to `upstream` before `deadline`, trying again as `policy`
 /// says (within its budget, after its backoff, each try within
 /// `per_try_timeout`). Without a policy (or without `again`), one try.
-/// `attempts` counts the tries made.
+/// `tries` counts the tries made and, for a traced request, records a span
+/// for each (whose id the try's `traceparent` carries).
 /// A backoff is cut short at the deadline; once the deadline passed, the
 /// answer is a timeout.
 pub(crate) async fn send(
@@ -225,7 +236,7 @@ pub(crate) async fn send(
     again: Option<Again>,
     key: Option<u64>,
     deadline: tokio::time::Instant,
-    attempts: &mut u32,
+    mut tries: Tries<'_>,
 ) -> Result<Sent, UpstreamError> {
     let _active = policy.map(RetryPolicy::begin);
     let mut tried = 0u64;
@@ -240,8 +251,21 @@ pub(crate) async fn send(
         // Boxed: the exchange's state is large, and on the heap it is
         // built once instead of being copied into this future (callgrind:
         // ~300 fewer instructions per request than unboxed).
-        *attempts += 1;
+        *tries.count += 1;
+        if let Some(rec) = tries.spans.as_deref_mut()
+            && let Some(tp) = rec.attempt_begins(&upstream.name, *tries.count)
+        {
+            out.headers_mut().insert(&TRACEPARENT, tp);
+        }
         let result = Box::pin(upstream.send(out, key, try_deadline, &mut tried)).await;
+        if let Some(rec) = tries.spans.as_deref_mut() {
+            match &result {
+                Ok(sent) => {
+                    rec.attempt_ends(&sent.endpoint.id, Ok(sent.response.status().as_u16()))
+                }
+                Err(e) => rec.attempt_ends(e.endpoint(), Err(e.code())),
+            }
+        }
         let (Some(p), Some(again)) = (policy, &again) else {
             return result;
         };

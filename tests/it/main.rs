@@ -27,4 +27,5 @@ mod resilience;
 mod routing;
 mod support;
 mod tls;
+mod traces;
 mod upstream_h1;

@@ -17,6 +17,7 @@ use ipnet::IpNet;
 
 mod admin;
 mod auth;
+mod observability;
 mod ratelimit;
 mod route;
 mod tls;
@@ -77,6 +78,7 @@ pub fn compile(
         hsts,
         ..settings
     };
+    let tracer = observability::tracer(&spec, previous, base, &mut errs, &mut files_hash);
     let redis = ratelimit::redis(&spec, previous, &mut errs);
     let cache_store = cache_store(&spec, previous, &mut errs);
     let rate_limits = ratelimit::policies(&spec, previous, redis.as_ref(), &mut errs);
@@ -179,6 +181,7 @@ pub fn compile(
         rate_limits,
         redis,
         tls,
+        tracer,
         cache: cache_store,
         settings,
         unrouted_metrics: RouteMetrics::new(""),

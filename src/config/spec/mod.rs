@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 mod auth;
 mod cache;
+mod observability;
 mod ratelimit;
 mod route;
 mod server;
@@ -18,6 +19,7 @@ mod upstream;
 
 pub use auth::*;
 pub use cache::*;
+pub use observability::*;
 pub use ratelimit::*;
 pub use route::*;
 pub use server::*;
@@ -48,6 +50,9 @@ pub struct Spec {
     /// The response cache (routes opt in with `cache`).
     #[serde(default)]
     pub cache: Option<CacheSpec>,
+    /// Distributed tracing.
+    #[serde(default)]
+    pub observability: ObservabilitySpec,
 }
 
 fn yes() -> bool {

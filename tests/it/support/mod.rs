@@ -4,6 +4,7 @@
 #![expect(dead_code, reason = "each test module uses a part of the support kit")]
 
 pub mod jwt;
+pub mod otlp;
 pub mod tls;
 
 use std::collections::HashMap;
