@@ -1,11 +1,18 @@
 #!/usr/bin/env python3
 """Tollgate vs NGINX, side by side in one run.
 
-    python3 loadtest/compare.py [--rounds 5] [--duration 10] [--conns 64] [--access-log]
+    python3 loadtest/compare.py [--rounds 5] [--duration 10] [--conns 64] [--access-log] [--tracing]
 
 With --access-log, a third target is Tollgate with its access log on
 (one JSON line per request to a file, as an operator runs it), so the
 cost of a line is the CPU/req difference between the two Tollgates.
+
+With --tracing, two more targets: Tollgate tracing every request
+(`sample_ratio: 1`, two spans per request: the server span and the
+upstream attempt) to an OTLP/HTTP receiver (otlp_sink.py, on CPU 1), and
+the same with the collector down (a closed port: every export fails and
+its spans are counted as dropped). The plain `tollgate` target is tracing
+off, the default.
 
 CPU layout on a 2-core machine (like ../shared/bench):
 
@@ -28,13 +35,16 @@ binds 127.0.0.1, is started by this script in its own process group and
 stopped by PID, also on errors and Ctrl-C.
 """
 
+import os
 import shutil
 import statistics
+import sys
+import urllib.request
 
 from common import (arguments, BODY, TOLLGATE_CONF, UP_PORT, UPSTREAM_CONF, cpu_seconds, prepare, log,
                     parse_wrk, peak_rss_mib, wait_ready, wrk)
 
-NGINX_PORT, TOLLGATE_PORT = 18390, 18400
+NGINX_PORT, TOLLGATE_PORT, SINK_PORT, DOWN_PORT = 18390, 18400, 18410, 18411
 
 NGINX_PROXY_CONF = """
 worker_processes 1;
@@ -73,8 +83,11 @@ http {{
 """
 
 def main():
-    args = arguments(__doc__, 10, extra=lambda ap: ap.add_argument(
-        "--access-log", action="store_true", help="also run Tollgate with its access log on"))
+    def extra(ap):
+        ap.add_argument("--access-log", action="store_true", help="also run Tollgate with its access log on")
+        ap.add_argument("--tracing", action="store_true",
+                        help="also run Tollgate tracing every request, to a collector and to one that is down")
+    args = arguments(__doc__, 10, extra=extra)
     nginx, tollgate, work, procs = prepare("tollgate-loadtest.", not args.no_build)
     with open(f"{work}/upstream.conf", "w") as f:
         f.write(UPSTREAM_CONF.format(work=work, port=UP_PORT, body=BODY.decode()))
@@ -91,10 +104,21 @@ def main():
             f.write(TOLLGATE_CONF.format(port=TOLLGATE_PORT, admin=TOLLGATE_PORT + 1, up=UP_PORT)
                     .replace("access_log: { enabled: false }", "access_log: { enabled: true }"))
         targets["tollgate+log"] = (TOLLGATE_PORT, [tollgate, "run", "-c", f"{work}/tollgate-log.yaml", "--log-level", "warn"])
+    if args.tracing:
+        base = TOLLGATE_CONF.format(port=TOLLGATE_PORT, admin=TOLLGATE_PORT + 1, up=UP_PORT)
+        for name, endpoint in [("tollgate+trace", f"http://127.0.0.1:{SINK_PORT}"),
+                               ("tollgate+trace-down", f"http://127.0.0.1:{DOWN_PORT}")]:
+            with open(f"{work}/{name}.yaml", "w") as f:
+                f.write(base + f"observability:\n  tracing: {{ endpoint: \"{endpoint}\", protocol: http, sample_ratio: 1 }}\n")
+            targets[name] = (TOLLGATE_PORT, [tollgate, "run", "-c", f"{work}/{name}.yaml", "--log-level", "warn"])
     results = {t: [] for t in targets}
+    spans = {}
     try:
         procs.start("upstream", [nginx, "-c", f"{work}/upstream.conf"], 1, f"{work}/upstream.log")
         wait_ready(UP_PORT)
+        if args.tracing:
+            sink = os.path.join(os.path.dirname(os.path.realpath(__file__)), "otlp_sink.py")
+            procs.start("sink", [sys.executable, sink, str(SINK_PORT)], 1, f"{work}/sink.log")
         order = list(targets)
         for rnd in range(args.rounds):
             for name in order[rnd % len(order):] + order[:rnd % len(order)]:
@@ -109,6 +133,8 @@ def main():
                 reqs = rps * args.duration
                 cpu_us = (c1 - c0) / reqs * 1e6 if reqs else float("nan")
                 rss = peak_rss_mib(p.pid)
+                if name.startswith("tollgate+trace"):
+                    spans.setdefault(name, []).append(span_counts(TOLLGATE_PORT + 1))
                 procs.stop(name)
                 results[name].append({"rps": rps, "p50": p50, "p99": p99, "cpu_us": cpu_us, "rss": rss, "errors": errors})
                 log(f"round {rnd + 1}/{args.rounds} {name:9} req/s={rps:9.0f} p50={p50:7.0f}us p99={p99:7.0f}us "
@@ -129,6 +155,22 @@ def main():
               f"{med([r['p99'] for r in rows]):,.0f} | {med([r['cpu_us'] for r in rows]):.2f} | "
               f"{med([r['rss'] for r in rows]):.1f} | {sum(r['errors'] for r in rows)} | "
               f"{ratio('rps'):.2f} | {ratio('p99'):.2f} | {ratio('cpu_us'):.2f} |")
+    if spans:
+        print("\nSpans per run (tollgate_trace_spans_*_total at the end of each round: exported, dropped)\n")
+        for name, rows in spans.items():
+            print(f"- {name}: " + "; ".join(f"{e:,.0f} exported, {d:,.0f} dropped" for e, d in rows))
+
+
+def span_counts(admin_port):
+    """(exported, dropped) spans from the gateway's /metrics."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5).read().decode()
+    exported = dropped = 0.0
+    for line in text.splitlines():
+        if line.startswith("tollgate_trace_spans_exported_total "):
+            exported = float(line.split()[-1])
+        elif line.startswith("tollgate_trace_spans_dropped_total{"):
+            dropped += float(line.split()[-1])
+    return exported, dropped
 
 
 if __name__ == "__main__":

@@ -295,26 +295,103 @@ async fn bridge(
     };
     let (from_client, to_client, end) = match client.await {
         Ok(c) => {
-            let mut c = TokioIo::new(c);
+            // Counted on the client's side, so a tunnel that ends in an
+            // error or is cut still reports the bytes that went through.
+            let mut c = Counting::new(TokioIo::new(c));
             let early_ok = early.is_empty()
                 || tokio::io::AsyncWriteExt::write_all(&mut c, &early)
                     .await
                     .is_ok();
-            if early_ok {
+            let end = if early_ok {
                 tokio::select! {
                     r = tokio::io::copy_bidirectional(&mut c, &mut upstream) => match r {
-                        Ok((up, down)) => (up, down + early.len() as u64, End::Complete),
-                        Err(_) => (0, early.len() as u64, End::ClientGone),
+                        Ok(_) => End::Complete,
+                        Err(_) => End::ClientGone,
                     },
-                    () = finish.cut_happened() => (0, early.len() as u64, End::ClientGone),
+                    () = finish.cut_happened() => End::ClientGone,
                 }
             } else {
-                (0, 0, End::ClientGone)
-            }
+                End::ClientGone
+            };
+            (c.read, c.written, end)
         }
         Err(_) => (0, 0, End::ClientGone),
     };
     finish.tunnel_closed(from_client, to_client, end);
+}
+
+/// An I/O object that counts the bytes read from it and written to it.
+struct Counting<T> {
+    io: T,
+    read: u64,
+    written: u64,
+}
+
+impl<T> Counting<T> {
+    fn new(io: T) -> Self {
+        Self {
+            io,
+            read: 0,
+            written: 0,
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counting<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        self.read += (buf.filled().len() - before) as u64;
+        r
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counting<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = r {
+            self.written += n as u64;
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if let std::task::Poll::Ready(Ok(n)) = r {
+            self.written += n as u64;
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 /// The URI sent upstream: origin-form, the normalized and rewritten path,

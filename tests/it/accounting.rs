@@ -115,6 +115,31 @@ async fn a_websocket_is_accounted_when_its_tunnel_closes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_the_client_resets_is_logged_with_its_bytes() {
+    let up = Upstream::start("app").await;
+    let gw = Binary::start(&format!("{LOGGED}{}", proxy_all(&up.url())));
+    let mut s = websocket_open(gw.addr).await;
+    for _ in 0..2 {
+        s.write_all(b"ping-frame-bytes").await.unwrap();
+        let mut got = [0u8; 16];
+        tokio::time::timeout(IO_WAIT, s.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    // A reset (RST), not a close: the tunnel's copy ends in an error.
+    s.set_linger(Some(std::time::Duration::ZERO)).unwrap();
+    drop(s);
+    let lines = log_lines(&gw, 1).await;
+    let l = &lines[0];
+    assert_eq!(l["status"], 101, "{l}");
+    assert_eq!(l["bytes_in"], 32, "what went through before the reset");
+    assert_eq!(l["bytes_out"], 32);
+    assert_eq!(l["reason"], "downstream_disconnect");
+    accounted_once(&gw, "GET", 101).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_request_names_the_upstream_the_endpoint_and_the_attempts() {
     let dead = ClosedPort::new();
     let gw = Binary::start(&format!(
