@@ -128,7 +128,7 @@ async fn a_websocket_the_client_resets_is_logged_with_its_bytes() {
             .unwrap();
     }
     // A reset (RST), not a close: the tunnel's copy ends in an error.
-    s.set_linger(Some(std::time::Duration::ZERO)).unwrap();
+    s.set_zero_linger().unwrap();
     drop(s);
     let lines = log_lines(&gw, 1).await;
     let l = &lines[0];
