@@ -14,6 +14,10 @@ the same with the collector down (a closed port: every export fails and
 its spans are counted as dropped). The plain `tollgate` target is tracing
 off, the default.
 
+With --baseline BINARY, one more target runs that binary (another build,
+such as the commit before a change) on the plain config, so a change's
+cost is measured against the code without it in the same run.
+
 CPU layout on a 2-core machine (like ../shared/bench):
 
     CPU 0: the proxy under test (Tollgate with `workers: 1`, NGINX with one worker)
@@ -87,6 +91,8 @@ def main():
         ap.add_argument("--access-log", action="store_true", help="also run Tollgate with its access log on")
         ap.add_argument("--tracing", action="store_true",
                         help="also run Tollgate tracing every request, to a collector and to one that is down")
+        ap.add_argument("--baseline", metavar="BINARY",
+                        help="also run another tollgate build (say, the commit before a change) on the plain config")
     args = arguments(__doc__, 10, extra=extra)
     nginx, tollgate, work, procs = prepare("tollgate-loadtest.", not args.no_build)
     with open(f"{work}/upstream.conf", "w") as f:
@@ -104,6 +110,9 @@ def main():
             f.write(TOLLGATE_CONF.format(port=TOLLGATE_PORT, admin=TOLLGATE_PORT + 1, up=UP_PORT)
                     .replace("access_log: { enabled: false }", "access_log: { enabled: true }"))
         targets["tollgate+log"] = (TOLLGATE_PORT, [tollgate, "run", "-c", f"{work}/tollgate-log.yaml", "--log-level", "warn"])
+    if args.baseline:
+        targets["baseline"] = (TOLLGATE_PORT, [os.path.realpath(args.baseline), "run", "-c", f"{work}/tollgate.yaml",
+                                               "--log-level", "warn"])
     if args.tracing:
         base = TOLLGATE_CONF.format(port=TOLLGATE_PORT, admin=TOLLGATE_PORT + 1, up=UP_PORT)
         for name, endpoint in [("tollgate+trace", f"http://127.0.0.1:{SINK_PORT}"),

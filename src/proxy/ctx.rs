@@ -454,7 +454,7 @@ fn protocol_name(v: http::Version) -> &'static str {
 }
 
 /// The server span of a finished request: HTTP semantic-convention
-/// attributes (method, status, scheme, protocol, server and client
+/// attributes (method, status, scheme, protocol version, server and client
 /// addresses, path, user agent, body sizes) and Tollgate's (route,
 /// upstream, attempts, request id), with the access log's reason code as
 /// `error.type`. A 5xx makes the span an error.
@@ -466,11 +466,19 @@ fn server_span(
     (bytes_in, bytes_out): (u64, u64),
 ) -> ServerSpan {
     let route = c.route.as_ref().map(|r| r.name.as_str());
-    let mut a = Vec::with_capacity(20);
-    a.push(KeyValue::new(
-        "http.request.method",
-        c.method.as_str().to_owned(),
-    ));
+    let mut a = Vec::with_capacity(16);
+    // Semantic conventions: a method outside the standard set is `_OTHER`,
+    // with the method sent in `http.request.method_original`.
+    match crate::observability::metrics::method_label(&c.method) {
+        (_, "OTHER") => {
+            a.push(KeyValue::new("http.request.method", "_OTHER"));
+            a.push(KeyValue::new(
+                "http.request.method_original",
+                trace::text(c.method.as_str()),
+            ));
+        }
+        (_, m) => a.push(KeyValue::new("http.request.method", m)),
+    }
     a.push(KeyValue::new(
         "http.response.status_code",
         i64::from(status),
@@ -479,20 +487,18 @@ fn server_span(
         "url.scheme",
         if c.conn.https { "https" } else { "http" },
     ));
-    a.push(KeyValue::new("network.protocol.name", "http"));
     a.push(KeyValue::new(
         "network.protocol.version",
         &protocol_name(c.version)[5..],
     ));
     a.push(KeyValue::new("client.address", c.client.to_string()));
-    a.push(KeyValue::new(
-        "network.peer.address",
-        c.conn.peer.ip().to_string(),
-    ));
-    a.push(KeyValue::new(
-        "network.peer.port",
-        i64::from(c.conn.peer.port()),
-    ));
+    // The TCP peer, when trusted proxies made the client another address.
+    if c.client != c.conn.peer.ip() {
+        a.push(KeyValue::new(
+            "network.peer.address",
+            c.conn.peer.ip().to_string(),
+        ));
+    }
     if let Some(t) = &c.log_target {
         a.push(KeyValue::new("url.path", trace::text(t.uri.path())));
         if let Ok(host) = t.host().parse::<http::uri::Authority>() {

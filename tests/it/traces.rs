@@ -415,3 +415,26 @@ async fn tracing_settings_are_checked_with_their_path() {
         assert!(err.contains(path), "{tracing}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_an_unchanged_tracer_and_replaces_a_changed_one() {
+    let (a, b) = (Collector::start().await, Collector::start().await);
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&traced(&a.url(), "", &up.url(), "")).await;
+    let c = client();
+    let trace = |n: u32| format!("{n:032x}");
+    let sampled = |n: u32| format!("00-{}-7777777777777777-01", trace(n));
+    get_with(&c, &gw.url("/1"), &[("traceparent", &sampled(1))]).await;
+    spans_of(&a, &trace(1), 2).await;
+    // Another route timeout: the tracer is kept, spans still go to `a`.
+    gw.write_config(&traced(&a.url(), "", &up.url(), ", timeout: 9s"));
+    assert_eq!(post(&c, &gw.admin_url("/reload"), "").await.status, 200);
+    get_with(&c, &gw.url("/2"), &[("traceparent", &sampled(2))]).await;
+    spans_of(&a, &trace(2), 2).await;
+    // Another endpoint: a new tracer sends to `b`.
+    gw.write_config(&traced(&b.url(), "", &up.url(), ", timeout: 9s"));
+    assert_eq!(post(&c, &gw.admin_url("/reload"), "").await.status, 200);
+    get_with(&c, &gw.url("/3"), &[("traceparent", &sampled(3))]).await;
+    spans_of(&b, &trace(3), 2).await;
+    assert!(a.trace(&trace(3)).is_empty());
+}

@@ -121,3 +121,50 @@ pub(super) fn tracer(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use crate::snapshot::Snapshot;
+
+    fn compile(tracing: &str, timeout: &str, previous: Option<&Snapshot>) -> Snapshot {
+        let text = format!(
+            "observability:\n  tracing: {tracing}\nroutes:\n  - {{ name: a, match: {{ path: /a }}, respond: {{ body: a }}, timeout: {timeout} }}\n"
+        );
+        let (spec, version) = crate::config::parse("t.yaml", &text).unwrap();
+        super::super::compile(spec, version, previous, Path::new(".")).unwrap()
+    }
+
+    #[test]
+    fn an_unchanged_tracer_is_carried_over_and_a_changed_one_is_not() {
+        let first = compile("{ endpoint: \"http://c:4317\" }", "5s", None);
+        let kept = compile("{ endpoint: \"http://c:4317\" }", "9s", Some(&first));
+        assert!(Arc::ptr_eq(
+            first.tracer.as_ref().unwrap(),
+            kept.tracer.as_ref().unwrap()
+        ));
+        let moved = compile("{ endpoint: \"http://d:4317\" }", "9s", Some(&kept));
+        assert!(!Arc::ptr_eq(
+            kept.tracer.as_ref().unwrap(),
+            moved.tracer.as_ref().unwrap()
+        ));
+        // A new secret header is a change too, although `GET /config`
+        // shows both as `<redacted>`.
+        let a = compile(
+            "{ endpoint: \"http://c:4317\", headers: { k: one } }",
+            "9s",
+            Some(&moved),
+        );
+        let b = compile(
+            "{ endpoint: \"http://c:4317\", headers: { k: two } }",
+            "9s",
+            Some(&a),
+        );
+        assert!(!Arc::ptr_eq(
+            a.tracer.as_ref().unwrap(),
+            b.tracer.as_ref().unwrap()
+        ));
+    }
+}
