@@ -1,4 +1,4 @@
-//! The `tollgate` command line: run, validate, explain.
+//! The `tollgate` command line: run, validate, explain, diff, healthcheck.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -41,6 +41,27 @@ enum Command {
     Run,
     /// Check a config file: prints OK and a summary, or every error.
     Validate,
+    /// What a reload from OLD to NEW would do: routes, upstreams,
+    /// providers, policies and certificates added, removed or changed;
+    /// what is kept warm and what starts afresh; settings that need a
+    /// restart. Exits 0 when nothing changes, 1 when something does, 2
+    /// when a file is invalid (with its located errors).
+    Diff {
+        /// The config running now.
+        old: PathBuf,
+        /// The config to reload.
+        new: PathBuf,
+        /// Print the plan as JSON (what `POST /reload?dry_run=true` answers).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Exits 0 when the gateway's `/readyz` answers 200, 1 otherwise (a
+    /// container health check that needs no curl).
+    Healthcheck {
+        /// The admin listener; default: the config's, else 127.0.0.1:9901.
+        #[arg(long)]
+        admin: Option<String>,
+    },
     /// Show which route a request would take and why.
     Explain {
         /// Method, e.g. GET.
@@ -112,6 +133,89 @@ fn validate(cli: &Cli) -> ExitCode {
         }
         Err(e) => {
             complain(e.lines());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn diff(old: &std::path::Path, new: &std::path::Path, json: bool) -> ExitCode {
+    let old = match config::load(old, None) {
+        Ok(s) => s,
+        Err(e) => {
+            complain(e.lines());
+            return ExitCode::from(2);
+        }
+    };
+    let new_snapshot = match config::load(new, Some(&old)) {
+        Ok(s) => s,
+        Err(e) => {
+            complain(e.lines());
+            return ExitCode::from(2);
+        }
+    };
+    let plan = config::plan::Plan::of(&old, &new_snapshot, &old.start_only);
+    let text = if json {
+        serde_json::to_string_pretty(&plan).unwrap_or_default()
+    } else {
+        plan.lines().join("\n")
+    };
+    let written = answer(&text);
+    if written != ExitCode::SUCCESS {
+        return written;
+    }
+    if plan.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// GET `/readyz` on the admin listener with a 2 s deadline: 0 on a 200.
+fn healthcheck(cli: &Cli, admin: Option<&str>) -> ExitCode {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+    use std::time::Duration;
+    let wait = Duration::from_secs(2);
+    let configured = || {
+        let text = std::fs::read_to_string(&cli.config).ok()?;
+        let (spec, _) = config::parse(&cli.config.display().to_string(), &text).ok()?;
+        Some(spec.server.admin_address().to_string())
+    };
+    let addr = admin
+        .map(str::to_owned)
+        .or_else(configured)
+        .unwrap_or_else(|| "127.0.0.1:9901".to_owned());
+    let Some(mut target) = addr.to_socket_addrs().ok().and_then(|mut a| a.next()) else {
+        complain([format!("`{addr}` is not an address")]);
+        return ExitCode::FAILURE;
+    };
+    // A listener on every address is asked on loopback.
+    if target.ip().is_unspecified() {
+        target = match target {
+            SocketAddr::V4(a) => SocketAddr::from(([127, 0, 0, 1], a.port())),
+            SocketAddr::V6(a) => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, a.port())),
+        };
+    }
+    let ask = || -> std::io::Result<String> {
+        let mut s = TcpStream::connect_timeout(&target, wait)?;
+        s.set_read_timeout(Some(wait))?;
+        s.set_write_timeout(Some(wait))?;
+        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: tollgate\r\nConnection: close\r\n\r\n")?;
+        let mut head = [0u8; 64];
+        let n = s.read(&mut head)?;
+        Ok(String::from_utf8_lossy(&head[..n]).into_owned())
+    };
+    match ask() {
+        Ok(head) if head.starts_with("HTTP/1.1 200") => ExitCode::SUCCESS,
+        Ok(head) => {
+            complain([format!(
+                "{target}/readyz: {}",
+                head.lines().next().unwrap_or("no answer")
+            )]);
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            complain([format!("{target}/readyz: {e}")]);
             ExitCode::FAILURE
         }
     }
@@ -200,6 +304,8 @@ fn main() -> ExitCode {
     match &cli.command {
         Some(Command::Validate) => validate(&cli),
         Some(Command::Explain { method, url }) => explain(&cli, method, url),
+        Some(Command::Diff { old, new, json }) => diff(old, new, *json),
+        Some(Command::Healthcheck { admin }) => healthcheck(&cli, admin.as_deref()),
         Some(Command::Run) | None => {
             init_logs(&cli);
             run(&cli)

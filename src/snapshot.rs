@@ -47,6 +47,9 @@ pub struct Snapshot {
     pub redis: Option<Arc<crate::ratelimit::global::Redis>>,
     /// TLS for `tls_listen` (certificates by SNI).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Each TLS certificate (by its `cert` file) and the digest of its
+    /// files and hosts, for the reload plan.
+    pub certificates: BTreeMap<String, crate::config::Definition>,
     /// Distributed tracing (`observability.tracing`).
     pub tracer: Option<Arc<crate::observability::trace::Tracer>>,
     /// The response cache's store.

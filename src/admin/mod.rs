@@ -100,6 +100,14 @@ fn is_open(path: &str) -> bool {
 
 /// True when the request carries the admin token (compared in constant
 /// time), or no token is configured.
+/// `?dry_run=true` (or `1`) on `POST /reload`.
+fn dry_run(query: Option<&str>) -> bool {
+    query.is_some_and(|q| {
+        q.split('&')
+            .any(|p| matches!(p, "dry_run=true" | "dry_run=1" | "dry_run"))
+    })
+}
+
 fn authorized(req: &Request<Incoming>, token: Option<&[u8]>) -> bool {
     let Some(token) = token else {
         return true;
@@ -177,6 +185,18 @@ async fn handle(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byt
                 StatusCode::OK,
                 &json!({ "version": snap.version, "config": snap.config }),
             )
+        }
+        (&Method::POST, "/reload") if dry_run(req.uri().query()) => {
+            match state.reloader.dry_run_async().await {
+                Ok(plan) => json_reply(
+                    StatusCode::OK,
+                    &json!({ "dry_run": true, "changed": !plan.is_empty(), "plan": plan }),
+                ),
+                Err(e) => json_reply(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &json!({ "dry_run": true, "errors": e.lines() }),
+                ),
+            }
         }
         (&Method::POST, "/reload") => match state.reloader.reload_async("admin").await {
             Ok(ReloadOutcome::Applied { version }) => json_reply(

@@ -93,6 +93,9 @@ pub struct Provider {
     pub name: Arc<str>,
     /// Its keys (carried over across reloads while the key source is unchanged).
     pub keys: Arc<KeyStore>,
+    /// Digest of its definition, secret and key files included (a reload
+    /// tells a changed provider from an unchanged one).
+    pub definition: crate::config::Definition,
     /// Validation rules.
     pub rules: Rules,
     /// Where tokens are looked for.
@@ -155,6 +158,8 @@ pub struct ProviderOptions {
     pub cache_entries: u64,
     /// Longest cache entry life.
     pub cache_ttl: Duration,
+    /// Digest of the provider's definition.
+    pub definition: crate::config::Definition,
 }
 
 impl Provider {
@@ -175,6 +180,7 @@ impl Provider {
         Self {
             name: name.into(),
             keys,
+            definition: o.definition,
             rules,
             sources: o.sources,
             max_token_bytes: o.max_token_bytes,

@@ -11,6 +11,7 @@
 pub mod compile;
 pub mod error;
 pub mod outline;
+pub mod plan;
 pub mod reload;
 pub mod spec;
 pub mod units;

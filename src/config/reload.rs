@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use super::Definition;
+use super::plan::Plan;
 use super::{LoadError, load};
 use crate::observability::metrics::metrics;
 use crate::snapshot::{SharedSnapshot, Snapshot, StartOnly};
@@ -81,8 +81,9 @@ impl Reloader {
                 version: new.version,
             }),
             Ok(new) => {
-                log_diff(&old, &new, trigger);
-                for field in restart_only_changes(&self.started, &new.start_only) {
+                let plan = Plan::of(&old, &new, &self.started);
+                log_plan(&plan, trigger);
+                for field in &plan.restart_required {
                     tracing::warn!(
                         trigger,
                         field,
@@ -108,6 +109,28 @@ impl Reloader {
                 Err(e)
             }
         }
+    }
+
+    /// What reloading the file now would do, without doing it (`POST
+    /// /reload?dry_run=true`). Blocking (file I/O).
+    pub fn dry_run(&self) -> Result<Plan, LoadError> {
+        let _serial = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.live.load_full();
+        let new = load(&self.path, Some(&old))?;
+        Ok(Plan::of(&old, &new, &self.started))
+    }
+
+    /// Runs `dry_run` on a blocking thread.
+    pub async fn dry_run_async(self: &Arc<Self>) -> Result<Plan, LoadError> {
+        let me = Arc::clone(self);
+        tokio::task::spawn_blocking(move || me.dry_run())
+            .await
+            .unwrap_or_else(|e| {
+                Err(LoadError::Read {
+                    file: String::new(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            })
     }
 
     /// Runs `reload` on a blocking thread.
@@ -187,74 +210,24 @@ fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// The settings read at start only whose value in `new` differs from the
-/// one the process runs with (`started`).
-fn restart_only_changes(started: &StartOnly, new: &StartOnly) -> Vec<&'static str> {
-    let (a, b) = (started, new);
-    [
-        ("server.listen", a.listen != b.listen),
-        ("server.tls_listen", a.tls_listen != b.tls_listen),
-        ("server.admin.listen", a.admin_listen != b.admin_listen),
-        (
-            "server.admin.max_connections",
-            a.admin_max_connections != b.admin_max_connections,
-        ),
-        (
-            "server.admin.header_read_timeout",
-            a.admin_header_read_timeout != b.admin_header_read_timeout,
-        ),
-        ("server.workers", a.workers != b.workers),
-        (
-            "server.limits.max_connections",
-            a.max_connections != b.max_connections,
-        ),
-        (
-            "server.shutdown_grace",
-            a.shutdown_grace != b.shutdown_grace,
-        ),
-    ]
-    .into_iter()
-    .filter_map(|(field, changed)| changed.then_some(field))
-    .collect()
-}
-
-/// Logs routes added, removed and changed.
-fn log_diff(old: &Snapshot, new: &Snapshot, trigger: &str) {
-    let render = |s: &Snapshot| -> Vec<(String, Definition)> {
-        s.routes
-            .iter()
-            .map(|r| (r.name.clone(), r.definition))
-            .collect()
-    };
-    let (a, b) = (render(old), render(new));
-    let added: Vec<&str> = b
-        .iter()
-        .filter(|(n, _)| !a.iter().any(|(m, _)| m == n))
-        .map(|(n, _)| n.as_str())
-        .collect();
-    let removed: Vec<&str> = a
-        .iter()
-        .filter(|(n, _)| !b.iter().any(|(m, _)| m == n))
-        .map(|(n, _)| n.as_str())
-        .collect();
-    let changed: Vec<&str> = b
-        .iter()
-        .filter(|(n, body)| a.iter().any(|(m, old)| m == n && old != body))
-        .map(|(n, _)| n.as_str())
-        .collect();
-    let reused = new
-        .upstreams
-        .iter()
-        .filter(|(k, u)| old.upstreams.get(*k).is_some_and(|o| Arc::ptr_eq(o, u)))
-        .count();
+/// The reload's log line: what it changed, kept warm and restarted.
+fn log_plan(plan: &Plan, trigger: &str) {
     tracing::info!(
         trigger,
-        from = %old.version,
-        to = %new.version,
-        routes_added = ?added,
-        routes_removed = ?removed,
-        routes_changed = ?changed,
-        upstreams_kept_warm = reused,
+        from = %plan.from,
+        to = %plan.to,
+        routes_added = ?plan.routes.added,
+        routes_removed = ?plan.routes.removed,
+        routes_changed = ?plan.routes.changed,
+        upstreams_added = ?plan.upstreams.added,
+        upstreams_removed = ?plan.upstreams.removed,
+        upstreams_changed = ?plan.upstreams.changed,
+        auth_providers_changed = ?plan.auth_providers.changed,
+        rate_limits_changed = ?plan.rate_limits.changed,
+        certificates_changed = ?plan.certificates.changed,
+        kept_warm = ?plan.kept_warm,
+        restarted = ?plan.restarted,
+        settings_changed = ?plan.settings_changed,
         "config reloaded"
     );
 }
@@ -262,6 +235,7 @@ fn log_diff(old: &Snapshot, new: &Snapshot, trigger: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::plan::restart_only_changes;
 
     fn server(yaml: &str) -> StartOnly {
         let text = format!(

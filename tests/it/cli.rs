@@ -1,4 +1,4 @@
-//! The `tollgate` binary: validate and explain.
+//! The `tollgate` binary: validate, explain, diff and healthcheck.
 
 use std::process::Command;
 
@@ -203,4 +203,82 @@ fn a_redis_password_never_appears_in_validation_errors() {
     assert!(stderr.contains("redis.url"), "{stderr}");
     assert!(!stderr.contains("topsecret"), "{stderr}");
     assert!(stderr.contains("<redacted>"), "{stderr}");
+}
+
+/// Writes `yaml` to a fresh config file; its path.
+fn file_with(yaml: &str) -> String {
+    let path = config_path();
+    std::fs::write(&path, yaml).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn diff_says_what_a_reload_would_change_keep_and_restart() {
+    let old = file_with(
+        "server:\n  listen: [\"127.0.0.1:8080\"]\nupstreams:\n  users: { endpoints: [\"http://127.0.0.1:9001\"] }\n  orders: { endpoints: [\"http://127.0.0.1:9002\"] }\nrate_limits:\n  per_ip: { key: client_ip, rate: 10/s }\nroutes:\n  - { name: a, match: { path_prefix: /a }, upstream: users }\n  - { name: b, match: { path_prefix: /b }, upstream: orders, rate_limit: [per_ip] }\n",
+    );
+    let new = file_with(
+        "server:\n  listen: [\"127.0.0.1:9090\"]\n  access_log: { query: true }\nupstreams:\n  users: { endpoints: [\"http://127.0.0.1:9001\"] }\n  orders: { endpoints: [\"http://127.0.0.1:9003\"] }\nrate_limits:\n  per_ip: { key: client_ip, rate: 10/s }\nroutes:\n  - { name: a, match: { path_prefix: /a }, upstream: users, timeout: 5s }\n  - { name: c, match: { path_prefix: /c }, upstream: orders, rate_limit: [per_ip] }\n",
+    );
+    let (code, stdout, stderr) = tollgate(&["diff", &old, &new]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    for line in [
+        "routes added: c",
+        "routes removed: b",
+        "routes changed: a",
+        "upstreams changed: orders",
+        "kept warm: upstreams.users, rate_limits.per_ip",
+        "starts afresh (state dropped): upstreams.orders",
+        "settings changed: server.access_log",
+        "read at start only, a restart applies them: server.listen",
+    ] {
+        assert!(stdout.lines().any(|l| l == line), "{line}\n{stdout}");
+    }
+    // JSON: what `POST /reload?dry_run=true` answers.
+    let (code, stdout, _) = tollgate(&["diff", "--json", &old, &new]);
+    assert_eq!(code, 1);
+    let plan: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(plan["routes"]["added"], serde_json::json!(["c"]));
+    assert_eq!(
+        plan["restart_required"],
+        serde_json::json!(["server.listen"])
+    );
+    // The same file: no change, exit 0.
+    let (code, stdout, _) = tollgate(&["diff", &old, &old]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.lines().any(|l| l == "no change"), "{stdout}");
+    // An invalid new file: exit 2 with the located error.
+    let bad = file_with(
+        "upstreams:\n  users: { endpoints: [\"http://127.0.0.1:9001\"] }\nroutes:\n  - { name: a, match: { path_prefix: /a }, upstream: userz }\n",
+    );
+    let (code, _, stderr) = tollgate(&["diff", &old, &bad]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(&format!("{bad}:4:44: routes[0].upstream: unknown upstream")),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn healthcheck_exits_zero_only_when_the_gateway_is_ready() {
+    let up = crate::support::Upstream::start("app").await;
+    let gw = crate::support::Binary::start(&format!(
+        "{}{}",
+        crate::support::server_with(""),
+        crate::support::proxy_all(&up.url())
+    ));
+    let admin = gw.admin.to_string();
+    let (code, _, stderr) = tollgate(&["healthcheck", "--admin", &admin]);
+    assert_eq!(code, 0, "{stderr}");
+    let closed = crate::support::ClosedPort::new();
+    let (code, _, stderr) = tollgate(&["healthcheck", "--admin", &closed.addr.to_string()]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("/readyz"), "{stderr}");
+    // The config's admin address, when no --admin is given.
+    let file = file_with(&format!(
+        "server:\n  admin_listen: \"{admin}\"\n{}",
+        crate::support::proxy_all(&up.url())
+    ));
+    let (code, _, stderr) = tollgate(&["healthcheck", "-c", &file]);
+    assert_eq!(code, 0, "{stderr}");
 }

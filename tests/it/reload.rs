@@ -17,6 +17,29 @@ fn config(up: &Upstream, extra_route: bool) -> String {
 }
 
 #[tokio::test]
+async fn a_dry_run_reload_says_what_it_would_do_and_changes_nothing() {
+    let up = Upstream::start("app").await;
+    let gw = TestGateway::start(&config(&up, false)).await;
+    let c = client();
+    gw.write_config(&config(&up, true));
+    let r = post(&c, &gw.admin_url("/reload?dry_run=true"), "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j = r.json();
+    assert_eq!(j["dry_run"], true);
+    assert_eq!(j["changed"], true);
+    assert_eq!(j["plan"]["routes"]["added"], serde_json::json!(["extra"]));
+    assert_eq!(j["plan"]["kept_warm"], serde_json::json!(["upstreams.app"]));
+    // Nothing was applied: the route is not there yet.
+    assert_eq!(get(&c, &gw.url("/extra")).await.status, 404);
+    // A bad file: its errors, and still nothing applied.
+    gw.write_config("routes:\n  - { name: x, match: { path: /x }, upstream: nope }\n");
+    let r = post(&c, &gw.admin_url("/reload?dry_run=true"), "").await;
+    assert_eq!(r.status, 422);
+    assert!(r.text().contains("unknown upstream"), "{}", r.text());
+    assert_eq!(get(&c, &gw.url("/app/x")).await.status, 200);
+}
+
+#[tokio::test]
 async fn admin_reload_applies_good_configs_and_refuses_bad_ones() {
     let up = Upstream::start("app").await;
     let gw = TestGateway::start(&config(&up, false)).await;

@@ -31,7 +31,7 @@ pub(super) fn providers(
         let path = format!("auth.providers.{name}");
         let prev = previous.and_then(|s| s.auth.get(name));
         if let Some(provider) = provider(name, p, &path, prev, base, errs, &mut files_hash) {
-            out.insert(name.clone(), Arc::new(provider));
+            out.insert(name.clone(), provider);
         }
     }
     (out, files_hash)
@@ -91,8 +91,9 @@ fn provider(
     base: &Path,
     errs: &mut Errors,
     files_hash: &mut u64,
-) -> Option<Provider> {
+) -> Option<Arc<Provider>> {
     let before = errs.0.len();
+    let files_before = *files_hash;
     if !super::is_name(name) {
         errs.push(path, "provider names use letters, digits, `-`, `_` and `.`");
     }
@@ -325,9 +326,21 @@ fn provider(
         return None;
     }
     let keys = keys?;
+    // The spec shows the secret redacted: it goes in on its own, with what
+    // the key files added to the files' hash.
+    let definition = crate::config::Definition::of(&(
+        p,
+        p.secret.as_ref().map(|s| s.as_str()),
+        *files_hash ^ files_before,
+    ));
+    // Unchanged: carried over whole, with its keys and its cache of
+    // verified tokens.
+    if let Some(prev) = previous.filter(|prev| prev.definition == definition) {
+        return Some(Arc::clone(prev));
+    }
     let audiences: Vec<String> = p.audiences.iter().map(|a| a.as_str().to_owned()).collect();
     let rules = Rules::new(issuer, &audiences, algorithms, p.leeway.0);
-    Some(Provider::new(
+    Some(Arc::new(Provider::new(
         name,
         keys,
         rules,
@@ -339,8 +352,9 @@ fn provider(
             forward_token: p.forward_token,
             cache_entries: p.cache.max_entries,
             cache_ttl: p.cache.max_ttl.0,
+            definition,
         },
-    ))
+    )))
 }
 
 /// A route's `auth` policy.

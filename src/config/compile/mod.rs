@@ -71,7 +71,8 @@ pub fn compile(
     let upstreams = upstreams(&spec, previous, base, &mut errs);
     let (providers, mut files_hash) = auth::providers(&spec, previous, base, &mut errs);
     let admin_token = admin::token(&spec, base, &mut errs, &mut files_hash);
-    let tls = tls::tls(&spec, base, &mut errs, &mut files_hash);
+    let mut certificates = std::collections::BTreeMap::new();
+    let tls = tls::tls(&spec, base, &mut errs, &mut files_hash, &mut certificates);
     let (redirect_https, hsts) = tls::https_policy(&spec, &mut errs);
     let settings = ServerSettings {
         redirect_https,
@@ -182,6 +183,7 @@ pub fn compile(
         redis,
         tls,
         tracer,
+        certificates,
         cache: cache_store,
         settings,
         unrouted_metrics: RouteMetrics::new(""),

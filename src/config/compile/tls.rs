@@ -3,6 +3,7 @@
 //! built. The files' bytes are part of the config version, so replacing a
 //! certificate is a change even when the YAML is not.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use rustls::ServerConfig;
 
 use super::Errors;
+use crate::config::Definition;
 use crate::config::spec::Spec;
 use crate::tls::{self, SniResolver};
 
@@ -18,6 +20,7 @@ pub(super) fn tls(
     base: &Path,
     errs: &mut Errors,
     files_hash: &mut u64,
+    certificates: &mut BTreeMap<String, Definition>,
 ) -> Option<Arc<ServerConfig>> {
     let s = &spec.server;
     for (i, a) in s.tls_listen.iter().enumerate() {
@@ -94,6 +97,15 @@ pub(super) fn tls(
         };
         *files_hash ^=
             crate::hash::hash64(&cert).rotate_left(11) ^ crate::hash::hash64(&key).rotate_left(23);
+        // A certificate is changed when its files' bytes or its hosts are.
+        certificates.insert(
+            c.cert.as_str().to_owned(),
+            Definition::of(&(
+                crate::hash::hash64(&cert),
+                crate::hash::hash64(&key),
+                &c.hosts,
+            )),
+        );
         let hosts: Vec<String> = c.hosts.iter().map(|h| h.as_str().to_owned()).collect();
         match tls::load(c.cert.as_str(), &cert, &key, &hosts) {
             Ok(l) if l.hosts.is_empty() => errs.push(
