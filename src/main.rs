@@ -1,4 +1,5 @@
-//! The `tollgate` command line: run, validate, explain, diff, healthcheck.
+//! The `tollgate` command line: run, validate, explain, diff, schema,
+//! healthcheck.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -62,6 +63,9 @@ enum Command {
         #[arg(long)]
         admin: Option<String>,
     },
+    /// Print the config's JSON Schema (for editors: the example configs
+    /// point at config/tollgate.schema.json).
+    Schema,
     /// Show which route a request would take and why.
     Explain {
         /// Method, e.g. GET.
@@ -305,6 +309,7 @@ fn main() -> ExitCode {
         Some(Command::Validate) => validate(&cli),
         Some(Command::Explain { method, url }) => explain(&cli, method, url),
         Some(Command::Diff { old, new, json }) => diff(old, new, *json),
+        Some(Command::Schema) => answer(&config::schema()),
         Some(Command::Healthcheck { admin }) => healthcheck(&cli, admin.as_deref()),
         Some(Command::Run) | None => {
             init_logs(&cli);

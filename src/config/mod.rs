@@ -44,6 +44,18 @@ impl Definition {
     }
 }
 
+/// The config's JSON Schema (draft 2020-12), derived from the spec types:
+/// their doc comments are the descriptions, their serde defaults the
+/// defaults.
+pub fn schema() -> String {
+    let mut schema = schemars::schema_for!(Spec);
+    schema.insert(
+        "title".to_owned(),
+        serde_json::Value::from("Tollgate configuration"),
+    );
+    serde_json::to_string_pretty(&schema).unwrap_or_default()
+}
+
 /// Largest config file read: hand-written configs are far smaller, and a
 /// bound here keeps a wrong or hostile file from exhausting memory.
 pub const MAX_CONFIG_BYTES: usize = 4 << 20;

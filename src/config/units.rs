@@ -57,8 +57,22 @@ impl<'de> Deserialize<'de> for DurationSpec {
 }
 
 impl Serialize for DurationSpec {
+    /// In the largest unit that writes it whole: `90s`, `5m`, `250ms`.
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format!("{}ms", self.0.as_millis()))
+        let ms = self.0.as_millis();
+        let text = [
+            (86_400_000, "d"),
+            (3_600_000, "h"),
+            (60_000, "m"),
+            (1000, "s"),
+        ]
+        .into_iter()
+        .find(|(unit, _)| ms > 0 && ms.is_multiple_of(*unit))
+        .map_or_else(
+            || format!("{ms}ms"),
+            |(unit, name)| format!("{}{name}", ms / unit),
+        );
+        s.serialize_str(&text)
     }
 }
 
@@ -252,9 +266,82 @@ impl Serialize for Str {
     }
 }
 
+/// JSON Schema forms of the scalar types, for `tollgate schema`: what the
+/// parser accepts, so editors complete and check the same thing.
+mod schema {
+    use std::borrow::Cow;
+
+    use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+
+    use super::{ByteSize, DurationSpec, Str};
+
+    impl JsonSchema for DurationSpec {
+        fn schema_name() -> Cow<'static, str> {
+            "Duration".into()
+        }
+
+        fn json_schema(_: &mut SchemaGenerator) -> Schema {
+            json_schema!({
+                "description": "A duration with a unit: ms, s, m, h, d or y (365 days), such as `250ms`, `1.5s`, `2m`; `0` alone is zero.",
+                "anyOf": [
+                    { "type": "string", "pattern": "^\\s*([0-9]+(\\.[0-9]+)?(ms|s|m|h|d|y)|0)\\s*$" },
+                    { "const": 0 }
+                ]
+            })
+        }
+    }
+
+    impl JsonSchema for ByteSize {
+        fn schema_name() -> Cow<'static, str> {
+            "ByteSize".into()
+        }
+
+        fn json_schema(_: &mut SchemaGenerator) -> Schema {
+            json_schema!({
+                "description": "A number of bytes, or with a unit: B, KiB, MiB, GiB (powers of 1024) or KB, MB, GB (powers of 1000), such as `64KiB`.",
+                "anyOf": [
+                    { "type": "integer", "minimum": 0 },
+                    { "type": "string", "pattern": "^\\s*[0-9]+\\s*(B|KiB|MiB|GiB|KB|MB|GB)?\\s*$" }
+                ]
+            })
+        }
+    }
+
+    impl JsonSchema for Str {
+        fn schema_name() -> Cow<'static, str> {
+            "Text".into()
+        }
+
+        fn json_schema(_: &mut SchemaGenerator) -> Schema {
+            json_schema!({
+                "description": "Text; `${NAME}` is replaced by the environment variable NAME (`$${` is a literal `${`).",
+                "type": ["string", "number", "boolean"]
+            })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_are_written_in_the_largest_whole_unit_and_read_back() {
+        for (ms, text) in [
+            (0, "0ms"),
+            (250, "250ms"),
+            (1500, "1500ms"),
+            (90_000, "90s"),
+            (300_000, "5m"),
+            (7_200_000, "2h"),
+            (86_400_000, "1d"),
+        ] {
+            let d = DurationSpec(Duration::from_millis(ms));
+            let json = serde_json::to_string(&d).unwrap();
+            assert_eq!(json, format!("\"{text}\""));
+            assert_eq!(parse_duration(text).unwrap(), d.0);
+        }
+    }
 
     #[test]
     fn values_from_the_environment_are_shown_redacted() {

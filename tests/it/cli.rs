@@ -282,3 +282,32 @@ async fn healthcheck_exits_zero_only_when_the_gateway_is_ready() {
     let (code, _, stderr) = tollgate(&["healthcheck", "-c", &file]);
     assert_eq!(code, 0, "{stderr}");
 }
+
+#[test]
+fn the_committed_schema_is_the_one_the_binary_prints() {
+    let (code, out, err) = tollgate(&["schema"]);
+    assert_eq!(code, 0, "{err}");
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/tollgate.schema.json"
+    ))
+    .unwrap();
+    assert!(
+        out.trim_end() == committed.trim_end(),
+        "config/tollgate.schema.json is stale: run `cargo run -- schema > config/tollgate.schema.json`"
+    );
+    let schema: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // Descriptions come from the doc comments, defaults from serde.
+    let grace = &schema["$defs"]["ServerSpec"]["properties"]["shutdown_grace"];
+    assert_eq!(grace["default"], "30s", "{grace}");
+    assert!(
+        grace["description"]
+            .as_str()
+            .unwrap()
+            .contains("in-flight requests")
+    );
+    assert_eq!(
+        schema["additionalProperties"], false,
+        "unknown keys are errors"
+    );
+}

@@ -3,13 +3,14 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::yes;
 use crate::config::units::{ByteSize, DurationSpec, Str};
 
 /// `auth:`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSpec {
     /// Token issuers by name.
@@ -18,7 +19,7 @@ pub struct AuthSpec {
 }
 
 /// `auth.providers.NAME`: one token issuer, its keys and its rules.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderSpec {
     /// Required exact value of `iss` (a single string). Required with `discovery`.
@@ -105,7 +106,7 @@ fn default_max_token_bytes() -> ByteSize {
 }
 
 /// `auth.providers.NAME.cache`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TokenCacheSpec {
     /// Most verified tokens kept (0 turns the cache off). Default `100000`.
@@ -124,7 +125,7 @@ impl Default for TokenCacheSpec {
 }
 
 /// A secret string: read like `Str` (with `${ENV}`), never shown.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(transparent)]
 pub struct Secret(pub Str);
 
@@ -148,7 +149,7 @@ impl Serialize for Secret {
 }
 
 /// `routes[i].auth`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteAuthSpec {
     /// Provider name from `auth.providers`.

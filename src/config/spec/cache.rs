@@ -1,11 +1,12 @@
 //! `cache:` (the shared store) and `routes[i].cache`.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::config::units::{ByteSize, DurationSpec};
 
 /// `cache:`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheSpec {
     /// Total weight of stored bodies and headers. Default `256MiB`.
@@ -24,7 +25,7 @@ impl Default for CacheSpec {
 }
 
 /// `routes[i].cache`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteCacheSpec {
     /// Freshness when the upstream gives none (200, 203, 204, 300, 301, 308 only).

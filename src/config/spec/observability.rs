@@ -3,13 +3,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::Secret;
 use crate::config::units::{DurationSpec, Str};
 
 /// `observability:`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ObservabilitySpec {
     /// OpenTelemetry traces over OTLP. Absent: no tracing (the default),
@@ -19,7 +20,7 @@ pub struct ObservabilitySpec {
 }
 
 /// `observability.tracing`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TracingSpec {
     /// The collector: `http://host:4317` for `grpc`; for `http`, a URL
@@ -61,7 +62,7 @@ pub struct TracingSpec {
 }
 
 /// How spans are sent.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OtlpProtocol {
     /// OTLP/gRPC (`TraceService/Export`), port 4317 by convention.

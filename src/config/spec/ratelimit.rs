@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::de::Deserializer;
 use serde::{Deserialize, Serialize};
 
@@ -9,7 +10,7 @@ use super::{Secret, yes};
 use crate::config::units::{DurationSpec, Str};
 
 /// `redis:`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSpec {
     /// `redis://host:port/db` (password in the URL, `${ENV}` allowed).
@@ -33,7 +34,7 @@ fn default_redis_timeout() -> DurationSpec {
 }
 
 /// `redis.on_error`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnErrorSpec {
     /// Fall back to the local limiter.
@@ -46,7 +47,7 @@ pub enum OnErrorSpec {
 }
 
 /// `rate_limits.NAME`: a token bucket per key.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSpec {
     /// What a bucket is kept per: `tenant`, `client_ip` (IPv6 by /64), `header:NAME`, `claim:NAME`, `route`, or a list of these.
@@ -87,7 +88,7 @@ pub struct KeySpec(pub Vec<String>);
 
 impl<'de> Deserialize<'de> for KeySpec {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
+        #[derive(Deserialize, JsonSchema)]
         #[serde(untagged)]
         enum Raw {
             One(String),
@@ -100,8 +101,24 @@ impl<'de> Deserialize<'de> for KeySpec {
     }
 }
 
+impl JsonSchema for KeySpec {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "RateLimitKey".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "One key part or a list: client_ip, tenant, route, header:NAME, claim:NAME.",
+            "anyOf": [
+                { "type": "string" },
+                { "type": "array", "items": { "type": "string" } }
+            ]
+        })
+    }
+}
+
 /// `rate_limits.NAME.mode`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RateModeSpec {
     /// Reject over the limit (429).
@@ -112,7 +129,7 @@ pub enum RateModeSpec {
 }
 
 /// `rate_limits.NAME.scope`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ScopeSpec {
     /// Buckets in this process.
@@ -123,7 +140,7 @@ pub enum ScopeSpec {
 }
 
 /// `rate_limits.NAME.missing_key`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MissingKeySpec {
     /// 401 on routes with auth, else 429.
@@ -136,7 +153,7 @@ pub enum MissingKeySpec {
 }
 
 /// `rate_limits.NAME.overrides.VALUE`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateOverrideSpec {
     /// `N/s`, `N/min` or `N/h`.

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use schemars::JsonSchema;
 use serde::de::{self, Deserializer, MapAccess, Visitor, value::MapAccessDeserializer};
 use serde::{Deserialize, Serialize};
 
@@ -11,7 +12,7 @@ use super::{RouteAuthSpec, RouteCacheSpec};
 use crate::config::units::{DurationSpec, Str};
 
 /// `routes[i]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteSpec {
     /// Unique name; used in metrics labels and logs.
@@ -67,7 +68,7 @@ pub struct RouteSpec {
 }
 
 /// `routes[i].retry`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetrySpec {
     /// Retries after the first try. Default `2`.
@@ -104,7 +105,7 @@ impl Default for RetrySpec {
 }
 
 /// `routes[i].retry.backoff`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackoffSpec {
     /// First wait cap. Default `25ms`.
@@ -127,6 +128,41 @@ impl Default for BackoffSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
 pub struct RetryOnSpec(pub String);
+
+impl JsonSchema for RetryOnSpec {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "RetryOn".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "connect_error, reset, timeout, 5xx, or a status code.",
+            "anyOf": [
+                { "type": "string" },
+                { "type": "integer", "minimum": 100, "maximum": 599 }
+            ]
+        })
+    }
+}
+
+impl JsonSchema for ValueMatchSpec {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ValueMatch".into()
+    }
+
+    fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let text = g.subschema_for::<Str>();
+        schemars::json_schema!({
+            "description": "A value to match exactly, or one of { exact: ... }, { regex: ... }, { present: true|false }.",
+            "anyOf": [
+                text,
+                { "type": "object", "properties": { "exact": text }, "required": ["exact"], "additionalProperties": false },
+                { "type": "object", "properties": { "regex": text }, "required": ["regex"], "additionalProperties": false },
+                { "type": "object", "properties": { "present": { "type": "boolean" } }, "required": ["present"], "additionalProperties": false }
+            ]
+        })
+    }
+}
 
 impl<'de> Deserialize<'de> for RetryOnSpec {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -151,7 +187,7 @@ impl<'de> Deserialize<'de> for RetryOnSpec {
 }
 
 /// `routes[i].match`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MatchSpec {
     /// Host names: exact (`api.example.com`) or wildcard (`*.example.com`). Empty: any host.
@@ -189,7 +225,7 @@ pub enum ValueMatchSpec {
     Present(bool),
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ValueMatchMap {
     #[serde(default)]
@@ -237,7 +273,7 @@ impl<'de> Deserialize<'de> for ValueMatchSpec {
 }
 
 /// `routes[i].split[j]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SplitSpec {
     /// Upstream name.
@@ -247,7 +283,7 @@ pub struct SplitSpec {
 }
 
 /// `routes[i].respond`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RespondSpec {
     /// Status code. Default 200.
@@ -266,7 +302,7 @@ fn default_status() -> u16 {
 }
 
 /// `routes[i].redirect`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedirectSpec {
     /// Location to send the client to.
@@ -281,7 +317,7 @@ fn default_redirect() -> u16 {
 }
 
 /// `routes[i].rewrite_prefix`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RewritePrefixSpec {
     /// Prefix to replace (segment boundary).
@@ -291,7 +327,7 @@ pub struct RewritePrefixSpec {
 }
 
 /// `request_headers` / `response_headers`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderRulesSpec {
     /// Replace (or add) these headers.
@@ -306,7 +342,7 @@ pub struct HeaderRulesSpec {
 }
 
 /// `routes[i].timeouts`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct RouteTimeoutsSpec {
     /// A WebSocket (or other upgraded) tunnel of this route with no data in either direction for this long is closed. Default: `server.limits.tunnel_idle_timeout`.

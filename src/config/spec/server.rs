@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use schemars::JsonSchema;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
@@ -9,7 +10,7 @@ use super::{Secret, yes};
 use crate::config::units::{ByteSize, DurationSpec, Str};
 
 /// `server:`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSpec {
     /// Addresses the proxy listens on (HTTP/1.1 and h2c on each). Default `["0.0.0.0:8080"]`.
@@ -48,7 +49,7 @@ pub struct ServerSpec {
 }
 
 /// `server.tls`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSpec {
     /// `{ cert, key, hosts }`: PEM files; hosts default to the certificate's DNS names.
@@ -77,7 +78,7 @@ pub struct TlsSpec {
 }
 
 /// `server.tls.client_auth`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientAuthSpec {
     /// CA certificates (PEM) that client certificates must chain to.
@@ -88,7 +89,7 @@ pub struct ClientAuthSpec {
 }
 
 /// `server.tls.hsts`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HstsSpec {
     /// `max-age` (durations such as `1y`, `180d`).
@@ -106,7 +107,7 @@ fn default_alpn() -> Vec<String> {
 }
 
 /// `server.tls.certificates[i]`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateSpec {
     /// Certificate chain (PEM), leaf first.
@@ -148,7 +149,7 @@ impl ServerSpec {
 }
 
 /// `server.admin`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminSpec {
     /// Address of the admin listener (replaces `server.admin_listen`).
@@ -198,6 +199,22 @@ pub enum WorkersSpec {
     Count(usize),
 }
 
+impl JsonSchema for WorkersSpec {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Workers".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "`auto` (one worker thread per core) or a number of threads from 1 to 1024.",
+            "anyOf": [
+                { "const": "auto" },
+                { "type": "integer", "minimum": 1, "maximum": 1024 }
+            ]
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for WorkersSpec {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -239,7 +256,7 @@ impl Serialize for WorkersSpec {
 }
 
 /// `server.limits`: every protection an edge proxy needs, set explicitly.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsSpec {
     /// Largest request head (request line + headers). Larger: 431. Default `64KiB`.
@@ -295,7 +312,7 @@ impl Default for LimitsSpec {
 }
 
 /// What to do with request header names that contain `_`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UnderscorePolicy {
     /// Remove such headers before routing and forwarding.
@@ -307,7 +324,7 @@ pub enum UnderscorePolicy {
 }
 
 /// What to do with `%2F` and `%5C` in request paths.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EscapedSlashPolicy {
     /// Keep them encoded; they never split path segments.
@@ -317,7 +334,7 @@ pub enum EscapedSlashPolicy {
 }
 
 /// `server.access_log`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AccessLogSpec {
     /// One JSON line per request on stdout. Default `true`.

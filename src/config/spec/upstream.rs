@@ -3,13 +3,14 @@
 
 use std::fmt;
 
+use schemars::JsonSchema;
 use serde::de::{self, Deserializer, MapAccess, Visitor, value::MapAccessDeserializer};
 use serde::{Deserialize, Serialize};
 
 use crate::config::units::{DurationSpec, Str};
 
 /// `upstreams.NAME`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSpec {
     /// `http://host:port` URLs, or `{ url, weight }`.
@@ -44,7 +45,7 @@ pub struct UpstreamSpec {
 }
 
 /// `upstreams.NAME.tls`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTlsSpec {
     /// CA certificates (PEM) to verify the upstream with; default: the webpki roots.
@@ -62,7 +63,7 @@ pub struct UpstreamTlsSpec {
 }
 
 /// `upstreams.NAME.tls.client_cert`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientCertSpec {
     /// Certificate chain (PEM).
@@ -72,7 +73,7 @@ pub struct ClientCertSpec {
 }
 
 /// `upstreams.NAME.limits`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamLimitsSpec {
     /// Most open HTTP/1.1 connections to the upstream (all endpoints). Default `1024`.
@@ -91,7 +92,7 @@ impl Default for UpstreamLimitsSpec {
 }
 
 /// `upstreams.NAME.health_check`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthCheckSpec {
     /// Path requested (GET). Default `/health`.
@@ -123,7 +124,7 @@ impl Default for HealthCheckSpec {
 }
 
 /// `upstreams.NAME.circuit_breaker`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BreakerSpec {
     /// Open after this many failures in a row (0: off). Default `5`.
@@ -166,7 +167,7 @@ impl Default for BreakerSpec {
 }
 
 /// An upstream outcome a breaker counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema, Serialize)]
 pub enum FailureKindSpec {
     /// No connection.
     #[serde(rename = "connect_error")]
@@ -195,7 +196,7 @@ pub struct EndpointSpec {
     pub weight: u32,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct EndpointMap {
     url: Str,
@@ -205,6 +206,31 @@ struct EndpointMap {
 
 fn one() -> u32 {
     1
+}
+
+impl JsonSchema for EndpointSpec {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Endpoint".into()
+    }
+
+    fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let text = g.subschema_for::<Str>();
+        schemars::json_schema!({
+            "description": "An endpoint URL (`http://host:port`, `https://host:port`), or { url, weight }.",
+            "anyOf": [
+                text,
+                {
+                    "type": "object",
+                    "properties": {
+                        "url": text,
+                        "weight": { "type": "integer", "minimum": 0, "default": 1 }
+                    },
+                    "required": ["url"],
+                    "additionalProperties": false
+                }
+            ]
+        })
+    }
 }
 
 impl<'de> Deserialize<'de> for EndpointSpec {
@@ -232,7 +258,7 @@ impl<'de> Deserialize<'de> for EndpointSpec {
 }
 
 /// Load-balancing algorithm.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BalancerSpec {
     /// Smooth weighted round robin (as NGINX).
@@ -247,7 +273,7 @@ pub enum BalancerSpec {
 }
 
 /// Upstream wire protocol.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProtocolSpec {
     /// HTTP/1.1 with a keep-alive pool.
@@ -260,7 +286,7 @@ pub enum ProtocolSpec {
 }
 
 /// `upstreams.NAME.pool`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolSpec {
     /// Most idle keep-alive connections kept per endpoint. Default `256`.
