@@ -104,7 +104,7 @@ def arguments(doc, duration, extra=None):
     ap.add_argument("--duration", type=int, default=duration)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--conns", type=int, default=64)
-    ap.add_argument("--no-build", action="store_true", help="use the existing target/release/tollgate")
+    ap.add_argument("--no-build", action="store_true", help="use the existing target/dist/tollgate")
     if extra:
         extra(ap)
     return ap.parse_args()
@@ -115,7 +115,7 @@ def prepare(prefix, build):
     that is stopped on SIGINT / SIGTERM. Returns (nginx, tollgate, work, procs)."""
     ensure_tools(build)
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    tollgate = os.path.join(ROOT, "target/release/tollgate")
+    tollgate = os.path.join(ROOT, "target/dist/tollgate")
     work = tempfile.mkdtemp(prefix=prefix)
     os.chmod(work, 0o755)
     procs = Procs()
@@ -214,7 +214,7 @@ def ensure_tools(build):
         subprocess.run(["apt-get", "install", "-y", "-qq", "nginx-light", "wrk", "util-linux"], check=True)
     if build:
         log("building the release binary")
-        subprocess.run(["cargo", "build", "--release", "--bin", "tollgate"], cwd=ROOT, check=True)
+        subprocess.run(["cargo", "build", "--profile", "dist", "--bin", "tollgate"], cwd=ROOT, check=True)
 
 
 

@@ -4,7 +4,7 @@
 #   gateway.sh PORT UPSTREAM_HOST:PORT WORKDIR [BIN]
 set -euo pipefail
 port=$1 upstream=$2 workdir=$3
-bin=${4:-$(dirname "$0")/../target/release/tollgate}
+bin=${4:-$(dirname "$0")/../target/dist/tollgate}
 cat > "$workdir/tollgate.yaml" <<YAML
 server:
   listen: ["127.0.0.1:$port"]

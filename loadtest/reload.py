@@ -67,7 +67,7 @@ def main():
         procs.start("upstream", [nginx, "-c", f"{work}/upstream.conf"], 1, f"{work}/upstream.log")
         wait_ready(UP_PORT)
         write_config(config, extra=False)
-        procs.start("tollgate", [os.path.join(ROOT, "target/release/tollgate"), "run", "-c", config, "--log-level", "warn"],
+        procs.start("tollgate", [os.path.join(ROOT, "target/dist/tollgate"), "run", "-c", config, "--log-level", "warn"],
                     0, f"{work}/tollgate.log")
         wait_ready(PORT)
         seconds = 1.0 + args.reloads * args.interval + 1.0

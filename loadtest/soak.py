@@ -317,7 +317,7 @@ def main():
         wait_ready(UP_PORT)
         threading.Thread(target=ws_echo_server, args=(stop,), daemon=True).start()
         write_config(config, 0)
-        gw = subprocess.Popen([os.path.join(ROOT, "target/release/tollgate"), "run", "-c", config,
+        gw = subprocess.Popen([os.path.join(ROOT, "target/dist/tollgate"), "run", "-c", config,
                                "--log-level", "warn"], stdout=subprocess.DEVNULL,
                               stderr=open(f"{work}/tollgate.log", "wb"), start_new_session=True)
         procs.procs["tollgate"] = gw

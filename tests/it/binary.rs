@@ -394,6 +394,14 @@ async fn the_image_config_starts_from_the_files_the_image_holds() {
     let admin = gw.admin;
     let g = get(&client(), &format!("http://{admin}/healthz")).await;
     assert_eq!(g.status, 200);
+    // The image's health check is the binary's own (no curl in the image).
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    assert!(
+        dockerfile.contains(r#"CMD ["/usr/local/bin/tollgate", "healthcheck""#),
+        "HEALTHCHECK runs tollgate healthcheck"
+    );
+    let (code, _, err) = tollgate_cli(&["healthcheck", "--admin", &admin.to_string()]);
+    assert_eq!(code, 0, "{err}");
     gw.shutdown().await;
 }
 
