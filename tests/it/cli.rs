@@ -311,3 +311,38 @@ fn the_committed_schema_is_the_one_the_binary_prints() {
         "unknown keys are errors"
     );
 }
+
+/// Every config the docs show (config/examples/, the migration guides' and
+/// the first config) and the Kubernetes base's config validate, and carry
+/// the schema modeline.
+#[test]
+fn every_example_config_validates() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(root.join("config/examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 3, "{files:?}");
+    files.push(root.join("deploy/kubernetes/tollgate.yaml"));
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        assert!(
+            text.starts_with("# yaml-language-server: $schema="),
+            "{}: no schema modeline",
+            f.display()
+        );
+        let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(["validate", "-c", f.to_str().unwrap()])
+            .env("TOLLGATE_ADMIN_TOKEN", "a-token-of-at-least-16-bytes")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            f.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -2,7 +2,8 @@
 //!
 //! Every struct denies unknown keys. Nothing here is used on the request
 //! path; `compile` turns a validated `Spec` into runtime types. The doc
-//! comment on each field is the config reference (README "Configuration").
+//! comment on each field is its description in the JSON Schema and in the
+//! configuration reference (docs/src/reference.md).
 //! One file per concern, as in `compile/`.
 
 use std::collections::BTreeMap;
@@ -36,7 +37,7 @@ pub struct Spec {
     /// Named groups of backend endpoints.
     #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamSpec>,
-    /// Routes, in declared order (order breaks ties, see README "Routing").
+    /// Routes, in declared order (order breaks ties; see the Routing chapter).
     #[serde(default)]
     pub routes: Vec<RouteSpec>,
     /// JWT providers that routes name in `auth`.
