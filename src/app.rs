@@ -178,6 +178,12 @@ impl Gateway {
             admin_rx,
         ));
         tokio::spawn(sweep(Arc::clone(&live), rx));
+        // Cache purges and invalidations shared with the other replicas
+        // (while the config has `redis:` and `cache:`).
+        tokio::spawn(crate::cache::fleet::run(
+            Arc::clone(&live),
+            shutdown.subscribe(),
+        ));
         let watcher = if opts.watch_file {
             Some(reloader.watch(&start.certificate_dirs)?)
         } else {

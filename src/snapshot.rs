@@ -52,6 +52,9 @@ pub struct Snapshot {
     pub certificates: BTreeMap<String, crate::config::Definition>,
     /// Distributed tracing (`observability.tracing`).
     pub tracer: Option<Arc<crate::observability::trace::Tracer>>,
+    /// `cache.broadcast_invalidation` (with `redis:`): unsafe requests'
+    /// invalidations go to every replica.
+    pub broadcast_invalidation: Option<Arc<crate::ratelimit::global::Redis>>,
     /// The response cache's store.
     pub cache: Option<Arc<crate::cache::store::Store>>,
     /// Request-path settings from `server`.
@@ -123,6 +126,13 @@ impl Snapshot {
                 for result in ["success", "failure"] {
                     m.health_checks
                         .with_label_values(&[up.name.as_str(), ep.id.as_str(), result]);
+                }
+            }
+        }
+        if self.redis.is_some() && self.cache.is_some() {
+            for event in ["purge", "invalidate"] {
+                for direction in ["sent", "received"] {
+                    m.cache_fleet_events.with_label_values(&[event, direction]);
                 }
             }
         }

@@ -251,10 +251,10 @@ async fn handle(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byt
                     );
                 }
             };
-            let purged = match (purge.all, purge.route) {
+            let purged = match (purge.all, &purge.route) {
                 (true, None) => store.purge(None),
                 (false, Some(route)) => {
-                    store.purge(Some((&route, purge.prefix.as_deref().unwrap_or(""))))
+                    store.purge(Some((route, purge.prefix.as_deref().unwrap_or(""))))
                 }
                 _ => {
                     return json_reply(
@@ -263,7 +263,23 @@ async fn handle(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byt
                     );
                 }
             };
-            json_reply(StatusCode::OK, &json!({ "purged": purged }))
+            // Replicas sharing the Redis purge too, and say what they removed.
+            let Some(redis) = snap.redis.clone() else {
+                return json_reply(StatusCode::OK, &json!({ "purged": purged }));
+            };
+            let what = crate::cache::fleet::What::Purge {
+                route: purge.route,
+                prefix: purge.prefix,
+            };
+            let spread = crate::cache::fleet::purge(&redis, what).await;
+            json_reply(
+                StatusCode::OK,
+                &json!({
+                    "purged": purged,
+                    "replica": crate::cache::fleet::replica(),
+                    "fleet": spread,
+                }),
+            )
         }
         (&Method::GET, "/cache/stats") => {
             let snap = state.live.load_full();

@@ -15,10 +15,12 @@
 //! Modules: `policy` (RFC 9111 storage and freshness), `validate`
 //! (conditional requests, 304 updates, invalidation targets), `vary`
 //! (variants), `key` (a route's cache and its keys), `store` (moka),
-//! `coalesce` (one origin request per key). The request's side, one
+//! `coalesce` (one origin request per key), `fleet` (purges and
+//! invalidations shared by the replicas through Redis). The request's side, one
 //! object per request, is `crate::proxy::cache`.
 
 pub mod coalesce;
+pub mod fleet;
 pub mod key;
 pub mod policy;
 pub mod store;

@@ -47,6 +47,10 @@ pub struct Metrics {
     pub config_info: IntGaugeVec,
     /// `tollgate_access_log_dropped_total`.
     pub access_log_dropped: IntCounter,
+    /// `tollgate_cache_fleet_events_total{event,direction}`.
+    pub cache_fleet_events: IntCounterVec,
+    /// `tollgate_cache_fleet_subscribed`.
+    pub cache_fleet_subscribed: IntGauge,
     /// `tollgate_trace_spans_exported_total`.
     pub trace_spans_exported: IntCounter,
     /// `tollgate_trace_spans_dropped_total{reason}`.
@@ -243,6 +247,15 @@ impl Metrics {
             access_log_dropped: plain_counter(
                 "tollgate_access_log_dropped_total",
                 "Access log lines dropped because the writer fell behind.",
+            ),
+            cache_fleet_events: counter(
+                "tollgate_cache_fleet_events_total",
+                "Cache events exchanged with the other replicas through Redis, by event (purge, invalidate) and direction (sent, received).",
+                &["event", "direction"],
+            ),
+            cache_fleet_subscribed: gauge(
+                "tollgate_cache_fleet_subscribed",
+                "1 while this replica is subscribed to the fleet's cache events in Redis.",
             ),
             trace_spans_exported: plain_counter(
                 "tollgate_trace_spans_exported_total",

@@ -336,6 +336,7 @@ impl RequestCache {
         &mut self,
         rc: Option<&RouteCache>,
         resp: &Response<ResponseBody>,
+        fleet: Option<&Arc<crate::ratelimit::global::Redis>>,
     ) {
         let (Some(rc), Some((host, pq))) = (rc, self.unsafe_url.take()) else {
             return;
@@ -343,7 +344,14 @@ impl RequestCache {
         if !(resp.status().is_success() || resp.status().is_redirection()) {
             return;
         }
-        rc.store.invalidate_url(&rc.route, &host, &pq);
+        let void = |target: &str| {
+            rc.store.invalidate_url(&rc.route, &host, target);
+            // The other replicas too (`cache.broadcast_invalidation`).
+            if let Some(redis) = fleet {
+                crate::cache::fleet::invalidate(redis, &rc.route, &host, target);
+            }
+        };
+        void(&pq);
         for name in [http::header::LOCATION, http::header::CONTENT_LOCATION] {
             if let Some(target) = resp
                 .headers()
@@ -351,7 +359,7 @@ impl RequestCache {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| same_host_path(v, &host))
             {
-                rc.store.invalidate_url(&rc.route, &host, &target);
+                void(&target);
             }
         }
     }

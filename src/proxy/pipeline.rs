@@ -164,7 +164,11 @@ async fn run(
     let head_only = req.method() == Method::HEAD;
     match forward(req, ctx, &route, upstream, host, normalized.as_deref()).await {
         Ok(resp) => {
-            ctx.cache.invalidate_after(route.cache.as_ref(), &resp);
+            ctx.cache.invalidate_after(
+                route.cache.as_ref(),
+                &resp,
+                snapshot.broadcast_invalidation.as_ref(),
+            );
             Ok(resp)
         }
         // stale-if-error: a failing upstream (connect error, reset,

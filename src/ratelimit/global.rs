@@ -202,6 +202,36 @@ impl Redis {
         }
     }
 
+    /// Publishes `payload` on `channel` within the call timeout; the number
+    /// of subscribers that received it.
+    pub async fn publish(&self, channel: &str, payload: &str) -> Result<usize, String> {
+        let Some(conns) = self.conns.load_full() else {
+            return Err("not connected to Redis".to_owned());
+        };
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % conns.len().max(1);
+        let Some(mut conn) = conns.get(i).cloned() else {
+            return Err("not connected to Redis".to_owned());
+        };
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(channel).arg(payload);
+        match tokio::time::timeout(self.settings.timeout, cmd.query_async::<i64>(&mut conn)).await {
+            Ok(Ok(n)) => Ok(usize::try_from(n).unwrap_or(0)),
+            Ok(Err(e)) => Err(redact::url(&e.to_string())),
+            Err(_) => Err("Redis did not answer in time".to_owned()),
+        }
+    }
+
+    /// A connection of its own for subscriptions, made within the call
+    /// timeout (at least 200 ms).
+    pub async fn pubsub(&self) -> Result<redis::aio::PubSub, String> {
+        let wait = self.settings.timeout.max(Duration::from_millis(200));
+        match tokio::time::timeout(wait, self.client.get_async_pubsub()).await {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(e)) => Err(redact::url(&e.to_string())),
+            Err(_) => Err("Redis did not answer in time".to_owned()),
+        }
+    }
+
     /// Logs a Redis problem, at most once a second.
     fn log_error(&self, error: &str) {
         let now = self.epoch.elapsed().as_secs() + 1;

@@ -18,6 +18,7 @@ mod cli;
 mod deploy;
 mod edge;
 mod errors;
+mod fleet;
 mod grpc;
 mod hostile;
 mod proxying;

@@ -83,6 +83,17 @@ pub fn compile(
     let redis = ratelimit::redis(&spec, previous, &mut errs);
     let cache_store = cache_store(&spec, previous, &mut errs);
     let rate_limits = ratelimit::policies(&spec, previous, redis.as_ref(), &mut errs);
+    let broadcast = spec
+        .cache
+        .as_ref()
+        .is_some_and(|c| c.broadcast_invalidation);
+    if broadcast && spec.redis.is_none() {
+        errs.push(
+            "cache.broadcast_invalidation",
+            "needs `redis:`: the replicas reach each other through it",
+        );
+    }
+    let broadcast_invalidation = redis.clone().filter(|_| broadcast);
     let version = if files_hash == 0 {
         version
     } else {
@@ -184,6 +195,7 @@ pub fn compile(
         tls,
         tracer,
         certificates,
+        broadcast_invalidation,
         cache: cache_store,
         settings,
         unrouted_metrics: RouteMetrics::new(""),

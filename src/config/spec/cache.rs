@@ -13,6 +13,11 @@ pub struct CacheSpec {
     pub max_size: ByteSize,
     /// Larger responses stream through uncached. Default `1MiB`.
     pub max_object_size: ByteSize,
+    /// With `redis:`, an unsafe request's invalidation (a successful POST,
+    /// PUT, PATCH or DELETE voids what is stored for its URL) reaches
+    /// every replica sharing the Redis, not only this one. Purges always
+    /// do. Default `false`.
+    pub broadcast_invalidation: bool,
 }
 
 impl Default for CacheSpec {
@@ -20,6 +25,7 @@ impl Default for CacheSpec {
         Self {
             max_size: ByteSize(256 << 20),
             max_object_size: ByteSize(1 << 20),
+            broadcast_invalidation: false,
         }
     }
 }
