@@ -247,17 +247,22 @@ pub fn invalidate(redis: &Arc<Redis>, route: &str, host: &str, target: &str) {
 pub async fn run(live: SharedSnapshot, mut stop: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let snap = live.load_full();
-        let redis = match (&snap.redis, &snap.cache) {
-            (Some(r), Some(_)) => Arc::clone(r),
-            _ => {
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    _ = stop.changed() => return,
-                }
+        // Only the Redis handle is kept: holding the snapshot across a wait
+        // would keep a replaced config (its upstreams' health checks, its
+        // pools) alive.
+        let redis = {
+            let snap = live.load();
+            match (&snap.redis, &snap.cache) {
+                (Some(r), Some(_)) => Some(Arc::clone(r)),
+                _ => None,
             }
         };
-        drop(snap);
+        let Some(redis) = redis else {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                _ = stop.changed() => return,
+            }
+        };
         let connected = match redis.pubsub().await {
             Ok(mut s) => s
                 .subscribe(CHANNEL)
