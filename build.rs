@@ -1,6 +1,7 @@
 //! Build script: tells the tests whether they can start a real
-//! `redis-server` (cfg `tollgate_redis`) and a real `prometheus` (cfg
-//! `tollgate_prometheus`).
+//! `redis-server` (cfg `tollgate_redis`), a real `prometheus` (cfg
+//! `tollgate_prometheus`) and a headless `chromium` (cfg
+//! `tollgate_chromium`, for the admin dashboard).
 //!
 //! Tests that need one are marked `ignore` with the reason when it is not
 //! installed, so `cargo test` says so in its summary instead of passing
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(tollgate_redis)");
     println!("cargo::rustc-check-cfg=cfg(tollgate_prometheus)");
+    println!("cargo::rustc-check-cfg=cfg(tollgate_chromium)");
     println!("cargo::rerun-if-env-changed=PATH");
     let path = std::env::var_os("PATH").unwrap_or_default();
     let dirs: Vec<PathBuf> = std::env::split_paths(&path)
@@ -26,6 +28,7 @@ fn main() {
             "TOLLGATE_REQUIRE_PROMETHEUS",
             "tollgate_prometheus",
         ),
+        ("chromium", "TOLLGATE_REQUIRE_CHROMIUM", "tollgate_chromium"),
     ] {
         println!("cargo::rerun-if-env-changed={required}");
         let found = dirs.iter().map(|d| d.join(program)).find(|c| c.is_file());

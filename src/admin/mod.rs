@@ -98,8 +98,6 @@ fn is_open(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz" | "/metrics")
 }
 
-/// True when the request carries the admin token (compared in constant
-/// time), or no token is configured.
 /// `?dry_run=true` (or `1`) on `POST /reload`.
 fn dry_run(query: Option<&str>) -> bool {
     query.is_some_and(|q| {
@@ -108,7 +106,12 @@ fn dry_run(query: Option<&str>) -> bool {
     })
 }
 
+/// True when the request carries the admin token (compared in constant
+/// time), or no token is configured. The token comes as a bearer token,
+/// or as the password of HTTP Basic credentials (any user name): what a
+/// browser sends for the `/ui` page and the page's own requests.
 fn authorized(req: &Request<Incoming>, token: Option<&[u8]>) -> bool {
+    use base64::Engine;
     let Some(token) = token else {
         return true;
     };
@@ -117,8 +120,20 @@ fn authorized(req: &Request<Incoming>, token: Option<&[u8]>) -> bool {
         return false;
     };
     let v = v.as_bytes();
-    let sent = match v.get(..7) {
-        Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => &v[7..],
+    let decoded;
+    let sent = match v.get(..6) {
+        Some(s) if s.eq_ignore_ascii_case(b"bearer") && v.get(6) == Some(&b' ') => &v[7..],
+        Some(s) if s.eq_ignore_ascii_case(b"basic ") => {
+            let Ok(d) = base64::engine::general_purpose::STANDARD.decode(v[6..].trim_ascii())
+            else {
+                return false;
+            };
+            decoded = d;
+            match decoded.iter().position(|b| *b == b':') {
+                Some(i) => &decoded[i + 1..],
+                None => return false,
+            }
+        }
         _ => return false,
     };
     aws_lc_rs::constant_time::verify_slices_are_equal(sent, token).is_ok()
@@ -138,6 +153,31 @@ fn reply(
     r
 }
 
+/// The admin dashboard: one self-contained page (no CDN, no build step)
+/// that reads the admin API's JSON endpoints and `/metrics` every few
+/// seconds.
+fn ui() -> Response<Full<Bytes>> {
+    static PAGE: &str = include_str!("ui.html");
+    let mut r = reply(StatusCode::OK, "text/html; charset=utf-8", PAGE);
+    let h = r.headers_mut();
+    // Its own inline script and style, requests to this origin only.
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    r
+}
+
 fn json_reply(status: StatusCode, v: &serde_json::Value) -> Response<Full<Bytes>> {
     reply(
         status,
@@ -153,9 +193,16 @@ async fn handle(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byt
             StatusCode::UNAUTHORIZED,
             &json!({ "error": "unauthorized", "message": "this admin endpoint needs `Authorization: Bearer <server.admin.token>`" }),
         );
+        // The page asks a browser for the token as a Basic password; the
+        // API names the bearer scheme.
+        let challenge = if path == "/ui" {
+            "Basic realm=\"tollgate-admin\", charset=\"UTF-8\""
+        } else {
+            "Bearer realm=\"tollgate-admin\""
+        };
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Bearer realm=\"tollgate-admin\""),
+            header::HeaderValue::from_static(challenge),
         );
         return r;
     }
@@ -186,6 +233,11 @@ async fn handle(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byt
                 &json!({ "version": snap.version, "config": snap.config }),
             )
         }
+        (&Method::GET, "/ui") => ui(),
+        (&Method::GET, "/reloads") => json_reply(
+            StatusCode::OK,
+            &serde_json::to_value(state.reloader.history()).unwrap_or_default(),
+        ),
         (&Method::POST, "/reload") if dry_run(req.uri().query()) => {
             match state.reloader.dry_run_async().await {
                 Ok(plan) => json_reply(
@@ -331,7 +383,7 @@ async fn handle(req: Request<Incoming>, state: &AdminState) -> Response<Full<Byt
         (
             _,
             "/healthz" | "/readyz" | "/metrics" | "/config" | "/reload" | "/routes/explain"
-            | "/upstreams" | "/cache/purge" | "/cache/stats",
+            | "/upstreams" | "/cache/purge" | "/cache/stats" | "/ui" | "/reloads",
         ) => json_reply(
             StatusCode::METHOD_NOT_ALLOWED,
             &json!({ "error": "method not allowed" }),

@@ -48,17 +48,67 @@ pub struct Reloader {
     // Serializes reloads so that "compile against the live snapshot, then
     // store" is never interleaved with another reload.
     lock: Mutex<()>,
+    // The last reloads, newest last (`GET /reloads`, the admin page).
+    history: Mutex<std::collections::VecDeque<ReloadRecord>>,
+}
+
+/// Reloads kept for `GET /reloads`.
+const HISTORY: usize = 20;
+
+/// One reload (or the start), as `GET /reloads` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadRecord {
+    /// Unix time, seconds.
+    pub time: i64,
+    /// `start`, `file`, `sighup` or `admin`.
+    pub trigger: String,
+    /// `applied`, `unchanged` or `refused`.
+    pub result: &'static str,
+    /// The version now live (the running one when refused).
+    pub version: String,
+    /// What changed (the plan's lines), for an applied reload.
+    pub changes: Vec<String>,
+    /// The located errors, for a refused reload (at most 20).
+    pub errors: Vec<String>,
 }
 
 impl Reloader {
     /// A reloader for `path` writing to `live`.
     pub fn new(path: PathBuf, live: SharedSnapshot) -> Self {
-        let started = live.load().start_only.clone();
+        let snapshot = live.load();
+        let started = snapshot.start_only.clone();
+        let first = ReloadRecord {
+            time: unix_now(),
+            trigger: "start".to_owned(),
+            result: "applied",
+            version: snapshot.version.clone(),
+            changes: Vec::new(),
+            errors: Vec::new(),
+        };
+        drop(snapshot);
         Self {
             path,
             live,
             started,
             lock: Mutex::new(()),
+            history: Mutex::new(std::collections::VecDeque::from([first])),
+        }
+    }
+
+    /// The last reloads, newest first.
+    pub fn history(&self) -> Vec<ReloadRecord> {
+        self.history
+            .lock()
+            .map(|h| h.iter().rev().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn remember(&self, record: ReloadRecord) {
+        if let Ok(mut h) = self.history.lock() {
+            if h.len() == HISTORY {
+                h.pop_front();
+            }
+            h.push_back(record);
         }
     }
 
@@ -77,9 +127,19 @@ impl Reloader {
         let old = self.live.load_full();
         let m = metrics();
         match load(&self.path, Some(&old)) {
-            Ok(new) if new.version == old.version => Ok(ReloadOutcome::Unchanged {
-                version: new.version,
-            }),
+            Ok(new) if new.version == old.version => {
+                self.remember(ReloadRecord {
+                    time: unix_now(),
+                    trigger: trigger.to_owned(),
+                    result: "unchanged",
+                    version: new.version.clone(),
+                    changes: Vec::new(),
+                    errors: Vec::new(),
+                });
+                Ok(ReloadOutcome::Unchanged {
+                    version: new.version,
+                })
+            }
             Ok(new) => {
                 let plan = Plan::of(&old, &new, &self.started);
                 log_plan(&plan, trigger);
@@ -99,6 +159,15 @@ impl Reloader {
                 new.start_background();
                 m.config_reloads.with_label_values(&["success"]).inc();
                 m.config_last_success.set(unix_now());
+                self.remember(ReloadRecord {
+                    time: unix_now(),
+                    trigger: trigger.to_owned(),
+                    result: "applied",
+                    version: version.clone(),
+                    // The first line names the versions, shown apart.
+                    changes: plan.lines().into_iter().skip(1).collect(),
+                    errors: Vec::new(),
+                });
                 Ok(ReloadOutcome::Applied { version })
             }
             Err(e) => {
@@ -106,6 +175,14 @@ impl Reloader {
                 for line in e.lines() {
                     tracing::error!(trigger, error = %line, "config reload refused; the running config keeps serving");
                 }
+                self.remember(ReloadRecord {
+                    time: unix_now(),
+                    trigger: trigger.to_owned(),
+                    result: "refused",
+                    version: old.version.clone(),
+                    changes: Vec::new(),
+                    errors: e.lines().into_iter().take(20).collect(),
+                });
                 Err(e)
             }
         }

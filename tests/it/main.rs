@@ -29,4 +29,5 @@ mod routing;
 mod support;
 mod tls;
 mod traces;
+mod ui;
 mod upstream_h1;
