@@ -339,3 +339,38 @@ async fn hostile_config_files_are_refused_with_a_location_and_the_gateway_keeps_
         assert_eq!(get(&c, &gw.url("/app")).await.text(), "app");
     }
 }
+
+/// A Kubernetes ConfigMap mounted as a directory: the file is a symlink
+/// through `..data`, and an update writes a new timestamped directory and
+/// swaps `..data` to it in one rename. The watcher sees the swap and the
+/// gateway reloads, no restart.
+#[tokio::test]
+async fn a_configmap_style_symlink_swap_reloads_live() {
+    use std::os::unix::fs::symlink;
+    let up = Upstream::start("app").await;
+    let dir = config_path().parent().unwrap().join("configmap");
+    std::fs::create_dir_all(&dir).unwrap();
+    let write_version = |name: &str, yaml: &str| {
+        let v = dir.join(name);
+        std::fs::create_dir_all(&v).unwrap();
+        std::fs::write(v.join("tollgate.yaml"), with_server(yaml)).unwrap();
+        // `..data_tmp` → the new directory, renamed over `..data`.
+        let tmp = dir.join("..data_tmp");
+        let _ = std::fs::remove_file(&tmp);
+        symlink(name, &tmp).unwrap();
+        std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    };
+    write_version("..2026_12_06_09_00_00.1", &config(&up, false));
+    symlink("..data/tollgate.yaml", dir.join("tollgate.yaml")).unwrap();
+    let gw = start_path(dir.join("tollgate.yaml"), true).await;
+    let c = client();
+    let url = format!("http://{}/extra", gw.listen[0]);
+    assert_eq!(get(&c, &url).await.status, 404);
+    write_version("..2026_12_06_09_01_00.2", &config(&up, true));
+    eventually("the swapped config is live", async || {
+        get(&c, &url).await.status == 200
+    })
+    .await;
+    assert_eq!(get(&c, &url).await.text(), "extra");
+    gw.shutdown().await;
+}
