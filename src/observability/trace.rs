@@ -598,15 +598,11 @@ impl Recording {
             ],
             failed: false,
         });
-        let mut buf = [0u8; 55];
-        buf[..3].copy_from_slice(b"00-");
-        buf[3..35].copy_from_slice(&self.trace_id);
-        buf[35] = b'-';
-        let hex = format!("{id:016x}");
-        buf[36..52].copy_from_slice(hex.as_bytes());
-        buf[52] = b'-';
-        buf[53..].copy_from_slice(&self.flags);
-        HeaderValue::from_bytes(&buf).ok()
+        crate::proxy::headers::traceparent(
+            &self.trace_id,
+            &crate::proxy::headers::span_hex(u64::from_be_bytes(id.to_bytes())),
+            &self.flags,
+        )
     }
 
     /// The attempt begun last ended: at `endpoint` (`""`: none was

@@ -371,20 +371,37 @@ impl TraceContext {
 
     /// Writes `traceparent` (and drops `tracestate` for a new trace).
     pub(crate) fn apply(&self, h: &mut HeaderMap) {
-        let mut buf = [0u8; 55];
-        buf[..3].copy_from_slice(b"00-");
-        buf[3..35].copy_from_slice(&self.trace_id);
-        buf[35] = b'-';
-        buf[36..52].copy_from_slice(&self.span_id);
-        buf[52] = b'-';
-        buf[53..].copy_from_slice(&self.flags);
-        if let Ok(v) = HeaderValue::from_bytes(&buf) {
+        if let Some(v) = traceparent(&self.trace_id, &self.span_id, &self.flags) {
             h.insert(&TRACEPARENT, v);
         }
         if !self.continued {
             h.remove(&TRACESTATE);
         }
     }
+}
+
+/// A version-00 `traceparent` value naming `parent` (16 hex digits) in
+/// trace `trace_id` (32) with `flags` (2).
+pub(crate) fn traceparent(
+    trace_id: &[u8; 32],
+    parent: &[u8; 16],
+    flags: &[u8; 2],
+) -> Option<HeaderValue> {
+    let mut buf = [0u8; 55];
+    buf[..3].copy_from_slice(b"00-");
+    buf[3..35].copy_from_slice(trace_id);
+    buf[35] = b'-';
+    buf[36..52].copy_from_slice(parent);
+    buf[52] = b'-';
+    buf[53..].copy_from_slice(flags);
+    HeaderValue::from_bytes(&buf).ok()
+}
+
+/// A span id as 16 hex digits.
+pub(crate) fn span_hex(id: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    hex(u128::from(id), &mut out);
+    out
 }
 
 /// `version-traceid-parentid-flags` (W3C Trace Context §3.2): returns the

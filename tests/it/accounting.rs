@@ -93,12 +93,7 @@ async fn a_websocket_is_accounted_when_its_tunnel_closes() {
     let gw = Binary::start(&format!("{LOGGED}{}", proxy_all(&up.url())));
     let mut s = websocket_open(gw.addr).await;
     for _ in 0..3 {
-        s.write_all(b"ping-frame-bytes").await.unwrap();
-        let mut got = [0u8; 16];
-        tokio::time::timeout(IO_WAIT, s.read_exact(&mut got))
-            .await
-            .unwrap()
-            .unwrap();
+        websocket_ping(&mut s).await;
     }
     // Open tunnel: in flight, not logged yet.
     let m = scrape(&gw).await;
@@ -120,12 +115,7 @@ async fn a_websocket_the_client_resets_is_logged_with_its_bytes() {
     let gw = Binary::start(&format!("{LOGGED}{}", proxy_all(&up.url())));
     let mut s = websocket_open(gw.addr).await;
     for _ in 0..2 {
-        s.write_all(b"ping-frame-bytes").await.unwrap();
-        let mut got = [0u8; 16];
-        tokio::time::timeout(IO_WAIT, s.read_exact(&mut got))
-            .await
-            .unwrap()
-            .unwrap();
+        websocket_ping(&mut s).await;
     }
     // A reset (RST), not a close: the tunnel's copy ends in an error.
     s.set_zero_linger().unwrap();

@@ -73,6 +73,13 @@ pub async fn websocket_open(gw: SocketAddr) -> TcpStream {
 /// the upstream saw the `Upgrade` field.
 pub async fn websocket_echoes(gw: SocketAddr, up: &Upstream) {
     let mut s = websocket_open(gw).await;
+    websocket_ping(&mut s).await;
+    assert_eq!(up.last().headers["upgrade"], "websocket");
+}
+
+/// Sends 16 bytes through an open tunnel to the echoing upstream and
+/// reads them back.
+pub async fn websocket_ping(s: &mut TcpStream) {
     s.write_all(b"ping-frame-bytes").await.unwrap();
     let mut got = [0u8; 16];
     tokio::time::timeout(IO_WAIT, s.read_exact(&mut got))
@@ -80,7 +87,6 @@ pub async fn websocket_echoes(gw: SocketAddr, up: &Upstream) {
         .unwrap()
         .unwrap();
     assert_eq!(&got, b"ping-frame-bytes");
-    assert_eq!(up.last().headers["upgrade"], "websocket");
 }
 
 /// What the upstream received.
