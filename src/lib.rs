@@ -6,6 +6,7 @@
 //! requests. [`app::Gateway`] wires listeners, the admin API and reload
 //! triggers together; `tollgate run` and the integration tests both use it.
 
+pub mod access;
 pub(crate) mod admin;
 pub mod app;
 pub(crate) mod auth;

@@ -86,8 +86,8 @@ pub struct StartOnly {
     pub max_connections: usize,
     /// `server.shutdown_grace`.
     pub shutdown_grace: Duration,
-    /// The directories of the TLS certificate files, watched for changes
-    /// (beside the config file's own) from the start.
+    /// The directories of the TLS certificate files and IP list files,
+    /// watched for changes (beside the config file's own) from the start.
     pub certificate_dirs: Vec<std::path::PathBuf>,
 }
 
@@ -108,6 +108,13 @@ impl Snapshot {
         }
         for protocol in ["http1", "h2"] {
             m.downstream_requests.with_label_values(&[protocol]);
+        }
+        if self.settings.ip.is_some() {
+            m.ip_denied.with_label_values(&["", "server"]);
+        }
+        for route in self.routes.iter().filter(|r| r.ip.is_some()) {
+            m.ip_denied
+                .with_label_values(&[route.name.as_str(), "route"]);
         }
         for route in &self.routes {
             let Some(retry) = &route.retry else {
@@ -236,6 +243,8 @@ impl Snapshot {
 pub struct ServerSettings {
     /// Networks whose forwarding headers are trusted.
     pub trusted_proxies: Vec<IpNet>,
+    /// IP allow and deny lists for every route (`server.ip`).
+    pub ip: Option<crate::access::ip::IpRules>,
     /// Largest request head in bytes.
     pub max_request_header_bytes: usize,
     /// Largest request body in bytes.
@@ -312,6 +321,8 @@ pub struct Route {
     pub limits: Option<crate::ratelimit::RouteLimits>,
     /// Response cache.
     pub cache: Option<crate::cache::key::RouteCache>,
+    /// IP allow and deny lists (`routes[i].ip`).
+    pub ip: Option<crate::access::ip::IpRules>,
     /// Metric handles.
     pub metrics: RouteMetrics,
 }

@@ -47,6 +47,8 @@ pub struct Metrics {
     pub config_info: IntGaugeVec,
     /// `tollgate_access_log_dropped_total`.
     pub access_log_dropped: IntCounter,
+    /// `tollgate_ip_denied_total{route,scope}`.
+    pub ip_denied: IntCounterVec,
     /// `tollgate_cache_fleet_events_total{event,direction}`.
     pub cache_fleet_events: IntCounterVec,
     /// `tollgate_cache_fleet_subscribed`.
@@ -247,6 +249,11 @@ impl Metrics {
             access_log_dropped: plain_counter(
                 "tollgate_access_log_dropped_total",
                 "Access log lines dropped because the writer fell behind.",
+            ),
+            ip_denied: counter(
+                "tollgate_ip_denied_total",
+                "Requests refused by an IP allow or deny list (403 ip_denied), by route (empty for server.ip, checked before routing) and scope (server, route).",
+                &["route", "scope"],
             ),
             cache_fleet_events: counter(
                 "tollgate_cache_fleet_events_total",

@@ -33,6 +33,8 @@ pub(crate) enum ProxyError {
     BadPath(PathError),
     /// No route matched.
     NoRoute,
+    /// The client address is not let through (`server.ip`, `routes[i].ip`).
+    IpDenied,
     /// A route matched host and path, but not the method.
     MethodNotAllowed(Vec<Method>),
     /// The request body stalled.
@@ -140,6 +142,7 @@ impl ProxyError {
             E::BadRequest(_) => (S::BAD_REQUEST, "bad_request", Party::Downstream, true),
             E::BadPath(_) => (S::BAD_REQUEST, "invalid_path", Party::Downstream, false),
             E::NoRoute => (S::NOT_FOUND, "no_route", Party::Gateway, false),
+            E::IpDenied => (S::FORBIDDEN, "ip_denied", Party::Downstream, false),
             E::MethodNotAllowed(_) => (
                 S::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
@@ -228,6 +231,7 @@ impl ProxyError {
             ProxyError::BadRequest(why) => (*why).to_owned(),
             ProxyError::BadPath(e) => e.to_string(),
             ProxyError::NoRoute => "no route matches this request".to_owned(),
+            ProxyError::IpDenied => "this client address is not allowed here".to_owned(),
             ProxyError::MethodNotAllowed(_) => "the route does not allow this method".to_owned(),
             ProxyError::BodyTimeout => "the request body was not received in time".to_owned(),
             ProxyError::PayloadTooLarge(limit) => format!("the request body exceeds {limit} bytes"),

@@ -435,6 +435,7 @@ mod tests {
 
     fn settings(trusted: &[&str]) -> ServerSettings {
         ServerSettings {
+            ip: None,
             trusted_proxies: trusted.iter().map(|t| t.parse().unwrap()).collect(),
             max_request_header_bytes: 0,
             max_request_body_bytes: 0,

@@ -8,8 +8,9 @@
 //!    the request's own limits and framing (admit.rs), `redirect_http`,
 //!    `OPTIONS *`.
 //! 2. `route`: normalize the path, look up the route (404 / 405).
-//! 3. `guard`: the route's limits that need no identity, so floods are
-//!    cut before any signature check (429).
+//! 3. `guard`: the route's IP lists (403; `server.ip` is checked in
+//!    admit, before routing), then its limits that need no identity, so
+//!    floods are cut before any signature check (429).
 //! 4. `authenticate`: the route's JWT policy (401, 403, 503), then the
 //!    limits keyed on the identity (429).
 //! 5. `answer`: `respond` and `redirect` routes answer here, after auth so
@@ -142,7 +143,16 @@ async fn run(
     let route_host = host_for_routing(host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""));
     let (route, normalized) = find_route(&req, &route_host, &snapshot)?;
     ctx.route = Some(Arc::clone(&route));
-    // 3. guard: limits that need no identity
+    // 3. guard: the route's IP lists, then the limits that need no identity
+    if let Some(rules) = &route.ip
+        && !rules.permits(ctx.client)
+    {
+        metrics()
+            .ip_denied
+            .with_label_values(&[route.name.as_str(), "route"])
+            .inc();
+        return Err(ProxyError::IpDenied);
+    }
     limit(&route, false, &req, ctx).await?;
     // 4. authenticate, then the limits keyed on the identity
     authenticate(&route, &mut req, ctx).await?;
@@ -196,6 +206,13 @@ fn admit_request(
         return Err(ProxyError::Overloaded("global"));
     }
     let host = admit(req, settings)?;
+    // `server.ip`, before any routing work.
+    if let Some(rules) = &settings.ip
+        && !rules.permits(ctx.client)
+    {
+        metrics().ip_denied.with_label_values(&["", "server"]).inc();
+        return Err(ProxyError::IpDenied);
+    }
     if !ctx.conn.https && settings.redirect_https {
         return https_redirect(req, host.as_ref(), ctx.conn.https_port).map(Flow::Answer);
     }

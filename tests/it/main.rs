@@ -21,6 +21,7 @@ mod errors;
 mod fleet;
 mod grpc;
 mod hostile;
+mod ip;
 mod proxying;
 mod ratelimit;
 mod reload;

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+mod access;
 mod admin;
 mod auth;
 mod observability;
@@ -80,6 +81,15 @@ pub fn compile(
         ..settings
     };
     let tracer = observability::tracer(&spec, previous, base, &mut errs, &mut files_hash);
+    let server_ip = spec
+        .server
+        .ip
+        .as_ref()
+        .map(|ip| access::ip_rules(ip, "server.ip", base, &mut errs, &mut files_hash));
+    let settings = ServerSettings {
+        ip: server_ip,
+        ..settings
+    };
     let redis = ratelimit::redis(&spec, previous, &mut errs);
     let cache_store = cache_store(&spec, previous, &mut errs);
     let rate_limits = ratelimit::policies(&spec, previous, redis.as_ref(), &mut errs);
@@ -94,14 +104,6 @@ pub fn compile(
         );
     }
     let broadcast_invalidation = redis.clone().filter(|_| broadcast);
-    let version = if files_hash == 0 {
-        version
-    } else {
-        format!(
-            "{:016x}",
-            crate::hash::hash64(format!("{version}:{files_hash:x}").as_bytes())
-        )
-    };
     let mut names: HashMap<&str, usize> = HashMap::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut matchers = Vec::new();
@@ -166,7 +168,12 @@ pub fn compile(
                 &mut errs,
             )
         });
+        let ip = r
+            .ip
+            .as_ref()
+            .map(|ip| access::ip_rules(ip, &format!("{p}.ip"), base, &mut errs, &mut files_hash));
         if let Some(mut route) = route(r, &p, &upstreams, &mut errs) {
+            route.ip = ip;
             route.auth = auth;
             route.limits = limits;
             route.cache = cache;
@@ -184,6 +191,16 @@ pub fn compile(
     if !errs.0.is_empty() {
         return Err(errs);
     }
+    // Every file the config names (keys, certificates, IP lists) counts in
+    // the version.
+    let version = if files_hash == 0 {
+        version
+    } else {
+        format!(
+            "{:016x}",
+            crate::hash::hash64(format!("{version}:{files_hash:x}").as_bytes())
+        )
+    };
     Ok(Snapshot {
         version,
         router: Router::new(matchers),
@@ -228,6 +245,15 @@ impl StartOnly {
                 .iter()
                 .flat_map(|t| t.certificates.iter())
                 .flat_map(|c| [c.cert.as_str(), c.key.as_str()])
+                // IP list files are watched like certificates.
+                .chain(
+                    server
+                        .ip
+                        .iter()
+                        .chain(spec.routes.iter().filter_map(|r| r.ip.as_ref()))
+                        .flat_map(|ip| [&ip.allow_file, &ip.deny_file])
+                        .filter_map(|f| f.as_ref().map(|f| f.as_str())),
+                )
                 .filter_map(|f| base.join(f).parent().map(Path::to_path_buf))
                 .collect(),
         }
@@ -409,6 +435,7 @@ fn settings(spec: &Spec, errs: &mut Errors) -> ServerSettings {
     }
     ServerSettings {
         trusted_proxies: trusted,
+        ip: None,
         max_request_header_bytes: l.max_request_header_bytes.0 as usize,
         max_request_body_bytes: l.max_request_body_bytes.0,
         max_request_headers: l.max_request_headers,

@@ -331,6 +331,7 @@ pub(super) fn route(
         auth: None,
         limits: None,
         cache: None,
+        ip: None,
         retry,
     })
 }

@@ -65,6 +65,9 @@ pub struct RouteSpec {
     /// Serve GET/HEAD from the response cache (needs the top-level `cache:`).
     #[serde(default)]
     pub cache: Option<RouteCacheSpec>,
+    /// IP allow and deny lists for this route (after `server.ip`).
+    #[serde(default)]
+    pub ip: Option<super::IpRulesSpec>,
 }
 
 /// `routes[i].retry`.

@@ -46,6 +46,29 @@ pub struct ServerSpec {
     /// Certificates and settings for `tls_listen`.
     #[serde(default)]
     pub tls: Option<TlsSpec>,
+    /// IP allow and deny lists for every route (checked before a route's own).
+    #[serde(default)]
+    pub ip: Option<IpRulesSpec>,
+}
+
+/// `server.ip` and `routes[i].ip`: allow and deny lists of CIDRs, matched
+/// against the client address (after trusted proxies). Deny wins; with an
+/// allow list, only its addresses pass. 403 `ip_denied` otherwise.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpRulesSpec {
+    /// Only these CIDRs (or addresses) pass. Empty and no `allow_file`: every address may.
+    #[serde(default)]
+    pub allow: Vec<Str>,
+    /// These CIDRs (or addresses) never pass.
+    #[serde(default)]
+    pub deny: Vec<Str>,
+    /// A file of allowed CIDRs, one per line (`#` comments), relative to the config; re-read on every reload.
+    #[serde(default)]
+    pub allow_file: Option<Str>,
+    /// A file of denied CIDRs, one per line (`#` comments), relative to the config; re-read on every reload.
+    #[serde(default)]
+    pub deny_file: Option<Str>,
 }
 
 /// `server.tls`.
@@ -137,6 +160,7 @@ impl Default for ServerSpec {
             max_inflight_requests: default_max_inflight_requests(),
             tls_listen: Vec::new(),
             tls: None,
+            ip: None,
         }
     }
 }

@@ -1,0 +1,4 @@
+//! Who may reach a route, decided in the guard stage before any identity
+//! is checked: IP allow and deny lists (`ip`).
+
+pub mod ip;
