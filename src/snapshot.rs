@@ -323,6 +323,8 @@ pub struct Route {
     pub cache: Option<crate::cache::key::RouteCache>,
     /// IP allow and deny lists (`routes[i].ip`).
     pub ip: Option<crate::access::ip::IpRules>,
+    /// CORS (`routes[i].cors`).
+    pub cors: Option<crate::access::cors::Cors>,
     /// Metric handles.
     pub metrics: RouteMetrics,
 }

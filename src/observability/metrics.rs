@@ -47,6 +47,8 @@ pub struct Metrics {
     pub config_info: IntGaugeVec,
     /// `tollgate_access_log_dropped_total`.
     pub access_log_dropped: IntCounter,
+    /// `tollgate_cors_requests_total{route,kind,result}`.
+    pub cors_requests: IntCounterVec,
     /// `tollgate_ip_denied_total{route,scope}`.
     pub ip_denied: IntCounterVec,
     /// `tollgate_cache_fleet_events_total{event,direction}`.
@@ -249,6 +251,11 @@ impl Metrics {
             access_log_dropped: plain_counter(
                 "tollgate_access_log_dropped_total",
                 "Access log lines dropped because the writer fell behind.",
+            ),
+            cors_requests: counter(
+                "tollgate_cors_requests_total",
+                "CORS requests by route, kind (preflight, actual) and result (allowed, refused: no CORS headers sent).",
+                &["route", "kind", "result"],
             ),
             ip_denied: counter(
                 "tollgate_ip_denied_total",

@@ -97,6 +97,10 @@ pub(crate) struct RequestCtx {
     pub upgrade: Option<HeaderValue>,
     /// The route taken.
     pub route: Option<Arc<Route>>,
+    /// The request's `Origin`, kept on routes with `cors`.
+    pub origin: Option<HeaderValue>,
+    /// A CORS preflight the gateway answered (its headers are final).
+    pub preflight: bool,
     /// The verified caller (routes with `auth`).
     pub identity: Option<Arc<Identity>>,
     /// An upgraded request's finish stage goes to its tunnel, which runs it
@@ -220,6 +224,8 @@ impl RequestCtx {
             grpc: self.grpc,
             upgrade: None,
             route: self.route.clone(),
+            origin: None,
+            preflight: false,
             identity: self.identity.clone(),
             rate_limit: None,
             tunnel: None,

@@ -143,16 +143,9 @@ async fn run(
     let route_host = host_for_routing(host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""));
     let (route, normalized) = find_route(&req, &route_host, &snapshot)?;
     ctx.route = Some(Arc::clone(&route));
-    // 3. guard: the route's IP lists, then the limits that need no identity
-    if let Some(rules) = &route.ip
-        && !rules.permits(ctx.client)
-    {
-        metrics()
-            .ip_denied
-            .with_label_values(&[route.name.as_str(), "route"])
-            .inc();
-        return Err(ProxyError::IpDenied);
-    }
+    // 3. guard: the route's IP lists, a CORS preflight, then the limits
+    // that need no identity
+    next!(guard(&route, &req, ctx)?);
     limit(&route, false, &req, ctx).await?;
     // 4. authenticate, then the limits keyed on the identity
     authenticate(&route, &mut req, ctx).await?;
@@ -247,6 +240,21 @@ fn find_route(
         query: req.uri().query(),
         headers: req.headers(),
     };
+    // A CORS preflight goes to the route of the request it asks about,
+    // when that route answers preflights (`cors`).
+    if crate::access::cors::is_preflight(req.method(), req.headers())
+        && let Some(asked) = crate::access::cors::requested_method(req.headers())
+    {
+        let asked_view = RequestView {
+            method: &asked,
+            ..view
+        };
+        if let RouteLookup::Found(id) = snapshot.router.lookup(&asked_view)
+            && let Some(route) = snapshot.routes.get(id).filter(|r| r.cors.is_some())
+        {
+            return Ok((Arc::clone(route), normalized));
+        }
+    }
     let id = match snapshot.router.lookup(&view) {
         RouteLookup::Found(id) => id,
         RouteLookup::MethodNotAllowed(allow) => return Err(ProxyError::MethodNotAllowed(allow)),
@@ -254,6 +262,37 @@ fn find_route(
     };
     let route = snapshot.routes.get(id).ok_or(ProxyError::NoRoute)?;
     Ok((Arc::clone(route), normalized))
+}
+
+/// Stage 3, guard (what needs no limit or identity): the route's IP
+/// lists (403), then a CORS preflight, answered here: browsers send no
+/// credentials on one, so it must not meet authentication or the limits.
+fn guard(
+    route: &Route,
+    req: &Request<Incoming>,
+    ctx: &mut RequestCtx,
+) -> Result<Flow<()>, ProxyError> {
+    if let Some(rules) = &route.ip
+        && !rules.permits(ctx.client)
+    {
+        metrics()
+            .ip_denied
+            .with_label_values(&[route.name.as_str(), "route"])
+            .inc();
+        return Err(ProxyError::IpDenied);
+    }
+    let Some(cors) = &route.cors else {
+        return Ok(Flow::Continue(()));
+    };
+    if crate::access::cors::is_preflight(req.method(), req.headers()) {
+        ctx.preflight = true;
+        let mut r = Response::new(ResponseBody::full(Bytes::new()));
+        *r.status_mut() = StatusCode::NO_CONTENT;
+        *r.headers_mut() = cors.preflight(req.headers());
+        return Ok(Flow::Answer(r));
+    }
+    ctx.origin = req.headers().get(http::header::ORIGIN).cloned();
+    Ok(Flow::Continue(()))
 }
 
 /// Stage 4, authenticate: the route's JWT policy; the identity goes into
@@ -433,6 +472,11 @@ fn respond(mut resp: Response<ResponseBody>, ctx: &RequestCtx) -> Response<Respo
             resp.headers_mut().insert(&CACHE_STATUS, status);
         }
     }
+    if let Some(cors) = ctx.route.as_ref().and_then(|r| r.cors.as_ref())
+        && !ctx.preflight
+    {
+        cors.respond(ctx.origin.as_ref(), resp.headers_mut());
+    }
     resp.headers_mut()
         .insert(&X_REQUEST_ID, ctx.request_id.clone());
     if let Some((policy, verdict)) = &ctx.rate_limit {
@@ -501,6 +545,8 @@ fn context(
         start,
         method: req.method().clone(),
         route: None,
+        origin: None,
+        preflight: false,
         upstream: None,
         failed: None,
         attempts: 0,

@@ -15,6 +15,7 @@ mod auth;
 mod binary;
 mod cache;
 mod cli;
+mod cors;
 mod deploy;
 mod edge;
 mod errors;

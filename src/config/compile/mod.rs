@@ -172,8 +172,18 @@ pub fn compile(
             .ip
             .as_ref()
             .map(|ip| access::ip_rules(ip, &format!("{p}.ip"), base, &mut errs, &mut files_hash));
+        let cors = r.cors.as_ref().and_then(|c| {
+            access::cors(
+                &r.name,
+                c,
+                &r.matcher.methods,
+                &format!("{p}.cors"),
+                &mut errs,
+            )
+        });
         if let Some(mut route) = route(r, &p, &upstreams, &mut errs) {
             route.ip = ip;
+            route.cors = cors;
             route.auth = auth;
             route.limits = limits;
             route.cache = cache;

@@ -332,6 +332,7 @@ pub(super) fn route(
         limits: None,
         cache: None,
         ip: None,
+        cors: None,
         retry,
     })
 }

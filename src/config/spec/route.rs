@@ -68,6 +68,50 @@ pub struct RouteSpec {
     /// IP allow and deny lists for this route (after `server.ip`).
     #[serde(default)]
     pub ip: Option<super::IpRulesSpec>,
+    /// CORS: preflights answered by the gateway, `Access-Control-*` on responses.
+    #[serde(default)]
+    pub cors: Option<CorsSpec>,
+}
+
+/// `routes[i].cors`.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsSpec {
+    /// Allowed origins: `https://app.example.com` (exact), `https://*.example.com` (one or more labels; scheme and port optional), `{ regex: "^https://pr-[0-9]+\\.example\\.com$" }`, or `*` (any; not with `allow_credentials`).
+    pub allow_origins: Vec<OriginSpec>,
+    /// Methods a preflight may ask for. Default: the route's `match.methods`, else GET, HEAD, POST, PUT, PATCH, DELETE.
+    #[serde(default)]
+    pub allow_methods: Vec<String>,
+    /// Request headers a preflight may ask for (`*`: any it asks for). Default none beyond the CORS-safelisted ones.
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    /// Response headers the browser lets scripts read (`Access-Control-Expose-Headers`).
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    /// Allow cookies and `Authorization` (`Access-Control-Allow-Credentials: true`). Default `false`.
+    #[serde(default)]
+    pub allow_credentials: bool,
+    /// How long a browser may keep a preflight's answer (`Access-Control-Max-Age`). Default: not sent (browsers use 5 s).
+    #[serde(default)]
+    pub max_age: Option<DurationSpec>,
+}
+
+/// One `allow_origins` entry.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema, Serialize)]
+#[serde(untagged)]
+pub enum OriginSpec {
+    /// An origin, a wildcard origin, or `*`.
+    Text(Str),
+    /// `{ regex: ... }` over the whole origin (anchored).
+    Regex(RegexOriginSpec),
+}
+
+/// `{ regex: ... }`.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegexOriginSpec {
+    /// The regex.
+    pub regex: Str,
 }
 
 /// `routes[i].retry`.
