@@ -12,6 +12,16 @@ pub(crate) fn hash64(bytes: &[u8]) -> u64 {
     mix(h)
 }
 
+/// Writes `v` as lower-case hex into `out` (most significant digit first,
+/// as many digits as `out` holds): request ids and trace ids.
+pub(crate) fn hex_into(mut v: u128, out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in out.iter_mut().rev() {
+        *b = DIGITS[(v & 0xf) as usize];
+        v >>= 4;
+    }
+}
+
 fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

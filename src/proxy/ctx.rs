@@ -10,10 +10,10 @@ use http::{HeaderValue, Method};
 
 use super::cache::RequestCache;
 use super::conn::ActivityGuard;
-use super::headers::TraceContext;
 use crate::auth::{ConnMemo, Identity};
 use crate::observability::access_log::{self, LogLine};
 use crate::observability::metrics::metrics;
+use crate::observability::trace::TraceContext;
 use crate::observability::trace::{self, Recording, ServerSpan};
 use crate::snapshot::{Route, Snapshot};
 use crate::upstream::{Endpoint, Upstream};

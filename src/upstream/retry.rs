@@ -17,7 +17,7 @@ use super::{Sent, Upstream, UpstreamError};
 use crate::body::{Replay, RequestBody};
 use crate::observability::metrics::metrics;
 use crate::observability::trace::Recording;
-use crate::proxy::headers::TRACEPARENT;
+use crate::observability::trace::TRACEPARENT;
 
 /// Why a retry is made (the `reason` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,26 +15,34 @@
 //! Sampling is the SDK's `ParentBased(TraceIdRatioBased)`: a request that
 //! continues a trace follows its parent's sampled flag; a new trace is
 //! recorded when its id falls under `sample_ratio`.
+//!
+//! Modules: `context` (W3C `traceparent` / `tracestate`), `record` (what a
+//! request records), `export` (the export task and the OTLP clients); the
+//! tracer, its queue and the turning of records into spans are here.
 
-use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Uri};
+use http::{HeaderMap, Uri};
 use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
 };
-use opentelemetry::{InstrumentationScope, KeyValue, Value};
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
+use opentelemetry::{InstrumentationScope, Value};
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 use rustls::ClientConfig;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::config::spec::OtlpProtocol;
 use crate::observability::metrics::metrics;
+
+mod context;
+mod export;
+mod record;
+
+pub(crate) use context::{TRACEPARENT, TraceContext};
+pub use record::{Recording, ServerSpan};
 
 /// The longest text attribute kept (path, user agent, host): the rest is
 /// cut, so a span's size is bounded whatever a client sends.
@@ -80,7 +88,7 @@ pub struct Tracer {
 }
 
 /// What the request path and the export task share.
-struct Shared {
+pub(super) struct Shared {
     queue: Mutex<Vec<SpanData>>,
     wake: Notify,
     closed: AtomicBool,
@@ -143,7 +151,7 @@ impl Tracer {
         let shared = Arc::clone(&self.shared);
         let settings = self.settings.clone();
         let tls = self.tls.clone();
-        *task = Some(tokio::spawn(export_loop(shared, settings, tls)));
+        *task = Some(tokio::spawn(export::export_loop(shared, settings, tls)));
     }
 
     /// Sends what is queued and stops the export task, waiting at most
@@ -182,24 +190,22 @@ impl Tracer {
     /// Turns a finished request's record into spans and queues them.
     pub(crate) fn finish(&self, rec: Recording, server: ServerSpan) {
         let Recording {
-            trace_id,
-            span_id,
-            parent,
-            flags,
+            trace,
             tracestate,
             start,
             start_wall,
             children,
         } = rec;
         let wall = |t: Instant| start_wall + t.saturating_duration_since(start);
-        let trace_id = hex_trace_id(&trace_id);
-        let server_id = hex_span_id(&span_id);
+        let trace_id = hex_trace_id(&trace.trace_id);
+        let server_id = hex_span_id(&trace.span_id);
+        let parent = trace.parent;
         let state = tracestate
             .as_ref()
             .and_then(|v| v.to_str().ok())
             .and_then(|s| s.parse::<TraceState>().ok())
             .unwrap_or_default();
-        let flags = if crate::proxy::headers::sampled_flag(&flags) {
+        let flags = if context::sampled_flag(&trace.flags) {
             TraceFlags::SAMPLED
         } else {
             TraceFlags::default()
@@ -280,365 +286,11 @@ fn hex_span_id(hex: &[u8; 16]) -> SpanId {
         .unwrap_or(SpanId::INVALID)
 }
 
-fn dropped(reason: &str, n: usize) {
+pub(super) fn dropped(reason: &str, n: usize) {
     metrics()
         .trace_spans_dropped
         .with_label_values(&[reason])
         .inc_by(n as u64);
-}
-
-/// The export task: every `flush_interval` (or when a batch is full),
-/// batches off the queue go to the collector, one export at a time, each
-/// within `timeout`. Ends once the tracer is gone, after sending what was
-/// queued.
-async fn export_loop(shared: Arc<Shared>, s: TracerSettings, tls: Option<Arc<ClientConfig>>) {
-    let exporter = match exporter(&s, tls) {
-        Ok(e) => Some(e),
-        Err(e) => {
-            tracing::error!(endpoint = %s.endpoint, error = %e, "tracing: the OTLP exporter cannot be built; spans are dropped");
-            None
-        }
-    };
-    let mut failing = false;
-    loop {
-        let closed = shared.closed.load(Ordering::Acquire);
-        if !closed {
-            tokio::select! {
-                () = tokio::time::sleep(s.flush_interval) => {}
-                () = shared.wake.notified() => {}
-            }
-        }
-        loop {
-            let batch: Vec<SpanData> = {
-                let Ok(mut q) = shared.queue.lock() else {
-                    return;
-                };
-                let n = q.len().min(shared.max_batch);
-                q.drain(..n).collect()
-            };
-            if batch.is_empty() {
-                break;
-            }
-            let n = batch.len();
-            let result = match &exporter {
-                Some(e) => match tokio::time::timeout(s.timeout, e.export(batch)).await {
-                    Ok(r) => r.map_err(|e| e.to_string()),
-                    Err(_) => Err(format!("no answer within {:?}", s.timeout)),
-                },
-                None => Err("no exporter".to_owned()),
-            };
-            match result {
-                Ok(()) => {
-                    metrics().trace_spans_exported.inc_by(n as u64);
-                    if failing {
-                        tracing::info!(endpoint = %s.endpoint, "tracing: exports succeed again");
-                        failing = false;
-                    }
-                }
-                Err(e) => {
-                    dropped("export_failed", n);
-                    if !failing && exporter.is_some() {
-                        tracing::warn!(endpoint = %s.endpoint, error = %e, "tracing: export failed; spans are dropped until the collector answers");
-                        failing = true;
-                    }
-                }
-            }
-            if n < shared.max_batch {
-                break;
-            }
-        }
-        if closed {
-            return;
-        }
-    }
-}
-
-/// opentelemetry-otlp's exporter for `s`, with the resource set.
-fn exporter(
-    s: &TracerSettings,
-    tls: Option<Arc<ClientConfig>>,
-) -> Result<opentelemetry_otlp::SpanExporter, String> {
-    use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig, WithTonicConfig};
-    let mut exporter = match s.protocol {
-        OtlpProtocol::Grpc => {
-            let endpoint = tonic::transport::Endpoint::from_shared(s.endpoint.to_string())
-                .map_err(|e| e.to_string())?
-                .timeout(s.timeout);
-            let channel = endpoint.connect_with_connector_lazy(Connector {
-                tls,
-                timeout: s.timeout,
-            });
-            let metadata = tonic::metadata::MetadataMap::from_headers(s.headers.clone());
-            opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_channel(channel)
-                .with_metadata(metadata)
-                .with_timeout(s.timeout)
-                .build()
-        }
-        OtlpProtocol::Http => opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_endpoint(s.endpoint.to_string())
-            .with_protocol(Protocol::HttpBinary)
-            .with_http_client(HttpClient {
-                tls,
-                timeout: s.timeout,
-                headers: s.headers.clone(),
-            })
-            .with_timeout(s.timeout)
-            .build(),
-    }
-    .map_err(|e| e.to_string())?;
-    exporter.set_resource(
-        &Resource::builder_empty()
-            .with_attributes([
-                KeyValue::new("service.name", s.service_name.clone()),
-                KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
-                KeyValue::new("telemetry.sdk.language", "rust"),
-                KeyValue::new("telemetry.sdk.name", "opentelemetry"),
-            ])
-            .build(),
-    );
-    Ok(exporter)
-}
-
-/// Connects the gRPC exporter's channel: TCP (and TLS for `https://`)
-/// within the export timeout, through the gateway's own TLS stack.
-#[derive(Clone)]
-struct Connector {
-    tls: Option<Arc<ClientConfig>>,
-    timeout: Duration,
-}
-
-impl tower_service::Service<Uri> for Connector {
-    type Response = hyper_util::rt::TokioIo<crate::socket::Socket>;
-    type Error = std::io::Error;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            let io = |m: String| std::io::Error::other(m);
-            let host = uri.host().ok_or_else(|| io(format!("{uri}: no host")))?;
-            let bare = host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned();
-            let https = uri.scheme_str() == Some("https");
-            let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-            let connect = async {
-                let tcp = tokio::net::TcpStream::connect((bare.as_str(), port)).await?;
-                let _ = tcp.set_nodelay(true);
-                let Some(tls) = this.tls.filter(|_| https) else {
-                    return Ok(crate::socket::Socket::Tcp(tcp));
-                };
-                let name = rustls_pki_types::ServerName::try_from(bare.clone())
-                    .map_err(|_| io(format!("`{bare}` is not a TLS server name")))?;
-                let stream = tokio_rustls::TlsConnector::from(tls)
-                    .connect(name, tcp)
-                    .await?;
-                Ok(crate::socket::Socket::client_tls(stream))
-            };
-            match tokio::time::timeout(this.timeout, connect).await {
-                Ok(r) => r.map(hyper_util::rt::TokioIo::new),
-                Err(_) => Err(io(format!("{uri}: connect timed out"))),
-            }
-        })
-    }
-}
-
-/// The OTLP/HTTP exporter's client: one POST per export over a fresh
-/// connection (the gateway's own client, `fetch.rs`), within the export
-/// timeout.
-struct HttpClient {
-    tls: Option<Arc<ClientConfig>>,
-    timeout: Duration,
-    /// The configured headers (secrets: the Debug form leaves them out).
-    headers: HeaderMap,
-}
-
-impl std::fmt::Debug for HttpClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("HttpClient")
-    }
-}
-
-#[async_trait::async_trait]
-impl opentelemetry_http::HttpClient for HttpClient {
-    async fn send_bytes(
-        &self,
-        request: http::Request<Bytes>,
-    ) -> Result<http::Response<Bytes>, opentelemetry_http::HttpError> {
-        let (parts, body) = request.into_parts();
-        let mut headers = parts.headers;
-        for (k, v) in &self.headers {
-            headers.insert(k, v.clone());
-        }
-        let target = crate::fetch::Target {
-            uri: &parts.uri,
-            tls: self.tls.as_ref(),
-            server_name: None,
-            h2: false,
-            max_body: 64 << 10,
-            agent: concat!("tollgate/", env!("CARGO_PKG_VERSION")),
-        };
-        match tokio::time::timeout(self.timeout, crate::fetch::post(target, headers, body)).await {
-            Ok(r) => r.map_err(Into::into),
-            Err(_) => Err(format!("no answer within {:?}", self.timeout).into()),
-        }
-    }
-}
-
-/// What one sampled request recorded: its ids, and a span per stage and
-/// upstream attempt.
-pub struct Recording {
-    trace_id: [u8; 32],
-    span_id: [u8; 16],
-    parent: Option<[u8; 16]>,
-    flags: [u8; 2],
-    tracestate: Option<HeaderValue>,
-    start: Instant,
-    start_wall: SystemTime,
-    children: Vec<Child>,
-}
-
-/// A stage or upstream attempt.
-struct Child {
-    id: SpanId,
-    name: Cow<'static, str>,
-    kind: SpanKind,
-    start: Instant,
-    end: Instant,
-    attributes: Vec<KeyValue>,
-    failed: bool,
-}
-
-/// The server span's facts, known when the request finishes.
-pub struct ServerSpan {
-    /// `GET route`.
-    pub name: String,
-    /// HTTP semantic-convention attributes and Tollgate's.
-    pub attributes: Vec<KeyValue>,
-    /// 5xx: the span's status is Error.
-    pub failed: bool,
-    /// When the request ended.
-    pub end: Instant,
-}
-
-impl Recording {
-    /// A record for the request whose trace context this is (hex ids, as
-    /// `traceparent` carries them), started at `start`.
-    pub(crate) fn new(
-        trace_id: [u8; 32],
-        span_id: [u8; 16],
-        parent: Option<[u8; 16]>,
-        flags: [u8; 2],
-        tracestate: Option<HeaderValue>,
-        start: Instant,
-    ) -> Box<Self> {
-        Box::new(Self {
-            trace_id,
-            span_id,
-            parent,
-            flags,
-            tracestate,
-            start,
-            start_wall: SystemTime::now() - start.elapsed(),
-            children: Vec::with_capacity(4),
-        })
-    }
-
-    /// A stage that ran from `start` to now: `name`, its attributes, and
-    /// the reason code it failed with.
-    pub(crate) fn stage(
-        &mut self,
-        name: &'static str,
-        start: Instant,
-        mut attributes: Vec<KeyValue>,
-        error: Option<&'static str>,
-    ) {
-        if let Some(code) = error {
-            attributes.push(KeyValue::new("error.type", code));
-        }
-        self.children.push(Child {
-            id: new_span_id(),
-            name: Cow::Borrowed(name),
-            kind: SpanKind::Internal,
-            start,
-            end: Instant::now(),
-            attributes,
-            failed: error.is_some(),
-        });
-    }
-
-    /// Upstream attempt number `n` to `upstream` begins: its span, and
-    /// the `traceparent` the attempt sends (the attempt's span is the
-    /// upstream's parent).
-    pub(crate) fn attempt_begins(&mut self, upstream: &str, n: u32) -> Option<HeaderValue> {
-        let id = new_span_id();
-        let now = Instant::now();
-        self.children.push(Child {
-            id,
-            name: Cow::Owned(format!("upstream {upstream}")),
-            kind: SpanKind::Client,
-            start: now,
-            end: now,
-            attributes: vec![
-                KeyValue::new("tollgate.upstream", upstream.to_owned()),
-                KeyValue::new("tollgate.attempt", i64::from(n)),
-            ],
-            failed: false,
-        });
-        crate::proxy::headers::traceparent(
-            &self.trace_id,
-            &crate::proxy::headers::span_hex(u64::from_be_bytes(id.to_bytes())),
-            &self.flags,
-        )
-    }
-
-    /// The attempt begun last ended: at `endpoint` (`""`: none was
-    /// tried), with a response status or the reason code it failed with.
-    pub(crate) fn attempt_ends(&mut self, endpoint: &str, outcome: Result<u16, &'static str>) {
-        let Some(c) = self
-            .children
-            .iter_mut()
-            .rev()
-            .find(|c| c.kind == SpanKind::Client)
-        else {
-            return;
-        };
-        c.end = Instant::now();
-        if !endpoint.is_empty() {
-            c.attributes
-                .push(KeyValue::new("server.address", endpoint.to_owned()));
-        }
-        match outcome {
-            Ok(status) => {
-                c.attributes.push(KeyValue::new(
-                    "http.response.status_code",
-                    i64::from(status),
-                ));
-                c.failed = status >= 500;
-            }
-            Err(code) => {
-                c.attributes.push(KeyValue::new("error.type", code));
-                c.failed = true;
-            }
-        }
-    }
-}
-
-fn new_span_id() -> SpanId {
-    SpanId::from(fastrand::u64(1..))
 }
 
 /// A client-controlled text attribute, cut to `MAX_TEXT` bytes.
@@ -653,6 +305,7 @@ pub(crate) fn text(s: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
     use opentelemetry::trace::{SamplingDecision, TraceContextExt};
     use opentelemetry_sdk::trace::{Sampler, ShouldSample};
 
@@ -710,7 +363,11 @@ mod tests {
             .with_label_values(&["queue_full"])
             .get();
         let rec = |n: u8| {
-            let mut r = Recording::new([b'a'; 32], [b'b'; 16], None, *b"01", None, Instant::now());
+            let mut r = Recording::new(
+                TraceContext::of([b'a'; 32], [b'b'; 16], None, *b"01"),
+                None,
+                Instant::now(),
+            );
             for _ in 0..n {
                 r.stage("auth", Instant::now(), vec![], None);
             }
@@ -737,10 +394,12 @@ mod tests {
     fn spans_link_to_the_server_span_and_its_remote_parent() {
         let tracer = Tracer::new(settings(1.0)).unwrap();
         let mut rec = Recording::new(
-            *b"4bf92f3577b34da6a3ce929d0e0e4736",
-            *b"00f067aa0ba902b7",
-            Some(*b"1111111111111111"),
-            *b"01",
+            TraceContext::of(
+                *b"4bf92f3577b34da6a3ce929d0e0e4736",
+                *b"00f067aa0ba902b7",
+                Some(*b"1111111111111111"),
+                *b"01",
+            ),
             Some(HeaderValue::from_static("k=v")),
             Instant::now(),
         );
