@@ -278,8 +278,10 @@ fn settings_changed(old: &serde_json::Value, new: &serde_json::Value) -> Vec<Str
         "server.shutdown_grace",
     ];
     let empty = serde_json::Map::new();
-    let obj = |v: &Value| v.as_object().cloned().unwrap_or_else(|| empty.clone());
-    let (a, b) = (obj(old), obj(new));
+    let (a, b) = (
+        old.as_object().unwrap_or(&empty),
+        new.as_object().unwrap_or(&empty),
+    );
     let mut out = Vec::new();
     let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
     keys.sort();

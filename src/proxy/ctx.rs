@@ -10,6 +10,7 @@ use http::{HeaderValue, Method};
 
 use super::cache::RequestCache;
 use super::conn::ActivityGuard;
+use super::error::ProxyError;
 use crate::auth::{ConnMemo, Identity};
 use crate::observability::access_log::{self, LogLine};
 use crate::observability::metrics::metrics;
@@ -208,6 +209,32 @@ impl InProgress {
 }
 
 impl RequestCtx {
+    /// Records stage `name`, begun at `started`, in a sampled request's
+    /// spans: `key` says `ok` or the reason code it refused with; a refusal
+    /// that is the gateway's or an upstream's fault (5xx) marks the span as
+    /// an error.
+    pub(crate) fn record_stage<T>(
+        &mut self,
+        name: &'static str,
+        started: Option<Instant>,
+        result: &Result<T, ProxyError>,
+        key: &'static str,
+        mut attributes: Vec<opentelemetry::KeyValue>,
+    ) {
+        let (Some(started), Some(rec)) = (started, self.spans.as_deref_mut()) else {
+            return;
+        };
+        let (code, failed) = match result {
+            Ok(_) => ("ok", None),
+            Err(e) => {
+                let d = e.describe();
+                (d.code, d.status.is_server_error().then_some(d.code))
+            }
+        };
+        attributes.push(opentelemetry::KeyValue::new(key, code));
+        rec.stage(name, started, attributes, failed);
+    }
+
     /// A context for a background request made on this request's behalf
     /// (a cache refresh, with its `cache` part): the same identity and
     /// forwarding facts, no connection activity, its own in-progress count.

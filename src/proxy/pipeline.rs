@@ -8,7 +8,7 @@
 //!    the request's own limits and framing (admit.rs), `redirect_http`,
 //!    `OPTIONS *`.
 //! 2. `route`: normalize the path, look up the route (404 / 405).
-//! 3. `guard`: the route's IP lists (403; `server.ip` is checked in
+//! 3. `guard` (guard.rs): the route's IP lists (403; `server.ip` is checked in
 //!    admit, before routing), then its limits that need no identity, so
 //!    floods are cut before any signature check (429).
 //! 4. `authenticate`: the route's JWT policy (401, 403, 503), then the
@@ -44,6 +44,7 @@ use super::conn::ActivityGuard;
 use super::ctx::{ConnFacts, Finish, InProgress, LogTarget, Pending, RequestCtx};
 use super::error::{Party, ProxyError};
 use super::forward::forward;
+use super::guard::{guard, limit};
 use super::headers::{self, X_REQUEST_ID};
 use crate::observability::metrics::metrics;
 use crate::observability::trace::TraceContext;
@@ -57,7 +58,7 @@ use crate::upstream::Upstream;
     clippy::large_enum_variant,
     reason = "returned once per stage and moved straight out: boxing the answer would allocate on every local answer and cache hit"
 )]
-enum Flow<T> {
+pub(super) enum Flow<T> {
     Continue(T),
     Answer(Response<ResponseBody>),
 }
@@ -265,37 +266,6 @@ fn find_route(
     Ok((Arc::clone(route), normalized))
 }
 
-/// Stage 3, guard (what needs no limit or identity): the route's IP
-/// lists (403), then a CORS preflight, answered here: browsers send no
-/// credentials on one, so it must not meet authentication or the limits.
-fn guard(
-    route: &Route,
-    req: &Request<Incoming>,
-    ctx: &mut RequestCtx,
-) -> Result<Flow<()>, ProxyError> {
-    if let Some(rules) = &route.ip
-        && !rules.permits(ctx.client)
-    {
-        metrics()
-            .ip_denied
-            .with_label_values(&[route.name.as_str(), "route"])
-            .inc();
-        return Err(ProxyError::IpDenied);
-    }
-    let Some(cors) = &route.cors else {
-        return Ok(Flow::Continue(()));
-    };
-    if crate::access::cors::is_preflight(req.method(), req.headers()) {
-        ctx.preflight = true;
-        let mut r = Response::new(ResponseBody::full(Bytes::new()));
-        *r.status_mut() = StatusCode::NO_CONTENT;
-        *r.headers_mut() = cors.preflight(req.headers());
-        return Ok(Flow::Answer(r));
-    }
-    ctx.origin = req.headers().get(http::header::ORIGIN).cloned();
-    Ok(Flow::Continue(()))
-}
-
 /// Stage 4, authenticate: the route's JWT policy; the identity goes into
 /// the context, forwarded claims into the request headers.
 async fn authenticate(
@@ -313,43 +283,10 @@ async fn authenticate(
         .check(req.headers_mut(), uri.query(), &ctx.conn.auth_memo)
         .await
         .map_err(ProxyError::Auth);
-    record_stage(
-        ctx,
-        "auth",
-        started,
-        &checked,
-        "tollgate.auth.result",
-        vec![],
-    );
+    ctx.record_stage("auth", started, &checked, "tollgate.auth.result", vec![]);
     ctx.identity = checked?;
     strip_query_tokens(req, policy);
     Ok(())
-}
-
-/// Records stage `name`, begun at `started`, in a sampled request's
-/// spans: `key` says `ok` or the reason code it refused with; a refusal
-/// that is the gateway's or an upstream's fault (5xx) marks the span as
-/// an error.
-fn record_stage<T>(
-    ctx: &mut RequestCtx,
-    name: &'static str,
-    started: Option<Instant>,
-    result: &Result<T, ProxyError>,
-    key: &'static str,
-    mut attributes: Vec<opentelemetry::KeyValue>,
-) {
-    let (Some(started), Some(rec)) = (started, ctx.spans.as_deref_mut()) else {
-        return;
-    };
-    let (code, failed) = match result {
-        Ok(_) => ("ok", None),
-        Err(e) => {
-            let d = e.describe();
-            (d.code, d.status.is_server_error().then_some(d.code))
-        }
-    };
-    attributes.push(opentelemetry::KeyValue::new(key, code));
-    rec.stage(name, started, attributes, failed);
 }
 
 /// Stage 5, answer: `respond` and `redirect` routes answer here; a
@@ -430,8 +367,7 @@ async fn cache_lookup(
                 .and_then(|s| s.to_str().ok().map(str::to_owned))
                 .map(|s| opentelemetry::KeyValue::new("tollgate.cache.status", s)),
         );
-        record_stage(
-            ctx,
+        ctx.record_stage(
             "cache_lookup",
             started,
             &found,
@@ -623,96 +559,6 @@ fn https_redirect(
     *r.status_mut() = StatusCode::PERMANENT_REDIRECT;
     r.headers_mut().insert(LOCATION, location);
     Ok(r)
-}
-
-/// Stages 3 and 4: the route's rate limits of one phase (before or after
-/// authentication); the verdict the response headers describe goes into
-/// the context.
-async fn limit(
-    route: &Route,
-    after_auth: bool,
-    req: &Request<Incoming>,
-    ctx: &mut RequestCtx,
-) -> Result<(), ProxyError> {
-    let Some(limits) = &route.limits else {
-        return Ok(());
-    };
-    let started = ctx
-        .spans
-        .as_ref()
-        .filter(|_| {
-            limits
-                .policies
-                .iter()
-                .any(|(p, _)| p.after_auth == after_auth)
-        })
-        .map(|_| Instant::now());
-    let checked = check_limits(limits, route, after_auth, req, ctx).await;
-    let phase = if after_auth {
-        "after_auth"
-    } else {
-        "before_auth"
-    };
-    record_stage(
-        ctx,
-        "rate_limit",
-        started,
-        &checked,
-        "tollgate.rate_limit.result",
-        vec![opentelemetry::KeyValue::new(
-            "tollgate.rate_limit.phase",
-            phase,
-        )],
-    );
-    checked
-}
-
-/// The route's limits for one phase: allowed (with the verdict closest
-/// to its limit kept for the RateLimit headers), or refused.
-async fn check_limits(
-    limits: &crate::ratelimit::RouteLimits,
-    route: &Route,
-    after_auth: bool,
-    req: &Request<Incoming>,
-    ctx: &mut RequestCtx,
-) -> Result<(), ProxyError> {
-    use crate::ratelimit::{KeyInput, LimitOutcome};
-    let input = KeyInput {
-        headers: req.headers(),
-        client: ctx.client,
-        route: &route.name,
-        identity: ctx.identity.as_deref(),
-    };
-    match limits.check(after_auth, &input).await {
-        LimitOutcome::Allowed(verdict) => {
-            if verdict.is_some() {
-                let closer = match (&verdict, &ctx.rate_limit) {
-                    (Some((_, v)), Some((_, c))) => {
-                        u64::from(v.remaining) * u64::from(c.burst.max(1))
-                            < u64::from(c.remaining) * u64::from(v.burst.max(1))
-                    }
-                    _ => true,
-                };
-                if closer {
-                    ctx.rate_limit = verdict;
-                }
-            }
-            Ok(())
-        }
-        LimitOutcome::Limited(policy, v) => {
-            let secs = v.retry_after.as_secs_f64().ceil().max(1.0) as u64;
-            ctx.rate_limit = Some((policy, v));
-            Err(ProxyError::RateLimited(secs))
-        }
-        LimitOutcome::MissingKey if route.auth.is_some() => {
-            Err(ProxyError::Auth(crate::auth::AuthFailure::Missing))
-        }
-        LimitOutcome::MissingKey => Err(ProxyError::RateLimited(1)),
-        LimitOutcome::RepeatedKey => Err(ProxyError::BadRequest(
-            "a rate-limit key header was sent more than once",
-        )),
-        LimitOutcome::Unavailable => Err(ProxyError::RateLimitUnavailable),
-    }
 }
 
 /// The protocol an HTTP/1.1 request asks to switch to (not h2c).
