@@ -142,6 +142,19 @@ pub fn jwt_header(data: &[u8]) {
     let _ = crate::auth::token::extract(&sources, &headers, Some(text));
 }
 
+/// An API keys file, then a lookup in it of the same bytes as a key.
+pub fn api_keys(data: &[u8]) {
+    let claims = [(
+        vec!["sub".to_owned()],
+        http::HeaderName::from_static("x-consumer"),
+    )];
+    let Ok(keys) = crate::auth::apikey::parse_keys("fuzz", data, &claims) else {
+        return;
+    };
+    let key = String::from_utf8_lossy(data);
+    let _ = keys.get(&crate::auth::apikey::digest(key.as_bytes()));
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -10,6 +10,10 @@ pub mod access;
 pub(crate) mod admin;
 pub mod app;
 pub(crate) mod auth;
+/// API keys for `type: api_key` providers (`tollgate hash-key`).
+pub mod api_keys {
+    pub use crate::auth::apikey::{entry_line, generate};
+}
 pub(crate) mod body;
 pub mod cache;
 pub mod config;

@@ -1,5 +1,5 @@
 //! The `tollgate` command line: run, validate, explain, diff, schema,
-//! healthcheck.
+//! healthcheck, hash-key.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -62,6 +62,20 @@ enum Command {
         /// The admin listener; default: the config's, else 127.0.0.1:9901.
         #[arg(long)]
         admin: Option<String>,
+    },
+    /// Print the keys-file entry (SHA-256, consumer, tenant) of an API key
+    /// read from stdin, or of a new random key (`--generate`, the key on
+    /// stderr). The key itself is never written to stdout.
+    HashKey {
+        /// Who the key belongs to (the identity's `sub`).
+        #[arg(long)]
+        consumer: String,
+        /// The consumer's tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Make a new random key instead of reading one.
+        #[arg(long)]
+        generate: bool,
     },
     /// Print the config's JSON Schema (for editors: the example configs
     /// point at config/tollgate.schema.json).
@@ -225,6 +239,41 @@ fn healthcheck(cli: &Cli, admin: Option<&str>) -> ExitCode {
     }
 }
 
+fn hash_key(consumer: &str, tenant: Option<&str>, generate: bool) -> ExitCode {
+    use tollgate::api_keys;
+    let key = if generate {
+        match api_keys::generate() {
+            Ok(k) => {
+                complain([format!(
+                    "key (hand it to {consumer}; only its hash is kept): {k}"
+                )]);
+                k
+            }
+            Err(e) => {
+                complain([e]);
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        let mut line = String::new();
+        if let Err(e) = std::io::stdin().read_line(&mut line) {
+            complain([format!("cannot read the key from stdin: {e}")]);
+            return ExitCode::FAILURE;
+        }
+        let key = line.trim_end_matches(['\r', '\n']).to_owned();
+        if key.is_empty() {
+            complain(["give the key on stdin, or --generate a new one".to_owned()]);
+            return ExitCode::FAILURE;
+        }
+        key
+    };
+    if consumer.trim().is_empty() {
+        complain(["--consumer must not be empty".to_owned()]);
+        return ExitCode::FAILURE;
+    }
+    answer(&api_keys::entry_line(&key, consumer, tenant))
+}
+
 fn explain(cli: &Cli, method: &str, url: &str) -> ExitCode {
     let snap = match config::load(&cli.config, None) {
         Ok(s) => s,
@@ -310,6 +359,11 @@ fn main() -> ExitCode {
         Some(Command::Explain { method, url }) => explain(&cli, method, url),
         Some(Command::Diff { old, new, json }) => diff(old, new, *json),
         Some(Command::Schema) => answer(&config::schema()),
+        Some(Command::HashKey {
+            consumer,
+            tenant,
+            generate,
+        }) => hash_key(consumer, tenant.as_deref(), *generate),
         Some(Command::Healthcheck { admin }) => healthcheck(&cli, admin.as_deref()),
         Some(Command::Run) | None => {
             init_logs(&cli);

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use ipnet::IpNet;
 
-use crate::auth::{Provider, RouteAuth};
+use crate::auth::{AnyProvider, RouteAuth};
 use crate::config::spec::UnderscorePolicy;
 use crate::observability::metrics::RouteMetrics;
 use crate::routing::Router;
@@ -40,7 +40,7 @@ pub struct Snapshot {
     /// Upstreams by name.
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     /// JWT providers by name.
-    pub auth: BTreeMap<String, Arc<Provider>>,
+    pub auth: BTreeMap<String, AnyProvider>,
     /// Rate-limit policies by name.
     pub rate_limits: BTreeMap<String, Arc<crate::ratelimit::Policy>>,
     /// Redis for global rate limits.
@@ -163,7 +163,7 @@ impl Snapshot {
     /// snapshot are refreshed instead (as on any reload).
     pub fn start_background(&self) {
         for p in self.auth.values() {
-            p.keys.start();
+            p.start();
         }
         for u in self.upstreams.values() {
             u.start_background();
@@ -179,7 +179,7 @@ impl Snapshot {
     /// True when every remote key store has its first keys (or stopped
     /// waiting for them).
     pub fn auth_ready(&self) -> bool {
-        self.auth.values().all(|p| p.keys.ready())
+        self.auth.values().all(AnyProvider::ready)
     }
 
     /// Which route `method host path` would take and why, as JSON (the

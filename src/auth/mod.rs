@@ -1,7 +1,8 @@
-//! JWT authentication (pipeline stage 4): a route's `auth` policy names a
-//! provider; the provider finds the token, verifies it against its keys
-//! and rules, and yields the caller's `Identity` (claims, `sub`, tenant) for
-//! the stages after it.
+//! Authentication (pipeline stage 4): a route's `auth` policy names one
+//! provider or several (`any_of`); a provider finds the credential, checks
+//! it, and yields the caller's `Identity` (claims, `sub`, tenant) for the
+//! stages after it. A JWT provider verifies signed tokens; an API key
+//! provider looks keys up by their SHA-256.
 //!
 //! - `token`: where tokens are looked for (header, cookie, query) and how
 //!   many may be given.
@@ -16,10 +17,12 @@
 //!   of the token until its `exp` (or `cache.max_ttl`), and dropped when
 //!   the provider's keys change.
 //! - `memo`: the last token verified on each client connection.
+//! - `apikey`: `type: api_key` providers and their keys files.
 //! - `policy`: a route's `auth` (optional, required claim values), its
 //!   counters, and what is stripped before forwarding.
 //! - `error`: why a request was refused.
 
+pub(crate) mod apikey;
 mod error;
 pub(crate) mod jwks;
 mod jwt;
@@ -37,6 +40,90 @@ pub(crate) use error::AuthFailure;
 pub(crate) use jwt::{Provider, ProviderOptions, Rules};
 pub(crate) use memo::ConnMemo;
 pub(crate) use policy::RouteAuth;
+
+use apikey::ApiKeys;
+use token::Source;
+
+/// A compiled `auth.providers.NAME`, of either kind.
+#[derive(Clone)]
+pub enum AnyProvider {
+    /// `type: jwt`.
+    Jwt(Arc<Provider>),
+    /// `type: api_key`.
+    ApiKey(Arc<ApiKeys>),
+}
+
+impl AnyProvider {
+    /// The provider's name.
+    pub fn name(&self) -> &Arc<str> {
+        match self {
+            AnyProvider::Jwt(p) => &p.name,
+            AnyProvider::ApiKey(p) => &p.name,
+        }
+    }
+
+    /// Digest of its definition (key files included).
+    pub fn definition(&self) -> crate::config::Definition {
+        match self {
+            AnyProvider::Jwt(p) => p.definition,
+            AnyProvider::ApiKey(p) => p.definition,
+        }
+    }
+
+    /// The JWT provider, when it is one.
+    pub fn jwt(&self) -> Option<&Arc<Provider>> {
+        match self {
+            AnyProvider::Jwt(p) => Some(p),
+            AnyProvider::ApiKey(_) => None,
+        }
+    }
+
+    /// True when both are the same compiled provider (carried over).
+    pub fn same(&self, other: &AnyProvider) -> bool {
+        match (self, other) {
+            (AnyProvider::Jwt(a), AnyProvider::Jwt(b)) => Arc::ptr_eq(a, b),
+            (AnyProvider::ApiKey(a), AnyProvider::ApiKey(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
+    /// Starts its background work (a remote key store's refresh).
+    pub fn start(&self) {
+        if let AnyProvider::Jwt(p) = self {
+            p.keys.start();
+        }
+    }
+
+    /// False while a remote key store waits for its first keys.
+    pub fn ready(&self) -> bool {
+        match self {
+            AnyProvider::Jwt(p) => p.keys.ready(),
+            AnyProvider::ApiKey(_) => true,
+        }
+    }
+
+    fn sources(&self) -> &[Source] {
+        match self {
+            AnyProvider::Jwt(p) => &p.sources,
+            AnyProvider::ApiKey(p) => &p.sources,
+        }
+    }
+
+    /// True when the credential goes upstream too.
+    fn forwards_credential(&self) -> bool {
+        match self {
+            AnyProvider::Jwt(p) => p.forward_token,
+            AnyProvider::ApiKey(p) => p.forward_key,
+        }
+    }
+
+    fn forward_claims(&self) -> &[(Vec<String>, HeaderName)] {
+        match self {
+            AnyProvider::Jwt(p) => &p.forward_claims,
+            AnyProvider::ApiKey(p) => &p.forward_claims,
+        }
+    }
+}
 
 /// Who the caller is, from a verified token.
 #[derive(Debug)]

@@ -1,6 +1,7 @@
-//! A route's `auth`: the provider it names, whether a token is optional,
-//! the claim values it requires, its `tollgate_auth_requests_total`
-//! counters, and the token fields removed before forwarding.
+//! A route's `auth`: the provider it names (or the providers of `any_of`),
+//! whether a credential is optional, the claim values it requires, its
+//! `tollgate_auth_requests_total` counters, and the credential fields
+//! removed before forwarding.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -11,14 +12,17 @@ use prometheus::IntCounter;
 use serde_json::Value;
 
 use super::token::{self, Conflict, Source};
-use super::{AuthFailure, AuthOutcome, ConnMemo, Identity, OUTCOMES, Provider, claim_at};
+use super::{AnyProvider, AuthFailure, AuthOutcome, ConnMemo, Identity, OUTCOMES, claim_at};
 use crate::observability::metrics::metrics;
 
-/// Removes every header and cookie a token may come from
-/// (`forward_token: false`): `Authorization`, `header:` sources, and the
-/// `cookie:` sources' cookies (other cookies are kept).
-fn strip_token_headers(sources: &[Source], headers: &mut HeaderMap) {
-    headers.remove(AUTHORIZATION);
+/// Removes every header and cookie a credential may come from
+/// (`forward_token: false`, `forward_key: false`): `header:` sources, the
+/// `cookie:` sources' cookies (other cookies are kept), and for a JWT
+/// provider `Authorization`.
+fn strip_token_headers(sources: &[Source], authorization: bool, headers: &mut HeaderMap) {
+    if authorization {
+        headers.remove(AUTHORIZATION);
+    }
     let mut cookies = Vec::new();
     for s in sources {
         match s {
@@ -52,40 +56,44 @@ fn strip_token_headers(sources: &[Source], headers: &mut HeaderMap) {
     }
 }
 
-/// A route's `auth`: the provider, whether a token is optional, and the
-/// claim values it requires.
+/// A route's `auth`: the providers (one, or `any_of`), whether a
+/// credential is optional, and the claim values it requires.
 pub struct RouteAuth {
-    /// The provider.
-    pub provider: Arc<Provider>,
-    /// Let requests without a token through anonymously.
+    /// The providers, tried in order.
+    pub providers: Vec<AnyProvider>,
+    /// Let requests without a credential through anonymously.
     pub optional: bool,
     /// (claim path, values that must all be present).
     pub require: Vec<(Vec<String>, Vec<String>)>,
-    counters: [IntCounter; 6],
+    /// Per provider, one counter per outcome.
+    counters: Vec<[IntCounter; 6]>,
 }
 
 impl RouteAuth {
     /// The policy of route `route`.
     pub fn new(
         route: &str,
-        provider: Arc<Provider>,
+        providers: Vec<AnyProvider>,
         optional: bool,
         require: Vec<(Vec<String>, Vec<String>)>,
     ) -> Self {
         let family = &metrics().auth_requests;
-        let counters =
-            OUTCOMES.map(|(_, label)| family.with_label_values(&[route, &provider.name, label]));
+        let counters = providers
+            .iter()
+            .map(|p| OUTCOMES.map(|(_, label)| family.with_label_values(&[route, p.name(), label])))
+            .collect();
         Self {
-            provider,
+            providers,
             optional,
             require,
             counters,
         }
     }
 
-    fn count(&self, o: AuthOutcome) {
+    /// Counts a decision against the provider that made it.
+    fn count(&self, provider: usize, o: AuthOutcome) {
         if let Some(i) = OUTCOMES.iter().position(|(x, _)| *x == o)
-            && let Some(c) = self.counters.get(i)
+            && let Some(c) = self.counters.get(provider).and_then(|c| c.get(i))
         {
             c.inc();
         }
@@ -93,87 +101,79 @@ impl RouteAuth {
 
     /// Authenticates a request: on success its headers are rewritten for
     /// upstream (client copies of forwarded claim headers removed, verified
-    /// claims set, `Authorization` dropped unless `forward_token`) and the
-    /// identity is returned (`None`: anonymous on an optional route).
+    /// claims set, credentials dropped unless forwarded) and the identity
+    /// is returned (`None`: anonymous on an optional route).
+    ///
+    /// With several providers, each that finds a credential checks it, in
+    /// order; the first that accepts decides. When none accepts, the first
+    /// refusal is the answer; when none finds a credential, it is missing.
+    /// The decision is counted once, under the provider that made it (a
+    /// missing credential under the first provider).
     pub async fn check(
         &self,
         headers: &mut HeaderMap,
         query: Option<&str>,
         memo: &ConnMemo,
     ) -> Result<Option<Arc<Identity>>, AuthFailure> {
-        let r = self.check_inner(headers, query, memo).await;
-        self.count(match &r {
-            Ok(Some(_)) => AuthOutcome::Ok,
-            Ok(None) => AuthOutcome::Missing,
-            Err(f) => f.result(),
-        });
-        r
-    }
-
-    async fn check_inner(
-        &self,
-        headers: &mut HeaderMap,
-        query: Option<&str>,
-        memo: &ConnMemo,
-    ) -> Result<Option<Arc<Identity>>, AuthFailure> {
-        let p = &self.provider;
-        let identity = {
-            let token = token::extract(&p.sources, headers, query).map_err(|c| match c {
-                Conflict::TwoAuthorizationHeaders => {
-                    AuthFailure::Invalid("more than one Authorization header")
+        let mut accepted = None;
+        let mut refused = None;
+        for (i, p) in self.providers.iter().enumerate() {
+            match one(p, headers, query, memo).await {
+                Ok(Some(id)) => {
+                    accepted = Some((i, id));
+                    break;
                 }
-                Conflict::Disagree => AuthFailure::Invalid("the request carries different tokens"),
-            })?;
-            match token {
-                None if self.optional => None,
-                None => return Err(AuthFailure::Missing),
-                Some(t) if t.is_empty() => return Err(AuthFailure::Invalid("the token is empty")),
-                Some(t) => {
-                    // The memo is part of the cache: off when the cache is.
-                    let memo = p.cache.as_ref().map(|_| memo);
-                    let id = match memo.and_then(|m| m.get(p, &t)) {
-                        Some(id) => {
-                            p.hits.inc();
-                            id
-                        }
-                        None => {
-                            let generation = p.keys.generation();
-                            let id = p.verify(&t).await?;
-                            if let Some(m) = memo {
-                                m.put(p, generation, &t, &id);
-                            }
-                            id
-                        }
-                    };
-                    if !self.authorized(&id) {
-                        return Err(AuthFailure::Forbidden);
-                    }
-                    Some(id)
+                Ok(None) => {}
+                Err(f) => {
+                    refused.get_or_insert((i, f));
                 }
             }
+        }
+        let (by, r) = match (accepted, refused) {
+            (Some((i, id)), _) if self.authorized(&id) => (i, Ok(Some(id))),
+            (Some((i, _)), _) => (i, Err(AuthFailure::Forbidden)),
+            (None, Some((i, f))) => (i, Err(f)),
+            (None, None) if self.optional => (0, Ok(None)),
+            (None, None) => (0, Err(AuthFailure::Missing)),
         };
-        for (_, h) in &p.forward_claims {
-            headers.remove(h);
+        self.count(
+            by,
+            match &r {
+                Ok(Some(_)) => AuthOutcome::Ok,
+                Ok(None) => AuthOutcome::Missing,
+                Err(f) => f.result(),
+            },
+        );
+        let identity = r?;
+        for p in &self.providers {
+            for (_, h) in p.forward_claims() {
+                headers.remove(h);
+            }
         }
         if let Some(id) = &identity {
             for (h, v) in &id.forwarded {
                 headers.insert(h.clone(), v.clone());
             }
         }
-        if !p.forward_token {
-            strip_token_headers(&p.sources, headers);
+        for p in &self.providers {
+            if !p.forwards_credential() {
+                strip_token_headers(p.sources(), p.jwt().is_some(), headers);
+            }
         }
         Ok(identity)
     }
 
-    /// Query parameters that carry tokens and must not go upstream
-    /// (`forward_token: false` with `query:` sources).
+    /// Query parameters that carry credentials and must not go upstream
+    /// (`forward_token: false` / `forward_key: false` with `query:` sources).
     pub fn query_to_strip(&self) -> impl Iterator<Item = &str> {
-        let p = &self.provider;
-        p.sources.iter().filter_map(move |s| match s {
-            Source::Query(name) if !p.forward_token => Some(name.as_str()),
-            _ => None,
-        })
+        self.providers
+            .iter()
+            .filter(|p| !p.forwards_credential())
+            .flat_map(|p| p.sources())
+            .filter_map(|s| match s {
+                Source::Query(name) => Some(name.as_str()),
+                _ => None,
+            })
     }
 
     fn authorized(&self, id: &Identity) -> bool {
@@ -185,5 +185,54 @@ impl RouteAuth {
             };
             wanted.iter().all(|w| have.contains(w.as_str()))
         })
+    }
+}
+
+/// One provider's look at the request: `Ok(None)` when it finds no
+/// credential of its kind.
+async fn one(
+    p: &AnyProvider,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    memo: &ConnMemo,
+) -> Result<Option<Arc<Identity>>, AuthFailure> {
+    let credential = token::extract(p.sources(), headers, query).map_err(|c| match c {
+        Conflict::TwoAuthorizationHeaders => {
+            AuthFailure::Invalid("more than one Authorization header")
+        }
+        Conflict::Disagree => AuthFailure::Invalid("the request carries different credentials"),
+    })?;
+    let Some(t) = credential else {
+        return Ok(None);
+    };
+    match p {
+        AnyProvider::Jwt(p) => {
+            if t.is_empty() {
+                return Err(AuthFailure::Invalid("the token is empty"));
+            }
+            // The memo is part of the cache: off when the cache is.
+            let memo = p.cache.as_ref().map(|_| memo);
+            if let Some(id) = memo.and_then(|m| m.get(p, &t)) {
+                p.hits.inc();
+                return Ok(Some(id));
+            }
+            let generation = p.keys.generation();
+            let id = p.verify(&t).await?;
+            if let Some(m) = memo {
+                m.put(p, generation, &t, &id);
+            }
+            Ok(Some(id))
+        }
+        AnyProvider::ApiKey(k) => {
+            if t.is_empty() {
+                return Err(AuthFailure::Invalid("the API key is empty"));
+            }
+            if t.len() > k.max_key_bytes {
+                return Err(AuthFailure::Invalid("the API key is too large"));
+            }
+            k.lookup(&t)
+                .map(Some)
+                .ok_or(AuthFailure::Invalid("the API key is not valid"))
+        }
     }
 }

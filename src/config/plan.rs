@@ -104,8 +104,8 @@ impl Plan {
                     .map(|(n, u)| (n.as_str(), u.definition)),
             ),
             auth_providers: Changes::of(
-                old.auth.iter().map(|(n, a)| (n.as_str(), a.definition)),
-                new.auth.iter().map(|(n, a)| (n.as_str(), a.definition)),
+                old.auth.iter().map(|(n, a)| (n.as_str(), a.definition())),
+                new.auth.iter().map(|(n, a)| (n.as_str(), a.definition())),
             ),
             rate_limits: Changes::of(
                 old.rate_limits
@@ -135,8 +135,12 @@ impl Plan {
         // unchanged; a changed one may still keep its fetched keys.
         for (n, a) in &new.auth {
             match old.auth.get(n) {
-                Some(o) if Arc::ptr_eq(o, a) => state(format!("auth.providers.{n}"), Some(true)),
-                Some(o) if Arc::ptr_eq(&o.keys, &a.keys) => {
+                Some(o) if o.same(a) => state(format!("auth.providers.{n}"), Some(true)),
+                Some(o)
+                    if o.jwt()
+                        .zip(a.jwt())
+                        .is_some_and(|(o, a)| Arc::ptr_eq(&o.keys, &a.keys)) =>
+                {
                     state(format!("auth.providers.{n}.keys"), Some(true));
                     state(format!("auth.providers.{n}.token_cache"), Some(false));
                 }

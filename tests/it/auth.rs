@@ -324,7 +324,7 @@ async fn two_authorization_headers_or_disagreeing_tokens_are_refused() {
         &[("authorization", &bearer(&t))],
     )
     .await;
-    assert_invalid(&g, "the request carries different tokens");
+    assert_invalid(&g, "the request carries different credentials");
     // Cookie and query agree: accepted; cookie alone: accepted.
     let g = get_with(
         &s.c,

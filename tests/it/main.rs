@@ -11,6 +11,7 @@
 
 mod accounting;
 mod admin;
+mod apikeys;
 mod auth;
 mod binary;
 mod cache;

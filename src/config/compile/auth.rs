@@ -10,11 +10,12 @@ use http::HeaderName;
 use jsonwebtoken::Algorithm;
 
 use super::Errors;
+use crate::auth::apikey::{self, ApiKeyOptions, ApiKeys};
 use crate::auth::jwks::{self, KeyStore, Remote, RemoteSettings};
 use crate::auth::keys::{self, KeySet};
 use crate::auth::token::Source;
-use crate::auth::{Provider, ProviderOptions, RouteAuth, Rules};
-use crate::config::spec::{ProviderSpec, RouteAuthSpec, Spec};
+use crate::auth::{AnyProvider, Provider, ProviderOptions, RouteAuth, Rules};
+use crate::config::spec::{ProviderKind, ProviderSpec, RouteAuthSpec, Spec};
 use crate::snapshot::Snapshot;
 
 /// Compiled providers, plus a hash of every key file read (mixed into the
@@ -24,17 +25,172 @@ pub(super) fn providers(
     previous: Option<&Snapshot>,
     base: &Path,
     errs: &mut Errors,
-) -> (BTreeMap<String, Arc<Provider>>, u64) {
+) -> (BTreeMap<String, AnyProvider>, u64) {
     let mut out = BTreeMap::new();
     let mut files_hash = 0u64;
     for (name, p) in &spec.auth.providers {
         let path = format!("auth.providers.{name}");
         let prev = previous.and_then(|s| s.auth.get(name));
-        if let Some(provider) = provider(name, p, &path, prev, base, errs, &mut files_hash) {
-            out.insert(name.clone(), provider);
+        let compiled = match p.kind {
+            ProviderKind::Jwt => {
+                let prev = prev.and_then(AnyProvider::jwt);
+                provider(name, p, &path, prev, base, errs, &mut files_hash).map(AnyProvider::Jwt)
+            }
+            ProviderKind::ApiKey => {
+                api_key_provider(name, p, &path, prev, base, errs, &mut files_hash)
+                    .map(AnyProvider::ApiKey)
+            }
+        };
+        if let Some(c) = compiled {
+            out.insert(name.clone(), c);
         }
     }
     (out, files_hash)
+}
+
+/// Fields of the other kind of provider, named in an error when given.
+fn foreign_fields(p: &ProviderSpec) -> Vec<&'static str> {
+    let jwt_only = [
+        ("algorithms", !p.algorithms.is_empty()),
+        ("issuer", p.issuer.is_some()),
+        ("audiences", !p.audiences.is_empty()),
+        ("jwks_uri", p.jwks_uri.is_some()),
+        ("discovery", p.discovery),
+        ("jwks_file", p.jwks_file.is_some()),
+        ("secret", p.secret.is_some()),
+        ("public_key_file", p.public_key_file.is_some()),
+        ("ca_file", p.ca_file.is_some()),
+        ("tenant_claim", p.tenant_claim.is_some()),
+        ("token_from", p.token_from != default_token_from()),
+    ];
+    let key_only = [
+        ("from", p.from.is_some()),
+        ("keys_file", p.keys_file.is_some()),
+        ("forward_key", p.forward_key),
+    ];
+    let foreign: &[(&'static str, bool)] = match p.kind {
+        ProviderKind::Jwt => &key_only,
+        ProviderKind::ApiKey => &jwt_only,
+    };
+    foreign
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(k, _)| *k)
+        .collect()
+}
+
+fn default_token_from() -> Vec<String> {
+    vec!["header:authorization".to_owned()]
+}
+
+/// A claim path (`org.id`), `None` when a part is empty.
+fn dotted(s: &str) -> Option<Vec<String>> {
+    let parts: Vec<String> = s.split('.').map(str::to_owned).collect();
+    parts.iter().all(|p| !p.is_empty()).then_some(parts)
+}
+
+fn forward_claims(
+    p: &ProviderSpec,
+    path: &str,
+    errs: &mut Errors,
+) -> Vec<(Vec<String>, HeaderName)> {
+    let mut out = Vec::new();
+    for (claim, header) in &p.forward_claims {
+        let field = format!("{path}.forward_claims.{claim}");
+        match (dotted(claim), HeaderName::try_from(header.as_str())) {
+            (Some(c), Ok(h)) => out.push((c, h)),
+            (None, _) => errs.push(field, format!("`{claim}` is not a claim path")),
+            (_, Err(_)) => errs.push(field, format!("`{header}` is not a header name")),
+        }
+    }
+    out
+}
+
+/// A `type: api_key` provider: its keys file read and checked.
+fn api_key_provider(
+    name: &str,
+    p: &ProviderSpec,
+    path: &str,
+    previous: Option<&AnyProvider>,
+    base: &Path,
+    errs: &mut Errors,
+    files_hash: &mut u64,
+) -> Option<Arc<ApiKeys>> {
+    let before = errs.0.len();
+    let files_before = *files_hash;
+    if !super::is_name(name) {
+        errs.push(path, "provider names use letters, digits, `-`, `_` and `.`");
+    }
+    let foreign = foreign_fields(p);
+    if !foreign.is_empty() {
+        errs.push(
+            path,
+            format!(
+                "an api_key provider has no {} (those are for type: jwt)",
+                foreign.join(", ")
+            ),
+        );
+    }
+    let from = p
+        .from
+        .clone()
+        .unwrap_or_else(|| vec!["header:x-api-key".to_owned()]);
+    if from.is_empty() {
+        errs.push(format!("{path}.from"), "give at least one source");
+    }
+    let mut sources = Vec::new();
+    for (i, t) in from.iter().enumerate() {
+        match Source::parse(t) {
+            Ok(s) => sources.push(s),
+            Err(e) => errs.push(format!("{path}.from[{i}]"), e),
+        }
+    }
+    if p.max_token_bytes.0 < 16 || p.max_token_bytes.0 > 64 << 10 {
+        errs.push(
+            format!("{path}.max_token_bytes"),
+            "must be from 16 bytes to 64KiB for API keys",
+        );
+    }
+    let forward_claims = forward_claims(p, path, errs);
+    let field = format!("{path}.keys_file");
+    let keys = match &p.keys_file {
+        None => {
+            errs.push(&field, "an api_key provider needs its keys_file");
+            None
+        }
+        Some(file) => read(base, file.as_str(), &field, errs, files_hash).and_then(|bytes| {
+            match apikey::parse_keys(name, &bytes, &forward_claims) {
+                Ok(k) => Some(k),
+                Err(list) => {
+                    for e in list {
+                        errs.push(&field, format!("{}: {e}", file.as_str()));
+                    }
+                    None
+                }
+            }
+        }),
+    };
+    if errs.0.len() > before {
+        return None;
+    }
+    let keys = keys?;
+    let definition = crate::config::Definition::of(&(p, *files_hash ^ files_before));
+    if let Some(AnyProvider::ApiKey(prev)) = previous
+        && prev.definition == definition
+    {
+        return Some(Arc::clone(prev));
+    }
+    Some(Arc::new(ApiKeys::new(
+        name,
+        keys,
+        ApiKeyOptions {
+            sources,
+            forward_key: p.forward_key,
+            max_key_bytes: p.max_token_bytes.0 as usize,
+            forward_claims,
+            definition,
+        },
+    )))
 }
 
 fn algorithm_list(p: &ProviderSpec, path: &str, errs: &mut Errors) -> Vec<Algorithm> {
@@ -96,6 +252,16 @@ fn provider(
     let files_before = *files_hash;
     if !super::is_name(name) {
         errs.push(path, "provider names use letters, digits, `-`, `_` and `.`");
+    }
+    let foreign = foreign_fields(p);
+    if !foreign.is_empty() {
+        errs.push(
+            path,
+            format!(
+                "a JWT provider has no {} (those are for type: api_key)",
+                foreign.join(", ")
+            ),
+        );
     }
     let algorithms = algorithm_list(p, path, errs);
     let given: Vec<&str> = [
@@ -164,10 +330,6 @@ fn provider(
             Err(e) => errs.push(format!("{path}.token_from[{i}]"), e),
         }
     }
-    let dotted = |s: &str| -> Option<Vec<String>> {
-        let parts: Vec<String> = s.split('.').map(str::to_owned).collect();
-        parts.iter().all(|p| !p.is_empty()).then_some(parts)
-    };
     let tenant_claim = match &p.tenant_claim {
         None => None,
         Some(t) => {
@@ -181,15 +343,7 @@ fn provider(
             d
         }
     };
-    let mut forward_claims = Vec::new();
-    for (claim, header) in &p.forward_claims {
-        let field = format!("{path}.forward_claims.{claim}");
-        match (dotted(claim), HeaderName::try_from(header.as_str())) {
-            (Some(c), Ok(h)) => forward_claims.push((c, h)),
-            (None, _) => errs.push(field, format!("`{claim}` is not a claim path")),
-            (_, Err(_)) => errs.push(field, format!("`{header}` is not a header name")),
-        }
-    }
+    let forward_claims = forward_claims(p, path, errs);
     let issuer = p.issuer.as_ref().map(|i| i.as_str().to_owned());
     if p.discovery && issuer.is_none() {
         errs.push(
@@ -362,10 +516,11 @@ pub(super) fn route_auth(
     route: &str,
     a: &RouteAuthSpec,
     path: &str,
-    providers: &BTreeMap<String, Arc<Provider>>,
+    providers: &BTreeMap<String, AnyProvider>,
     spec: &Spec,
     errs: &mut Errors,
 ) -> Option<RouteAuth> {
+    let before = errs.0.len();
     let mut require = Vec::new();
     for (claim, values) in &a.require {
         let parts: Vec<String> = claim.split('.').map(str::to_owned).collect();
@@ -378,17 +533,39 @@ pub(super) fn route_auth(
         }
         require.push((parts, values.clone()));
     }
-    match providers.get(&a.provider) {
-        Some(p) => Some(RouteAuth::new(route, Arc::clone(p), a.optional, require)),
-        None => {
+    let names: Vec<(String, &String)> = match (&a.provider, a.any_of.as_slice()) {
+        (Some(p), []) => vec![(format!("{path}.provider"), p)],
+        (None, list) if !list.is_empty() => list
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (format!("{path}.any_of[{i}]"), n))
+            .collect(),
+        _ => {
+            errs.push(
+                path,
+                "give either `provider` or `any_of` (a list of providers)",
+            );
+            return None;
+        }
+    };
+    let mut list = Vec::new();
+    for (field, name) in names {
+        if list
+            .iter()
+            .any(|p: &AnyProvider| p.name().as_ref() == name.as_str())
+        {
+            errs.push(field, format!("provider \"{name}\" is listed twice"));
+            continue;
+        }
+        match providers.get(name) {
+            Some(p) => list.push(p.clone()),
             // A provider with its own errors is reported there, not twice.
-            if !spec.auth.providers.contains_key(&a.provider) {
-                errs.push(
-                    format!("{path}.provider"),
-                    format!("unknown provider \"{}\"", a.provider),
-                );
-            }
-            None
+            None if spec.auth.providers.contains_key(name) => {}
+            None => errs.push(field, format!("unknown provider \"{name}\"")),
         }
     }
+    if errs.0.len() > before || list.len() != a.any_of.len().max(1) {
+        return None;
+    }
+    Some(RouteAuth::new(route, list, a.optional, require))
 }

@@ -264,6 +264,13 @@ impl StartOnly {
                         .flat_map(|ip| [&ip.allow_file, &ip.deny_file])
                         .filter_map(|f| f.as_ref().map(|f| f.as_str())),
                 )
+                // So are API key files: removing a key revokes it.
+                .chain(
+                    spec.auth
+                        .providers
+                        .values()
+                        .filter_map(|p| p.keys_file.as_ref().map(|f| f.as_str())),
+                )
                 .filter_map(|f| base.join(f).parent().map(Path::to_path_buf))
                 .collect(),
         }
@@ -460,13 +467,13 @@ fn settings(spec: &Spec, errs: &mut Errors) -> ServerSettings {
         send_timeout: l.send_timeout.0,
         max_concurrent_streams: l.max_concurrent_streams,
         access_log: s.access_log.enabled,
-        // Every provider's query token sources are redacted, whichever
-        // route a request took.
+        // Every provider's query token and key sources are redacted,
+        // whichever route a request took.
         access_log_query: s.access_log.query.then(|| {
             spec.auth
                 .providers
                 .values()
-                .flat_map(|p| p.token_from.iter())
+                .flat_map(|p| p.token_from.iter().chain(p.from.iter().flatten()))
                 .filter_map(|t| t.strip_prefix("query:"))
                 .map(|n| n.trim().to_owned())
                 .collect::<Vec<_>>()

@@ -18,17 +18,42 @@ pub struct AuthSpec {
     pub providers: BTreeMap<String, ProviderSpec>,
 }
 
-/// `auth.providers.NAME`: one token issuer, its keys and its rules.
+/// What kind of credential a provider checks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// Signed JSON Web Tokens (the default).
+    #[default]
+    Jwt,
+    /// Static API keys, looked up by their SHA-256 in `keys_file`.
+    ApiKey,
+}
+
+/// `auth.providers.NAME`: one token issuer (`type: jwt`, its keys and its
+/// rules) or one set of API keys (`type: api_key`).
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderSpec {
+    /// `jwt` (default) or `api_key`.
+    #[serde(default, rename = "type")]
+    pub kind: ProviderKind,
+    /// `api_key`: where the key is looked for: `header:NAME`, `cookie:NAME`, `query:NAME`. Default `["header:x-api-key"]`.
+    #[serde(default)]
+    pub from: Option<Vec<String>>,
+    /// `api_key`: the keys: a YAML list of `{ sha256, consumer, tenant?, claims? }` (`tollgate hash-key` prints an entry). Read again with every config load and watched like it.
+    #[serde(default)]
+    pub keys_file: Option<Str>,
+    /// `api_key`: send the key upstream too. Default `false`: the header, cookie or query parameter it came in is removed.
+    #[serde(default)]
+    pub forward_key: bool,
     /// Required exact value of `iss` (a single string). Required with `discovery`.
     #[serde(default)]
     pub issuer: Option<Str>,
     /// The token's `aud` (string or array) must contain one of these. Empty: tokens with an `aud` are refused.
     #[serde(default)]
     pub audiences: Vec<Str>,
-    /// Accepted `alg` values (required): HS256/384/512, RS256/384/512, PS256/384/512, ES256/384, EdDSA.
+    /// Accepted `alg` values (required for `jwt`): HS256/384/512, RS256/384/512, PS256/384/512, ES256/384, EdDSA.
+    #[serde(default)]
     pub algorithms: Vec<String>,
     /// Remote JWKS URL (`https://`, or `http://` for a trusted network).
     #[serde(default)]
@@ -152,8 +177,12 @@ impl Serialize for Secret {
 #[derive(Debug, Clone, Deserialize, JsonSchema, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteAuthSpec {
-    /// Provider name from `auth.providers`.
-    pub provider: String,
+    /// Provider name from `auth.providers`. Give this or `any_of`.
+    #[serde(default)]
+    pub provider: Option<String>,
+    /// Accept a credential from any of these providers (e.g. a JWT or an API key), tried in order: the first that verifies wins.
+    #[serde(default)]
+    pub any_of: Vec<String>,
     /// Validate a token when one is sent; let requests without one through anonymously.
     #[serde(default)]
     pub optional: bool,

@@ -66,6 +66,8 @@ pub struct Metrics {
     pub jwks_refresh: IntCounterVec,
     /// `tollgate_jwks_keys{provider}`.
     pub jwks_keys: IntGaugeVec,
+    /// `tollgate_auth_api_keys{provider}`.
+    pub auth_api_keys: IntGaugeVec,
     /// `tollgate_jwt_cache_hits_total`.
     pub jwt_cache_hits: IntCounter,
     /// `tollgate_jwt_cache_misses_total`.
@@ -294,6 +296,11 @@ impl Metrics {
             jwks_keys: gauge_vec(
                 "tollgate_jwks_keys",
                 "Signature keys a provider holds.",
+                &["provider"],
+            ),
+            auth_api_keys: gauge_vec(
+                "tollgate_auth_api_keys",
+                "API keys an api_key provider holds (a reload that removes a key lowers it).",
                 &["provider"],
             ),
             jwt_cache_hits: plain_counter(
