@@ -2,7 +2,8 @@
 //! capped at `max_request_body_bytes` (413) and guarded by
 //! `body_read_timeout` (408) while it streams. On routes that retry, a
 //! copy of a small body (at most `MAX_REPLAY_BYTES`) is kept as it streams,
-//! so a retry can send it again.
+//! so a retry can send it again; on mirrored routes, a copy of at most
+//! `mirror.max_body` goes to the shadow upstream once the body has ended.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -76,6 +77,62 @@ impl Replay {
     }
 }
 
+/// Why a mirror got no copy of the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NoCopy {
+    /// The body grew past the mirror's `max_body`.
+    TooLarge,
+}
+
+/// What a mirror receives: the whole body, or why not. The sender is
+/// dropped (the receiver sees an error) when the body ends early: the
+/// client went away, the read failed, or the upstream stopped reading.
+pub(crate) type MirrorCopy = tokio::sync::oneshot::Receiver<Result<Vec<Bytes>, NoCopy>>;
+
+/// The copy of a request body kept for a mirror, handed over when the
+/// body ends (never while it streams: a slow shadow cannot hold the live
+/// request back).
+pub(crate) struct MirrorTee {
+    chunks: Vec<Bytes>,
+    size: u64,
+    limit: u64,
+    tx: Option<tokio::sync::oneshot::Sender<Result<Vec<Bytes>, NoCopy>>>,
+}
+
+impl MirrorTee {
+    /// A tee keeping at most `limit` bytes, and the mirror's end of it.
+    pub(crate) fn new(limit: u64) -> (Self, MirrorCopy) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let tee = Self {
+            chunks: Vec::new(),
+            size: 0,
+            limit,
+            tx: Some(tx),
+        };
+        (tee, rx)
+    }
+
+    fn push(&mut self, data: &Bytes) {
+        let Some(tx) = self.tx.take() else {
+            return;
+        };
+        self.size += data.len() as u64;
+        if self.size > self.limit {
+            self.chunks = Vec::new();
+            let _ = tx.send(Err(NoCopy::TooLarge));
+            return;
+        }
+        self.chunks.push(data.clone());
+        self.tx = Some(tx);
+    }
+
+    fn finish(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Ok(std::mem::take(&mut self.chunks)));
+        }
+    }
+}
+
 /// A streamed, limited request body.
 pub struct RequestBody {
     inner: Option<Incoming>,
@@ -83,6 +140,8 @@ pub struct RequestBody {
     chunks: VecDeque<Bytes>,
     /// Where a copy is kept for retries.
     tee: Option<Arc<Mutex<Replay>>>,
+    /// Where a copy is kept for a mirror.
+    mirror: Option<MirrorTee>,
     remaining: u64,
     limit: u64,
     timeout: Duration,
@@ -99,6 +158,7 @@ impl RequestBody {
             inner: Some(inner),
             chunks: VecDeque::new(),
             tee: None,
+            mirror: None,
             remaining: limit,
             limit,
             timeout,
@@ -113,6 +173,20 @@ impl RequestBody {
         self
     }
 
+    /// Keeps a copy of the body for a mirror as it streams.
+    pub(crate) fn mirrored(mut self, tee: MirrorTee) -> Self {
+        self.mirror = Some(tee);
+        self
+    }
+
+    /// A body of these bytes (a mirror's copy).
+    pub(crate) fn from_chunks(chunks: Vec<Bytes>) -> Self {
+        Self {
+            chunks: chunks.into(),
+            ..Self::empty()
+        }
+    }
+
     /// Counts the bytes read into `counter` as they stream.
     pub fn counted(mut self, counter: Arc<AtomicU64>) -> Self {
         self.counter = Some(counter);
@@ -125,6 +199,7 @@ impl RequestBody {
             inner: None,
             chunks: VecDeque::new(),
             tee: None,
+            mirror: None,
             remaining: 0,
             limit: 0,
             timeout: Duration::ZERO,
@@ -155,6 +230,7 @@ impl Body for RequestBody {
                     let n = data.len() as u64;
                     if n > this.remaining {
                         this.inner = None;
+                        this.mirror = None;
                         return Poll::Ready(Some(Err(BodyError::TooLarge { limit: this.limit })));
                     }
                     this.remaining -= n;
@@ -169,6 +245,12 @@ impl Body for RequestBody {
                         // the end: the body is complete when hyper says so.
                         t.complete = this.inner.as_ref().is_some_and(Body::is_end_stream);
                     }
+                    if let Some(m) = this.mirror.as_mut() {
+                        m.push(data);
+                        if this.inner.as_ref().is_some_and(Body::is_end_stream) {
+                            m.finish();
+                        }
+                    }
                 }
                 if let Some(s) = this.sleep.as_mut() {
                     s.as_mut().reset(Instant::now() + this.timeout);
@@ -177,10 +259,14 @@ impl Body for RequestBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 this.inner = None;
+                this.mirror = None;
                 Poll::Ready(Some(Err(BodyError::Read(e))))
             }
             Poll::Ready(None) => {
                 this.inner = None;
+                if let Some(m) = this.mirror.as_mut() {
+                    m.finish();
+                }
                 if let Some(t) = &this.tee
                     && let Ok(mut t) = t.lock()
                 {
@@ -195,6 +281,7 @@ impl Body for RequestBody {
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
                 ready!(sleep.as_mut().poll(cx));
                 this.inner = None;
+                this.mirror = None;
                 Poll::Ready(Some(Err(BodyError::Timeout)))
             }
         }

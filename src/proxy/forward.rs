@@ -9,7 +9,8 @@
 //! fields are gone: forwarding (`X-Forwarded-*`, `Forwarded`, `X-Real-IP`),
 //! request id, client certificate subject, trace context, Host, upgrade,
 //! the route's `request_headers`, then the cache's validators. No client
-//! header can remove, duplicate or override one of them.
+//! header can remove, duplicate or override one of them. A mirrored route
+//! sends a copy of this request (`upstream/mirror.rs`) before the live one.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -27,11 +28,12 @@ use super::conn::ConnUpstream;
 use super::ctx::{End, Finish, RequestCtx};
 use super::error::ProxyError;
 use super::headers::{self, X_REQUEST_ID};
-use crate::body::{Replay, RequestBody};
+use crate::body::{MirrorTee, Replay, RequestBody};
 use crate::hash::hash64;
 use crate::observability::metrics::metrics;
 use crate::snapshot::Route;
 use crate::socket::Socket;
+use crate::upstream::mirror::CopyBody;
 use crate::upstream::retry::{self, Again};
 use crate::upstream::{HashOn, Upstream, UpstreamBody, UpstreamError};
 
@@ -68,17 +70,36 @@ pub(super) async fn forward(
         proto,
     );
     ctx.cache.make_conditional(&mut headers);
+    let empty = http_body::Body::is_end_stream(&incoming);
+    // A mirrored route sends a copy aside (never of an upgrade): at once
+    // without a body, else once the body has ended.
+    let mut mirror_tee = None;
+    if let Some(ticket) = route
+        .mirror
+        .as_ref()
+        .filter(|_| upgrade.is_none())
+        .and_then(|m| m.admit(&headers))
+    {
+        let body = if empty {
+            CopyBody::Empty
+        } else {
+            let (tee, body) = ticket.tee();
+            mirror_tee = Some(tee);
+            body
+        };
+        ticket.send(parts.method.clone(), uri.clone(), headers.clone(), body);
+    }
     // A retrying route keeps the head and a copy of a small body; a tunnel
     // is never retried.
     let policy = route.retry.as_ref().filter(|_| upgrade.is_none());
     let replay = policy.map(|_| {
-        Arc::new(Mutex::new(if http_body::Body::is_end_stream(&incoming) {
+        Arc::new(Mutex::new(if empty {
             Replay::empty()
         } else {
             Replay::default()
         }))
     });
-    let body = request_body(incoming, replay.as_ref(), ctx);
+    let body = request_body(incoming, replay.as_ref(), mirror_tee, ctx);
     let again = replay.map(|replay| Again {
         method: parts.method.clone(),
         uri: uri.clone(),
@@ -198,11 +219,12 @@ fn upstream_headers(
 }
 
 /// The request body as sent upstream: bounded in size and read time,
-/// copied for a retry when the route retries, counted (access log, size
-/// histogram).
+/// copied for a retry when the route retries and for a mirror when one
+/// copies it, counted (access log, size histogram).
 fn request_body(
     incoming: Incoming,
     replay: Option<&Arc<Mutex<Replay>>>,
+    mirror: Option<MirrorTee>,
     ctx: &mut RequestCtx,
 ) -> RequestBody {
     if http_body::Body::is_end_stream(&incoming) {
@@ -216,6 +238,10 @@ fn request_body(
     );
     let body = match replay {
         Some(r) => body.teed(Arc::clone(r)),
+        None => body,
+    };
+    let body = match mirror {
+        Some(tee) => body.mirrored(tee),
         None => body,
     };
     let counter = Arc::new(AtomicU64::new(0));

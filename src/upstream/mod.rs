@@ -12,6 +12,7 @@ mod endpoint;
 mod error;
 pub(crate) mod h1;
 pub(crate) mod health;
+pub(crate) mod mirror;
 pub(crate) mod pool;
 pub(crate) mod retry;
 

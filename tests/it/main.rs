@@ -24,6 +24,7 @@ mod fleet;
 mod grpc;
 mod hostile;
 mod ip;
+mod mirror;
 mod proxying;
 mod ratelimit;
 mod reload;

@@ -3,19 +3,23 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use regex::Regex;
 
 use super::{DEFAULT_ROUTE_TIMEOUT, Errors};
-use crate::config::spec::{HeaderRulesSpec, MatchSpec, RetrySpec, RouteSpec, ValueMatchSpec};
+use crate::config::spec::{
+    HeaderRulesSpec, MatchSpec, MirrorSpec, RetrySpec, RouteSpec, ValueMatchSpec,
+};
 use crate::observability::metrics::RouteMetrics;
 use crate::routing::normalize::{NormalizeOptions, normalize_path};
 use crate::routing::tree::{MAX_SEGMENTS, is_param, segments};
 use crate::routing::{Constraints, PathMatch, RouteMatcher, ValueMatcher};
 use crate::snapshot::{Action, HeaderRules, Rewrite, Route, Split};
 use crate::upstream::Upstream;
+use crate::upstream::mirror::{Mirror, MirrorSettings};
 use crate::upstream::retry::{RetryPolicy, RetrySettings};
 
 pub(super) fn matcher(
@@ -316,6 +320,17 @@ pub(super) fn route(
         .retry
         .as_ref()
         .and_then(|rs| retry_policy(&r.name, rs, &format!("{p}.retry"), errs));
+    let mirror = r.mirror.as_ref().and_then(|m| {
+        let field = format!("{p}.mirror");
+        if r.upstream.is_none() && r.split.is_none() {
+            errs.push(
+                &field,
+                "only a route that forwards (upstream or split) can mirror",
+            );
+        }
+        let upstream = lookup(&m.upstream, format!("{field}.upstream"), errs);
+        mirror(&r.name, m, timeout, upstream?, &field, errs)
+    });
     let action = action?;
     (errs.0.len() == before).then(|| Route {
         metrics: RouteMetrics::new(&r.name),
@@ -334,6 +349,46 @@ pub(super) fn route(
         ip: None,
         cors: None,
         retry,
+        mirror,
+    })
+}
+
+/// `routes[i].mirror`, its upstream found.
+fn mirror(
+    route: &str,
+    m: &MirrorSpec,
+    route_timeout: Duration,
+    upstream: Arc<Upstream>,
+    p: &str,
+    errs: &mut Errors,
+) -> Option<Arc<Mirror>> {
+    let before = errs.0.len();
+    if !m.percent.is_finite() || !(0.0..=100.0).contains(&m.percent) {
+        errs.push(format!("{p}.percent"), "must be from 0 to 100");
+    }
+    // Copies wait in memory for their body: at most max_concurrent of
+    // them, each of at most max_body.
+    if m.max_body.0 > 16 << 20 {
+        errs.push(format!("{p}.max_body"), "at most 16MiB");
+    }
+    if m.max_concurrent == 0 || m.max_concurrent > 10_000 {
+        errs.push(format!("{p}.max_concurrent"), "must be from 1 to 10000");
+    }
+    let timeout = m.timeout.map_or(route_timeout, |t| t.0);
+    if timeout.is_zero() {
+        errs.push(format!("{p}.timeout"), "must be more than zero");
+    }
+    (errs.0.len() == before).then(|| {
+        Arc::new(Mirror::new(
+            route,
+            upstream,
+            MirrorSettings {
+                percent: m.percent,
+                max_body: m.max_body.0,
+                max_concurrent: m.max_concurrent as usize,
+                timeout,
+            },
+        ))
     })
 }
 

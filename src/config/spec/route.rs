@@ -9,7 +9,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor, value::MapAccessDeserial
 use serde::{Deserialize, Serialize};
 
 use super::{RouteAuthSpec, RouteCacheSpec};
-use crate::config::units::{DurationSpec, Str};
+use crate::config::units::{ByteSize, DurationSpec, Str};
 
 /// `routes[i]`.
 #[derive(Debug, Clone, Deserialize, JsonSchema, Serialize)]
@@ -71,6 +71,39 @@ pub struct RouteSpec {
     /// CORS: preflights answered by the gateway, `Access-Control-*` on responses.
     #[serde(default)]
     pub cors: Option<CorsSpec>,
+    /// Shadow traffic: a copy of each request (or a share) sent to another upstream; its response is discarded.
+    #[serde(default)]
+    pub mirror: Option<MirrorSpec>,
+}
+
+/// `routes[i].mirror`.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorSpec {
+    /// The upstream that gets the copies (from `upstreams`).
+    pub upstream: String,
+    /// Share of requests copied, 0 to 100. Default `100`.
+    #[serde(default = "hundred")]
+    pub percent: f64,
+    /// Requests with a larger body are not copied (the copy is kept in memory until the body ends). Default `64KiB`.
+    #[serde(default = "default_mirror_body")]
+    pub max_body: ByteSize,
+    /// Copies in flight at most for this route; more are dropped, never queued. Default `64`.
+    #[serde(default = "default_mirror_concurrency")]
+    pub max_concurrent: u32,
+    /// Deadline of one copy (waiting for the body, the shadow's answer and reading it). Default: the route's `timeout`.
+    #[serde(default)]
+    pub timeout: Option<DurationSpec>,
+}
+
+fn hundred() -> f64 {
+    100.0
+}
+fn default_mirror_body() -> ByteSize {
+    ByteSize(64 << 10)
+}
+fn default_mirror_concurrency() -> u32 {
+    64
 }
 
 /// `routes[i].cors`.

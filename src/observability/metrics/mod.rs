@@ -66,6 +66,8 @@ pub struct Metrics {
     pub jwks_refresh: IntCounterVec,
     /// `tollgate_jwks_keys{provider}`.
     pub jwks_keys: IntGaugeVec,
+    /// `tollgate_mirror_requests_total{route,result}`.
+    pub mirror_requests: IntCounterVec,
     /// `tollgate_auth_api_keys{provider}`.
     pub auth_api_keys: IntGaugeVec,
     /// `tollgate_jwt_cache_hits_total`.
@@ -297,6 +299,11 @@ impl Metrics {
                 "tollgate_jwks_keys",
                 "Signature keys a provider holds.",
                 &["provider"],
+            ),
+            mirror_requests: counter(
+                "tollgate_mirror_requests_total",
+                "Mirrored (shadow) copies by route and result: ok (the shadow answered below 500), error (5xx or a failed exchange), timeout, overloaded (the mirror's bulkhead or the shadow's limit was full: not copied), too_large (body over max_body: not copied), incomplete (the live body did not end: not sent).",
+                &["route", "result"],
             ),
             auth_api_keys: gauge_vec(
                 "tollgate_auth_api_keys",
