@@ -142,6 +142,23 @@ pub fn jwt_header(data: &[u8]) {
     let _ = crate::auth::token::extract(&sources, &headers, Some(text));
 }
 
+/// `Accept-Encoding` values (one per line) negotiated against every
+/// coding, and the same lines as `content_types` patterns.
+pub fn accept_encoding(data: &[u8]) {
+    use crate::compression::{Algorithm, TypePattern, negotiate};
+    let mut headers = HeaderMap::new();
+    for line in data.split(|b| *b == b'\n') {
+        if let Ok(v) = HeaderValue::from_bytes(line) {
+            headers.append(http::header::ACCEPT_ENCODING, v);
+        }
+        if let Ok(text) = std::str::from_utf8(line) {
+            let _ = TypePattern::parse(text);
+        }
+    }
+    let _ = negotiate(&[Algorithm::Zstd, Algorithm::Br, Algorithm::Gzip], &headers);
+    let _ = negotiate(&[Algorithm::Gzip], &headers);
+}
+
 /// An API keys file, then a lookup in it of the same bytes as a key.
 pub fn api_keys(data: &[u8]) {
     let claims = [(

@@ -16,6 +16,7 @@ pub mod api_keys {
 }
 pub(crate) mod body;
 pub mod cache;
+pub mod compression;
 pub mod config;
 pub(crate) mod cookies;
 pub(crate) mod fetch;

@@ -325,6 +325,8 @@ pub struct Route {
     pub ip: Option<crate::access::ip::IpRules>,
     /// CORS (`routes[i].cors`).
     pub cors: Option<crate::access::cors::Cors>,
+    /// Response compression (`compression`).
+    pub compression: Option<crate::compression::Compression>,
     /// Shadow traffic (`mirror`).
     pub mirror: Option<Arc<crate::upstream::mirror::Mirror>>,
     /// Metric handles.

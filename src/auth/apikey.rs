@@ -97,11 +97,21 @@ pub(crate) fn parse_keys(
     forward_claims: &[(Vec<String>, HeaderName)],
 ) -> Result<HashMap<[u8; 32], Arc<Identity>>, Vec<String>> {
     let text = std::str::from_utf8(bytes).map_err(|_| vec!["the file is not UTF-8".to_owned()])?;
-    let entries: Vec<Entry> = if text.trim().is_empty() {
-        Vec::new()
-    } else {
-        serde_saphyr::from_str(text).map_err(|e| vec![e.to_string()])?
+    // What an editor leaves half-way through a save would revoke every
+    // key: refused, as an empty config is.
+    let no_keys = || {
+        vec!["the file lists no keys (an empty or truncated file is refused, and the running keys keep serving)".to_owned()]
     };
+    if text
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+    {
+        return Err(no_keys());
+    }
+    let entries: Vec<Entry> = serde_saphyr::from_str(text).map_err(|e| vec![e.to_string()])?;
+    if entries.is_empty() {
+        return Err(no_keys());
+    }
     let mut out = HashMap::with_capacity(entries.len());
     let mut errors = Vec::new();
     let name: Arc<str> = provider.into();
@@ -253,6 +263,9 @@ mod tests {
         let errs = parse_keys("k", twice.as_bytes(), &[]).unwrap_err();
         assert!(errs[0].contains("twice"), "{errs:?}");
         assert!(parse_keys("k", b"{ not: a list }", &[]).is_err());
-        assert!(parse_keys("k", b"", &[]).unwrap().is_empty());
+        for empty in [&b""[..], b"# nothing yet\n", b"[]"] {
+            let errs = parse_keys("k", empty, &[]).unwrap_err();
+            assert!(errs[0].contains("lists no keys"), "{errs:?}");
+        }
     }
 }

@@ -12,11 +12,14 @@ use http_body::{Body, Frame, SizeHint};
 
 use super::conn::{ConnUpstream, StallClock};
 use super::ctx::{End, Finish};
+use crate::compression::{Compressor, Encoded};
 use crate::upstream::{InflightGuard, UpstreamBody};
 
 enum Kind {
     Full(Option<Bytes>),
     Upstream(UpstreamBody),
+    /// An upstream body compressed as it streams.
+    Encoded(Encoded),
 }
 
 /// A gateway-made or upstream-streamed response body.
@@ -67,6 +70,15 @@ impl ResponseBody {
             stall: None,
             _conn_share: None,
         }
+    }
+
+    /// Compresses an upstream body as it streams (a body held in memory,
+    /// or one already compressed, is left as it is).
+    pub(crate) fn compressed(mut self, z: Compressor) -> Self {
+        if let Kind::Upstream(b) = std::mem::replace(&mut self.kind, Kind::Full(None)) {
+            self.kind = Kind::Encoded(Encoded::new(b, z));
+        }
+        self
     }
 
     /// Copies the body (up to `max` bytes) and hands it to `sink` once it
@@ -133,6 +145,7 @@ impl Drop for ResponseBody {
         let complete = match &self.kind {
             Kind::Full(rest) => rest.is_none(),
             Kind::Upstream(b) => b.is_end_stream(),
+            Kind::Encoded(b) => b.is_end_stream(),
         };
         if complete {
             self.store_copy();
@@ -160,6 +173,7 @@ impl Body for ResponseBody {
         let polled = match &mut this.kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Upstream(b) => Pin::new(b).poll_frame(cx),
+            Kind::Encoded(b) => Pin::new(b).poll_frame(cx),
         };
         match &polled {
             Poll::Ready(Some(Ok(f))) => {
@@ -209,6 +223,7 @@ impl Body for ResponseBody {
         match &self.kind {
             Kind::Full(b) => b.is_none(),
             Kind::Upstream(b) => b.is_end_stream(),
+            Kind::Encoded(b) => b.is_end_stream(),
         }
     }
 
@@ -216,6 +231,7 @@ impl Body for ResponseBody {
         match &self.kind {
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Upstream(b) => b.size_hint(),
+            Kind::Encoded(b) => b.size_hint(),
         }
     }
 }

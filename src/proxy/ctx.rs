@@ -102,6 +102,9 @@ pub(crate) struct RequestCtx {
     pub origin: Option<HeaderValue>,
     /// A CORS preflight the gateway answered (its headers are final).
     pub preflight: bool,
+    /// The content coding negotiated on a route with `compression`
+    /// (`None`: identity).
+    pub coding: crate::compression::Coding,
     /// The verified caller (routes with `auth`).
     pub identity: Option<Arc<Identity>>,
     /// An upgraded request's finish stage goes to its tunnel, which runs it
@@ -253,6 +256,7 @@ impl RequestCtx {
             route: self.route.clone(),
             origin: None,
             preflight: false,
+            coding: self.coding,
             identity: self.identity.clone(),
             rate_limit: None,
             tunnel: None,

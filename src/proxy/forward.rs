@@ -161,8 +161,19 @@ pub(super) async fn forward(
         return Ok(stale);
     }
     headers::remove_hop_by_hop(resp.headers_mut());
-    let (parts, body) = resp.into_parts();
-    let body = ResponseBody::upstream(body, Some(guard)).holding(share);
+    let (mut parts, body) = resp.into_parts();
+    // Compressed before the store step, so the cache keeps the variant
+    // for this coding and a hit is never compressed again.
+    let compressor = match &route.compression {
+        Some(c) if !ctx.grpc => c.decide(parts.status, &mut parts.headers, ctx.coding),
+        _ => None,
+    };
+    let mut body = ResponseBody::upstream(body, Some(guard)).holding(share);
+    if let Some(z) = compressor
+        && ctx.method != Method::HEAD
+    {
+        body = body.compressed(z);
+    }
     Ok(ctx.cache.store(route.cache.as_ref(), parts, body).await)
 }
 

@@ -154,6 +154,14 @@ async fn run(
     limit(&route, true, &req, ctx).await?;
     // 5. answer locally, or pick the upstream
     let upstream = next!(answer(&route, &req)?);
+    // The coding a compressed response would use: the cache keys its
+    // variants on it, and the upstream is asked for it alone.
+    if let Some(c) = &route.compression
+        && !ctx.grpc
+        && ctx.upgrade.is_none()
+    {
+        ctx.coding = c.negotiate(req.headers_mut());
+    }
     // 6. cache lookup
     let req = next!(
         cache_lookup(
@@ -484,6 +492,7 @@ fn context(
         route: None,
         origin: None,
         preflight: false,
+        coding: None,
         upstream: None,
         failed: None,
         attempts: 0,

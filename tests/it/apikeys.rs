@@ -104,6 +104,18 @@ async fn api_keys_identify_the_consumer_and_a_reload_revokes_one() {
     )
     .await;
     assert_eq!(g.status, 401);
+    // A key longer than max_token_bytes (8 KiB) is refused unhashed.
+    let long = "k".repeat(9000);
+    let resp = raw(
+        gw.addr,
+        format!(
+            "GET /keys/a HTTP/1.1\r\nHost: a\r\nx-api-key: {long}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(raw_status(&resp), 401, "{resp}");
+    assert!(resp.contains("the API key is too large"), "{resp}");
     assert_eq!(up.count(), 0);
 
     // A key in the header: the identity goes upstream, the key does not,
@@ -186,7 +198,7 @@ async fn api_keys_identify_the_consumer_and_a_reload_revokes_one() {
     );
     for (route, provider, result, n) in [
         ("keys", "keys", "missing", 1.0),
-        ("keys", "keys", "invalid", 3.0),
+        ("keys", "keys", "invalid", 4.0),
         ("keys", "keys", "ok", 2.0),
         ("scoped", "keys", "forbidden", 1.0),
         ("either", "jwt", "ok", 1.0),
@@ -201,7 +213,14 @@ async fn api_keys_identify_the_consumer_and_a_reload_revokes_one() {
     }
 
     // A reload that removes bob's key revokes it; the others keep working.
-    std::fs::write(&keys_file, format!("{alice}{carol}")).unwrap();
+    // (The file is replaced whole, as an operator's tooling should: the
+    // watcher may read it at any moment.)
+    let replace = |text: String| {
+        let tmp = keys_file.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &keys_file).unwrap();
+    };
+    replace(format!("{alice}{carol}"));
     gw.signal("HUP");
     eventually("bob's key is revoked", async || {
         get_with(&c, &gw.url("/keys/a"), &[("x-api-key", BOB)])
@@ -220,7 +239,7 @@ async fn api_keys_identify_the_consumer_and_a_reload_revokes_one() {
         2.0
     );
     // A broken keys file is refused; the running keys keep serving.
-    std::fs::write(&keys_file, "- { sha256: nope, consumer: x }\n").unwrap();
+    replace("- { sha256: nope, consumer: x }\n".to_owned());
     gw.signal("HUP");
     eventually("the bad keys file is refused", async || {
         gw.stderr
@@ -232,12 +251,24 @@ async fn api_keys_identify_the_consumer_and_a_reload_revokes_one() {
     .await;
     let g = get_with(&c, &gw.url("/keys/a"), &[("x-api-key", ALICE)]).await;
     assert_eq!(g.status, 200);
+    // So is an empty one: it would revoke every key.
+    replace("# emptied\n".to_owned());
+    eventually("the empty keys file is refused", async || {
+        gw.stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("lists no keys"))
+    })
+    .await;
+    let g = get_with(&c, &gw.url("/keys/a"), &[("x-api-key", ALICE)]).await;
+    assert_eq!(g.status, 200);
 
     // The access log names the consumer and tenant; no key is in any log
     // line, nor in the admin API's view of the config.
     let admin_config = get(&c, &format!("http://{}/config", gw.admin)).await.text();
     eventually("every request logged", async || {
-        gw.stdout.lock().unwrap().len() >= 22
+        gw.stdout.lock().unwrap().len() >= 23
     })
     .await;
     let lines = gw.stdout.lock().unwrap().clone();
@@ -268,7 +299,7 @@ async fn api_keys_identify_the_consumer_and_a_reload_revokes_one() {
 #[tokio::test]
 async fn api_key_providers_are_checked_when_the_config_loads() {
     let dir = config_path().parent().unwrap().to_owned();
-    std::fs::write(dir.join("empty.yaml"), "").unwrap();
+    std::fs::write(dir.join("one.yaml"), entry("tg_one", "one", "t")).unwrap();
     let cases = [
         (
             "k: { type: api_key }",
@@ -277,31 +308,31 @@ async fn api_key_providers_are_checked_when_the_config_loads() {
             "needs its keys_file",
         ),
         (
-            "k: { type: api_key, keys_file: empty.yaml, algorithms: [RS256], issuer: x }",
+            "k: { type: api_key, keys_file: one.yaml, algorithms: [RS256], issuer: x }",
             "routes: []",
             "auth.providers.k",
             "no algorithms, issuer",
         ),
         (
-            "k: { algorithms: [HS256], secret: \"0123456789abcdef0123456789abcdef\", keys_file: empty.yaml }",
+            "k: { algorithms: [HS256], secret: \"0123456789abcdef0123456789abcdef\", keys_file: one.yaml }",
             "routes: []",
             "auth.providers.k",
             "a JWT provider has no keys_file",
         ),
         (
-            "k: { type: api_key, keys_file: empty.yaml, from: [\"body:x\"] }",
+            "k: { type: api_key, keys_file: one.yaml, from: [\"body:x\"] }",
             "routes: []",
             "auth.providers.k.from[0]",
             "header:NAME",
         ),
         (
-            "k: { type: api_key, keys_file: empty.yaml }",
+            "k: { type: api_key, keys_file: one.yaml }",
             "routes:\n  - { name: r, match: { path: / }, respond: { body: x }, auth: { provider: k, any_of: [k] } }",
             "routes[0].auth",
             "either `provider` or `any_of`",
         ),
         (
-            "k: { type: api_key, keys_file: empty.yaml }",
+            "k: { type: api_key, keys_file: one.yaml }",
             "routes:\n  - { name: r, match: { path: / }, respond: { body: x }, auth: { any_of: [k, nope, k] } }",
             "routes[0].auth.any_of[1]",
             "unknown provider \"nope\"",

@@ -16,6 +16,7 @@ mod auth;
 mod binary;
 mod cache;
 mod cli;
+mod compression;
 mod cors;
 mod deploy;
 mod edge;

@@ -10,8 +10,10 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use regex::Regex;
 
 use super::{DEFAULT_ROUTE_TIMEOUT, Errors};
+use crate::compression::{Algorithm, Compression, CompressionSettings, DEFAULT_TYPES, TypePattern};
 use crate::config::spec::{
-    HeaderRulesSpec, MatchSpec, MirrorSpec, RetrySpec, RouteSpec, ValueMatchSpec,
+    AlgorithmSpec, CompressionSpec, HeaderRulesSpec, MatchSpec, MirrorSpec, RetrySpec, RouteSpec,
+    ValueMatchSpec,
 };
 use crate::observability::metrics::RouteMetrics;
 use crate::routing::normalize::{NormalizeOptions, normalize_path};
@@ -331,6 +333,16 @@ pub(super) fn route(
         let upstream = lookup(&m.upstream, format!("{field}.upstream"), errs);
         mirror(&r.name, m, timeout, upstream?, &field, errs)
     });
+    let compression = r.compression.as_ref().and_then(|c| {
+        let field = format!("{p}.compression");
+        if r.upstream.is_none() && r.split.is_none() {
+            errs.push(
+                &field,
+                "only a route that forwards (upstream or split) compresses",
+            );
+        }
+        compression(&r.name, c, &field, errs)
+    });
     let action = action?;
     (errs.0.len() == before).then(|| Route {
         metrics: RouteMetrics::new(&r.name),
@@ -350,6 +362,78 @@ pub(super) fn route(
         cors: None,
         retry,
         mirror,
+        compression,
+    })
+}
+
+/// `routes[i].compression`.
+fn compression(
+    route: &str,
+    c: &CompressionSpec,
+    p: &str,
+    errs: &mut Errors,
+) -> Option<Compression> {
+    let before = errs.0.len();
+    if c.algorithms.is_empty() {
+        errs.push(
+            format!("{p}.algorithms"),
+            "list at least one of zstd, br, gzip",
+        );
+    }
+    let mut algorithms = Vec::new();
+    for (i, a) in c.algorithms.iter().enumerate() {
+        let a = match a {
+            AlgorithmSpec::Zstd => Algorithm::Zstd,
+            AlgorithmSpec::Br => Algorithm::Br,
+            AlgorithmSpec::Gzip => Algorithm::Gzip,
+        };
+        if algorithms.contains(&a) {
+            errs.push(
+                format!("{p}.algorithms[{i}]"),
+                format!("{} is listed twice", a.token()),
+            );
+        }
+        algorithms.push(a);
+    }
+    let types: Vec<TypePattern> = match &c.content_types {
+        None => DEFAULT_TYPES
+            .iter()
+            .filter_map(|t| TypePattern::parse(t).ok())
+            .collect(),
+        Some(list) => {
+            if list.is_empty() {
+                errs.push(format!("{p}.content_types"), "list at least one media type");
+            }
+            list.iter()
+                .enumerate()
+                .filter_map(|(i, t)| {
+                    TypePattern::parse(t)
+                        .map_err(|e| errs.push(format!("{p}.content_types[{i}]"), e))
+                        .ok()
+                })
+                .collect()
+        }
+    };
+    if c.level.is_some_and(|l| l > 19) {
+        errs.push(
+            format!("{p}.level"),
+            "at most 19 (gzip uses up to 9, br up to 11, zstd up to 19)",
+        );
+    }
+    if c.max_concurrent == 0 {
+        errs.push(format!("{p}.max_concurrent"), "must be at least 1");
+    }
+    (errs.0.len() == before).then(|| {
+        Compression::new(
+            route,
+            CompressionSettings {
+                algorithms,
+                min_size: c.min_size.0,
+                types,
+                level: c.level.map(|l| l as i32),
+                max_concurrent: c.max_concurrent as usize,
+            },
+        )
     })
 }
 

@@ -74,6 +74,52 @@ pub struct RouteSpec {
     /// Shadow traffic: a copy of each request (or a share) sent to another upstream; its response is discarded.
     #[serde(default)]
     pub mirror: Option<MirrorSpec>,
+    /// Compress upstream responses the client accepts compressed (zstd, br, gzip), streaming.
+    #[serde(default)]
+    pub compression: Option<CompressionSpec>,
+}
+
+/// A content coding the gateway compresses with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlgorithmSpec {
+    /// Zstandard (`zstd`).
+    Zstd,
+    /// Brotli (`br`).
+    Br,
+    /// gzip.
+    Gzip,
+}
+
+/// `routes[i].compression`.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompressionSpec {
+    /// Codings offered, in the gateway's order of preference (the client's q-values come first). Default `[zstd, br, gzip]`.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<AlgorithmSpec>,
+    /// Responses with a smaller `Content-Length` are sent as they are. Default `1KiB`.
+    #[serde(default = "default_min_size")]
+    pub min_size: ByteSize,
+    /// Media types compressed: `type/subtype`, `type/*` or `type/*+suffix`. Default: text (html, plain, css, javascript, xml, csv, markdown), JSON and XML types (`+json`, `+xml` included), JavaScript, WebAssembly and SVG.
+    #[serde(default)]
+    pub content_types: Option<Vec<String>>,
+    /// One level for every coding (gzip 1-9, br 0-11, zstd 1-19; clamped). Default: gzip 6, br 4, zstd 3.
+    #[serde(default)]
+    pub level: Option<u32>,
+    /// Responses compressed at once at most on this route (each holds 0.4-0.9 MiB of encoder state); more go out as they are. Default `128`.
+    #[serde(default = "default_compression_concurrency")]
+    pub max_concurrent: u32,
+}
+
+fn default_algorithms() -> Vec<AlgorithmSpec> {
+    vec![AlgorithmSpec::Zstd, AlgorithmSpec::Br, AlgorithmSpec::Gzip]
+}
+fn default_min_size() -> ByteSize {
+    ByteSize(1 << 10)
+}
+fn default_compression_concurrency() -> u32 {
+    128
 }
 
 /// `routes[i].mirror`.

@@ -66,6 +66,10 @@ pub struct Metrics {
     pub jwks_refresh: IntCounterVec,
     /// `tollgate_jwks_keys{provider}`.
     pub jwks_keys: IntGaugeVec,
+    /// `tollgate_compression_responses_total{route,result}`.
+    pub compression_responses: IntCounterVec,
+    /// `tollgate_compression_bytes_total{route,algorithm,direction}`.
+    pub compression_bytes: IntCounterVec,
     /// `tollgate_mirror_requests_total{route,result}`.
     pub mirror_requests: IntCounterVec,
     /// `tollgate_auth_api_keys{provider}`.
@@ -299,6 +303,16 @@ impl Metrics {
                 "tollgate_jwks_keys",
                 "Signature keys a provider holds.",
                 &["provider"],
+            ),
+            compression_responses: counter(
+                "tollgate_compression_responses_total",
+                "Upstream responses on routes with compression, by route and result: the coding used (zstd, br, gzip), or why the response went out as it was (not_accepted, encoded, no_transform, status, content_type, too_small, overloaded).",
+                &["route", "result"],
+            ),
+            compression_bytes: counter(
+                "tollgate_compression_bytes_total",
+                "Bytes through the compressors by route, algorithm and direction (in: uncompressed, out: compressed).",
+                &["route", "algorithm", "direction"],
             ),
             mirror_requests: counter(
                 "tollgate_mirror_requests_total",
