@@ -17,30 +17,12 @@ import http.client
 import shutil
 import time
 
-from common import (arguments, BODY, TOLLGATE_BASE, UP_PORT, UPSTREAM_CONF, log, prepare, ratio_table,
+from common import (NGINX_HEAD, arguments, BODY, TOLLGATE_BASE, UP_PORT, UPSTREAM_CONF, log, prepare, ratio_table,
                     side_by_side, wait_ready, wrk)
 
 NGINX_PORT, TOLLGATE_PORT = 18460, 18461
 
-NGINX_CACHE_CONF = """
-worker_processes 1;
-daemon off;
-pid {work}/nginx.pid;
-error_log {work}/nginx.err warn;
-worker_rlimit_nofile 16384;
-events {{ worker_connections 8192; }}
-http {{
-    access_log off;
-    server_tokens off;
-    client_body_temp_path {work}/tmp_body;
-    proxy_temp_path {work}/tmp_proxy;
-    fastcgi_temp_path {work}/tmp_fcgi;
-    uwsgi_temp_path {work}/tmp_uwsgi;
-    scgi_temp_path {work}/tmp_scgi;
-    tcp_nodelay on;
-    keepalive_requests 100000000;
-    keepalive_timeout 120s;
-    proxy_cache_path {work}/cache levels=1:2 keys_zone=lt:10m max_size=256m inactive=60m use_temp_path=off;
+NGINX_CACHE_CONF = NGINX_HEAD + """    proxy_cache_path {work}/cache levels=1:2 keys_zone=lt:10m max_size=256m inactive=60m use_temp_path=off;
     open_file_cache max=1024 inactive=600s;
     open_file_cache_valid 600s;
     upstream backend {{ server 127.0.0.1:{up}; keepalive 256; }}

@@ -36,6 +36,29 @@ http {{
 """
 
 
+# The start of an NGINX proxy config: one worker, no access log, temp paths
+# in the work directory, long keep-alive; a script adds its `upstream` and
+# `server` blocks and closes `http`.
+NGINX_HEAD = """
+worker_processes 1;
+daemon off;
+pid {work}/nginx.pid;
+error_log {work}/nginx.err warn;
+worker_rlimit_nofile 16384;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    server_tokens off;
+    client_body_temp_path {work}/tmp_body;
+    proxy_temp_path {work}/tmp_proxy;
+    fastcgi_temp_path {work}/tmp_fcgi;
+    uwsgi_temp_path {work}/tmp_uwsgi;
+    scgi_temp_path {work}/tmp_scgi;
+    tcp_nodelay on;
+    keepalive_requests 100000000;
+    keepalive_timeout 120s;
+"""
+
 
 # One worker, no access log, upstream `origin`: the part every load-test
 # config of Tollgate shares.

@@ -45,30 +45,12 @@ import statistics
 import sys
 import urllib.request
 
-from common import (arguments, BODY, TOLLGATE_CONF, UP_PORT, UPSTREAM_CONF, cpu_seconds, prepare, log,
+from common import (NGINX_HEAD, arguments, BODY, TOLLGATE_CONF, UP_PORT, UPSTREAM_CONF, cpu_seconds, prepare, log,
                     parse_wrk, peak_rss_mib, wait_ready, wrk)
 
 NGINX_PORT, TOLLGATE_PORT, SINK_PORT, DOWN_PORT = 18390, 18400, 18410, 18411
 
-NGINX_PROXY_CONF = """
-worker_processes 1;
-daemon off;
-pid {work}/nginx.pid;
-error_log {work}/nginx.err warn;
-worker_rlimit_nofile 16384;
-events {{ worker_connections 8192; }}
-http {{
-    access_log off;
-    server_tokens off;
-    client_body_temp_path {work}/tmp_body;
-    proxy_temp_path {work}/tmp_proxy;
-    fastcgi_temp_path {work}/tmp_fcgi;
-    uwsgi_temp_path {work}/tmp_uwsgi;
-    scgi_temp_path {work}/tmp_scgi;
-    tcp_nodelay on;
-    keepalive_requests 100000000;
-    keepalive_timeout 120s;
-    upstream backend {{
+NGINX_PROXY_CONF = NGINX_HEAD + """    upstream backend {{
         server 127.0.0.1:{up};
         keepalive 256;
         keepalive_requests 100000000;

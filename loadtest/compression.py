@@ -32,7 +32,7 @@ import subprocess
 import threading
 import time
 
-from common import (TOLLGATE_SERVER, UP_PORT, arguments, log, parse_wrk, prepare, ratio_table,
+from common import (NGINX_HEAD, TOLLGATE_SERVER, UP_PORT, arguments, log, parse_wrk, prepare, ratio_table,
                     side_by_side)
 
 NGINX_PORT, TOLLGATE_PORT = 18470, 18471
@@ -58,25 +58,7 @@ http {{
 }}
 """
 
-NGINX = """
-worker_processes 1;
-daemon off;
-pid {work}/nginx.pid;
-error_log {work}/nginx.err warn;
-worker_rlimit_nofile 16384;
-events {{ worker_connections 8192; }}
-http {{
-    access_log off;
-    server_tokens off;
-    client_body_temp_path {work}/tmp_body;
-    proxy_temp_path {work}/tmp_proxy;
-    fastcgi_temp_path {work}/tmp_fcgi;
-    uwsgi_temp_path {work}/tmp_uwsgi;
-    scgi_temp_path {work}/tmp_scgi;
-    tcp_nodelay on;
-    keepalive_requests 100000000;
-    keepalive_timeout 120s;
-    upstream backend {{ server 127.0.0.1:{up}; keepalive 256; }}
+NGINX = NGINX_HEAD + """    upstream backend {{ server 127.0.0.1:{up}; keepalive 256; }}
     server {{
         listen 127.0.0.1:{port} backlog=4096;
         location /identity/ {{

@@ -79,6 +79,27 @@ fn foreign_fields(p: &ProviderSpec) -> Vec<&'static str> {
         .collect()
 }
 
+/// The provider's name, and no field of the other kind of provider.
+fn check_name_and_kind(name: &str, p: &ProviderSpec, path: &str, errs: &mut Errors) {
+    if !super::is_name(name) {
+        errs.push(path, "provider names use letters, digits, `-`, `_` and `.`");
+    }
+    let foreign = foreign_fields(p);
+    if !foreign.is_empty() {
+        let (this, other) = match p.kind {
+            ProviderKind::Jwt => ("a JWT provider", "api_key"),
+            ProviderKind::ApiKey => ("an api_key provider", "jwt"),
+        };
+        errs.push(
+            path,
+            format!(
+                "{this} has no {} (those are for type: {other})",
+                foreign.join(", ")
+            ),
+        );
+    }
+}
+
 fn default_token_from() -> Vec<String> {
     vec!["header:authorization".to_owned()]
 }
@@ -118,19 +139,7 @@ fn api_key_provider(
 ) -> Option<Arc<ApiKeys>> {
     let before = errs.0.len();
     let files_before = *files_hash;
-    if !super::is_name(name) {
-        errs.push(path, "provider names use letters, digits, `-`, `_` and `.`");
-    }
-    let foreign = foreign_fields(p);
-    if !foreign.is_empty() {
-        errs.push(
-            path,
-            format!(
-                "an api_key provider has no {} (those are for type: jwt)",
-                foreign.join(", ")
-            ),
-        );
-    }
+    check_name_and_kind(name, p, path, errs);
     let from = p
         .from
         .clone()
@@ -250,19 +259,7 @@ fn provider(
 ) -> Option<Arc<Provider>> {
     let before = errs.0.len();
     let files_before = *files_hash;
-    if !super::is_name(name) {
-        errs.push(path, "provider names use letters, digits, `-`, `_` and `.`");
-    }
-    let foreign = foreign_fields(p);
-    if !foreign.is_empty() {
-        errs.push(
-            path,
-            format!(
-                "a JWT provider has no {} (those are for type: api_key)",
-                foreign.join(", ")
-            ),
-        );
-    }
+    check_name_and_kind(name, p, path, errs);
     let algorithms = algorithm_list(p, path, errs);
     let given: Vec<&str> = [
         ("jwks_uri", p.jwks_uri.is_some()),
