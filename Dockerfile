@@ -39,7 +39,7 @@ RUN apt-get update \
 COPY --from=build /src/target/dist/tollgate /usr/local/bin/tollgate
 # The default config and every file it names (tests/it/binary.rs checks
 # that the config starts from these files alone).
-COPY config/tollgate.yaml config/jwks.example.json config/api-keys.example.yaml config/tollgate.schema.json /etc/tollgate/
+COPY config/tollgate.yaml config/jwks.example.json config/partners.keys.yaml config/tollgate.schema.json /etc/tollgate/
 USER tollgate
 EXPOSE 8080 9901
 # Asks /readyz on the config's admin listener.

@@ -328,10 +328,27 @@ pub struct TestGateway {
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
-/// A fresh config file path in a fresh directory.
+/// A fresh config file path in a fresh directory, under
+/// `$TMPDIR/tollgate-it/PID-N`. The first call in a test process removes
+/// the directories of test processes that have ended, so runs do not pile
+/// up in the temp directory.
 pub fn config_path() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "tollgate-it-{}-{}",
+    static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let root = ROOT.get_or_init(|| {
+        let root = std::env::temp_dir().join("tollgate-it");
+        for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            let pid = name.to_str().and_then(|n| n.split('-').next());
+            if let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok())
+                && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        root
+    });
+    let dir = root.join(format!(
+        "{}-{}",
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
     ));
