@@ -325,40 +325,45 @@ impl Upstream {
             };
             let (conn, pooled) = match ep.pool.checkout() {
                 Some(c) => (c, true),
-                None => match tokio::time::timeout_at(deadline, ep.pool.connect()).await {
-                    Err(_) => {
-                        slot.done(Some(FailureKind::Timeout));
-                        return Err(timed_out());
-                    }
-                    Ok(Ok(c)) => (c, false),
-                    Ok(Err(ConnectError::Overflow)) => {
-                        slot.done(None);
-                        return Err(UpstreamError::Overloaded("connections"));
-                    }
-                    Ok(Err(source)) => {
-                        ep.metrics.connect_errors.inc();
-                        slot.done(Some(FailureKind::ConnectError));
-                        if !retried
-                            && self.endpoints.len() > 1
-                            && let Some(next) = self.pick(key, *tried)
-                            && next != idx
-                        {
-                            let next_slot = Slot::new(&self.endpoints[next]);
-                            if next_slot.admit != Admit::No {
-                                retried = true;
-                                idx = next;
-                                mark(tried, idx);
-                                slot = next_slot;
-                                inflight.move_to(&self.endpoints[idx]);
-                                continue;
-                            }
+                // Boxed: a connect (TCP, maybe TLS) is the largest state
+                // of this future (6.8 KB) and the rare path; inline, every
+                // request would move it (this future is boxed per try).
+                None => {
+                    match tokio::time::timeout_at(deadline, Box::pin(ep.pool.connect())).await {
+                        Err(_) => {
+                            slot.done(Some(FailureKind::Timeout));
+                            return Err(timed_out());
                         }
-                        return Err(UpstreamError::Connect {
-                            endpoint: ep.id.clone(),
-                            source,
-                        });
+                        Ok(Ok(c)) => (c, false),
+                        Ok(Err(ConnectError::Overflow)) => {
+                            slot.done(None);
+                            return Err(UpstreamError::Overloaded("connections"));
+                        }
+                        Ok(Err(source)) => {
+                            ep.metrics.connect_errors.inc();
+                            slot.done(Some(FailureKind::ConnectError));
+                            if !retried
+                                && self.endpoints.len() > 1
+                                && let Some(next) = self.pick(key, *tried)
+                                && next != idx
+                            {
+                                let next_slot = Slot::new(&self.endpoints[next]);
+                                if next_slot.admit != Admit::No {
+                                    retried = true;
+                                    idx = next;
+                                    mark(tried, idx);
+                                    slot = next_slot;
+                                    inflight.move_to(&self.endpoints[idx]);
+                                    continue;
+                                }
+                            }
+                            return Err(UpstreamError::Connect {
+                                endpoint: ep.id.clone(),
+                                source,
+                            });
+                        }
                     }
-                },
+                }
             };
             let response = match conn {
                 pool::Pooled::Http1(conn) => {

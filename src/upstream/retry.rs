@@ -248,16 +248,17 @@ pub(crate) async fn send(
             .map_or(deadline, |t| {
                 (tokio::time::Instant::now() + t).min(deadline)
             });
-        // Boxed: the exchange's state is large, and on the heap it is
-        // built once instead of being copied into this future (callgrind:
-        // ~300 fewer instructions per request than unboxed).
+        // Not boxed: with its connect boxed (the rare path), the
+        // exchange's state is 2.8 KB, and moving it costs less than a heap
+        // allocation per try (callgrind: 37.9k instructions per proxied
+        // request unboxed, 38.8k boxed).
         *tries.count += 1;
         if let Some(rec) = tries.spans.as_deref_mut()
             && let Some(tp) = rec.attempt_begins(&upstream.name, *tries.count)
         {
             out.headers_mut().insert(&TRACEPARENT, tp);
         }
-        let result = Box::pin(upstream.send(out, key, try_deadline, &mut tried)).await;
+        let result = upstream.send(out, key, try_deadline, &mut tried).await;
         if let Some(rec) = tries.spans.as_deref_mut() {
             match &result {
                 Ok(sent) => {
