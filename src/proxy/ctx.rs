@@ -313,17 +313,22 @@ impl End {
 /// client went away, its h2 stream was reset, or the shutdown grace ran
 /// out), the finish stage still runs once, with status 499 (NGINX's
 /// "client closed request"), or 503 when the gateway cut it.
-pub(crate) struct Pending(Option<RequestCtx>);
+///
+/// The context lives in its finish stage's box from the start, so it is
+/// moved once onto the heap, not again when the response is made.
+pub(crate) struct Pending(Option<Box<Finish>>);
 
 impl Pending {
     /// Guards `ctx` until the response is made.
     pub(crate) fn new(ctx: RequestCtx) -> Self {
-        Self(Some(ctx))
+        Self(Some(Box::new(Finish { ctx, status: 0 })))
     }
 
-    /// The context, to hand to the finish stage with the response.
-    pub(crate) fn answered(mut self) -> Option<RequestCtx> {
-        self.0.take()
+    /// The finish stage for the response made, with `status`.
+    pub(crate) fn answered(mut self, status: u16) -> Option<Box<Finish>> {
+        let mut f = self.0.take()?;
+        f.status = status;
+        Some(f)
     }
 }
 
@@ -334,7 +339,11 @@ impl std::ops::Deref for Pending {
         reason = "the context is only taken by `answered`, which consumes the guard"
     )]
     fn deref(&self) -> &RequestCtx {
-        self.0.as_ref().expect("a pending request has its context")
+        &self
+            .0
+            .as_ref()
+            .expect("a pending request has its context")
+            .ctx
     }
 }
 
@@ -344,15 +353,19 @@ impl std::ops::DerefMut for Pending {
         reason = "the context is only taken by `answered`, which consumes the guard"
     )]
     fn deref_mut(&mut self) -> &mut RequestCtx {
-        self.0.as_mut().expect("a pending request has its context")
+        &mut self
+            .0
+            .as_mut()
+            .expect("a pending request has its context")
+            .ctx
     }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        if let Some(ctx) = self.0.take() {
-            let status = if ctx.in_progress.cut() { 503 } else { 499 };
-            Finish::new(ctx, status).run(0, End::ClientClosed);
+        if let Some(mut f) = self.0.take() {
+            f.status = if f.ctx.in_progress.cut() { 503 } else { 499 };
+            f.run(0, End::ClientClosed);
         }
     }
 }
@@ -376,11 +389,6 @@ pub(crate) struct Finish {
 }
 
 impl Finish {
-    /// Prepares the finish stage for a response with `status`.
-    pub(crate) fn new(ctx: RequestCtx, status: u16) -> Box<Self> {
-        Box::new(Self { ctx, status })
-    }
-
     /// Reads `grpc-status` from a gRPC call's response head or trailers.
     pub(crate) fn saw_grpc_status(&mut self, fields: &http::HeaderMap) {
         if self.ctx.grpc {

@@ -41,7 +41,7 @@ use super::admit::{admit, host_for_routing};
 use super::body::ResponseBody;
 use super::cache::{CACHE_STATUS, RequestCache};
 use super::conn::ActivityGuard;
-use super::ctx::{ConnFacts, Finish, InProgress, LogTarget, Pending, RequestCtx};
+use super::ctx::{ConnFacts, InProgress, LogTarget, Pending, RequestCtx};
 use super::error::{Party, ProxyError};
 use super::forward::forward;
 use super::guard::{guard, limit};
@@ -119,16 +119,13 @@ pub(crate) async fn handle(
     let stall = ctx.activity.as_ref().and_then(ActivityGuard::stall_clock);
     // An upgrade ends when its tunnel closes, not with the 101.
     if let Some(tunnel) = ctx.tunnel.take() {
-        if let Some(ctx) = ctx.answered() {
-            let _ = tunnel.send(Finish::new(ctx, status));
+        if let Some(finish) = ctx.answered(status) {
+            let _ = tunnel.send(finish);
         }
         return resp;
     }
-    match ctx.answered() {
-        Some(ctx) => resp.map(|b| {
-            b.with_stall_clock(stall)
-                .with_finish(Finish::new(ctx, status))
-        }),
+    match ctx.answered(status) {
+        Some(finish) => resp.map(|b| b.with_stall_clock(stall).with_finish(finish)),
         None => resp,
     }
 }
