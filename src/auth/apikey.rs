@@ -215,21 +215,9 @@ impl ApiKeys {
         }
     }
 
-    /// How many keys are loaded.
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
-    /// True when no key is loaded.
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
-
     /// The identity of `key`, if it is one of ours.
+    /// (The caller refuses keys over `max_key_bytes` first.)
     pub fn lookup(&self, key: &str) -> Option<Arc<Identity>> {
-        if key.len() > self.max_key_bytes {
-            return None;
-        }
         self.keys.get(&digest(key.as_bytes())).map(Arc::clone)
     }
 }

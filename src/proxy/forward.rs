@@ -78,7 +78,7 @@ pub(super) async fn forward(
         .mirror
         .as_ref()
         .filter(|_| upgrade.is_none())
-        .and_then(|m| m.admit(&headers))
+        .and_then(|m| m.admit(&http_body::Body::size_hint(&incoming)))
     {
         let body = if empty {
             CopyBody::Empty

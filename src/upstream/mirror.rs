@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
+use http_body::SizeHint;
 use http_body_util::BodyExt;
 use prometheus::IntCounter;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -122,18 +123,15 @@ impl Mirror {
         }
     }
 
-    /// Whether this request is copied: sampled by `percent`, a declared
-    /// body within `max_body`, a free bulkhead slot. A request refused for
-    /// size or capacity is counted here.
-    pub(crate) fn admit(self: &Arc<Self>, headers: &HeaderMap) -> Option<Ticket> {
+    /// Whether this request is copied: sampled by `percent`, a body
+    /// (`body`: the request body's size hint, its declared length when it
+    /// has one) within `max_body`, a free bulkhead slot. A request refused
+    /// for size or capacity is counted here.
+    pub(crate) fn admit(self: &Arc<Self>, body: &SizeHint) -> Option<Ticket> {
         if self.share < 1.0 && fastrand::f64() >= self.share {
             return None;
         }
-        let declared = headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > self.max_body) {
+        if body.lower() > self.max_body {
             self.count(MirrorResult::TooLarge);
             return None;
         }

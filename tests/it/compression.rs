@@ -207,6 +207,15 @@ async fn counter(gw: &TestGateway, series: &str) -> f64 {
     )
 }
 
+/// `tollgate_compression_responses_total` of `route` with `result`.
+async fn responses(gw: &TestGateway, route: &str, result: &str) -> f64 {
+    counter(
+        gw,
+        &format!(r#"tollgate_compression_responses_total{{result="{result}",route="{route}"}}"#),
+    )
+    .await
+}
+
 fn config(up: &str) -> String {
     format!(
         r#"cache: {{ max_size: 8MiB, max_object_size: 1MiB }}
@@ -296,22 +305,8 @@ async fn the_negotiation_matrix() {
     .await;
     assert_eq!(coding(&g), Some("gzip"));
     assert!(g.body.is_empty());
-    assert_eq!(
-        counter(
-            &gw,
-            r#"tollgate_compression_responses_total{result="zstd",route="z_all"}"#
-        )
-        .await,
-        2.0
-    );
-    assert_eq!(
-        counter(
-            &gw,
-            r#"tollgate_compression_responses_total{result="not_accepted",route="z_all"}"#
-        )
-        .await,
-        5.0
-    );
+    assert_eq!(responses(&gw, "z_all", "zstd").await, 2.0);
+    assert_eq!(responses(&gw, "z_all", "not_accepted").await, 5.0);
     let bytes_in = counter(
         &gw,
         r#"tollgate_compression_bytes_total{algorithm="zstd",direction="in",route="z_all"}"#,
@@ -343,17 +338,7 @@ async fn what_is_never_compressed() {
         let upstream_coding = (path == "/encoded").then_some("gzip");
         assert_eq!(coding(&g), upstream_coding, "{path}");
         assert_eq!(g.headers.get("vary").is_some(), vary, "{path}");
-        assert_eq!(
-            counter(
-                &gw,
-                &format!(
-                    r#"tollgate_compression_responses_total{{result="{result}",route="z_gzip_br"}}"#
-                )
-            )
-            .await,
-            1.0,
-            "{path}"
-        );
+        assert_eq!(responses(&gw, "z_gzip_br", result).await, 1.0, "{path}");
     }
     // Without Content-Length the size is unknown: compressed as it streams.
     let g = get_with(&c, &gw.url("/gb/chunked/20000"), &br).await;
@@ -474,17 +459,7 @@ async fn the_cache_keeps_one_compressed_variant_per_coding() {
         ("zstd", 1.0),
         ("not_accepted", 1.0),
     ] {
-        assert_eq!(
-            counter(
-                &gw,
-                &format!(
-                    r#"tollgate_compression_responses_total{{result="{coding}",route="z_cached"}}"#
-                )
-            )
-            .await,
-            n,
-            "{coding}"
-        );
+        assert_eq!(responses(&gw, "z_cached", coding).await, n, "{coding}");
     }
     // A revalidation keeps the stored validator weak: the cached body is
     // the compressed one. A conditional request with it is a 304.

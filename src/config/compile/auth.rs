@@ -15,7 +15,7 @@ use crate::auth::jwks::{self, KeyStore, Remote, RemoteSettings};
 use crate::auth::keys::{self, KeySet};
 use crate::auth::token::Source;
 use crate::auth::{AnyProvider, Provider, ProviderOptions, RouteAuth, Rules};
-use crate::config::spec::{ProviderKind, ProviderSpec, RouteAuthSpec, Spec};
+use crate::config::spec::{ProviderKind, ProviderSpec, RouteAuthSpec, Spec, default_token_from};
 use crate::snapshot::Snapshot;
 
 /// Compiled providers, plus a hash of every key file read (mixed into the
@@ -98,10 +98,6 @@ fn check_name_and_kind(name: &str, p: &ProviderSpec, path: &str, errs: &mut Erro
             ),
         );
     }
-}
-
-fn default_token_from() -> Vec<String> {
-    vec!["header:authorization".to_owned()]
 }
 
 /// A claim path (`org.id`), `None` when a part is empty.

@@ -123,7 +123,8 @@ fn default_jwks_fetch_timeout() -> DurationSpec {
 fn default_leeway() -> DurationSpec {
     DurationSpec(std::time::Duration::from_secs(30))
 }
-fn default_token_from() -> Vec<String> {
+/// `token_from`'s default.
+pub(crate) fn default_token_from() -> Vec<String> {
     vec!["header:authorization".to_owned()]
 }
 fn default_max_token_bytes() -> ByteSize {
