@@ -191,18 +191,20 @@ def peak_rss_mib(root):
     return kb / 1024
 
 
-def wait_ready(port, timeout=15, path="/"):
+def wait_ready(port, timeout=15, path="/", expect=BODY, headers=None):
+    """Waits until `port` answers `path` with 200 and exactly `expect`."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
             c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            c.request("GET", path)
+            c.request("GET", path, headers=headers or {})
             r = c.getresponse()
             body = r.read()
             c.close()
-            if r.status == 200 and body == BODY:
+            if r.status == 200 and body == expect:
                 return
-            raise SystemExit(f"port {port}: got {r.status} with a {len(body)}-byte body, not the expected 1 KiB")
+            raise SystemExit(f"port {port}: got {r.status} with a {len(body)}-byte body, "
+                             f"not the expected {len(expect)} bytes")
         except (ConnectionError, OSError):
             time.sleep(0.1)
     raise SystemExit(f"port {port} did not answer within {timeout}s")
@@ -221,9 +223,11 @@ def parse_wrk(text):
     return rps, us(lat.get("50", "nan")), us(lat.get("99", "nan")), errors + (int(non2xx.group(1)) if non2xx else 0)
 
 
-def wrk(port, conns, duration, cpu):
-    out = subprocess.run(["taskset", "-c", str(cpu), "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency",
-                          f"http://127.0.0.1:{port}/"], capture_output=True, text=True, timeout=duration + 30)
+def wrk(port, conns, duration, cpu, headers=()):
+    argv = ["taskset", "-c", str(cpu), "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency"]
+    for h in headers:
+        argv += ["-H", h]
+    out = subprocess.run(argv + [f"http://127.0.0.1:{port}/"], capture_output=True, text=True, timeout=duration + 30)
     return out.stdout
 
 

@@ -1,7 +1,12 @@
 #!/usr/bin/env python3
 """Tollgate vs NGINX, side by side in one run.
 
-    python3 loadtest/compare.py [--rounds 5] [--duration 10] [--conns 64] [--access-log] [--tracing]
+    python3 loadtest/compare.py [--rounds 5] [--duration 10] [--conns 64] [--size 1024]
+                                [--access-log] [--tracing] [--pipeline] [--baseline BINARY]
+
+With --size BYTES, the upstream answers BYTES instead of 1 KiB (served
+from a file, as NGINX serves static content); `--size 65536` is the 64 KiB
+row.
 
 With --access-log, a third target is Tollgate with its access log on
 (one JSON line per request to a file, as an operator runs it), so the
@@ -13,6 +18,14 @@ upstream attempt) to an OTLP/HTTP receiver (otlp_sink.py, on CPU 1), and
 the same with the collector down (a closed port: every export fails and
 its spans are counted as dropped). The plain `tollgate` target is tracing
 off, the default.
+
+With --pipeline, one more target runs Tollgate's full request pipeline on
+one route: RS256 JWT validation (2048-bit key, local JWKS; each connection
+resends its token, so the per-connection memo answers), two local rate
+limits (per client address and per tenant, never reached), the access log
+on (to a file) and the metrics it always keeps. Every target then gets the
+same `Authorization` header, so all move the same bytes; NGINX and the
+plain Tollgate forward it unread.
 
 With --baseline BINARY, one more target runs that binary (another build,
 such as the commit before a change) on the plain config, so a change's
@@ -45,8 +58,11 @@ import statistics
 import sys
 import urllib.request
 
-from common import (NGINX_HEAD, arguments, BODY, TOLLGATE_CONF, UP_PORT, UPSTREAM_CONF, cpu_seconds, prepare, log,
-                    parse_wrk, peak_rss_mib, wait_ready, wrk)
+import json
+import time
+
+from common import (NGINX_HEAD, arguments, BODY, TOLLGATE_BASE, TOLLGATE_CONF, UP_PORT, UPSTREAM_CONF, cpu_seconds,
+                    prepare, log, parse_wrk, peak_rss_mib, wait_ready, wrk)
 
 NGINX_PORT, TOLLGATE_PORT, SINK_PORT, DOWN_PORT = 18390, 18400, 18410, 18411
 
@@ -68,6 +84,46 @@ NGINX_PROXY_CONF = NGINX_HEAD + """    upstream backend {{
 }}
 """
 
+# The upstream for --size: the body from a file (sendfile), not `return`.
+UPSTREAM_FILE_CONF = UPSTREAM_CONF.replace(
+    'location / {{ default_type text/plain; return 200 "{body}"; }}',
+    'location / {{ default_type text/plain; root {work}/www; try_files /body =404; }}\n'
+    '        open_file_cache max=16 inactive=1h;')
+
+# --pipeline: one route with every per-request stage an API gateway runs.
+PIPELINE_CONF = TOLLGATE_BASE.replace("access_log: {{ enabled: false }}", "access_log: {{ enabled: true }}") + """auth:
+  providers:
+    main: {{ issuer: "https://issuer.test/", audiences: [api], algorithms: [RS256], jwks_file: jwks.json, tenant_claim: tenant }}
+rate_limits:
+  per_client: {{ key: client_ip, rate: 10000000/s, burst: 10000000 }}
+  per_tenant: {{ key: tenant, rate: 10000000/s, burst: 10000000 }}
+routes:
+  - name: api
+    match: {{ path_prefix: / }}
+    upstream: origin
+    auth: {{ provider: main }}
+    rate_limit: [per_client, per_tenant]
+"""
+
+
+def body_of(size):
+    """The upstream's answer: BODY itself at 1 KiB, else BODY repeated."""
+    return BODY if size == len(BODY) else (BODY * (size // len(BODY) + 1))[:size]
+
+
+def pipeline_token(work):
+    """A 2048-bit RSA key as a JWKS file in `work`, and a token it signs."""
+    from auth import b64u, rs256_token, rsa_key
+    log("making a 2048-bit RSA key and a token")
+    n, e, d = rsa_key()
+    to_b = lambda i: i.to_bytes((i.bit_length() + 7) // 8, "big")
+    with open(f"{work}/jwks.json", "w") as f:
+        json.dump({"keys": [{"kty": "RSA", "kid": "k1", "alg": "RS256", "use": "sig",
+                             "n": b64u(to_b(n)), "e": b64u(to_b(e))}]}, f)
+    return rs256_token(n, e, d, "k1", {"iss": "https://issuer.test/", "aud": "api", "sub": "user-001",
+                                       "tenant": "acme", "exp": int(time.time()) + 24 * 3600})
+
+
 def main():
     def extra(ap):
         ap.add_argument("--access-log", action="store_true", help="also run Tollgate with its access log on")
@@ -75,10 +131,25 @@ def main():
                         help="also run Tollgate tracing every request, to a collector and to one that is down")
         ap.add_argument("--baseline", metavar="BINARY",
                         help="also run another tollgate build (say, the commit before a change) on the plain config")
+        ap.add_argument("--size", type=int, default=len(BODY), help="the upstream's response size in bytes")
+        ap.add_argument("--pipeline", action="store_true",
+                        help="also run Tollgate with RS256 JWT, two rate limits and the access log on one route")
     args = arguments(__doc__, 10, extra=extra)
     nginx, tollgate, work, procs = prepare("tollgate-loadtest.", not args.no_build)
+    expect = body_of(args.size)
     with open(f"{work}/upstream.conf", "w") as f:
-        f.write(UPSTREAM_CONF.format(work=work, port=UP_PORT, body=BODY.decode()))
+        if expect is BODY:
+            f.write(UPSTREAM_CONF.format(work=work, port=UP_PORT, body=BODY.decode()))
+        else:
+            os.mkdir(f"{work}/www")
+            with open(f"{work}/www/body", "wb") as b:
+                b.write(expect)
+            f.write(UPSTREAM_FILE_CONF.format(work=work, port=UP_PORT))
+    headers = ()
+    if args.pipeline:
+        headers = (f"Authorization: Bearer {pipeline_token(work)}",)
+        with open(f"{work}/tollgate-pipeline.yaml", "w") as f:
+            f.write(PIPELINE_CONF.format(port=TOLLGATE_PORT, admin=TOLLGATE_PORT + 1, up=UP_PORT))
     with open(f"{work}/nginx.conf", "w") as f:
         f.write(NGINX_PROXY_CONF.format(work=work, port=NGINX_PORT, up=UP_PORT))
     with open(f"{work}/tollgate.yaml", "w") as f:
@@ -102,11 +173,14 @@ def main():
             with open(f"{work}/{name}.yaml", "w") as f:
                 f.write(base + f"observability:\n  tracing: {{ endpoint: \"{endpoint}\", protocol: http, sample_ratio: 1 }}\n")
             targets[name] = (TOLLGATE_PORT, [tollgate, "run", "-c", f"{work}/{name}.yaml", "--log-level", "warn"])
+    if args.pipeline:
+        targets["tollgate+pipeline"] = (TOLLGATE_PORT, [tollgate, "run", "-c", f"{work}/tollgate-pipeline.yaml",
+                                                        "--log-level", "warn"])
     results = {t: [] for t in targets}
     spans = {}
     try:
         procs.start("upstream", [nginx, "-c", f"{work}/upstream.conf"], 1, f"{work}/upstream.log")
-        wait_ready(UP_PORT)
+        wait_ready(UP_PORT, expect=expect)
         if args.tracing:
             sink = os.path.join(os.path.dirname(os.path.realpath(__file__)), "otlp_sink.py")
             procs.start("sink", [sys.executable, sink, str(SINK_PORT)], 1, f"{work}/sink.log")
@@ -115,10 +189,14 @@ def main():
             for name in order[rnd % len(order):] + order[:rnd % len(order)]:
                 port, argv = targets[name]
                 p = procs.start(name, argv, 0, f"{work}/{name}.log")
-                wait_ready(port)
-                wrk(port, args.conns, args.warmup, 1)
+                wait_ready(port, expect=expect, headers=dict(h.split(": ", 1) for h in headers))
+                if name == "tollgate+pipeline":
+                    refused = unauthorized(port)
+                    if refused != 401:
+                        raise SystemExit(f"{name}: a request without a token got {refused}, not 401")
+                wrk(port, args.conns, args.warmup, 1, headers)
                 c0 = cpu_seconds(p.pid)
-                text = wrk(port, args.conns, args.duration, 1)
+                text = wrk(port, args.conns, args.duration, 1, headers)
                 c1 = cpu_seconds(p.pid)
                 rps, p50, p99, errors = parse_wrk(text)
                 reqs = rps * args.duration
@@ -135,7 +213,8 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
 
     med = lambda xs: statistics.median(xs)
-    print(f"\nTollgate vs NGINX: 1 KiB responses, {args.conns} connections, {args.rounds} rounds x {args.duration}s "
+    size = f"{args.size // 1024} KiB" if args.size % 1024 == 0 else f"{args.size}-byte"
+    print(f"\nTollgate vs NGINX: {size} responses, {args.conns} connections, {args.rounds} rounds x {args.duration}s "
           f"(wrk, 1 thread), medians over rounds; ratios paired per round\n")
     print("| target | req/s | p50 µs | p99 µs | CPU µs/req | peak RSS MiB | errors | req/s × | p99 × | CPU/req × |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -150,6 +229,16 @@ def main():
         print("\nSpans per run (tollgate_trace_spans_*_total at the end of each round: exported, dropped)\n")
         for name, rows in spans.items():
             print(f"- {name}: " + "; ".join(f"{e:,.0f} exported, {d:,.0f} dropped" for e, d in rows))
+
+
+def unauthorized(port):
+    """The status of a request without a token."""
+    import http.client
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    c.request("GET", "/")
+    status = c.getresponse().status
+    c.close()
+    return status
 
 
 def span_counts(admin_port):
