@@ -254,16 +254,24 @@ async fn serve_http(
 ) {
     let (io, state) = conn::open(stream, prefix, !h2, permit, settings);
     let live = Arc::clone(&l.live);
-    let svc = service_fn(move |req| {
+    let call = move |req| {
         let live = Arc::clone(&live);
         let facts = Arc::clone(&facts);
         let activity = Some(ActivityGuard::new(&state));
         async move { Ok::<_, Infallible>(pipeline::handle(req, facts, activity, &live).await) }
-    });
+    };
     if h2 {
+        // Each h2 stream runs in a task of its own. Spawned unboxed, the
+        // pipeline's future (several KB) was copied nine times per stream by
+        // tokio's spawn path, its task cell and hyper's stream state: 77k of
+        // the 130k user-space instructions of an h2c request, 69k with the
+        // box (loadtest/profile.py). HTTP/1.1 polls the future in place in
+        // the connection's task, where a box would only add an allocation.
+        let svc = service_fn(move |req| Box::pin(call(req)));
         let conn = h2_builder(settings).serve_connection(io, svc);
         drive(conn, l.shutdown.clone(), &l.inflight).await;
     } else {
+        let svc = service_fn(call);
         let conn = h1_builder(settings)
             .serve_connection(io, svc)
             .with_upgrades();
