@@ -131,6 +131,11 @@ def parse(text, requests):
     # The frames that were on the stack at --zero (main, the runtime's
     # entry) are charged the whole dump by callgrind_annotate: leave them out.
     funcs = [(ir, name) for ir, name in funcs if ir < 0.95 * total]
+    # The same for other threads' entry frames (the access log's writer):
+    # each shows that thread's whole cost, which its callees also show.
+    entry = next((ir for ir, name in funcs if name == "start_thread"), None)
+    frames = ("start_thread", "clone", "thread_start", "vtable.shim", "__rust_begin_short_backtrace")
+    funcs = [(ir, name) for ir, name in funcs if not (ir == entry and any(f in name for f in frames))]
     groups = {}
     for ir, name in funcs:
         comp = next((c for c, pat in COMPONENTS if re.search(pat, name)), "other (std, core, libraries)")
