@@ -168,15 +168,21 @@ def tree(root):
     return out
 
 
-def cpu_seconds(root):
-    total = 0
+def cpu_times(root):
+    """(user, system) CPU seconds of `root`'s process tree, all threads."""
+    user = system = 0
     for pid in tree(root):
         try:
             f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-            total += int(f[11]) + int(f[12])
+            user += int(f[11])
+            system += int(f[12])
         except (OSError, IndexError, ValueError):
             pass
-    return total / CLK_TCK
+    return user / CLK_TCK, system / CLK_TCK
+
+
+def cpu_seconds(root):
+    return sum(cpu_times(root))
 
 
 def peak_rss_mib(root):

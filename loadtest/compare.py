@@ -61,7 +61,7 @@ import urllib.request
 import json
 import time
 
-from common import (NGINX_HEAD, arguments, BODY, TOLLGATE_BASE, TOLLGATE_CONF, UP_PORT, UPSTREAM_CONF, cpu_seconds,
+from common import (NGINX_HEAD, arguments, BODY, TOLLGATE_BASE, TOLLGATE_CONF, UP_PORT, UPSTREAM_CONF, cpu_times,
                     prepare, log, parse_wrk, peak_rss_mib, wait_ready, wrk)
 
 NGINX_PORT, TOLLGATE_PORT, SINK_PORT, DOWN_PORT = 18390, 18400, 18410, 18411
@@ -195,17 +195,19 @@ def main():
                     if refused != 401:
                         raise SystemExit(f"{name}: a request without a token got {refused}, not 401")
                 wrk(port, args.conns, args.warmup, 1, headers)
-                c0 = cpu_seconds(p.pid)
+                (u0, s0) = cpu_times(p.pid)
                 text = wrk(port, args.conns, args.duration, 1, headers)
-                c1 = cpu_seconds(p.pid)
+                (u1, s1) = cpu_times(p.pid)
                 rps, p50, p99, errors = parse_wrk(text)
                 reqs = rps * args.duration
-                cpu_us = (c1 - c0) / reqs * 1e6 if reqs else float("nan")
+                per = lambda secs: secs / reqs * 1e6 if reqs else float("nan")
+                cpu_us, user_us = per(u1 - u0 + s1 - s0), per(u1 - u0)
                 rss = peak_rss_mib(p.pid)
                 if name.startswith("tollgate+trace"):
                     spans.setdefault(name, []).append(span_counts(TOLLGATE_PORT + 1))
                 procs.stop(name)
-                results[name].append({"rps": rps, "p50": p50, "p99": p99, "cpu_us": cpu_us, "rss": rss, "errors": errors})
+                results[name].append({"rps": rps, "p50": p50, "p99": p99, "cpu_us": cpu_us, "user_us": user_us,
+                                      "rss": rss, "errors": errors})
                 log(f"round {rnd + 1}/{args.rounds} {name:9} req/s={rps:9.0f} p50={p50:7.0f}us p99={p99:7.0f}us "
                     f"cpu/req={cpu_us:5.2f}us rss={rss:5.1f}MiB errors={errors}")
     finally:
@@ -216,14 +218,15 @@ def main():
     size = f"{args.size // 1024} KiB" if args.size % 1024 == 0 else f"{args.size}-byte"
     print(f"\nTollgate vs NGINX: {size} responses, {args.conns} connections, {args.rounds} rounds x {args.duration}s "
           f"(wrk, 1 thread), medians over rounds; ratios paired per round\n")
-    print("| target | req/s | p50 µs | p99 µs | CPU µs/req | peak RSS MiB | errors | req/s × | p99 × | CPU/req × |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| target | req/s | p50 µs | p99 µs | CPU µs/req | of it user | peak RSS MiB | errors | req/s × | p99 × "
+          "| CPU/req × |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, rows in results.items():
         base = results["nginx"]
         ratio = lambda k: med([r[k] / b[k] for r, b in zip(rows, base)])
         print(f"| {name} | {med([r['rps'] for r in rows]):,.0f} | {med([r['p50'] for r in rows]):,.0f} | "
               f"{med([r['p99'] for r in rows]):,.0f} | {med([r['cpu_us'] for r in rows]):.2f} | "
-              f"{med([r['rss'] for r in rows]):.1f} | {sum(r['errors'] for r in rows)} | "
+              f"{med([r['user_us'] for r in rows]):.2f} | {med([r['rss'] for r in rows]):.1f} | {sum(r['errors'] for r in rows)} | "
               f"{ratio('rps'):.2f} | {ratio('p99'):.2f} | {ratio('cpu_us'):.2f} |")
     if spans:
         print("\nSpans per run (tollgate_trace_spans_*_total at the end of each round: exported, dropped)\n")
