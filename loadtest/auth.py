@@ -95,6 +95,17 @@ def rsa_key(bits=2048):
             return n, e, pow(e, -1, phi)
 
 
+def key_with_jwks(work):
+    """A 2048-bit RSA key (n, e, d); its public half as `work`/jwks.json, kid `k1`."""
+    log("making a 2048-bit RSA key")
+    n, e, d = rsa_key()
+    to_b = lambda i: i.to_bytes((i.bit_length() + 7) // 8, "big")
+    with open(f"{work}/jwks.json", "w") as f:
+        json.dump({"keys": [{"kty": "RSA", "kid": "k1", "alg": "RS256", "use": "sig",
+                             "n": b64u(to_b(n)), "e": b64u(to_b(e))}]}, f)
+    return n, e, d
+
+
 def rs256_token(n, e, d, kid, claims):
     header = b64u(json.dumps({"alg": "RS256", "typ": "JWT", "kid": kid}).encode())
     payload = b64u(json.dumps(claims).encode())
@@ -137,12 +148,7 @@ def check(path, token):
 def main():
     args = arguments(__doc__, 8)
     nginx, tollgate, work, procs = prepare("tollgate-authtest.", not args.no_build)
-    log("making a 2048-bit RSA key and a token")
-    n, e, d = rsa_key()
-    to_b = lambda i: i.to_bytes((i.bit_length() + 7) // 8, "big")
-    with open(f"{work}/jwks.json", "w") as f:
-        json.dump({"keys": [{"kty": "RSA", "kid": "k1", "alg": "RS256", "use": "sig",
-                             "n": b64u(to_b(n)), "e": b64u(to_b(e))}]}, f)
+    n, e, d = key_with_jwks(work)
     mint = lambda i: rs256_token(n, e, d, "k1", {"iss": "https://issuer.test/", "aud": "api", "sub": f"user-{i:03}",
                                                  "tenant": "acme", "exp": int(time.time()) + 24 * 3600})
     token = mint(0)

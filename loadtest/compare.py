@@ -58,7 +58,6 @@ import statistics
 import sys
 import urllib.request
 
-import json
 import time
 
 from common import (NGINX_HEAD, arguments, BODY, TOLLGATE_BASE, TOLLGATE_CONF, UP_PORT, UPSTREAM_CONF, cpu_times,
@@ -113,13 +112,8 @@ def body_of(size):
 
 def pipeline_token(work):
     """A 2048-bit RSA key as a JWKS file in `work`, and a token it signs."""
-    from auth import b64u, rs256_token, rsa_key
-    log("making a 2048-bit RSA key and a token")
-    n, e, d = rsa_key()
-    to_b = lambda i: i.to_bytes((i.bit_length() + 7) // 8, "big")
-    with open(f"{work}/jwks.json", "w") as f:
-        json.dump({"keys": [{"kty": "RSA", "kid": "k1", "alg": "RS256", "use": "sig",
-                             "n": b64u(to_b(n)), "e": b64u(to_b(e))}]}, f)
+    from auth import key_with_jwks, rs256_token
+    n, e, d = key_with_jwks(work)
     return rs256_token(n, e, d, "k1", {"iss": "https://issuer.test/", "aud": "api", "sub": "user-001",
                                        "tenant": "acme", "exp": int(time.time()) + 24 * 3600})
 

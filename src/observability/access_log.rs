@@ -149,51 +149,30 @@ impl LogLine<'_> {
         write_rfc3339(self.time, out);
         out.extend_from_slice(b"\",\"request_id\":");
         string(out, self.request_id);
-        out.extend_from_slice(b",\"trace_id\":");
-        string(out, self.trace_id);
+        text(out, b",\"trace_id\":", self.trace_id);
         out.extend_from_slice(b",\"client\":\"");
         write_ip(self.client, out);
         out.extend_from_slice(b"\",\"method\":");
         string(out, self.method);
-        out.extend_from_slice(b",\"host\":");
-        string(out, self.host);
-        out.extend_from_slice(b",\"path\":");
-        string(out, self.path);
-        if let Some(q) = self.query {
-            out.extend_from_slice(b",\"query\":");
-            string(out, q);
-        }
-        out.extend_from_slice(b",\"protocol\":");
-        string(out, self.protocol);
-        if let Some(v) = self.tls_version {
-            out.extend_from_slice(b",\"tls_version\":");
-            string(out, v);
-        }
-        if let Some(v) = self.sni {
-            out.extend_from_slice(b",\"sni\":");
-            string(out, v);
-        }
-        if let Some(v) = self.user_agent {
-            out.extend_from_slice(b",\"user_agent\":");
-            string(out, v);
-        }
+        text(out, b",\"host\":", self.host);
+        text(out, b",\"path\":", self.path);
+        optional_text(out, b",\"query\":", self.query);
+        text(out, b",\"protocol\":", self.protocol);
+        optional_text(out, b",\"tls_version\":", self.tls_version);
+        optional_text(out, b",\"sni\":", self.sni);
+        optional_text(out, b",\"user_agent\":", self.user_agent);
         out.extend_from_slice(b",\"upstream_status\":");
         match self.upstream_status {
             Some(v) => uint(out, u64::from(v)),
             None => out.extend_from_slice(b"null"),
         }
-        out.extend_from_slice(b",\"attempts\":");
-        uint(out, u64::from(self.attempts));
+        number(out, b",\"attempts\":", u64::from(self.attempts));
         if let Some(v) = self.grpc_status {
-            out.extend_from_slice(b",\"grpc_status\":");
-            uint(out, u64::from(v));
+            number(out, b",\"grpc_status\":", u64::from(v));
         }
-        out.extend_from_slice(b",\"status\":");
-        uint(out, u64::from(self.status));
-        out.extend_from_slice(b",\"bytes_in\":");
-        uint(out, self.bytes_in);
-        out.extend_from_slice(b",\"bytes_out\":");
-        uint(out, self.bytes_out);
+        number(out, b",\"status\":", u64::from(self.status));
+        number(out, b",\"bytes_in\":", self.bytes_in);
+        number(out, b",\"bytes_out\":", self.bytes_out);
         out.extend_from_slice(b",\"duration\":");
         float(out, self.duration);
         out.extend_from_slice(b",\"upstream_duration\":");
@@ -201,24 +180,33 @@ impl LogLine<'_> {
             Some(v) => float(out, v),
             None => out.extend_from_slice(b"null"),
         }
-        out.extend_from_slice(b",\"route\":");
-        string(out, self.route);
-        out.extend_from_slice(b",\"upstream\":");
-        string(out, self.upstream);
-        out.extend_from_slice(b",\"endpoint\":");
-        string(out, self.endpoint);
-        out.extend_from_slice(b",\"reason\":");
-        string(out, self.reason);
-        if let Some(v) = self.tenant {
-            out.extend_from_slice(b",\"tenant\":");
-            string(out, v);
-        }
-        if let Some(v) = self.sub {
-            out.extend_from_slice(b",\"sub\":");
-            string(out, v);
-        }
+        text(out, b",\"route\":", self.route);
+        text(out, b",\"upstream\":", self.upstream);
+        text(out, b",\"endpoint\":", self.endpoint);
+        text(out, b",\"reason\":", self.reason);
+        optional_text(out, b",\"tenant\":", self.tenant);
+        optional_text(out, b",\"sub\":", self.sub);
         out.push(b'}');
     }
+}
+
+/// `key` (`,"name":`, written as it is) and `v` as a JSON string.
+fn text(out: &mut Vec<u8>, key: &[u8], v: &str) {
+    out.extend_from_slice(key);
+    string(out, v);
+}
+
+/// `text`, or nothing for `None`.
+fn optional_text(out: &mut Vec<u8>, key: &[u8], v: Option<&str>) {
+    if let Some(v) = v {
+        text(out, key, v);
+    }
+}
+
+/// `key` and `v` in decimal.
+fn number(out: &mut Vec<u8>, key: &[u8], v: u64) {
+    out.extend_from_slice(key);
+    uint(out, v);
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
