@@ -18,7 +18,9 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 BODY = (b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ" * 17)[:1024]
 UP_PORT = 18380
 
-UPSTREAM_CONF = """
+# The start of an upstream NGINX config: one worker, no access log, long
+# keep-alive; a script adds its `server` block and closes `http`.
+UPSTREAM_HEAD = """
 worker_processes 1;
 daemon off;
 pid {work}/upstream.pid;
@@ -28,7 +30,9 @@ http {{
     access_log off;
     keepalive_requests 100000000;
     keepalive_timeout 120s;
-    server {{
+"""
+
+UPSTREAM_CONF = UPSTREAM_HEAD + """    server {{
         listen 127.0.0.1:{port} backlog=4096;
         location / {{ default_type text/plain; return 200 "{body}"; }}
     }}

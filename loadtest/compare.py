@@ -52,16 +52,16 @@ binds 127.0.0.1, is started by this script in its own process group and
 stopped by PID, also on errors and Ctrl-C.
 """
 
+import http.client
 import os
 import shutil
 import statistics
 import sys
+import time
 import urllib.request
 
-import time
-
-from common import (NGINX_HEAD, arguments, BODY, TOLLGATE_BASE, TOLLGATE_CONF, UP_PORT, UPSTREAM_CONF, cpu_times,
-                    prepare, log, parse_wrk, peak_rss_mib, wait_ready, wrk)
+from common import (NGINX_HEAD, arguments, BODY, TOLLGATE_BASE, TOLLGATE_CONF, UP_PORT, UPSTREAM_CONF, UPSTREAM_HEAD,
+                    cpu_times, prepare, log, parse_wrk, peak_rss_mib, wait_ready, wrk)
 
 NGINX_PORT, TOLLGATE_PORT, SINK_PORT, DOWN_PORT = 18390, 18400, 18410, 18411
 
@@ -84,10 +84,13 @@ NGINX_PROXY_CONF = NGINX_HEAD + """    upstream backend {{
 """
 
 # The upstream for --size: the body from a file (sendfile), not `return`.
-UPSTREAM_FILE_CONF = UPSTREAM_CONF.replace(
-    'location / {{ default_type text/plain; return 200 "{body}"; }}',
-    'location / {{ default_type text/plain; root {work}/www; try_files /body =404; }}\n'
-    '        open_file_cache max=16 inactive=1h;')
+UPSTREAM_FILE_CONF = UPSTREAM_HEAD + """    open_file_cache max=16 inactive=1h;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{ default_type text/plain; root {work}/www; try_files /body =404; }}
+    }}
+}}
+"""
 
 # --pipeline: one route with every per-request stage an API gateway runs.
 PIPELINE_CONF = TOLLGATE_BASE.replace("access_log: {{ enabled: false }}", "access_log: {{ enabled: true }}") + """auth:
@@ -230,7 +233,6 @@ def main():
 
 def unauthorized(port):
     """The status of a request without a token."""
-    import http.client
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     c.request("GET", "/")
     status = c.getresponse().status

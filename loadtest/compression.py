@@ -32,22 +32,12 @@ import subprocess
 import threading
 import time
 
-from common import (NGINX_HEAD, TOLLGATE_SERVER, UP_PORT, arguments, log, parse_wrk, prepare, ratio_table,
+from common import (NGINX_HEAD, TOLLGATE_SERVER, UP_PORT, UPSTREAM_HEAD, arguments, log, parse_wrk, prepare, ratio_table,
                     side_by_side)
 
 NGINX_PORT, TOLLGATE_PORT = 18470, 18471
 
-UPSTREAM = """
-worker_processes 1;
-daemon off;
-pid {work}/upstream.pid;
-error_log {work}/upstream.err warn;
-events {{ worker_connections 8192; }}
-http {{
-    access_log off;
-    keepalive_requests 100000000;
-    keepalive_timeout 120s;
-    open_file_cache max=16 inactive=600s;
+UPSTREAM = UPSTREAM_HEAD + """    open_file_cache max=16 inactive=600s;
     open_file_cache_valid 600s;
     server {{
         listen 127.0.0.1:{port} backlog=4096;
@@ -93,7 +83,8 @@ routes:
   - {{ name: zstd, match: {{ path_prefix: /zstd }}, upstream: origin, strip_prefix: /zstd, compression: {{ algorithms: [zstd] }} }}
   - {{ name: br, match: {{ path_prefix: /br }}, upstream: origin, strip_prefix: /br, compression: {{ algorithms: [br] }} }}
   - {{ name: gzip, match: {{ path_prefix: /gzip }}, upstream: origin, strip_prefix: /gzip, compression: {{ algorithms: [gzip] }} }}
-  - {{ name: held, match: {{ path_prefix: /held }}, upstream: stall, compression: {{}} }}
+  # Every held response compressed: max_concurrent (default 128) above HELD.
+  - {{ name: held, match: {{ path_prefix: /held }}, upstream: stall, compression: {{ max_concurrent: 1000 }} }}
 """
 
 ACCEPT = "gzip, br, zstd"

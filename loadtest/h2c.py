@@ -19,7 +19,6 @@ nginx-light, wrk and nghttp2-client when missing and builds the release
 binary unless --no-build.
 """
 
-import os
 import re
 import shutil
 import statistics
@@ -79,8 +78,6 @@ def main():
         subprocess.run(["apt-get", "install", "-y", "-qq", "nghttp2-client"], check=True)
     conns = args.conns if args.conns != 64 else 32
     nginx, tollgate, work, procs = prepare("tollgate-h2c.", not args.no_build)
-    for d in ("tmp_body", "tmp_proxy", "tmp_fcgi", "tmp_uwsgi", "tmp_scgi"):
-        os.makedirs(f"{work}/{d}", exist_ok=True)
     with open(f"{work}/upstream.conf", "w") as f:
         f.write(UPSTREAM_CONF.format(work=work, port=UP_PORT, body=BODY.decode()))
     with open(f"{work}/nginx.conf", "w") as f:

@@ -71,38 +71,32 @@ def run(cmd, **kw):
     return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
 
 
-def h2load(n, h2):
+def h2load(n, h2, token):
     argv = ["taskset", "-c", "1", "h2load", "-n", str(n), "-c", "16"]
     argv += ["-m", "10"] if h2 else ["--h1"]
-    if HEADERS:
-        argv += ["-H", HEADERS]
+    if token:
+        argv += ["-H", f"Authorization: Bearer {token}"]
     out = run(argv + [f"http://127.0.0.1:{PORT}/"], timeout=1800).stdout
     m = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed", out)
     if not m or int(m.group(3)) != n:
         raise SystemExit(f"h2load: not every request succeeded:\n{out}")
 
 
-HEADERS = None
-
-
 def profile(binary, scenario, work, procs, args):
-    global HEADERS
-    HEADERS = None
-    conf = TOLLGATE_CONF
+    conf, token = TOLLGATE_CONF, None
     if scenario == "pipeline":
-        conf = PIPELINE_CONF
-        HEADERS = f"Authorization: Bearer {pipeline_token(work)}"
+        conf, token = PIPELINE_CONF, pipeline_token(work)
     with open(f"{work}/{scenario}.yaml", "w") as f:
         f.write(conf.format(port=PORT, admin=PORT + 1, up=UP_PORT))
     out = f"{work}/{scenario}.cg"
     p = procs.start(scenario, ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", binary, "run",
                                "-c", f"{work}/{scenario}.yaml", "--log-level", "warn"], 0, f"{work}/{scenario}.log")
-    wait_ready(PORT, timeout=120, headers={"Authorization": HEADERS.split(": ", 1)[1]} if HEADERS else None)
+    wait_ready(PORT, timeout=120, headers={"Authorization": f"Bearer {token}"} if token else None)
     log(f"{scenario}: {args.warm} requests to warm up")
-    h2load(args.warm, scenario == "h2c")
+    h2load(args.warm, scenario == "h2c", token)
     run(["callgrind_control", "--zero", str(p.pid)])
     log(f"{scenario}: {args.requests} requests measured")
-    h2load(args.requests, scenario == "h2c")
+    h2load(args.requests, scenario == "h2c", token)
     run(["callgrind_control", "--dump", str(p.pid)])
     procs.stop(scenario)
     dumps = sorted(f for f in os.listdir(work) if f.startswith(f"{scenario}.cg") and f != f"{scenario}.cg")

@@ -22,27 +22,12 @@ import shutil
 import subprocess
 import time
 
-from common import (arguments, BODY, TOLLGATE_SERVER, UP_PORT, UPSTREAM_CONF, log, prepare, ratio_table,
+from common import (NGINX_HEAD, arguments, BODY, TOLLGATE_SERVER, UP_PORT, UPSTREAM_CONF, log, prepare, ratio_table,
                     side_by_side, wait_ready)
 
 NGINX_PORT, TOLLGATE_PORT = 18443, 18444
 
-NGINX_TLS_CONF = """
-worker_processes 1;
-daemon off;
-pid {work}/nginx.pid;
-error_log {work}/nginx.err warn;
-worker_rlimit_nofile 16384;
-events {{ worker_connections 8192; }}
-http {{
-    access_log off;
-    client_body_temp_path {work}/tmp_body;
-    proxy_temp_path {work}/tmp_proxy;
-    fastcgi_temp_path {work}/tmp_fcgi;
-    uwsgi_temp_path {work}/tmp_uwsgi;
-    scgi_temp_path {work}/tmp_scgi;
-    keepalive_requests 100000000;
-    upstream backend {{ server 127.0.0.1:{up}; keepalive 256; }}
+NGINX_TLS_CONF = NGINX_HEAD + """    upstream backend {{ server 127.0.0.1:{up}; keepalive 256; }}
     server {{
         listen 127.0.0.1:{port} ssl backlog=4096;
         ssl_certificate {work}/cert.pem;
